@@ -1,0 +1,178 @@
+// bench/train_step_bench.cpp: one training step (forward, backward, SGD update) of the
+// 784-256-128-10 MLP, next to the plain Eigen GEMMs of the same shapes measured in the same run.
+//
+//   BM_train_step/B  net.compute_gradients(x, labels) then optimizer<float, sgd>::step, batch B
+//   BM_gemms/B       exactly the GEMMs a step performs, row-major like the library, nothing else:
+//                      forward   Y = X W^T          (3 layers)
+//                      backward  dW = dY^T X        (3 layers)
+//                                dX = dY W          (layers 2 and 3; layer 1's dX is not computed)
+//   BM_sgd_update    the optimizer step alone over the MLP's 235146 parameters
+//
+// Counters: samples/s, and GFLOP/s = (sum of 2*m*n*k over the step's GEMMs) / time. The step's
+// GFLOP/s uses the same FLOP count as its GEMMs, so step GFLOP/s / GEMM GFLOP/s is the share of
+// the GEMMs' rate the whole step keeps (target: >= 0.8 at batch 64 and 256).
+//
+// Data: a pool of 4096 synthetic samples, drawn from f2d2n::random_bits so that
+// bench/compare/pytorch_mlp.py builds bit-for-bit the same pool (pixel k = top 24 bits of
+// random_bits(42, 0, k) / 2^24 in [0, 1); label i = random_bits(42, 1, i) % 10). Step s trains on
+// samples [s*B, s*B + B) of the pool, cyclically, as the PyTorch script does.
+//
+//   build/bench/train_step_bench --benchmark_min_time=0.5
+//   bench/compare/mlp_vs_pytorch.sh
+#include <f2d2n/core/random.hpp>
+#include <f2d2n/model/network.hpp>
+#include <f2d2n/train/optimizers.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <Eigen/Core>
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace {
+
+using mlp = f2d2n::sequential<f2d2n::input<784>, f2d2n::dense<256>, f2d2n::relu, f2d2n::dense<128>, f2d2n::relu,
+                              f2d2n::dense<10>, f2d2n::softmax_cross_entropy>;
+using net_type = f2d2n::network<mlp, float>;
+using matrix = f2d2n::matrix<float>;
+
+constexpr std::array<Eigen::Index, 4> widths = {784, 256, 128, 10};  // the dense layers' in/out sizes
+constexpr std::uint64_t data_seed = 42;
+constexpr Eigen::Index pool_samples = 4096;  // a multiple of every batch size: no batch wraps around
+constexpr f2d2n::sgd sgd_options{.learning_rate = 0.01, .momentum = 0.9};
+
+static_assert(net_type::parameter_count == 235146);
+static_assert(pool_samples % 256 == 0);
+
+/// FLOPs of the GEMMs in one training step at batch `b` (2*m*n*k each).
+double step_flops(Eigen::Index b) {
+  double f = 0;
+  for (std::size_t l = 0; l + 1 < widths.size(); ++l) {
+    const double in = static_cast<double>(widths[l]), out = static_cast<double>(widths[l + 1]);
+    const double mnk = static_cast<double>(b) * in * out;
+    f += 2 * mnk;             // forward  Y = X W^T
+    f += 2 * mnk;             // backward dW = dY^T X
+    if (l > 0) f += 2 * mnk;  // backward dX = dY W
+  }
+  return f;
+}
+
+void set_counters(benchmark::State& state, Eigen::Index batch) {
+  using benchmark::Counter;
+  state.counters["samples/s"] = Counter(static_cast<double>(batch), Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] = Counter(step_flops(batch) / 1e9, Counter::kIsIterationInvariantRate);
+}
+
+struct synthetic_pool {
+  matrix x;
+  std::vector<std::int32_t> labels;
+};
+
+/// The pool described at the top of the file; pytorch_mlp.py's make_pool() draws the same values.
+const synthetic_pool& pool() {
+  static const synthetic_pool p = [] {
+    synthetic_pool r{matrix(pool_samples, widths[0]), std::vector<std::int32_t>(pool_samples)};
+    for (Eigen::Index k = 0; k < r.x.size(); ++k)
+      r.x.data()[k] =
+          static_cast<float>(f2d2n::random_bits(data_seed, 0, static_cast<std::uint64_t>(k)) >> 40) * 0x1.0p-24f;
+    for (Eigen::Index i = 0; i < pool_samples; ++i)
+      r.labels[static_cast<std::size_t>(i)] =
+          static_cast<std::int32_t>(f2d2n::random_bits(data_seed, 1, static_cast<std::uint64_t>(i)) % 10);
+    return r;
+  }();
+  return p;
+}
+
+/// A rows x cols matrix uniform in [-scale, scale), from stream `stream`.
+matrix random_matrix(Eigen::Index rows, Eigen::Index cols, std::uint64_t stream, float scale) {
+  matrix m(rows, cols);
+  for (Eigen::Index k = 0; k < m.size(); ++k)
+    m.data()[k] = scale * static_cast<float>(f2d2n::random_symmetric(7, stream, static_cast<std::uint64_t>(k)));
+  return m;
+}
+
+void BM_train_step(benchmark::State& state) {
+  const auto batch = static_cast<Eigen::Index>(state.range(0));
+  const auto& data = pool();
+  net_type net(1);
+  f2d2n::optimizer<float, f2d2n::sgd> opt(sgd_options);
+  Eigen::Index start = 0;
+  f2d2n::batch_result r;
+  for (auto _ : state) {
+    r = net.compute_gradients(data.x.middleRows(start, batch),
+                              std::span<const std::int32_t>(data.labels.data() + start, static_cast<std::size_t>(batch)));
+    opt.step(net.parameters(), net.gradients());
+    benchmark::DoNotOptimize(r);
+    benchmark::ClobberMemory();
+    start = (start + batch) % pool_samples;
+  }
+  if (!std::isfinite(r.loss)) state.SkipWithError("the loss is not finite: the step measured is not a sane one");
+  set_counters(state, batch);
+}
+
+void BM_gemms(benchmark::State& state) {
+  const auto b = static_cast<Eigen::Index>(state.range(0));
+  const auto [d0, d1, d2, d3] = widths;
+  // Inputs and weights as the library lays them out: samples are rows, W is out x in.
+  const matrix x0 = pool().x.topRows(b);
+  const matrix w1 = random_matrix(d1, d0, 1, 0.08f), w2 = random_matrix(d2, d1, 2, 0.15f),
+               w3 = random_matrix(d3, d2, 3, 0.2f);
+  matrix y1(b, d1), y2(b, d2), y3(b, d3);
+  const matrix dy3 = random_matrix(b, d3, 4, 0.01f);
+  matrix dy2(b, d2), dy1(b, d1);
+  matrix dw1(d1, d0), dw2(d2, d1), dw3(d3, d2);
+  for (auto _ : state) {
+    y1.noalias() = x0 * w1.transpose();
+    y2.noalias() = y1 * w2.transpose();
+    y3.noalias() = y2 * w3.transpose();
+    dw3.noalias() = dy3.transpose() * y2;
+    dy2.noalias() = dy3 * w3;
+    dw2.noalias() = dy2.transpose() * y1;
+    dy1.noalias() = dy2 * w2;
+    dw1.noalias() = dy1.transpose() * x0;
+    benchmark::DoNotOptimize(y3.data());
+    benchmark::DoNotOptimize(dw1.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, b);
+}
+
+void BM_sgd_update(benchmark::State& state) {
+  constexpr auto n = static_cast<Eigen::Index>(net_type::parameter_count);
+  f2d2n::vector<float> params = random_matrix(n, 1, 5, 0.1f);
+  const f2d2n::vector<float> grads = random_matrix(n, 1, 6, 1e-3f);
+  f2d2n::optimizer<float, f2d2n::sgd> opt(sgd_options);
+  for (auto _ : state) {
+    opt.step(std::span<float>(params.data(), static_cast<std::size_t>(n)),
+             std::span<const float>(grads.data(), static_cast<std::size_t>(n)));
+    benchmark::ClobberMemory();
+  }
+  // w, g and v read, v and w written.
+  state.SetBytesProcessed(state.iterations() * n * static_cast<std::int64_t>(sizeof(float)) * 5);
+  state.counters["params/s"] =
+      benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+BENCHMARK(BM_train_step)->Arg(32)->Arg(64)->Arg(256)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gemms)->Arg(32)->Arg(64)->Arg(256)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_sgd_update)->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::AddCustomContext("eigen", std::to_string(EIGEN_WORLD_VERSION) + "." +
+                                           std::to_string(EIGEN_MAJOR_VERSION) + "." +
+                                           std::to_string(EIGEN_MINOR_VERSION));
+  benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
+  benchmark::AddCustomContext("eigen_threads", std::to_string(Eigen::nbThreads()));
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

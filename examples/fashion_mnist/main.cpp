@@ -1,0 +1,124 @@
+// Trains an MLP on Fashion-MNIST and prints the test accuracy.
+//
+//   fashion_mnist                       784-256-128-10 ReLU MLP, SGD with momentum
+//   fashion_mnist --preset f2d2n        the F2D2N prototype: 784-30-10 sigmoid, softmax, SGD + L2, batch 30
+//   fashion_mnist --help
+#include <f2d2n/f2d2n.hpp>
+
+#include <boost/program_options.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <optional>
+#include <string>
+
+namespace nn = f2d2n;
+namespace po = boost::program_options;
+
+namespace {
+
+using mlp = nn::sequential<nn::input<28, 28>,
+                           nn::dense<256>, nn::relu,
+                           nn::dense<128>, nn::relu,
+                           nn::dense<10>, nn::softmax_cross_entropy>;
+
+// The F2D2N paper's prototype network (Leite, Mourlin, Paradinas 2024).
+using prototype = nn::sequential<nn::input<28, 28>, nn::dense<30>, nn::sigmoid, nn::dense<10>, nn::softmax_cross_entropy>;
+
+struct settings {
+  std::string data_dir;
+  std::string preset;
+  std::size_t epochs = 0;
+  std::size_t batch_size = 0;
+  double learning_rate = 0;
+  double momentum = 0;
+  double weight_decay = 0;
+  double decay = 1;
+  std::uint64_t seed = 0;
+  std::string metrics;
+  std::size_t train_limit = 0;
+};
+
+template <class Net>
+int run(const settings& s) {
+  const nn::normalization norm{};  // pixels scaled to [0, 1]
+  auto train = nn::load_mnist<float>(s.data_dir, nn::split::train, norm);
+  auto test = nn::load_mnist<float>(s.data_dir, nn::split::test, norm);
+  if (s.train_limit != 0 && s.train_limit < train.size()) train = train.slice(0, s.train_limit);
+
+  nn::network<Net> net(s.seed);
+  std::cout << "f2d2n " << s.preset << ": " << Net::size << " layers, " << Net::parameter_count << " parameters; "
+            << train.size() << " training and " << test.size() << " test samples from " << s.data_dir << "\n"
+            << "SGD: learning rate " << s.learning_rate << ", momentum " << s.momentum << ", weight decay " << s.weight_decay
+            << ", decay per epoch " << s.decay << "; batch " << s.batch_size << ", " << s.epochs << " epochs, seed "
+            << s.seed << std::endl;
+
+  nn::trainer t(net, nn::sgd{.learning_rate = s.learning_rate, .momentum = s.momentum, .weight_decay = s.weight_decay});
+  nn::progress_bar bar;
+  t.add(bar);
+  std::optional<nn::csv_logger> csv;
+  if (!s.metrics.empty()) t.add(csv.emplace(s.metrics));
+
+  const auto start = std::chrono::steady_clock::now();
+  t.fit(train, {.epochs = s.epochs, .batch_size = s.batch_size, .seed = s.seed, .learning_rate_decay = s.decay}, &test);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto result = t.evaluate(test);
+  std::printf("test accuracy %.2f%% (loss %.4f) after %zu epochs in %.1f s\n", 100 * result.accuracy, result.loss,
+              s.epochs, seconds);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  settings s;
+  po::options_description opts("Train an MLP on Fashion-MNIST (or any MNIST-format data)");
+  // clang-format off
+  opts.add_options()
+    ("help,h", "show this help")
+    ("data-dir", po::value(&s.data_dir)->default_value(nn::fashion_mnist_dir),
+        "directory with train-/t10k- images and labels IDX files, gzipped or not")
+    ("preset", po::value(&s.preset)->default_value("mlp"),
+        "mlp: 784-256-128-10 ReLU, SGD with momentum; f2d2n: the F2D2N prototype 784-30-10 sigmoid, SGD + L2, batch 30")
+    ("epochs", po::value<std::size_t>(), "epochs (mlp: 15, f2d2n: 15)")
+    ("batch-size", po::value<std::size_t>(), "mini-batch size (mlp: 64, f2d2n: 30)")
+    ("learning-rate", po::value<double>(), "SGD learning rate (mlp: 0.05, f2d2n: 0.1)")
+    ("momentum", po::value<double>(), "SGD momentum (mlp: 0.9, f2d2n: 0)")
+    ("weight-decay", po::value<double>(), "L2 weight decay (mlp: 0, f2d2n: 1e-4)")
+    ("lr-decay", po::value<double>(), "learning rate factor after each epoch (mlp: 0.85, f2d2n: 1)")
+    ("seed", po::value(&s.seed)->default_value(1), "seed of the initial weights and of the shuffling")
+    ("metrics", po::value(&s.metrics), "write per-epoch metrics to this CSV file")
+    ("train-limit", po::value(&s.train_limit)->default_value(0), "use only the first N training samples (0: all)");
+  // clang-format on
+  po::variables_map vm;
+  po::store(po::parse_command_line(argc, argv, opts), vm);
+  if (vm.count("help")) {
+    std::cout << opts << "\n";
+    return 0;
+  }
+  po::notify(vm);
+
+  const bool proto = s.preset == "f2d2n";
+  if (!proto && s.preset != "mlp") {
+    std::cerr << "fashion_mnist: unknown preset '" << s.preset << "' (use mlp or f2d2n)\n";
+    return 2;
+  }
+  auto pick = [&](const char* name, auto mlp_value, auto proto_value) {
+    using T = decltype(mlp_value);
+    return vm.count(name) ? vm[name].as<T>() : (proto ? proto_value : mlp_value);
+  };
+  s.epochs = pick("epochs", std::size_t{15}, std::size_t{15});
+  s.batch_size = pick("batch-size", std::size_t{64}, std::size_t{30});
+  s.learning_rate = pick("learning-rate", 0.05, 0.1);
+  s.momentum = pick("momentum", 0.9, 0.0);
+  s.weight_decay = pick("weight-decay", 0.0, 1e-4);
+  s.decay = pick("lr-decay", 0.85, 1.0);
+  return proto ? run<prototype>(s) : run<mlp>(s);
+} catch (const po::error& e) {
+  std::cerr << "fashion_mnist: " << e.what() << " (see --help)\n";
+  return 2;
+} catch (const nn::error& e) {
+  std::cerr << "fashion_mnist: " << e.what() << "\n";
+  return 1;
+}

@@ -1,0 +1,121 @@
+// f2d2n/data/idx.hpp: reading IDX files (the MNIST and Fashion-MNIST format), gzipped or not.
+//
+// IDX: two zero bytes, an element-type byte (0x08 = unsigned byte, the only type MNIST-format data
+// uses and the only one read here), a rank byte, then rank big-endian 32-bit extents, then the
+// elements. zlib's gz* functions read gzip and plain files alike.
+#pragma once
+
+#include <f2d2n/core/error.hpp>
+
+#include <zlib.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace f2d2n {
+
+/// The contents of an IDX file of unsigned bytes.
+struct idx_array {
+  std::vector<std::size_t> dims;   ///< extents from the header, outermost first
+  std::vector<std::uint8_t> data;  ///< the elements, row-major
+};
+
+/// Limits that keep a forged header from making the reader allocate or loop without bound.
+struct idx_limits {
+  std::size_t max_rank = 4;
+  std::size_t max_elements = std::size_t{1} << 32;  ///< 4 Gi elements
+};
+
+namespace detail {
+struct gz_closer {
+  void operator()(gzFile f) const noexcept { gzclose(f); }
+};
+using gz_handle = std::unique_ptr<std::remove_pointer_t<gzFile>, gz_closer>;
+
+/// Reads up to n bytes; returns how many were read, throws data_error on a damaged stream.
+inline std::size_t gz_read_some(gzFile f, const std::string& path, void* out, std::size_t n) {
+  std::size_t done = 0;
+  auto* p = static_cast<unsigned char*>(out);
+  while (done < n) {
+    const auto chunk = static_cast<unsigned>(std::min<std::size_t>(n - done, 1u << 30));
+    const int got = gzread(f, p + done, chunk);
+    if (got < 0) {
+      int code = 0;
+      const char* msg = gzerror(f, &code);
+      throw data_error(path, data_problem::corrupt, std::string("cannot decompress: ") + (msg ? msg : "zlib error"));
+    }
+    if (got == 0) {
+      // zlib reports a gzip stream cut short as Z_BUF_ERROR at the end.
+      int code = 0;
+      const char* msg = gzerror(f, &code);
+      if (code != Z_OK && code != Z_BUF_ERROR)
+        throw data_error(path, data_problem::corrupt, std::string("cannot decompress: ") + (msg ? msg : "zlib error"));
+      break;
+    }
+    done += static_cast<std::size_t>(got);
+  }
+  return done;
+}
+}  // namespace detail
+
+/// Reads a whole IDX file of unsigned bytes (plain or gzip-compressed).
+/// Throws data_error naming the file for: missing, bad_magic, bad_dimensions, truncated, corrupt.
+inline idx_array read_idx(const std::string& path, idx_limits limits = {}) {
+  detail::gz_handle file(gzopen(path.c_str(), "rb"));
+  if (!file) throw data_error(path, data_problem::missing, "cannot open the file");
+  gzbuffer(file.get(), 1u << 17);
+
+  unsigned char magic[4];
+  const std::size_t got = detail::gz_read_some(file.get(), path, magic, 4);
+  if (got < 4) throw data_error(path, data_problem::truncated, "the file ends inside the 4-byte IDX header");
+  if (magic[0] != 0 || magic[1] != 0)
+    throw data_error(path, data_problem::bad_magic, "not an IDX file (it must start with two zero bytes)");
+  if (magic[2] != 0x08)
+    throw data_error(path, data_problem::bad_magic,
+                     "element type 0x" + std::to_string(magic[2]) + " is not supported; MNIST-format files hold unsigned bytes (0x08)");
+  const std::size_t rank = magic[3];
+  if (rank == 0 || rank > limits.max_rank)
+    throw data_error(path, data_problem::bad_dimensions,
+                     "rank " + std::to_string(rank) + " is outside 1.." + std::to_string(limits.max_rank));
+
+  idx_array result;
+  result.dims.resize(rank);
+  std::size_t elements = 1;
+  for (std::size_t i = 0; i < rank; ++i) {
+    unsigned char b[4];
+    if (detail::gz_read_some(file.get(), path, b, 4) < 4)
+      throw data_error(path, data_problem::truncated, "the file ends inside the IDX header's extents");
+    const std::size_t d = (std::size_t{b[0]} << 24) | (std::size_t{b[1]} << 16) | (std::size_t{b[2]} << 8) | b[3];
+    if (d == 0) throw data_error(path, data_problem::bad_dimensions, "extent " + std::to_string(i) + " is zero");
+    if (elements > limits.max_elements / d)
+      throw data_error(path, data_problem::bad_dimensions,
+                       "the header announces more than " + std::to_string(limits.max_elements) + " elements");
+    elements *= d;
+    result.dims[i] = d;
+  }
+
+  // Grow as the data arrives rather than trusting the header with one big allocation.
+  constexpr std::size_t chunk = std::size_t{1} << 24;
+  std::size_t have = 0;
+  while (have < elements) {
+    const std::size_t want = std::min(chunk, elements - have);
+    result.data.resize(have + want);
+    const std::size_t n = detail::gz_read_some(file.get(), path, result.data.data() + have, want);
+    have += n;
+    if (n < want)
+      throw data_error(path, data_problem::truncated,
+                       "the header announces " + std::to_string(elements) + " bytes of data, the file holds " + std::to_string(have));
+  }
+  unsigned char extra;
+  if (detail::gz_read_some(file.get(), path, &extra, 1) != 0)
+    throw data_error(path, data_problem::bad_dimensions,
+                     "the file holds more data than the " + std::to_string(elements) + " bytes its header announces");
+  return result;
+}
+
+}  // namespace f2d2n

@@ -1,0 +1,211 @@
+// f2d2n/model/network.hpp: a sequential<...> made concrete: one flat parameter buffer, one flat
+// gradient buffer, activation buffers, forward and backward passes.
+#pragma once
+
+#include <f2d2n/core/error.hpp>
+#include <f2d2n/model/layers.hpp>
+#include <f2d2n/model/sequential.hpp>
+#include <f2d2n/model/tensor.hpp>
+
+#include <boost/mp11/algorithm.hpp>
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace f2d2n {
+
+/// Loss and correct predictions over one batch.
+struct batch_result {
+  double loss = 0;          ///< mean loss over the batch
+  std::size_t correct = 0;  ///< samples whose largest output is at their label
+  std::size_t samples = 0;
+};
+
+namespace detail {
+template <class Layer, class Next>
+using resolved_initializer = std::conditional_t<
+    std::is_same_v<typename Layer::initializer, auto_init>,
+    std::conditional_t<std::is_same_v<Next, relu>, he_uniform, xavier_uniform>, typename Layer::initializer>;
+
+template <class L>
+concept has_initializer = requires { typename L::initializer; };
+
+/// Number of rows whose arg-max column equals the label.
+template <class S>
+std::size_t count_correct(const_matrix_ref<S> outputs, std::span<const std::int32_t> labels) {
+  std::size_t correct = 0;
+  for (Eigen::Index r = 0; r < outputs.rows(); ++r) {
+    Eigen::Index best = 0;
+    outputs.row(r).maxCoeff(&best);
+    correct += best == labels[static_cast<std::size_t>(r)];
+  }
+  return correct;
+}
+}  // namespace detail
+
+/// The concrete model of a sequential<...> type in scalar type Scalar (float by default; double
+/// for gradient checks). Parameters and gradients each live in one flat buffer, layer after layer,
+/// in the order of sequential::parameter_offsets.
+template <network_type Net, class Scalar = float>
+class network {
+  static_assert(Net::checked);
+
+ public:
+  using sequence = Net;
+  using scalar = Scalar;
+  static constexpr std::size_t layer_count = Net::size;
+  static constexpr std::size_t parameter_count = Net::parameter_count;
+  static constexpr std::size_t input_size = Net::input_size;
+  static constexpr std::size_t output_size = Net::output_size;
+
+  /// A network initialised from `seed` (He or Xavier uniform weights, zero biases).
+  explicit network(std::uint64_t seed = 0) : params_(parameter_count), grads_(parameter_count) {
+    params_.setZero();
+    grads_.setZero();
+    initialize(seed);
+  }
+
+  /// Re-initialises every parameter from `seed`. Weight k of layer i is a pure function of
+  /// (seed, i, k), so a unit holding any slice of a layer can draw exactly that slice.
+  void initialize(std::uint64_t seed) {
+    boost::mp11::mp_for_each<boost::mp11::mp_iota_c<layer_count>>([&](auto index) {
+      constexpr std::size_t i = decltype(index)::value;
+      using L = typename Net::template layer_at<i>;
+      if constexpr (detail::has_initializer<L>) {
+        using Next = typename Net::template layer_at<i + 1>;
+        L::template initialize<Scalar, detail::resolved_initializer<L, Next>>(
+            layer_parameters(i), Net::input_extents[i].size(), seed, i);
+      }
+    });
+  }
+
+  [[nodiscard]] std::span<Scalar> parameters() noexcept { return {params_.data(), parameter_count}; }
+  [[nodiscard]] std::span<const Scalar> parameters() const noexcept { return {params_.data(), parameter_count}; }
+  [[nodiscard]] std::span<Scalar> gradients() noexcept { return {grads_.data(), parameter_count}; }
+  [[nodiscard]] std::span<const Scalar> gradients() const noexcept { return {grads_.data(), parameter_count}; }
+
+  /// Layer i's slice of the flat parameter buffer (empty for parameter-free layers).
+  [[nodiscard]] std::span<Scalar> layer_parameters(std::size_t i) noexcept {
+    return parameters().subspan(Net::parameter_offsets[i], Net::parameter_counts[i]);
+  }
+  [[nodiscard]] std::span<const Scalar> layer_parameters(std::size_t i) const noexcept {
+    return parameters().subspan(Net::parameter_offsets[i], Net::parameter_counts[i]);
+  }
+  [[nodiscard]] std::span<Scalar> layer_gradients(std::size_t i) noexcept {
+    return gradients().subspan(Net::parameter_offsets[i], Net::parameter_counts[i]);
+  }
+
+  /// The model's prediction for a batch (rows = samples): probabilities for softmax_cross_entropy.
+  /// The view stays valid until the next call on this network.
+  const_matrix_ref<Scalar> predict(const_matrix_ref<Scalar> x) {
+    check_batch(x);
+    forward_hidden(x);
+    auto out = buffer(layer_count - 1, x.rows());
+    using Loss = typename Net::template layer_at<layer_count - 1>;
+    Loss::template forward<Scalar>(nullptr, last_hidden(x), out);
+    return out;
+  }
+
+  /// Forward, loss and backward for one batch: gradients() is overwritten with d(mean loss)/d(params).
+  batch_result compute_gradients(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels) {
+    check_batch(x, labels);
+    const auto rows = x.rows();
+    forward_hidden(x);
+    using Loss = typename Net::template layer_at<layer_count - 1>;
+    const auto logits = last_hidden(x);
+    batch_result r;
+    r.samples = static_cast<std::size_t>(rows);
+    r.correct = detail::count_correct<Scalar>(logits, labels);
+    auto grad = gradient_buffer(0, rows, Net::output_size);
+    r.loss = static_cast<double>(Loss::template loss<Scalar>(logits, labels, grad));
+    backward_hidden(x);
+    return r;
+  }
+
+  /// Loss and correct predictions for one batch, without touching the gradients.
+  batch_result evaluate_batch(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels) {
+    check_batch(x, labels);
+    forward_hidden(x);
+    using Loss = typename Net::template layer_at<layer_count - 1>;
+    const auto logits = last_hidden(x);
+    batch_result r;
+    r.samples = static_cast<std::size_t>(x.rows());
+    r.correct = detail::count_correct<Scalar>(logits, labels);
+    auto scratch = gradient_buffer(0, x.rows(), Net::output_size);
+    r.loss = static_cast<double>(Loss::template loss<Scalar>(logits, labels, scratch));
+    return r;
+  }
+
+ private:
+  void check_batch(const_matrix_ref<Scalar> x) const {
+    if (static_cast<std::size_t>(x.cols()) != input_size)
+      throw configuration_error("f2d2n: network input has " + std::to_string(x.cols()) +
+                                " features per sample, the model expects " + std::to_string(input_size));
+  }
+  void check_batch(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels) const {
+    check_batch(x);
+    if (labels.size() != static_cast<std::size_t>(x.rows()))
+      throw configuration_error("f2d2n: batch has " + std::to_string(x.rows()) + " samples but " +
+                                std::to_string(labels.size()) + " labels");
+    for (auto l : labels)
+      if (l < 0 || static_cast<std::size_t>(l) >= output_size)
+        throw configuration_error("f2d2n: label " + std::to_string(l) + " is outside the model's " +
+                                  std::to_string(output_size) + " outputs");
+  }
+
+  /// Activation buffer of layer i, `rows` rows (grown on demand, never shrunk).
+  matrix_ref<Scalar> buffer(std::size_t i, Eigen::Index rows) {
+    if (acts_.size() != layer_count) acts_.resize(layer_count);
+    auto& m = acts_[i];
+    const auto cols = static_cast<Eigen::Index>(Net::output_extents[i].size());
+    if (m.rows() < rows || m.cols() != cols) m.resize(rows, cols);
+    return m.topRows(rows);
+  }
+  matrix_ref<Scalar> gradient_buffer(std::size_t which, Eigen::Index rows, std::size_t cols) {
+    auto& m = dgrad_[which];
+    if (m.rows() < rows || static_cast<std::size_t>(m.cols()) < Net::max_width) m.resize(rows, Net::max_width);
+    // A row-major block of the leading columns would not be contiguous; use the storage as rows x cols.
+    return matrix_map<Scalar>(m.data(), rows, static_cast<Eigen::Index>(cols));
+  }
+
+  const_matrix_ref<Scalar> activation(std::size_t i, const_matrix_ref<Scalar> x) const {
+    if (i == 0) return x;
+    return acts_[i].topRows(x.rows());
+  }
+  const_matrix_ref<Scalar> last_hidden(const_matrix_ref<Scalar> x) const { return activation(layer_count - 2, x); }
+
+  void forward_hidden(const_matrix_ref<Scalar> x) {
+    boost::mp11::mp_for_each<boost::mp11::mp_iota_c<layer_count - 2>>([&](auto index) {
+      constexpr std::size_t i = decltype(index)::value + 1;
+      using L = typename Net::template layer_at<i>;
+      auto out = buffer(i, x.rows());
+      L::template forward<Scalar>(params_.data() + Net::parameter_offsets[i], activation(i - 1, x), out);
+    });
+  }
+
+  /// Walks hidden layers from last to first; the loss gradient is in dgrad_[0] on entry.
+  void backward_hidden(const_matrix_ref<Scalar> x) {
+    const auto rows = x.rows();
+    std::size_t current = 0;
+    boost::mp11::mp_for_each<boost::mp11::mp_iota_c<layer_count - 2>>([&](auto index) {
+      constexpr std::size_t i = layer_count - 2 - decltype(index)::value;  // layer_count-2 ... 1
+      using L = typename Net::template layer_at<i>;
+      const bool want_dx = i > 1;
+      auto dy = gradient_buffer(current, rows, Net::output_extents[i].size());
+      auto dx = gradient_buffer(1 - current, rows, Net::input_extents[i].size());
+      L::template backward<Scalar>(params_.data() + Net::parameter_offsets[i], grads_.data() + Net::parameter_offsets[i],
+                                   activation(i - 1, x), activation(i, x), dy, dx, want_dx);
+      current = 1 - current;
+    });
+  }
+
+  vector<Scalar> params_;
+  vector<Scalar> grads_;
+  std::vector<matrix<Scalar>> acts_;
+  matrix<Scalar> dgrad_[2];
+};
+
+}  // namespace f2d2n

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs the Debian packages f2d2n needs that are missing. Idempotent; silent when all are present.
+#   scripts/deps.sh            build, tests, examples, benchmarks, Fashion-MNIST
+#   scripts/deps.sh --compare  also what bench/compare/ needs (python3-torch)
+set -euo pipefail
+
+packages=(
+  cmake g++ make                       # toolchain
+  libboost-dev                         # Boost headers: Mp11, Asio, ...
+  libboost-serialization-dev           # Boost.Serialization
+  libboost-program-options-dev         # the examples' command lines
+  libeigen3-dev                        # Eigen 3.4
+  zlib1g-dev                           # gzipped IDX files
+  doctest-dev                          # tests
+  libbenchmark-dev                     # bench/
+  dataset-fashion-mnist                # the data: /usr/share/datasets/fashion-mnist
+)
+for arg in "$@"; do
+  case "$arg" in
+    --compare) packages+=(python3-torch python3-numpy) ;;
+    *) echo "deps.sh: unknown option '$arg' (use --compare)" >&2; exit 2 ;;
+  esac
+done
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$p")
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "f2d2n needs these Debian packages, which are not installed: ${missing[*]}" >&2
+  echo "Install them as root:  apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+echo "f2d2n: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >/dev/null
+apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,23 @@
+# Runs one compile-fail (or control) check. Variables: CXX, SOURCE, FLAGS (|-separated),
+# EXPECT (|-separated regular expressions that must all appear), SHOULD_COMPILE (ON for the control).
+string(REPLACE "|" ";" flags "${FLAGS}")
+execute_process(COMMAND ${CXX} ${flags} -fsyntax-only ${SOURCE}
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+set(text "${out}${err}")
+if(SHOULD_COMPILE)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "control file did not compile:\n${text}")
+  endif()
+  message(STATUS "compiled, as it should")
+  return()
+endif()
+if(rc EQUAL 0)
+  message(FATAL_ERROR "${SOURCE} compiled, but it must not")
+endif()
+string(REPLACE "|" ";" expects "${EXPECT}")
+foreach(e IN LISTS expects)
+  if(NOT text MATCHES "${e}")
+    message(FATAL_ERROR "the compiler's output does not contain /${e}/:\n${text}")
+  endif()
+endforeach()
+message(STATUS "failed to compile with the expected message")

@@ -1,0 +1,33 @@
+# Configures, builds and runs the consumer project. Variables: MODE (package|subdirectory),
+# SOURCE_DIR (f2d2n's source tree), BUILD_DIR (f2d2n's build tree), WORK (scratch directory), GENERATOR.
+file(REMOVE_RECURSE ${WORK})
+set(args)
+if(MODE STREQUAL "package")
+  execute_process(COMMAND ${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${WORK}/prefix
+                  RESULT_VARIABLE rc OUTPUT_QUIET)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "cmake --install failed")
+  endif()
+  foreach(f include/f2d2n/f2d2n.hpp share/cmake/f2d2n/f2d2nConfig.cmake share/cmake/f2d2n/f2d2nConfigVersion.cmake)
+    if(NOT EXISTS ${WORK}/prefix/${f})
+      message(FATAL_ERROR "the install lacks ${f}")
+    endif()
+  endforeach()
+  list(APPEND args -DCMAKE_PREFIX_PATH=${WORK}/prefix)
+else()
+  list(APPEND args -DF2D2N_SOURCE_DIR=${SOURCE_DIR})
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${WORK}/build -G ${GENERATOR}
+                        -DF2D2N_CONSUMER_MODE=${MODE} -DCMAKE_BUILD_TYPE=Release ${args}
+                RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "configuring the consumer (${MODE}) failed")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} --build ${WORK}/build RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "building the consumer (${MODE}) failed")
+endif()
+execute_process(COMMAND ${WORK}/build/consumer RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "the consumer (${MODE}) ran and failed")
+endif()

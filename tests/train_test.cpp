@@ -1,0 +1,257 @@
+// Train area: optimizer steps against hand-computed values, the trainer's reports and callbacks,
+// determinism, and a short training run on real Fashion-MNIST data that must reach a stated accuracy.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <f2d2n/f2d2n.hpp>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+namespace nn = f2d2n;
+
+TEST_CASE("sgd with momentum and weight decay, two steps by hand") {
+  std::vector<double> w{1.0, -2.0};
+  const std::vector<double> g{0.5, 0.25};
+  nn::optimizer<double, nn::sgd> opt(nn::sgd{.learning_rate = 0.1, .momentum = 0.9, .weight_decay = 0.01});
+  opt.step(w, g);
+  // g' = g + 0.01 w = (0.51, 0.23); v = g'; w -= 0.1 v
+  CHECK(w[0] == doctest::Approx(0.949).epsilon(1e-12));
+  CHECK(w[1] == doctest::Approx(-2.023).epsilon(1e-12));
+  opt.step(w, g);
+  // g' = (0.50949, 0.22977); v = 0.9 (0.51, 0.23) + g' = (0.96849, 0.43677)
+  CHECK(w[0] == doctest::Approx(0.852151).epsilon(1e-12));
+  CHECK(w[1] == doctest::Approx(-2.066677).epsilon(1e-12));
+  CHECK(opt.steps() == 2);
+}
+
+TEST_CASE("plain sgd") {
+  std::vector<float> w{1.0f};
+  const std::vector<float> g{2.0f};
+  nn::optimizer<float, nn::sgd> opt(nn::sgd{.learning_rate = 0.25});
+  opt.step(w, g);
+  CHECK(w[0] == 0.5f);
+}
+
+TEST_CASE("adam, two steps by hand, with and without weight decay") {
+  std::vector<double> w{1.0};
+  const std::vector<double> g{0.5};
+  nn::optimizer<double, nn::adam> opt(nn::adam{.learning_rate = 0.1});
+  opt.step(w, g);
+  // m = 0.05, v = 0.00025; m^ = 0.5, v^ = 0.25: w = 1 - 0.1 * 0.5 / (0.5 + 1e-8)
+  CHECK(w[0] == doctest::Approx(1 - 0.1 * 0.5 / (0.5 + 1e-8)).epsilon(1e-12));
+  opt.step(w, g);
+  // m = 0.095, v = 0.00049975; corrections 0.19 and 0.001999 give m^ = 0.5, v^ = 0.25 again
+  CHECK(w[0] == doctest::Approx(1 - 2 * 0.1 * 0.5 / (0.5 + 1e-8)).epsilon(1e-9));
+
+  std::vector<double> u{1.0};
+  nn::optimizer<double, nn::adam> decayed(nn::adam{.learning_rate = 0.1, .weight_decay = 0.1});
+  decayed.step(u, g);  // g' = 0.5 + 0.1 * 1 = 0.6
+  CHECK(u[0] == doctest::Approx(1 - 0.1 * 0.6 / (0.6 + 1e-8)).epsilon(1e-12));
+}
+
+TEST_CASE("bad optimizer settings are typed errors") {
+  using sgd_opt = nn::optimizer<float, nn::sgd>;
+  using adam_opt = nn::optimizer<float, nn::adam>;
+  CHECK_THROWS_AS(sgd_opt(nn::sgd{.learning_rate = 0}), nn::configuration_error);
+  CHECK_THROWS_AS(sgd_opt(nn::sgd{.learning_rate = 0.1, .momentum = 1.0}), nn::configuration_error);
+  CHECK_THROWS_AS(sgd_opt(nn::sgd{.learning_rate = 0.1, .weight_decay = -1}), nn::configuration_error);
+  CHECK_THROWS_AS(adam_opt(nn::adam{.beta2 = 1.0}), nn::configuration_error);
+  CHECK_THROWS_AS(adam_opt(nn::adam{.epsilon = 0}), nn::configuration_error);
+  sgd_opt ok(nn::sgd{.learning_rate = 0.1});
+  std::vector<float> w(3), g(2);
+  CHECK_THROWS_AS(ok.step(w, g), nn::configuration_error);
+}
+
+namespace {
+
+/// A learnable synthetic task: the label is the index of the largest of the first `classes` features.
+nn::dataset<float> argmax_task(std::size_t samples, std::size_t features, std::size_t classes, std::uint64_t seed) {
+  nn::dataset<float> d;
+  d.samples.resize(static_cast<Eigen::Index>(samples), static_cast<Eigen::Index>(features));
+  d.labels.resize(samples);
+  d.classes = classes;
+  d.sample_shape = nn::flat(features);
+  d.source = "synthetic";
+  for (std::size_t i = 0; i < samples; ++i) {
+    for (std::size_t j = 0; j < features; ++j)
+      d.samples(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j)) =
+          static_cast<float>(nn::random_symmetric(seed, i, j));
+    Eigen::Index best = 0;
+    d.samples.row(static_cast<Eigen::Index>(i)).head(static_cast<Eigen::Index>(classes)).maxCoeff(&best);
+    d.labels[i] = static_cast<std::int32_t>(best);
+  }
+  return d;
+}
+
+using small_net = nn::sequential<nn::input<8>, nn::dense<32>, nn::relu, nn::dense<3>, nn::softmax_cross_entropy>;
+
+struct recorder : nn::callback {
+  std::vector<nn::fit_begin> begins;
+  std::vector<nn::step_end> steps;
+  std::vector<nn::epoch_end> epochs;
+  int ends = 0;
+  void on_fit_begin(const nn::fit_begin& f) override { begins.push_back(f); }
+  void on_step_end(const nn::step_end& s) override { steps.push_back(s); }
+  void on_epoch_end(const nn::epoch_end& e) override { epochs.push_back(e); }
+  void on_fit_end() override { ++ends; }
+};
+
+}  // namespace
+
+TEST_CASE("the trainer learns a synthetic task and reports every step and epoch") {
+  const auto train = argmax_task(1000, 8, 3, 1);
+  const auto test = argmax_task(300, 8, 3, 2);
+  nn::network<small_net> net(7);
+  nn::trainer t(net, nn::sgd{.learning_rate = 0.1, .momentum = 0.9});
+  const auto before = t.evaluate(test);
+  recorder rec;
+  t.add(rec);
+  const auto last = t.fit(train, {.epochs = 4, .batch_size = 64, .seed = 3, .learning_rate_decay = 0.5}, &test);
+  const auto after = t.evaluate(test);
+
+  CHECK(after.accuracy > 0.9);
+  CHECK(after.loss < before.loss);
+  CHECK(after.samples == 300);
+  REQUIRE(rec.begins.size() == 1);
+  CHECK(rec.begins[0].steps_per_epoch == 16);  // 15 full batches of 64 and one of 40
+  CHECK(rec.steps.size() == 4 * 16);
+  CHECK(rec.steps[15].samples == 1000);
+  CHECK(rec.steps[15].step == 16);
+  REQUIRE(rec.epochs.size() == 4);
+  CHECK(rec.ends == 1);
+  CHECK(rec.epochs[0].learning_rate == doctest::Approx(0.1));
+  CHECK(rec.epochs[3].learning_rate == doctest::Approx(0.0125));
+  REQUIRE(rec.epochs[3].validation.has_value());
+  CHECK(rec.epochs[3].validation->accuracy == doctest::Approx(after.accuracy));
+  CHECK(last.epoch == 4);
+  CHECK(rec.epochs[3].train.samples == 1000);
+}
+
+TEST_CASE("max_steps_per_epoch stops each epoch early") {
+  const auto train = argmax_task(1000, 8, 3, 1);
+  nn::network<small_net> net(7);
+  nn::trainer t(net, nn::adam{});
+  recorder rec;
+  t.add(rec);
+  t.fit(train, {.epochs = 2, .batch_size = 50, .max_steps_per_epoch = 3});
+  CHECK(rec.steps.size() == 6);
+  CHECK(rec.epochs[1].train.samples == 150);
+}
+
+TEST_CASE("the same seeds give bitwise-identical weights; another seed does not") {
+  const auto train = argmax_task(500, 8, 3, 1);
+  auto run = [&](std::uint64_t init_seed, std::uint64_t shuffle_seed) {
+    nn::network<small_net> net(init_seed);
+    nn::trainer t(net, nn::sgd{.learning_rate = 0.05, .momentum = 0.9, .weight_decay = 1e-4});
+    t.fit(train, {.epochs = 2, .batch_size = 32, .seed = shuffle_seed});
+    return std::vector<float>(net.parameters().begin(), net.parameters().end());
+  };
+  const auto a = run(1, 2), b = run(1, 2), c = run(1, 3), d = run(2, 2);
+  CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+  CHECK(std::memcmp(a.data(), c.data(), a.size() * sizeof(float)) != 0);
+  CHECK(std::memcmp(a.data(), d.data(), a.size() * sizeof(float)) != 0);
+}
+
+TEST_CASE("fit and evaluate reject data that does not fit and impossible options") {
+  nn::network<small_net> net(1);
+  nn::trainer t(net, nn::sgd{.learning_rate = 0.1});
+  const auto wrong = argmax_task(10, 9, 3, 1);
+  CHECK_THROWS_AS(t.fit(wrong, {}), nn::data_error);
+  try {
+    t.evaluate(wrong);
+    FAIL("evaluate accepted 9 features for an 8-feature model");
+  } catch (const nn::data_error& e) {
+    CHECK(e.problem() == nn::data_problem::shape_mismatch);
+    CHECK(e.path() == "synthetic");
+  }
+  auto too_many_classes = argmax_task(10, 8, 3, 1);
+  too_many_classes.classes = 5;
+  CHECK_THROWS_AS(t.fit(too_many_classes, {}), nn::data_error);
+  const auto ok = argmax_task(10, 8, 3, 1);
+  CHECK_THROWS_AS(t.fit(ok, {.epochs = 0}), nn::configuration_error);
+  CHECK_THROWS_AS(t.fit(ok, {.batch_size = 0}), nn::configuration_error);
+  CHECK_THROWS_AS(t.evaluate(ok, 0), nn::configuration_error);
+}
+
+TEST_CASE("progress bar: plain lines off a terminal, a redrawn bar on one") {
+  const auto train = argmax_task(200, 8, 3, 1);
+  std::ostringstream plain, term;
+  {
+    nn::network<small_net> net(1);
+    nn::trainer t(net, nn::sgd{.learning_rate = 0.1});
+    nn::progress_bar bar(plain, false);
+    t.add(bar);
+    t.fit(train, {.epochs = 2, .batch_size = 20});
+  }
+  const std::string p = plain.str();
+  CHECK(p.find("epoch 1/2: loss ") == 0);
+  CHECK(p.find("epoch 2/2: loss ") != std::string::npos);
+  CHECK(p.find('\r') == std::string::npos);
+  CHECK(std::count(p.begin(), p.end(), '\n') == 2);
+  {
+    nn::network<small_net> net(1);
+    nn::trainer t(net, nn::sgd{.learning_rate = 0.1});
+    nn::progress_bar bar(term, true);
+    t.add(bar);
+    t.fit(train, {.epochs = 1, .batch_size = 20});
+  }
+  const std::string s = term.str();
+  CHECK(s.find("\repoch 1/1 [") != std::string::npos);
+  CHECK(s.find("100%") != std::string::npos);
+  CHECK(s.find("samples/s") != std::string::npos);
+  CHECK(s.find("ETA") != std::string::npos);
+}
+
+TEST_CASE("csv_logger writes a header and one row per epoch") {
+  const auto path = (std::filesystem::temp_directory_path() / ("f2d2n_metrics_" + std::to_string(::getpid()) + ".csv")).string();
+  const auto train = argmax_task(100, 8, 3, 1);
+  const auto test = argmax_task(50, 8, 3, 2);
+  {
+    nn::network<small_net> net(1);
+    nn::trainer t(net, nn::sgd{.learning_rate = 0.1});
+    nn::csv_logger csv(path);
+    t.add(csv);
+    t.fit(train, {.epochs = 3, .batch_size = 10}, &test);
+  }
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  std::filesystem::remove(path);
+  REQUIRE(lines.size() == 4);
+  CHECK(lines[0] == "epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds,samples_per_second,learning_rate");
+  CHECK(lines[1].rfind("1,", 0) == 0);
+  CHECK(lines[3].rfind("3,", 0) == 0);
+  CHECK(std::count(lines[2].begin(), lines[2].end(), ',') == 7);
+  CHECK_THROWS_AS(nn::csv_logger("/nonexistent-dir/metrics.csv"), nn::error);
+}
+
+TEST_CASE("a short run on real Fashion-MNIST reaches 80% test accuracy") {
+  const char* env = std::getenv("F2D2N_TEST_DATA_DIR");
+  const std::string dir = env ? env : nn::fashion_mnist_dir;
+  INFO("Fashion-MNIST is expected in ", dir, " (Debian package dataset-fashion-mnist; scripts/deps.sh installs it)");
+  const auto full_train = nn::load_mnist<float>(dir, nn::split::train);
+  const auto full_test = nn::load_mnist<float>(dir, nn::split::test);
+  REQUIRE(full_train.size() == 60000);
+  REQUIRE(full_test.size() == 10000);
+  const auto train = full_train.slice(0, 10000);
+  const auto test = full_test.slice(0, 2000);
+
+  using mlp = nn::sequential<nn::input<28, 28>, nn::dense<128>, nn::relu, nn::dense<10>, nn::softmax_cross_entropy>;
+  nn::network<mlp> net(1);
+  nn::trainer t(net, nn::sgd{.learning_rate = 0.05, .momentum = 0.9});
+  const auto before = t.evaluate(test);
+  t.fit(train, {.epochs = 3, .batch_size = 64, .seed = 1});
+  const auto after = t.evaluate(test);
+  MESSAGE("10000 samples x 3 epochs: test accuracy ", after.accuracy, " (before: ", before.accuracy, ")");
+  CHECK(before.accuracy < 0.3);
+  CHECK(after.accuracy >= 0.80);
+}
