@@ -1,6 +1,6 @@
 // Trains an MLP on Fashion-MNIST and prints the test accuracy.
 //
-//   fashion_mnist                       784-256-128-10 ReLU MLP, SGD with momentum
+//   fashion_mnist                       784-256-128-10 ReLU MLP, Adam
 //   fashion_mnist --preset f2d2n        the F2D2N prototype: 784-30-10 sigmoid, softmax, SGD + L2, batch 30
 //   fashion_mnist --help
 #include <f2d2n/f2d2n.hpp>
@@ -38,11 +38,18 @@ struct settings {
   std::uint64_t seed = 0;
   std::string metrics;
   std::size_t train_limit = 0;
+  std::string optimizer;
+  std::string normalize;
 };
+
+template <class Trainer>
+int train_and_report(Trainer t, const settings& s, const nn::dataset<float>& train, const nn::dataset<float>& test);
 
 template <class Net>
 int run(const settings& s) {
-  const nn::normalization norm{};  // pixels scaled to [0, 1]
+  // Pixels scaled to [0, 1], or standardised with Fashion-MNIST's training-set mean and deviation.
+  const nn::normalization norm = s.normalize == "standard" ? nn::normalization{.mean = 0.2860, .stddev = 0.3530}
+                                                            : nn::normalization{};
   auto train = nn::load_mnist<float>(s.data_dir, nn::split::train, norm);
   auto test = nn::load_mnist<float>(s.data_dir, nn::split::test, norm);
   if (s.train_limit != 0 && s.train_limit < train.size()) train = train.slice(0, s.train_limit);
@@ -50,11 +57,20 @@ int run(const settings& s) {
   nn::network<Net> net(s.seed);
   std::cout << "f2d2n " << s.preset << ": " << Net::size << " layers, " << Net::parameter_count << " parameters; "
             << train.size() << " training and " << test.size() << " test samples from " << s.data_dir << "\n"
-            << "SGD: learning rate " << s.learning_rate << ", momentum " << s.momentum << ", weight decay " << s.weight_decay
-            << ", decay per epoch " << s.decay << "; batch " << s.batch_size << ", " << s.epochs << " epochs, seed "
-            << s.seed << std::endl;
+            << s.optimizer << ": learning rate " << s.learning_rate;
+  if (s.optimizer == "sgd") std::cout << ", momentum " << s.momentum;
+  std::cout << ", weight decay " << s.weight_decay << ", decay per epoch " << s.decay << "; batch " << s.batch_size << ", "
+            << s.epochs << " epochs, seed " << s.seed << ", inputs " << s.normalize << std::endl;
+  if (s.optimizer == "adam")
+    return train_and_report(nn::trainer(net, nn::adam{.learning_rate = s.learning_rate, .weight_decay = s.weight_decay}),
+                            s, train, test);
+  return train_and_report(
+      nn::trainer(net, nn::sgd{.learning_rate = s.learning_rate, .momentum = s.momentum, .weight_decay = s.weight_decay}),
+      s, train, test);
+}
 
-  nn::trainer t(net, nn::sgd{.learning_rate = s.learning_rate, .momentum = s.momentum, .weight_decay = s.weight_decay});
+template <class Trainer>
+int train_and_report(Trainer t, const settings& s, const nn::dataset<float>& train, const nn::dataset<float>& test) {
   nn::progress_bar bar;
   t.add(bar);
   std::optional<nn::csv_logger> csv;
@@ -80,13 +96,16 @@ int main(int argc, char** argv) try {
     ("data-dir", po::value(&s.data_dir)->default_value(nn::fashion_mnist_dir),
         "directory with train-/t10k- images and labels IDX files, gzipped or not")
     ("preset", po::value(&s.preset)->default_value("mlp"),
-        "mlp: 784-256-128-10 ReLU, SGD with momentum; f2d2n: the F2D2N prototype 784-30-10 sigmoid, SGD + L2, batch 30")
+        "mlp: 784-256-128-10 ReLU, Adam; f2d2n: the F2D2N prototype 784-30-10 sigmoid, SGD + L2, batch 30")
     ("epochs", po::value<std::size_t>(), "epochs (mlp: 15, f2d2n: 15)")
     ("batch-size", po::value<std::size_t>(), "mini-batch size (mlp: 64, f2d2n: 30)")
-    ("learning-rate", po::value<double>(), "SGD learning rate (mlp: 0.05, f2d2n: 0.1)")
+    ("learning-rate", po::value<double>(), "learning rate (mlp: 0.001, f2d2n: 0.1)")
     ("momentum", po::value<double>(), "SGD momentum (mlp: 0.9, f2d2n: 0)")
     ("weight-decay", po::value<double>(), "L2 weight decay (mlp: 0, f2d2n: 1e-4)")
     ("lr-decay", po::value<double>(), "learning rate factor after each epoch (mlp: 0.85, f2d2n: 1)")
+    ("optimizer", po::value<std::string>(), "sgd (with momentum) or adam (mlp: adam, f2d2n: sgd)")
+    ("normalize", po::value(&s.normalize)->default_value("scale"),
+        "scale: pixels / 255; standard: (pixels / 255 - 0.2860) / 0.3530, Fashion-MNIST's training mean and deviation")
     ("seed", po::value(&s.seed)->default_value(1), "seed of the initial weights and of the shuffling")
     ("metrics", po::value(&s.metrics), "write per-epoch metrics to this CSV file")
     ("train-limit", po::value(&s.train_limit)->default_value(0), "use only the first N training samples (0: all)");
@@ -108,9 +127,18 @@ int main(int argc, char** argv) try {
     using T = decltype(mlp_value);
     return vm.count(name) ? vm[name].as<T>() : (proto ? proto_value : mlp_value);
   };
+  s.optimizer = pick("optimizer", std::string("adam"), std::string("sgd"));
+  if (s.optimizer != "sgd" && s.optimizer != "adam") {
+    std::cerr << "fashion_mnist: unknown optimizer '" << s.optimizer << "' (use sgd or adam)\n";
+    return 2;
+  }
+  if (s.normalize != "scale" && s.normalize != "standard") {
+    std::cerr << "fashion_mnist: unknown normalization '" << s.normalize << "' (use scale or standard)\n";
+    return 2;
+  }
   s.epochs = pick("epochs", std::size_t{15}, std::size_t{15});
   s.batch_size = pick("batch-size", std::size_t{64}, std::size_t{30});
-  s.learning_rate = pick("learning-rate", 0.05, 0.1);
+  s.learning_rate = pick("learning-rate", s.optimizer == "adam" ? 0.001 : 0.05, 0.1);
   s.momentum = pick("momentum", 0.9, 0.0);
   s.weight_decay = pick("weight-decay", 0.0, 1e-4);
   s.decay = pick("lr-decay", 0.85, 1.0);

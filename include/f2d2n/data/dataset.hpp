@@ -137,8 +137,10 @@ inline constexpr const char* fashion_mnist_dir = "/usr/share/datasets/fashion-mn
 template <class Scalar = float>
 dataset<Scalar> load_mnist(const std::string& dir, split which, normalization norm = {}) {
   const std::string prefix = which == split::train ? "train" : "t10k";
-  return load_idx<Scalar>(find_idx_file(dir, prefix + "-images-idx3-ubyte"), find_idx_file(dir, prefix + "-labels-idx1-ubyte"),
-                          norm, 10);
+  // Look the images up first, so that a directory missing both names the images file everywhere.
+  const std::string images = find_idx_file(dir, prefix + "-images-idx3-ubyte");
+  const std::string labels = find_idx_file(dir, prefix + "-labels-idx1-ubyte");
+  return load_idx<Scalar>(images, labels, norm, 10);
 }
 
 /// A view of one batch: rows of samples and their labels.
@@ -149,7 +151,7 @@ struct batch {
 };
 
 /// Walks a dataset in batches of `batch_size`, the last one partial, in a seeded random order that
-/// is the same on every platform (shuffle(seed + epoch)), or in file order without shuffling.
+/// is the same on every platform (shuffle(mix64(seed) + epoch)), or in file order without shuffling.
 template <class Scalar>
 class batcher {
  public:
@@ -161,6 +163,9 @@ class batcher {
     labels_.resize(static_cast<std::size_t>(buffer_.rows()));
     start_epoch(0);
   }
+
+  /// A batcher keeps a reference to its dataset: a temporary would dangle.
+  batcher(const dataset<Scalar>&&, std::size_t, bool = true, std::uint64_t = 0) = delete;
 
   /// Restarts at the first batch of `epoch`, with that epoch's order.
   void start_epoch(std::size_t epoch) {

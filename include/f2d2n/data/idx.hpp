@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -66,6 +67,8 @@ inline std::size_t gz_read_some(gzFile f, const std::string& path, void* out, st
 /// Reads a whole IDX file of unsigned bytes (plain or gzip-compressed).
 /// Throws data_error naming the file for: missing, bad_magic, bad_dimensions, truncated, corrupt.
 inline idx_array read_idx(const std::string& path, idx_limits limits = {}) {
+  if (std::error_code ec; std::filesystem::is_directory(path, ec))
+    throw data_error(path, data_problem::missing, "is a directory, not a file");
   detail::gz_handle file(gzopen(path.c_str(), "rb"));
   if (!file) throw data_error(path, data_problem::missing, "cannot open the file");
   gzbuffer(file.get(), 1u << 17);
@@ -75,9 +78,12 @@ inline idx_array read_idx(const std::string& path, idx_limits limits = {}) {
   if (got < 4) throw data_error(path, data_problem::truncated, "the file ends inside the 4-byte IDX header");
   if (magic[0] != 0 || magic[1] != 0)
     throw data_error(path, data_problem::bad_magic, "not an IDX file (it must start with two zero bytes)");
-  if (magic[2] != 0x08)
+  if (magic[2] != 0x08) {
+    constexpr char hex[] = "0123456789abcdef";
+    const std::string type{'0', 'x', hex[magic[2] >> 4], hex[magic[2] & 0xf]};
     throw data_error(path, data_problem::bad_magic,
-                     "element type 0x" + std::to_string(magic[2]) + " is not supported; MNIST-format files hold unsigned bytes (0x08)");
+                     "element type " + type + " is not supported; MNIST-format files hold unsigned bytes (0x08)");
+  }
   const std::size_t rank = magic[3];
   if (rank == 0 || rank > limits.max_rank)
     throw data_error(path, data_problem::bad_dimensions,
@@ -115,6 +121,11 @@ inline idx_array read_idx(const std::string& path, idx_limits limits = {}) {
   if (detail::gz_read_some(file.get(), path, &extra, 1) != 0)
     throw data_error(path, data_problem::bad_dimensions,
                      "the file holds more data than the " + std::to_string(elements) + " bytes its header announces");
+  // All the data arrived, but a gzip stream may still end before its CRC-32 and length trailer.
+  int code = Z_OK;
+  gzerror(file.get(), &code);
+  if (code == Z_BUF_ERROR)
+    throw data_error(path, data_problem::truncated, "the gzip stream ends before its trailer (CRC-32 and length)");
   return result;
 }
 
