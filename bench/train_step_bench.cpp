@@ -7,10 +7,23 @@
 //                      backward  dW = dY^T X        (3 layers)
 //                                dX = dY W          (layers 2 and 3; layer 1's dX is not computed)
 //   BM_sgd_update    the optimizer step alone over the MLP's 235146 parameters
+//   BM_sgd_update_subnormal_velocity  the same with every momentum value stuck at a subnormal and
+//                    zero gradients (dead units, always-zero input pixels): see "Training state"
 //
 // Counters: samples/s, and GFLOP/s = (sum of 2*m*n*k over the step's GEMMs) / time. The step's
 // GFLOP/s uses the same FLOP count as its GEMMs, so step GFLOP/s / GEMM GFLOP/s is the share of
 // the GEMMs' rate the whole step keeps (target: >= 0.8 at batch 64 and 256).
+//
+// Training state: every benchmark run starts from a freshly initialised network, and the network
+// and the optimizer are re-initialised (untimed) every 512 steps, on both sides of the PyTorch
+// comparison. Without that, what a run measures would depend on how long it trains: on this task
+// ReLU units die, their gradients are exactly zero, and after about 800 steps their momentum decays
+// into subnormal floats and gets stuck at a few times denorm_min (0.9 * v rounds back to v there);
+// every update of those parameters then takes a microcode assist (the SGD update grows from about 0.08 ms to 1.3 ms,
+// and PyTorch, which does the same arithmetic, slows from about 43k to 17k samples/s). f2d2n's trainer
+// now runs with subnormals flushed (f2d2n::flush_denormals), and so does BM_train_step; the resets
+// keep both sides of the comparison on the same workload. BM_sgd_update_subnormal_velocity shows the
+// trap's cost with IEEE arithmetic and with the flush.
 //
 // Data: a pool of 4096 synthetic samples, drawn from f2d2n::random_bits so that
 // bench/compare/pytorch_mlp.py builds bit-for-bit the same pool (pixel k = top 24 bits of
@@ -19,6 +32,7 @@
 //
 //   build/bench/train_step_bench --benchmark_min_time=0.5
 //   bench/compare/mlp_vs_pytorch.sh
+#include <f2d2n/core/denormals.hpp>
 #include <f2d2n/core/random.hpp>
 #include <f2d2n/model/network.hpp>
 #include <f2d2n/train/optimizers.hpp>
@@ -30,6 +44,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <string>
 #include <vector>
@@ -45,6 +60,7 @@ constexpr std::array<Eigen::Index, 4> widths = {784, 256, 128, 10};  // the dens
 constexpr std::uint64_t data_seed = 42;
 constexpr Eigen::Index pool_samples = 4096;  // a multiple of every batch size: no batch wraps around
 constexpr f2d2n::sgd sgd_options{.learning_rate = 0.01, .momentum = 0.9};
+constexpr int steps_per_model = 512;  // then the network and the optimizer start afresh (untimed)
 
 static_assert(net_type::parameter_count == 235146);
 static_assert(pool_samples % 256 == 0);
@@ -97,13 +113,24 @@ matrix random_matrix(Eigen::Index rows, Eigen::Index cols, std::uint64_t stream,
 }
 
 void BM_train_step(benchmark::State& state) {
+  const f2d2n::flush_denormals ftz;  // as trainer::fit runs its steps
   const auto batch = static_cast<Eigen::Index>(state.range(0));
   const auto& data = pool();
   net_type net(1);
   f2d2n::optimizer<float, f2d2n::sgd> opt(sgd_options);
   Eigen::Index start = 0;
+  int steps = 0;
   f2d2n::batch_result r;
   for (auto _ : state) {
+    if (steps == steps_per_model) {
+      state.PauseTiming();
+      net.initialize(1);
+      opt = f2d2n::optimizer<float, f2d2n::sgd>(sgd_options);
+      start = 0;
+      steps = 0;
+      state.ResumeTiming();
+    }
+    ++steps;
     r = net.compute_gradients(data.x.middleRows(start, batch),
                               std::span<const std::int32_t>(data.labels.data() + start, static_cast<std::size_t>(batch)));
     opt.step(net.parameters(), net.gradients());
@@ -158,9 +185,34 @@ void BM_sgd_update(benchmark::State& state) {
       benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+/// The end state of the trap described at the top: every momentum value subnormal and stuck there
+/// (0.9 * 4 * denorm_min rounds back to 4 * denorm_min), gradients exactly zero. Argument 0: IEEE
+/// arithmetic; 1: under f2d2n::flush_denormals, as trainer::fit runs (the fix).
+void BM_sgd_update_subnormal_velocity(benchmark::State& state) {
+  const f2d2n::flush_denormals ftz(state.range(0) != 0);
+  constexpr auto n = static_cast<Eigen::Index>(net_type::parameter_count);
+  f2d2n::vector<float> params = random_matrix(n, 1, 5, 0.1f);
+  f2d2n::vector<float> grads = f2d2n::vector<float>::Constant(n, 4 * std::numeric_limits<float>::denorm_min());
+  f2d2n::optimizer<float, f2d2n::sgd> opt(sgd_options);
+  const auto step = [&] {
+    opt.step(std::span<float>(params.data(), static_cast<std::size_t>(n)),
+             std::span<const float>(grads.data(), static_cast<std::size_t>(n)));
+  };
+  step();  // velocity = 4 * denorm_min everywhere
+  grads.setZero();
+  for (auto _ : state) {
+    step();
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * n * static_cast<std::int64_t>(sizeof(float)) * 5);
+  state.counters["params/s"] =
+      benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 BENCHMARK(BM_train_step)->Arg(32)->Arg(64)->Arg(256)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gemms)->Arg(32)->Arg(64)->Arg(256)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_sgd_update)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_sgd_update_subnormal_velocity)->ArgName("flushed")->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

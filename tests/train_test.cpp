@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -56,6 +57,28 @@ TEST_CASE("adam, two steps by hand, with and without weight decay") {
   nn::optimizer<double, nn::adam> decayed(nn::adam{.learning_rate = 0.1, .weight_decay = 0.1});
   decayed.step(u, g);  // g' = 0.5 + 0.1 * 1 = 0.6
   CHECK(u[0] == doctest::Approx(1 - 0.1 * 0.6 / (0.6 + 1e-8)).epsilon(1e-12));
+}
+
+TEST_CASE("flush_denormals flushes subnormal momentum to zero and restores the mode") {
+  if (!nn::flush_denormals::supported()) {
+    MESSAGE("no flush-to-zero mode on this CPU: skipped");
+    return;
+  }
+  const bool before = nn::flush_denormals::active();
+  volatile float tiny = std::numeric_limits<float>::denorm_min() * 4;
+  volatile float nine_tenths = 0.9f;
+  {
+    const nn::flush_denormals guard;
+    CHECK(nn::flush_denormals::active());
+    CHECK(tiny * nine_tenths == 0.0f);  // DAZ: the subnormal input reads as zero
+    CHECK(std::numeric_limits<float>::min() * nine_tenths == 0.0f);  // FTZ: a subnormal result is zero
+  }
+  CHECK(nn::flush_denormals::active() == before);
+  {
+    const nn::flush_denormals off(false);
+    CHECK(nn::flush_denormals::active() == before);
+  }
+  if (!before) CHECK(tiny * nine_tenths != 0.0f);  // IEEE: 0.9 * 4 denorm_min rounds to 4 denorm_min
 }
 
 TEST_CASE("bad optimizer settings are typed errors") {
@@ -134,6 +157,23 @@ TEST_CASE("the trainer learns a synthetic task and reports every step and epoch"
   CHECK(rec.epochs[3].validation->accuracy == doctest::Approx(after.accuracy));
   CHECK(last.epoch == 4);
   CHECK(rec.epochs[3].train.samples == 1000);
+}
+
+TEST_CASE("fit flushes subnormals while it runs and restores the caller's mode") {
+  const auto train = argmax_task(100, 8, 3, 1);
+  nn::network<small_net> net(7);
+  nn::trainer t(net, nn::sgd{.learning_rate = 0.1});
+  struct probe : nn::callback {
+    bool flushed_in_fit = false;
+    void on_step_end(const nn::step_end&) override { flushed_in_fit = nn::flush_denormals::active(); }
+  } p;
+  t.add(p);
+  const bool before = nn::flush_denormals::active();
+  t.fit(train, {.epochs = 1, .batch_size = 50});
+  CHECK(p.flushed_in_fit == nn::flush_denormals::supported());
+  CHECK(nn::flush_denormals::active() == before);
+  t.fit(train, {.epochs = 1, .batch_size = 50, .flush_denormals = false});
+  CHECK(p.flushed_in_fit == before);
 }
 
 TEST_CASE("max_steps_per_epoch stops each epoch early") {

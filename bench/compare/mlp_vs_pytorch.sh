@@ -3,22 +3,25 @@
 # side by side on the same machine, same data, same settings; prints samples/s and the ratio.
 #
 #   bench/compare/mlp_vs_pytorch.sh                        (from the repository root)
-#   BUILD_DIR=/tmp/bench-build BATCHES="64 256" MIN_TIME=0.5 REPETITIONS=3 bench/compare/mlp_vs_pytorch.sh
+#   BUILD_DIR=/tmp/bench-build BATCHES="64 256" MIN_TIME=0.5 ROUNDS=3 bench/compare/mlp_vs_pytorch.sh
 #
 # Both sides: float32, batch B, SGD(lr 0.01, momentum 0.9), softmax cross-entropy, one process and
 # one thread (OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1, torch.set_num_threads(1);
 # Eigen in f2d2n is single-threaded), the same synthetic pool of 4096 samples bit for bit, trained
-# on in the same order (see the header of pytorch_mlp.py). Each side runs REPETITIONS runs of at
-# least MIN_TIME CPU seconds per batch size and reports the median; rates are per CPU second on both
-# sides (Google Benchmark's default), so a busy shared machine disturbs them less. f2d2n's number is
-# BM_train_step/B of build/bench/train_step_bench; BM_gemms/B (the same step's GEMMs alone, plain
-# Eigen) is printed next to it, for the issue's other target (step >= 80 % of its GEMMs' rate).
+# on in the same order (see the header of pytorch_mlp.py). The two sides take turns, ROUNDS times
+# (this machine's speed drifts by 20 % and more over seconds: turns keep a slow phase from landing
+# on one side only); each turn runs each batch size for at least MIN_TIME CPU seconds. Rates are per
+# CPU second on both sides (Google Benchmark's default), so time spent descheduled on a busy shared
+# machine counts on neither. The table gives medians over the rounds. f2d2n's number is
+# BM_train_step/B of $BUILD_DIR/bench/train_step_bench; BM_gemms/B (the same step's GEMMs alone,
+# plain Eigen) is printed next to it, for the issue's other target (step >= 80 % of its GEMMs' rate).
 #
 # Environment:
 #   BUILD_DIR    f2d2n build directory (default build). Reused when configured; otherwise configured
 #                here in Release with only the benchmarks (tests and examples OFF).
 #   BATCHES      batch sizes (default "64 256"); each must divide 4096.
-#   MIN_TIME     seconds per run (default 0.5)    REPETITIONS  runs per size (default 3)
+#   MIN_TIME     CPU seconds per batch size and turn (default 0.5)
+#   ROUNDS       turns each side takes (default 3)
 #   PYTHON       the Python that has Debian's python3-torch (default /usr/bin/python3)
 set -euo pipefail
 
@@ -28,13 +31,16 @@ cd "$repo_root"
 BUILD_DIR="${BUILD_DIR:-build}"
 BATCHES="${BATCHES:-64 256}"
 MIN_TIME="${MIN_TIME:-0.5}"
-REPETITIONS="${REPETITIONS:-3}"
+ROUNDS="${ROUNDS:-3}"
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x /usr/bin/python3 ]]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
 fi
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-die() { echo "mlp_vs_pytorch.sh: $*" >&2; exit 1; }
+die() {
+  echo "mlp_vs_pytorch.sh: $*" >&2
+  exit 1
+}
 
 # --- PyTorch first: no point building when it cannot run ---
 if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
@@ -43,6 +49,7 @@ fi
 for b in $BATCHES; do
   [[ "$b" =~ ^[1-9][0-9]*$ ]] && (( 4096 % b == 0 )) || die "batch size '$b' must be a positive divisor of 4096"
 done
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 
 # --- f2d2n's benchmark ---
 if [[ ! -f "$BUILD_DIR/CMakeCache.txt" ]]; then
@@ -51,7 +58,8 @@ if [[ ! -f "$BUILD_DIR/CMakeCache.txt" ]]; then
     -DF2D2N_BUILD_TESTS=OFF -DF2D2N_BUILD_EXAMPLES=OFF >/dev/null
 fi
 build_type="$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt")"
-[[ "$build_type" == "Release" ]] || echo "# warning: $BUILD_DIR is a '$build_type' build, not Release: f2d2n's numbers are not representative" >&2
+[[ "$build_type" == "Release" ]] ||
+  echo "# warning: $BUILD_DIR is a '$build_type' build, not Release: f2d2n's numbers are not representative" >&2
 cmake --build "$BUILD_DIR" --target train_step_bench -j2 >/dev/null || die "building train_step_bench in $BUILD_DIR failed"
 bench="$BUILD_DIR/bench/train_step_bench"
 [[ -x "$bench" ]] || die "$bench was not built (is F2D2N_BUILD_BENCH ON in $BUILD_DIR?)"
@@ -59,39 +67,46 @@ bench="$BUILD_DIR/bench/train_step_bench"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
+# --- the two sides, taking turns ---
 batch_regex="$(echo $BATCHES | tr ' ' '|')"
-echo "# f2d2n: $bench, BM_train_step and BM_gemms at batch $BATCHES, $REPETITIONS x ${MIN_TIME}s"
-"$bench" --benchmark_filter="^BM_(train_step|gemms)/($batch_regex)\$" --benchmark_min_time="$MIN_TIME" \
-  --benchmark_repetitions="$REPETITIONS" --benchmark_report_aggregates_only=true \
-  --benchmark_out="$tmp/f2d2n.json" --benchmark_out_format=json >"$tmp/f2d2n.log" 2>&1 ||
-  { cat "$tmp/f2d2n.log" >&2; die "$bench failed"; }
-
-echo "# PyTorch: bench/compare/pytorch_mlp.py at batch $BATCHES, $REPETITIONS x ${MIN_TIME}s"
 batch_args=()
 for b in $BATCHES; do batch_args+=(--batch "$b"); done
-"$PYTHON" bench/compare/pytorch_mlp.py "${batch_args[@]}" --threads 1 --min-time "$MIN_TIME" \
-  --repetitions "$REPETITIONS" | tee "$tmp/pytorch.txt" | grep '^#' || true
-[[ "${PIPESTATUS[0]}" == 0 ]] || die "pytorch_mlp.py failed"
+echo "# $ROUNDS rounds, each: $bench (BM_train_step, BM_gemms), then bench/compare/pytorch_mlp.py;" \
+  "batch $BATCHES, ${MIN_TIME} CPU seconds each"
+for (( r = 1; r <= ROUNDS; ++r )); do
+  "$bench" --benchmark_filter="^BM_(train_step|gemms)/($batch_regex)\$" --benchmark_min_time="$MIN_TIME" \
+    --benchmark_out="$tmp/f2d2n.$r.json" --benchmark_out_format=json >"$tmp/f2d2n.log" 2>&1 ||
+    { cat "$tmp/f2d2n.log" >&2; die "$bench failed"; }
+  "$PYTHON" bench/compare/pytorch_mlp.py "${batch_args[@]}" --threads 1 --min-time "$MIN_TIME" --repetitions 1 \
+    >"$tmp/pytorch.$r.txt" 2>"$tmp/pytorch.log" ||
+    { cat "$tmp/pytorch.log" >&2; die "bench/compare/pytorch_mlp.py failed"; }
+  if (( r == 1 )); then grep '^#' "$tmp/pytorch.1.txt" || true; fi
+done
 
-"$PYTHON" - "$tmp/f2d2n.json" "$tmp/pytorch.txt" $BATCHES <<'EOF'
-import json, re, sys
+# --- the table ---
+"$PYTHON" - "$tmp" "$ROUNDS" $BATCHES <<'PY'
+import json, re, statistics, sys
 
-f2d2n_json, pytorch_txt, batches = sys.argv[1], sys.argv[2], [int(b) for b in sys.argv[3:]]
-medians = {}
-for b in json.load(open(f2d2n_json))["benchmarks"]:
-    if b.get("aggregate_name") == "median":
-        medians[b["run_name"]] = b["samples/s"]
-torch_rate = {}
-for line in open(pytorch_txt):
-    m = re.match(r"pytorch_mlp batch=(\d+) .* samples/s=([0-9.]+)", line)
-    if m:
-        torch_rate[int(m.group(1))] = float(m.group(2))
+tmp, rounds, batches = sys.argv[1], int(sys.argv[2]), [int(b) for b in sys.argv[3:]]
+step, gemms, torch_ = ({b: [] for b in batches} for _ in range(3))
+for r in range(1, rounds + 1):
+    for run in json.load(open(f"{tmp}/f2d2n.{r}.json"))["benchmarks"]:
+        name, batch = run["run_name"].split("/")
+        {"BM_train_step": step, "BM_gemms": gemms}[name][int(batch)].append(run["samples/s"])
+    for line in open(f"{tmp}/pytorch.{r}.txt"):
+        m = re.match(r"pytorch_mlp batch=(\d+) .* samples/s=([0-9.]+)", line)
+        if m:
+            torch_[int(m.group(1))].append(float(m.group(2)))
 
-print()
-print(f"{'batch':>5}  {'f2d2n samples/s':>15}  {'PyTorch samples/s':>17}  {'f2d2n/PyTorch':>13}  {'GEMMs samples/s':>15}  {'step/GEMMs':>10}")
+med = statistics.median
+print(f"\n# medians over {rounds} round(s); ratios are medians of the per-round ratios")
+print(f"{'batch':>5}  {'f2d2n samples/s':>15}  {'PyTorch samples/s':>17}  {'f2d2n/PyTorch':>13}  "
+      f"{'GEMMs samples/s':>15}  {'step/GEMMs':>10}")
 for b in batches:
-    step, gemms, torch_ = medians.get(f"BM_train_step/{b}"), medians.get(f"BM_gemms/{b}"), torch_rate.get(b)
-    if step is None or gemms is None or torch_ is None:
-        sys.exit(f"mlp_vs_pytorch.sh: missing a result for batch {b}")
-    print(f"{b:>5}  {step:>15.0f}  {torch_:>17.0f}  {step / torch_:>12.2f}x  {gemms:>15.0f}  {step / gemms:>10.2f}")
-EOF
+    if not (len(step[b]) == len(gemms[b]) == len(torch_[b]) == rounds):
+        sys.exit(f"mlp_vs_pytorch.sh: missing results for batch {b}")
+    vs_torch = med(s / t for s, t in zip(step[b], torch_[b]))
+    vs_gemms = med(s / g for s, g in zip(step[b], gemms[b]))
+    print(f"{b:>5}  {med(step[b]):>15.0f}  {med(torch_[b]):>17.0f}  {vs_torch:>12.2f}x  "
+          f"{med(gemms[b]):>15.0f}  {vs_gemms:>10.2f}")
+PY

@@ -13,19 +13,24 @@ reimplemented here with numpy): pixel k of the row-major 4096 x 784 pool is
 (random_bits(42, 0, k) >> 40) / 2^24, uniform in [0, 1) like scaled pixels; label i is
 random_bits(42, 1, i) % 10. Step s trains on samples [s*B, s*B + B) of the pool, cyclically, on
 both sides. This keeps the comparison fair (the same bytes go through both) and simple (no file
-reading, nothing timed but the steps); a step's speed does not depend on what the values are
-(no denormals: inputs are in [0, 1)). A known-answer check makes sure the pool is f2d2n's.
+reading, nothing timed but the steps); real images would not change the arithmetic (inputs in
+[0, 1), no subnormals among them). A known-answer check makes sure the pool is f2d2n's.
 
 PyTorch's Linear layers call the system BLAS (Debian's python3-torch: libblas.so.3, an
 alternative). With only the netlib reference BLAS installed (libblas3), PyTorch is about 10x
 slower than with OpenBLAS and the comparison means nothing: the script refuses to run then
 (apt-get install libopenblas0-openmp), unless --allow-reference-blas is given.
 
+Training state: as in train_step_bench.cpp, the model and the optimizer start afresh (same seed,
+untimed) every 512 steps. Longer runs on this task would measure something else: ReLU units die,
+their momentum decays into subnormal floats and stays there (0.9 * v rounds back to v), and every
+update then takes a microcode assist; both PyTorch and f2d2n slow down by 2x and more.
+
 Timing follows Google Benchmark's defaults: CPU time of the process (time.process_time, like
 the benchmark's CPU-time rates, so time spent descheduled on a shared machine counts on neither
-side; every thread PyTorch might start counts against it). After `--warmup` untimed steps, steps
-run until at least `--min-time` CPU seconds have passed; that is one repetition, and the median
-of `--repetitions` is printed, one line per batch size:
+side; every thread PyTorch might start counts against it). After `--warmup` untimed steps, a
+repetition starts from a fresh model and runs steps until at least `--min-time` CPU seconds have
+passed; the median of `--repetitions` is printed, one line per batch size:
   pytorch_mlp batch=64 threads=1 steps=... seconds=... samples/s=...
 
   /usr/bin/python3 bench/compare/pytorch_mlp.py --batch 64 --batch 256
@@ -47,6 +52,8 @@ POOL_SAMPLES = 4096
 FEATURES = 784
 CLASSES = 10
 DATA_SEED = 42
+STEPS_PER_MODEL = 512  # then a fresh model and optimizer, untimed (see "Training state" above)
+CHUNK = 8  # steps timed at a time; divides STEPS_PER_MODEL
 
 _U64 = np.uint64
 
@@ -101,19 +108,22 @@ def uses_reference_blas(libs):
 
 def measure(batch, x_pool, y_pool, min_time, warmup, repetitions):
     """(steps, seconds, samples/s) of the median of `repetitions` runs of at least `min_time` seconds each."""
-    if POOL_SAMPLES % batch != 0:
-        sys.exit(f"pytorch_mlp.py: batch {batch} must divide the pool's {POOL_SAMPLES} samples")
-    torch.manual_seed(1)
-    model = nn.Sequential(
-        nn.Linear(FEATURES, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, CLASSES)
-    )
-    loss_fn = nn.CrossEntropyLoss()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     batches = [(x_pool[s : s + batch], y_pool[s : s + batch]) for s in range(0, POOL_SAMPLES, batch)]
-    state = {"next": 0, "loss": None}
+    state = {}
+
+    def reset():
+        """A fresh model and optimizer (same seed every time), back at the pool's first batch."""
+        torch.manual_seed(1)
+        model = nn.Sequential(
+            nn.Linear(FEATURES, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, CLASSES)
+        )
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        state.update(model=model, opt=opt, next=0, steps=0)
+
+    loss_fn = nn.CrossEntropyLoss()
 
     def steps(n):
-        i = state["next"]
+        model, opt, i = state["model"], state["opt"], state["next"]
         for _ in range(n):
             x, y = batches[i]
             opt.zero_grad(set_to_none=True)
@@ -122,21 +132,25 @@ def measure(batch, x_pool, y_pool, min_time, warmup, repetitions):
             opt.step()
             i = (i + 1) % len(batches)
         state["next"] = i
+        state["steps"] += n
         state["loss"] = loss
 
+    reset()
     steps(warmup)
     runs = []
     for _ in range(repetitions):
-        done, chunk = 0, 8
-        start = time.process_time()
-        elapsed = 0.0
+        reset()
+        done, elapsed = 0, 0.0
         while elapsed < min_time:
-            steps(chunk)
-            done += chunk
-            elapsed = time.process_time() - start
+            if state["steps"] == STEPS_PER_MODEL:
+                reset()  # untimed, as in train_step_bench.cpp
+            start = time.process_time()
+            steps(CHUNK)
+            elapsed += time.process_time() - start
+            done += CHUNK
         runs.append((done, elapsed))
-    if not torch.isfinite(state["loss"]).item():
-        sys.exit("pytorch_mlp.py: the loss is not finite: the steps measured are not sane ones")
+        if not torch.isfinite(state["loss"]).item():
+            sys.exit("pytorch_mlp.py: the loss is not finite: the steps measured are not sane ones")
     runs.sort(key=lambda run: run[0] / run[1])
     done, elapsed = runs[len(runs) // 2]  # the median run (the upper one of the middle two when even)
     return done, elapsed, done * batch / elapsed
@@ -147,12 +161,15 @@ def main():
     p.add_argument("--batch", type=int, action="append", help="batch size (repeatable; default 64)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     p.add_argument("--min-time", type=float, default=0.5, help="seconds per repetition (default 0.5)")
-    p.add_argument("--warmup", type=int, default=20, help="untimed steps first (default 20)")
+    p.add_argument("--warmup", type=int, default=16, help="untimed steps first (default 16)")
     p.add_argument("--repetitions", type=int, default=3, help="runs per batch size; the median is printed")
     p.add_argument("--allow-reference-blas", action="store_true", help="run even on netlib's reference BLAS")
     args = p.parse_args()
-    if args.repetitions < 1 or args.threads < 1 or args.min_time <= 0 or any(b < 1 for b in args.batch or []):
+    if args.repetitions < 1 or args.threads < 1 or args.min_time <= 0 or args.warmup < 0 or any(b < 1 for b in args.batch or []):
         p.error("--batch, --threads and --repetitions must be at least 1 and --min-time positive")
+    for batch in args.batch or []:
+        if POOL_SAMPLES % batch != 0:
+            p.error(f"batch {batch} must divide the pool's {POOL_SAMPLES} samples")
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     blas = blas_libraries()

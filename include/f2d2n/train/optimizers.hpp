@@ -7,12 +7,12 @@
 #pragma once
 
 #include <f2d2n/core/error.hpp>
-#include <f2d2n/model/tensor.hpp>
 
 #include <cmath>
 #include <cstddef>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace f2d2n {
 
@@ -74,24 +74,23 @@ class optimizer<Scalar, sgd> {
 
   void step(std::span<Scalar> params, std::span<const Scalar> grads) {
     detail::check_sizes(params, grads);
-    const auto n = static_cast<Eigen::Index>(params.size());
-    Eigen::Map<vector<Scalar>> w(params.data(), n);
-    Eigen::Map<const vector<Scalar>> g(grads.data(), n);
+    const std::size_t n = params.size();
     const auto lr = static_cast<Scalar>(options_.learning_rate);
     const auto wd = static_cast<Scalar>(options_.weight_decay);
     const auto mu = static_cast<Scalar>(options_.momentum);
+    Scalar* __restrict w = params.data();
+    const Scalar* __restrict g = grads.data();
+    // One pass over the buffers (the update is memory-bound): plain loops the compiler vectorises.
     if (options_.momentum == 0) {
-      if (options_.weight_decay == 0)
-        w.array() -= lr * g.array();
-      else
-        w.array() -= lr * (g.array() + wd * w.array());
+      for (std::size_t i = 0; i < n; ++i) w[i] -= lr * (g[i] + wd * w[i]);
     } else {
-      if (velocity_.size() != n) velocity_ = vector<Scalar>::Zero(n);
-      if (options_.weight_decay == 0)
-        velocity_.array() = mu * velocity_.array() + g.array();
-      else
-        velocity_.array() = mu * velocity_.array() + g.array() + wd * w.array();
-      w.array() -= lr * velocity_.array();
+      if (velocity_.size() != n) velocity_.assign(n, Scalar(0));
+      Scalar* __restrict v = velocity_.data();
+      for (std::size_t i = 0; i < n; ++i) {
+        const Scalar vi = mu * v[i] + (g[i] + wd * w[i]);
+        v[i] = vi;
+        w[i] -= lr * vi;
+      }
     }
     ++steps_;
   }
@@ -106,7 +105,7 @@ class optimizer<Scalar, sgd> {
 
  private:
   sgd options_;
-  vector<Scalar> velocity_;
+  std::vector<Scalar> velocity_;
   std::size_t steps_ = 0;
 };
 
@@ -118,14 +117,12 @@ class optimizer<Scalar, adam> {
 
   void step(std::span<Scalar> params, std::span<const Scalar> grads) {
     detail::check_sizes(params, grads);
-    const auto n = static_cast<Eigen::Index>(params.size());
+    const std::size_t n = params.size();
     if (m_.size() != n) {
-      m_ = vector<Scalar>::Zero(n);
-      v_ = vector<Scalar>::Zero(n);
+      m_.assign(n, Scalar(0));
+      v_.assign(n, Scalar(0));
     }
     ++steps_;
-    Eigen::Map<vector<Scalar>> w(params.data(), n);
-    Eigen::Map<const vector<Scalar>> g(grads.data(), n);
     const auto b1 = static_cast<Scalar>(options_.beta1);
     const auto b2 = static_cast<Scalar>(options_.beta2);
     const auto wd = static_cast<Scalar>(options_.weight_decay);
@@ -133,15 +130,18 @@ class optimizer<Scalar, adam> {
     const auto step_size = static_cast<Scalar>(options_.learning_rate / (1 - std::pow(options_.beta1, t)));
     const auto inv_sqrt_bc2 = static_cast<Scalar>(1 / std::sqrt(1 - std::pow(options_.beta2, t)));
     const auto eps = static_cast<Scalar>(options_.epsilon);
-    if (options_.weight_decay == 0) {
-      m_.array() = b1 * m_.array() + (1 - b1) * g.array();
-      v_.array() = b2 * v_.array() + (1 - b2) * g.array().square();
-    } else {
-      const auto gd = g.array() + wd * w.array();
-      m_.array() = b1 * m_.array() + (1 - b1) * gd;
-      v_.array() = b2 * v_.array() + (1 - b2) * gd.square();
+    Scalar* __restrict w = params.data();
+    const Scalar* __restrict g = grads.data();
+    Scalar* __restrict m = m_.data();
+    Scalar* __restrict v = v_.data();
+    for (std::size_t i = 0; i < n; ++i) {
+      const Scalar gi = g[i] + wd * w[i];
+      const Scalar mi = b1 * m[i] + (1 - b1) * gi;
+      const Scalar vi = b2 * v[i] + (1 - b2) * gi * gi;
+      m[i] = mi;
+      v[i] = vi;
+      w[i] -= step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
     }
-    w.array() -= step_size * m_.array() / (v_.array().sqrt() * inv_sqrt_bc2 + eps);
   }
 
   [[nodiscard]] adam& options() noexcept { return options_; }
@@ -154,7 +154,7 @@ class optimizer<Scalar, adam> {
 
  private:
   adam options_;
-  vector<Scalar> m_, v_;
+  std::vector<Scalar> m_, v_;
   std::size_t steps_ = 0;
 };
 

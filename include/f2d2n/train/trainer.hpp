@@ -4,6 +4,7 @@
 // (fit, evaluate, callbacks), so a program switches between them by changing one type.
 #pragma once
 
+#include <f2d2n/core/denormals.hpp>
 #include <f2d2n/core/error.hpp>
 #include <f2d2n/data/dataset.hpp>
 #include <f2d2n/model/network.hpp>
@@ -25,6 +26,7 @@ struct fit_options {
   std::uint64_t seed = 0;               ///< shuffling seed (epoch e uses the order of seed, e)
   double learning_rate_decay = 1.0;     ///< the learning rate is multiplied by this after each epoch
   std::size_t max_steps_per_epoch = 0;  ///< 0: every batch; otherwise stop each epoch after this many
+  bool flush_denormals = true;          ///< flush subnormal floats to zero during fit (see core/denormals.hpp)
 };
 
 /// Trains `Network` (a network<sequential<...>, Scalar>) with `Options` (sgd or adam).
@@ -48,6 +50,7 @@ class trainer {
     if (validation) check_fits(*validation, Network::input_size, Network::output_size);
     if (options.epochs == 0) throw configuration_error("f2d2n: fit needs at least one epoch");
     if (!(options.learning_rate_decay > 0)) throw configuration_error("f2d2n: learning_rate_decay must be positive");
+    const f2d2n::flush_denormals ftz(options.flush_denormals);
     batcher<scalar> batches(data, options.batch_size, options.shuffle, options.seed);
     std::size_t steps = batches.batches();
     std::size_t samples_per_epoch = data.size();
@@ -99,8 +102,10 @@ class trainer {
   }
 
   /// Mean loss and accuracy over `data`, in batches of `batch_size`; the model is not changed.
+  /// Runs with subnormals flushed, as fit does.
   evaluation evaluate(const dataset<scalar>& data, std::size_t batch_size = 1000) {
     check_fits(data, Network::input_size, Network::output_size);
+    const f2d2n::flush_denormals ftz;
     if (batch_size == 0) throw configuration_error("f2d2n: batch size must be at least 1");
     evaluation e;
     double loss_sum = 0;
