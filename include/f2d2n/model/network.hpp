@@ -9,6 +9,7 @@
 
 #include <boost/mp11/algorithm.hpp>
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -32,6 +33,36 @@ using resolved_initializer = std::conditional_t<
 
 template <class L>
 concept has_initializer = requires { typename L::initializer; };
+
+/// What the network calls on a hidden layer: plain function pointers, one instantiation per
+/// layer type and scalar, however deep the network (compile time stays linear and small).
+template <class S>
+struct layer_ops {
+  void (*forward)(const S*, const_matrix_ref<S>, matrix_ref<S>) = nullptr;
+  void (*backward)(const S*, S*, const_matrix_ref<S>, const_matrix_ref<S>, const_matrix_ref<S>, matrix_ref<S>,
+                   bool) = nullptr;
+  void (*initialize)(std::span<S>, std::size_t, std::uint64_t, std::uint64_t) = nullptr;
+};
+
+template <class S, class L, class Next>
+constexpr layer_ops<S> ops_of() {
+  layer_ops<S> ops;
+  if constexpr (L::kind == layer_kind::hidden) {
+    ops.forward = &L::template forward<S>;
+    ops.backward = &L::template backward<S>;
+  }
+  if constexpr (has_initializer<L>) ops.initialize = &L::template initialize<S, resolved_initializer<L, Next>>;
+  return ops;
+}
+
+template <class S, class... L, class... Next>
+constexpr auto ops_table(boost::mp11::mp_list<L...>, boost::mp11::mp_list<Next...>) {
+  return std::array<layer_ops<S>, sizeof...(L)>{ops_of<S, L, Next>()...};
+}
+
+/// The layer after each layer (the last one's "next" is itself; only initialisers look at it).
+template <class Layers>
+using next_layers = boost::mp11::mp_push_back<boost::mp11::mp_pop_front<Layers>, boost::mp11::mp_back<Layers>>;
 
 /// Number of rows whose arg-max column equals the label.
 template <class S>
@@ -71,15 +102,8 @@ class network {
   /// Re-initialises every parameter from `seed`. Weight k of layer i is a pure function of
   /// (seed, i, k), so a unit holding any slice of a layer can draw exactly that slice.
   void initialize(std::uint64_t seed) {
-    boost::mp11::mp_for_each<boost::mp11::mp_iota_c<layer_count>>([&](auto index) {
-      constexpr std::size_t i = decltype(index)::value;
-      using L = typename Net::template layer_at<i>;
-      if constexpr (detail::has_initializer<L>) {
-        using Next = typename Net::template layer_at<i + 1>;
-        L::template initialize<Scalar, detail::resolved_initializer<L, Next>>(
-            layer_parameters(i), Net::input_extents[i].size(), seed, i);
-      }
-    });
+    for (std::size_t i = 0; i < layer_count; ++i)
+      if (ops_[i].initialize) ops_[i].initialize(layer_parameters(i), Net::input_extents[i].size(), seed, i);
   }
 
   [[nodiscard]] std::span<Scalar> parameters() noexcept { return {params_.data(), parameter_count}; }
@@ -178,29 +202,25 @@ class network {
   const_matrix_ref<Scalar> last_hidden(const_matrix_ref<Scalar> x) const { return activation(layer_count - 2, x); }
 
   void forward_hidden(const_matrix_ref<Scalar> x) {
-    boost::mp11::mp_for_each<boost::mp11::mp_iota_c<layer_count - 2>>([&](auto index) {
-      constexpr std::size_t i = decltype(index)::value + 1;
-      using L = typename Net::template layer_at<i>;
-      auto out = buffer(i, x.rows());
-      L::template forward<Scalar>(params_.data() + Net::parameter_offsets[i], activation(i - 1, x), out);
-    });
+    for (std::size_t i = 1; i + 1 < layer_count; ++i)
+      ops_[i].forward(params_.data() + Net::parameter_offsets[i], activation(i - 1, x), buffer(i, x.rows()));
   }
 
   /// Walks hidden layers from last to first; the loss gradient is in dgrad_[0] on entry.
   void backward_hidden(const_matrix_ref<Scalar> x) {
     const auto rows = x.rows();
     std::size_t current = 0;
-    boost::mp11::mp_for_each<boost::mp11::mp_iota_c<layer_count - 2>>([&](auto index) {
-      constexpr std::size_t i = layer_count - 2 - decltype(index)::value;  // layer_count-2 ... 1
-      using L = typename Net::template layer_at<i>;
-      const bool want_dx = i > 1;
+    for (std::size_t i = layer_count - 2; i >= 1; --i) {
       auto dy = gradient_buffer(current, rows, Net::output_extents[i].size());
       auto dx = gradient_buffer(1 - current, rows, Net::input_extents[i].size());
-      L::template backward<Scalar>(params_.data() + Net::parameter_offsets[i], grads_.data() + Net::parameter_offsets[i],
-                                   activation(i - 1, x), activation(i, x), dy, dx, want_dx);
+      ops_[i].backward(params_.data() + Net::parameter_offsets[i], grads_.data() + Net::parameter_offsets[i],
+                       activation(i - 1, x), activation(i, x), dy, dx, /*want_dx=*/i > 1);
       current = 1 - current;
-    });
+    }
   }
+
+  static constexpr auto ops_ =
+      detail::ops_table<Scalar>(typename Net::layers{}, detail::next_layers<typename Net::layers>{});
 
   vector<Scalar> params_;
   vector<Scalar> grads_;
