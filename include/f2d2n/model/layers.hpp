@@ -207,11 +207,17 @@ struct reshape : detail::reshaping {
 // Losses: always the last layer. forward() gives the model's prediction (probabilities for
 // softmax_cross_entropy); loss() gives the mean loss over the batch and writes d(loss)/d(input).
 
-/// Softmax over the classes followed by the cross-entropy with integer labels, fused and stable.
-struct softmax_cross_entropy {
+namespace detail {
+/// Shared parts of losses: the last layer, parameter-free, its prediction has its input's shape.
+struct loss_layer {
   static constexpr layer_kind kind = layer_kind::loss;
   static constexpr extents output(extents in) noexcept { return in; }
   static constexpr std::size_t parameter_count(extents) noexcept { return 0; }
+};
+}  // namespace detail
+
+/// Softmax over the classes followed by the cross-entropy with integer labels, fused and stable.
+struct softmax_cross_entropy : detail::loss_layer {
 
   template <std::size_t Index, bool Last, std::size_t... In>
   struct at_layer {
@@ -253,10 +259,7 @@ struct softmax_cross_entropy {
 
 /// Mean squared error against one-hot targets made from the labels, averaged over every element
 /// (PyTorch's MSELoss with reduction='mean'); the prediction is the input itself.
-struct mean_squared_error {
-  static constexpr layer_kind kind = layer_kind::loss;
-  static constexpr extents output(extents in) noexcept { return in; }
-  static constexpr std::size_t parameter_count(extents) noexcept { return 0; }
+struct mean_squared_error : detail::loss_layer {
 
   template <std::size_t Index, bool Last, std::size_t... In>
   struct at_layer {
