@@ -11,6 +11,7 @@ packages=(
   libboost-program-options-dev         # the examples' command lines
   libeigen3-dev                        # Eigen 3.4
   zlib1g-dev                           # gzipped IDX files
+  libxxhash-dev                        # frame checksums (XXH3, header-only)
   doctest-dev                          # tests
   libbenchmark-dev                     # bench/
   dataset-fashion-mnist                # the data: /usr/share/datasets/fashion-mnist

@@ -1,6 +1,9 @@
 // f2d2n/core/error.hpp: the typed errors every part of f2d2n throws.
 #pragma once
 
+#include <f2d2n/core/unit.hpp>
+
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -58,6 +61,92 @@ class data_error : public error {
  private:
   std::string path_;
   data_problem problem_;
+};
+
+/// Where a communication failed: this unit, the peer, the message and the step it was about.
+struct comm_context {
+  unit_id unit = 0;              ///< the unit that reports the error
+  unit_id peer = 0;              ///< the unit it was talking to
+  std::uint32_t message_id = 0;  ///< the message it sent or waited for
+  std::uint64_t step = 0;        ///< the training step (or tag) of that message
+
+  [[nodiscard]] std::string describe() const {
+    return "unit " + std::to_string(unit) + ", peer " + std::to_string(peer) + ", message " + std::to_string(message_id) +
+           ", step " + std::to_string(step);
+  }
+};
+
+/// Base of every failure to exchange messages between units.
+class comm_error : public error {
+ public:
+  comm_error(const comm_context& where, const std::string& what)
+      : error("f2d2n: " + where.describe() + ": " + what), where_(where) {}
+  [[nodiscard]] const comm_context& where() const noexcept { return where_; }
+
+ private:
+  comm_context where_;
+};
+
+/// The deadline passed before the expected message arrived (a silent or slow peer).
+class timeout_error : public comm_error {
+ public:
+  using comm_error::comm_error;
+};
+
+/// The peer is gone: it closed its connection, died, or could not be reached.
+class peer_error : public comm_error {
+ public:
+  using comm_error::comm_error;
+};
+
+/// What is wrong with a received frame.
+enum class frame_problem {
+  bad_magic,          ///< not an f2d2n frame
+  bad_version,        ///< another wire version
+  bad_kind,           ///< a frame kind that is not expected here
+  wrong_fingerprint,  ///< the sender runs another plan
+  wrong_sender,       ///< the frame names another sender than the connection's peer
+  wrong_message,      ///< another message than the one expected
+  wrong_step,         ///< the expected message, but of another step
+  wrong_length,       ///< the payload's length differs from the expected message's size
+  too_large,          ///< longer than the transport's maximum frame size
+  bad_checksum,       ///< header or payload corrupted
+  truncated,          ///< the stream ended inside the frame
+};
+
+[[nodiscard]] constexpr const char* to_string(frame_problem p) noexcept {
+  switch (p) {
+    case frame_problem::bad_magic: return "bad magic";
+    case frame_problem::bad_version: return "bad wire version";
+    case frame_problem::bad_kind: return "unexpected frame kind";
+    case frame_problem::wrong_fingerprint: return "wrong plan fingerprint";
+    case frame_problem::wrong_sender: return "wrong sender";
+    case frame_problem::wrong_message: return "wrong message";
+    case frame_problem::wrong_step: return "wrong step";
+    case frame_problem::wrong_length: return "wrong payload length";
+    case frame_problem::too_large: return "frame too large";
+    case frame_problem::bad_checksum: return "bad checksum";
+    case frame_problem::truncated: return "truncated frame";
+  }
+  return "unknown";
+}
+
+/// A frame that breaks the wire protocol; it is rejected before its payload is stored.
+class protocol_error : public comm_error {
+ public:
+  protocol_error(const comm_context& where, frame_problem problem, const std::string& detail)
+      : comm_error(where, std::string(to_string(problem)) + ": " + detail), problem_(problem) {}
+  [[nodiscard]] frame_problem problem() const noexcept { return problem_; }
+
+ private:
+  frame_problem problem_;
+};
+
+/// Two units that must not work together: another plan fingerprint, world size or rank than
+/// expected. The message says what differs; both sides are told.
+class handshake_error : public comm_error {
+ public:
+  using comm_error::comm_error;
 };
 
 }  // namespace f2d2n

@@ -1,0 +1,5 @@
+// f2d2n/comm.hpp: parallel data movement as linear operators over any transport.
+#pragma once
+
+#include <f2d2n/comm/partition.hpp>
+#include <f2d2n/comm/primitives.hpp>

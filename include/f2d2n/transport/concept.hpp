@@ -1,0 +1,92 @@
+// f2d2n/transport/concept.hpp: what a transport provides, and typed send / receive over any of them.
+//
+// A transport moves frames (wire/frame.hpp) between the units of one cluster. Three fit:
+//   local  units are threads of one process (tests, single-machine runs)
+//   tcp    Boost.Asio, one connection per pair of units
+//   mpi    Open MPI: send maps to MPI_Send of header + payload; receive(peer, expectation, ...)
+//          to MPI_Irecv from that source with tag = message id, polled against the deadline with
+//          a sleeping back-off (MPI has no timed receive), then the same check() as the others.
+// Frames between one pair of units arrive in the order they were sent; a receive takes the next
+// frame from its peer and checks it against what it expects (message, step, exact length) before
+// storing the payload in the caller's buffer: nothing is allocated from what the wire says.
+// Every blocking call has a deadline; failures are timeout_error, peer_error, protocol_error.
+#pragma once
+
+#include <f2d2n/core/error.hpp>
+#include <f2d2n/core/unit.hpp>
+#include <f2d2n/wire/frame.hpp>
+
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <type_traits>
+
+namespace f2d2n {
+
+using clock = std::chrono::steady_clock;
+/// The latest time a blocking call may return at.
+using deadline = clock::time_point;
+
+/// A transport: see the top of this file for the contract.
+template <class T>
+concept transport = requires(T& t, const T& ct, unit_id peer, const wire::frame_header& header,
+                             std::span<const std::byte> payload, const wire::expectation& expected,
+                             std::span<std::byte> out, deadline until) {
+  { ct.rank() } -> std::same_as<unit_id>;
+  { ct.world_size() } -> std::same_as<unit_id>;
+  { ct.fingerprint() } -> std::same_as<std::uint64_t>;
+  t.send(peer, header, payload, until);  // the frame is on its way (or buffered) when this returns
+  { t.receive(peer, expected, out, until) } -> std::same_as<wire::frame_header>;
+  t.shutdown();  // no more frames from this unit; peers waiting on it get peer_error
+};
+
+/// Sends a frame to `to` while receiving one from `from` (MPI_Sendrecv): what a ring step needs
+/// without deadlock, whatever the transport's buffering. Uses the transport's own `exchange` when
+/// it has one (TCP overlaps both directions); otherwise sends, then receives, which is right for
+/// transports whose send does not wait for the receiver (local).
+template <transport T>
+wire::frame_header exchange(T& t, unit_id to, const wire::frame_header& header, std::span<const std::byte> payload,
+                            unit_id from, const wire::expectation& expected, std::span<std::byte> out, deadline until) {
+  if constexpr (requires { t.exchange(to, header, payload, from, expected, out, until); }) {
+    return t.exchange(to, header, payload, from, expected, out, until);
+  } else {
+    t.send(to, header, payload, until);
+    return t.receive(from, expected, out, until);
+  }
+}
+
+/// Arithmetic element types that travel as raw little-endian arrays.
+template <class T>
+concept wire_scalar = std::is_arithmetic_v<T>;
+
+/// Sends `data` to `peer` as message `message_id` of step `step`.
+template <transport T, wire_scalar S>
+void send_tensor(T& t, unit_id peer, std::uint32_t message_id, std::uint64_t step, std::span<const S> data,
+                 deadline until) {
+  const auto bytes = std::as_bytes(data);
+  const auto header = wire::make_header(wire::frame_kind::data, t.fingerprint(), message_id, t.rank(), step, bytes);
+  t.send(peer, header, bytes, until);
+}
+
+/// Receives message `message_id` of step `step` from `peer` into `out`, whose size is the
+/// message's: a frame of any other length is refused.
+template <transport T, wire_scalar S>
+void receive_tensor(T& t, unit_id peer, std::uint32_t message_id, std::uint64_t step, std::span<S> out,
+                    deadline until) {
+  const wire::expectation e{wire::frame_kind::data, t.fingerprint(), message_id, peer, step, out.size_bytes()};
+  t.receive(peer, e, std::as_writable_bytes(out), until);
+}
+
+/// Sends `data` to `to` and receives `out` from `from`, both as message `message_id` of `step`.
+template <transport T, wire_scalar S>
+void exchange_tensor(T& t, unit_id to, std::span<const S> data, unit_id from, std::span<S> out, std::uint32_t message_id,
+                     std::uint64_t step, deadline until) {
+  const auto bytes = std::as_bytes(data);
+  const auto header = wire::make_header(wire::frame_kind::data, t.fingerprint(), message_id, t.rank(), step, bytes);
+  const wire::expectation e{wire::frame_kind::data, t.fingerprint(), message_id, from, step, out.size_bytes()};
+  exchange(t, to, header, bytes, from, e, std::as_writable_bytes(out), until);
+}
+
+}  // namespace f2d2n

@@ -1,0 +1,4 @@
+// f2d2n/wire.hpp: the frame format shared by every transport.
+#pragma once
+
+#include <f2d2n/wire/frame.hpp>

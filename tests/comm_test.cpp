@@ -1,0 +1,391 @@
+// Comm area: every primitive passes the dot-product (adjoint) test in float64 for world sizes 1 to
+// 8 with uneven extents, gives exact values on small cases, and fails with typed errors (dead
+// peer, silent peer, bad frames) instead of hanging. Transport: local (units are threads).
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <f2d2n/comm.hpp>
+#include <f2d2n/core/random.hpp>
+#include <f2d2n/transport/local.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+namespace nn = f2d2n;
+using nn::unit_id;
+
+namespace {
+
+std::vector<double> random_vector(std::size_t n, std::uint64_t stream) {
+  std::vector<double> v(n);
+  for (std::size_t k = 0; k < n; ++k) v[k] = nn::random_symmetric(2024, stream, k);
+  return v;
+}
+double dot(std::span<const double> a, std::span<const double> b) {
+  REQUIRE(a.size() == b.size());
+  return std::inner_product(a.begin(), a.end(), b.begin(), 0.0);
+}
+double norm2(std::span<const double> a) { return dot(a, a); }
+
+/// Runs f(transport) on every unit of a local cluster of p units; f returns a double per unit.
+template <class F>
+std::vector<double> on_cluster(unit_id p, F f) {
+  std::vector<double> result(p);
+  nn::local_cluster cluster(p);
+  cluster.run([&](nn::local_transport& t) { result[t.rank()] = f(t); });
+  return result;
+}
+double sum(const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0); }
+
+/// |<F x, y> - <x, F* y>| <= tol ||F x|| ||y||
+void check_adjoint(double fx_y, double x_fty, double norm_fx, double norm_y) {
+  INFO("<Fx,y> = ", fx_y, ", <x,F*y> = ", x_fty);
+  CHECK(std::abs(fx_y - x_fty) <= 1e-10 * norm_fx * norm_y);
+  CHECK(norm_fx * norm_y > 0);  // the test saw real data
+}
+
+const nn::collective call{.message_id = 7, .step = 3, .timeout = std::chrono::seconds(20), .chunk_bytes = 40};
+
+}  // namespace
+
+TEST_CASE("partition: balanced decomposition") {
+  CHECK(nn::part_size(10, 3, 0) == 4);
+  CHECK(nn::part_size(10, 3, 1) == 3);
+  CHECK(nn::part_size(10, 3, 2) == 3);
+  CHECK(nn::part_begin(10, 3, 2) == 7);
+  CHECK(nn::part_size(2, 5, 1) == 1);
+  CHECK(nn::part_size(2, 5, 2) == 0);
+  for (std::size_t n : {0u, 1u, 7u, 10u, 23u})
+    for (std::size_t p = 1; p <= 8; ++p) {
+      std::size_t total = 0;
+      for (std::size_t i = 0; i < p; ++i) {
+        CHECK(nn::part_begin(n, p, i) == total);
+        for (std::size_t k = total; k < total + nn::part_size(n, p, i); ++k) CHECK(nn::part_of(n, p, k) == i);
+        total += nn::part_size(n, p, i);
+      }
+      CHECK(total == n);
+    }
+}
+
+TEST_CASE("broadcast and sum_reduce are adjoint; broadcast copies exactly") {
+  const std::size_t n = 13;
+  for (unit_id p = 1; p <= 8; ++p)
+    for (std::size_t root : {std::size_t{0}, std::size_t{p - 1}, std::size_t{p / 2}}) {
+      CAPTURE(p);
+      CAPTURE(root);
+      const auto x = random_vector(n, 1000);
+      const auto g = nn::group::world(p);
+      // <F x, y>: broadcast x from the root, each unit takes <x, y_i>.
+      const double fx_y = sum(on_cluster(p, [&](nn::local_transport& t) {
+        std::vector<double> data(n, t.rank() == g[root] ? 0.0 : -1.0);
+        if (t.rank() == g[root]) data = x;
+        nn::broadcast(t, g, root, std::span<double>(data), call);
+        CHECK(data == x);
+        return dot(data, random_vector(n, t.rank()));
+      }));
+      // <x, F* y>: sum-reduce the y_i to the root.
+      const double x_fty = sum(on_cluster(p, [&](nn::local_transport& t) {
+        auto data = random_vector(n, t.rank());
+        nn::sum_reduce(t, g, root, std::span<double>(data), call);
+        return t.rank() == g[root] ? dot(x, data) : 0.0;
+      }));
+      double ny = 0;
+      for (unit_id r = 0; r < p; ++r) ny += norm2(random_vector(n, r));
+      check_adjoint(fx_y, x_fty, std::sqrt(p * norm2(x)), std::sqrt(ny));
+    }
+}
+
+TEST_CASE("the dot-product test catches a wrong adjoint") {
+  // Pretend broadcast is its own adjoint: <x, B y> sees only the root's y, not the sum of all.
+  const unit_id p = 4;
+  const std::size_t n = 9;
+  const auto g = nn::group::world(p);
+  const auto x = random_vector(n, 1000);
+  const double fx_y = sum(on_cluster(p, [&](nn::local_transport& t) {
+    std::vector<double> data = x;
+    nn::broadcast(t, g, 0, std::span<double>(data), call);
+    return dot(data, random_vector(n, t.rank()));
+  }));
+  const double wrong = sum(on_cluster(p, [&](nn::local_transport& t) {
+    auto data = random_vector(n, t.rank());
+    nn::broadcast(t, g, 0, std::span<double>(data), call);
+    return t.rank() == 0 ? dot(x, data) : 0.0;
+  }));
+  double ny = 0;
+  for (unit_id r = 0; r < p; ++r) ny += norm2(random_vector(n, r));
+  CHECK(std::abs(fx_y - wrong) > 1e-10 * std::sqrt(p * norm2(x)) * std::sqrt(ny));
+}
+
+TEST_CASE("all_reduce is self-adjoint and sums exactly, in chunks, for uneven extents") {
+  for (unit_id p = 1; p <= 8; ++p)
+    for (std::size_t n : {std::size_t{1}, std::size_t{5}, std::size_t{37}}) {
+      CAPTURE(p);
+      CAPTURE(n);
+      const auto g = nn::group::world(p);
+      // <A x, y> where x_i, y_i live on unit i.
+      const double ax_y = sum(on_cluster(p, [&](nn::local_transport& t) {
+        auto data = random_vector(n, t.rank());
+        nn::all_reduce(t, g, std::span<double>(data), call);
+        return dot(data, random_vector(n, 100 + t.rank()));
+      }));
+      const double x_ay = sum(on_cluster(p, [&](nn::local_transport& t) {
+        auto data = random_vector(n, 100 + t.rank());
+        nn::all_reduce(t, g, std::span<double>(data), call);
+        return dot(random_vector(n, t.rank()), data);
+      }));
+      std::vector<double> sx(n, 0.0);
+      double ny = 0;
+      for (unit_id r = 0; r < p; ++r) {
+        const auto xr = random_vector(n, r);
+        for (std::size_t k = 0; k < n; ++k) sx[k] += xr[k];
+        ny += norm2(random_vector(n, 100 + r));
+      }
+      check_adjoint(ax_y, x_ay, std::sqrt(p * norm2(sx)), std::sqrt(ny));
+      // Exact values: unit i holds i + k; the sum is p (p - 1) / 2 + p k on every unit.
+      on_cluster(p, [&](nn::local_transport& t) {
+        std::vector<float> data(n);
+        for (std::size_t k = 0; k < n; ++k) data[k] = static_cast<float>(t.rank() + k);
+        nn::all_reduce(t, g, std::span<float>(data), call);
+        for (std::size_t k = 0; k < n; ++k) CHECK(data[k] == static_cast<float>(p * (p - 1) / 2 + p * k));
+        return 0.0;
+      });
+    }
+}
+
+TEST_CASE("reduce_scatter and all_gather are adjoint") {
+  for (unit_id p = 1; p <= 8; ++p)
+    for (std::size_t n : {std::size_t{3}, std::size_t{23}}) {
+      CAPTURE(p);
+      CAPTURE(n);
+      const auto g = nn::group::world(p);
+      // F = reduce_scatter: x_i (length n) on every unit -> segment i of the sum on unit i.
+      const double fx_y = sum(on_cluster(p, [&](nn::local_transport& t) {
+        const auto x = random_vector(n, t.rank());
+        std::vector<double> out(nn::part_size(n, p, t.rank()));
+        nn::reduce_scatter(t, g, std::span<const double>(x), std::span<double>(out), call);
+        return dot(out, random_vector(out.size(), 200 + t.rank()));
+      }));
+      // F* = all_gather: y_i (segment i) -> the whole vector on every unit.
+      const double x_fty = sum(on_cluster(p, [&](nn::local_transport& t) {
+        const auto y = random_vector(nn::part_size(n, p, t.rank()), 200 + t.rank());
+        std::vector<double> out(n);
+        nn::all_gather(t, g, std::span<const double>(y), std::span<double>(out), call);
+        for (unit_id r = 0; r < p; ++r) {  // exact: segment r is unit r's y
+          const auto yr = random_vector(nn::part_size(n, p, r), 200 + r);
+          for (std::size_t k = 0; k < yr.size(); ++k) CHECK(out[nn::part_begin(n, p, r) + k] == yr[k]);
+        }
+        return dot(random_vector(n, t.rank()), out);
+      }));
+      std::vector<double> sx(n, 0.0);
+      double ny = 0;
+      for (unit_id r = 0; r < p; ++r) {
+        const auto xr = random_vector(n, r);
+        for (std::size_t k = 0; k < n; ++k) sx[k] += xr[k];
+        ny += norm2(random_vector(nn::part_size(n, p, r), 200 + r));
+      }
+      check_adjoint(fx_y, x_fty, std::sqrt(norm2(sx)), std::sqrt(ny));
+    }
+}
+
+TEST_CASE("scatter and gather are adjoint and move segments exactly") {
+  const std::size_t n = 23;
+  for (unit_id p = 1; p <= 8; ++p)
+    for (std::size_t root : {std::size_t{0}, std::size_t{p - 1}}) {
+      CAPTURE(p);
+      CAPTURE(root);
+      const auto g = nn::group::world(p);
+      const auto x = random_vector(n, 300);
+      const double fx_y = sum(on_cluster(p, [&](nn::local_transport& t) {
+        std::vector<double> out(nn::part_size(n, p, t.rank()));
+        const bool is_root = t.rank() == g[root];
+        nn::scatter(t, g, root, is_root ? std::span<const double>(x) : std::span<const double>(), std::span<double>(out), n,
+                    call);
+        for (std::size_t k = 0; k < out.size(); ++k) CHECK(out[k] == x[nn::part_begin(n, p, t.rank()) + k]);
+        return dot(out, random_vector(out.size(), 400 + t.rank()));
+      }));
+      const double x_fty = sum(on_cluster(p, [&](nn::local_transport& t) {
+        const auto y = random_vector(nn::part_size(n, p, t.rank()), 400 + t.rank());
+        const bool is_root = t.rank() == g[root];
+        std::vector<double> out(is_root ? n : 0);
+        nn::gather(t, g, root, std::span<const double>(y), std::span<double>(out), n, call);
+        return is_root ? dot(x, out) : 0.0;
+      }));
+      double ny = 0;
+      for (unit_id r = 0; r < p; ++r) ny += norm2(random_vector(nn::part_size(n, p, r), 400 + r));
+      check_adjoint(fx_y, x_fty, std::sqrt(norm2(x)), std::sqrt(ny));
+    }
+}
+
+TEST_CASE("collectives run in a sub-group while other units do something else") {
+  nn::local_cluster cluster(5);
+  const nn::group g{{4, 1, 3}};
+  cluster.run([&](nn::local_transport& t) {
+    if (t.rank() == 0 || t.rank() == 2) return;
+    std::vector<double> data(10, static_cast<double>(t.rank()));
+    nn::all_reduce(t, g, std::span<double>(data), call);
+    for (double v : data) CHECK(v == 8.0);
+    std::vector<double> b(4, t.rank() == 3 ? 42.0 : 0.0);
+    nn::broadcast(t, g, 2, std::span<double>(b), call);  // index 2 of the group is unit 3
+    for (double v : b) CHECK(v == 42.0);
+  });
+  nn::local_cluster other(2);
+  CHECK_THROWS_AS(other.run([&](nn::local_transport& t) {
+                    std::vector<double> d(3);
+                    nn::all_reduce(t, nn::group{{0, 5}}, std::span<double>(d), call);
+                  }),
+                  nn::configuration_error);
+}
+
+TEST_CASE("a dead unit makes every other unit fail with a typed error, fast") {
+  for (unit_id p : {2u, 3u, 5u}) {
+    CAPTURE(p);
+    nn::local_cluster cluster(p);
+    const auto start = nn::clock::now();
+    auto errors = cluster.run_collect([&](nn::local_transport& t) {
+      if (t.rank() == 1) throw std::runtime_error("unit 1 died");
+      std::vector<double> data(100, 1.0);
+      nn::all_reduce(t, nn::group::world(p), std::span<double>(data), call);  // deadline 20 s
+    });
+    CHECK(nn::clock::now() - start < std::chrono::seconds(5));
+    for (unit_id r = 0; r < p; ++r) {
+      CAPTURE(r);
+      REQUIRE(errors[r]);
+      if (r == 1) continue;
+      try {
+        std::rethrow_exception(errors[r]);
+      } catch (const nn::comm_error& e) {
+        CHECK(e.where().unit == r);
+        CHECK(e.where().message_id == 7);
+        CHECK(e.where().step == 3);
+        CHECK(std::string(e.what()).find("message 7, step 3") != std::string::npos);
+      } catch (...) {
+        FAIL("unit ", r, " failed with something else than a comm_error");
+      }
+    }
+  }
+}
+
+TEST_CASE("a silent unit is a timeout_error within the deadline plus a margin") {
+  nn::local_cluster cluster(3);
+  const auto timeout = std::chrono::milliseconds(300);
+  nn::collective c = call;
+  c.timeout = timeout;
+  const auto start = nn::clock::now();
+  auto errors = cluster.run_collect([&](nn::local_transport& t) {
+    if (t.rank() == 2) {
+      std::this_thread::sleep_for(std::chrono::seconds(2));  // alive, but says nothing
+      return;
+    }
+    std::vector<double> data(8, 1.0);
+    nn::all_reduce(t, nn::group::world(3), std::span<double>(data), c);
+  });
+  const auto elapsed = nn::clock::now() - start;
+  bool some_timeout = false;
+  for (unit_id r : {0u, 1u}) {
+    REQUIRE(errors[r]);
+    try {
+      std::rethrow_exception(errors[r]);
+    } catch (const nn::timeout_error&) {
+      some_timeout = true;
+    } catch (const nn::peer_error&) {  // a neighbour of a unit that timed out sees it go away
+    }
+  }
+  CHECK(some_timeout);
+  CHECK(elapsed < std::chrono::seconds(2) + timeout + std::chrono::seconds(1));
+}
+
+TEST_CASE("bad frames are protocol errors, and the receiver goes on") {
+  nn::local_cluster cluster(2, /*fingerprint=*/99, /*max_frame=*/1024);
+  auto& a = cluster.unit(0);
+  auto& b = cluster.unit(1);
+  const auto soon = [] { return nn::clock::now() + std::chrono::seconds(2); };
+  std::vector<float> good{1, 2, 3};
+  std::vector<float> out(3);
+  auto expect_problem = [&](nn::frame_problem problem) {
+    INFO("expected problem: ", std::string(nn::to_string(problem)));
+    try {
+      nn::receive_tensor(b, 0, 5, 1, std::span<float>(out), soon());
+      FAIL("a bad frame was accepted");
+    } catch (const nn::protocol_error& e) {
+      CHECK(e.problem() == problem);
+      CHECK(e.where().unit == 1);
+      CHECK(e.where().peer == 0);
+    }
+  };
+  const auto bytes = std::as_bytes(std::span<const float>(good));
+  auto header = nn::wire::make_header(nn::wire::frame_kind::data, 99, 5, 0, 1, bytes);
+
+  auto raw = nn::wire::encode(header);
+  a.send_raw(1, std::span<const std::byte>(raw.data(), 20), bytes);  // header cut short
+  expect_problem(nn::frame_problem::truncated);
+
+  raw = nn::wire::encode(header);
+  raw[0] = std::byte{'G'};  // magic
+  a.send_raw(1, raw, bytes);
+  expect_problem(nn::frame_problem::bad_magic);
+
+  auto other = header;
+  other.fingerprint = 98;
+  a.send_raw(1, nn::wire::encode(other), bytes);
+  expect_problem(nn::frame_problem::wrong_fingerprint);
+
+  other = header;
+  other.message_id = 6;
+  a.send_raw(1, nn::wire::encode(other), bytes);
+  expect_problem(nn::frame_problem::wrong_message);
+
+  other = header;
+  other.step = 2;
+  a.send_raw(1, nn::wire::encode(other), bytes);
+  expect_problem(nn::frame_problem::wrong_step);
+
+  other = header;
+  other.payload_length = 1u << 20;
+  a.send_raw(1, nn::wire::encode(other), bytes);
+  expect_problem(nn::frame_problem::too_large);
+
+  other = header;
+  other.payload_length = 8;
+  a.send_raw(1, nn::wire::encode(other), bytes);
+  expect_problem(nn::frame_problem::wrong_length);
+
+  std::vector<float> corrupted = good;
+  corrupted[1] = 2.5f;
+  a.send_raw(1, nn::wire::encode(header), std::as_bytes(std::span<const float>(corrupted)));
+  expect_problem(nn::frame_problem::bad_checksum);
+
+  other = header;
+  other.sender = 1;  // claims to be someone else
+  other.checksum = nn::wire::checksum(other, bytes);
+  a.send_raw(1, nn::wire::encode(other), bytes);
+  expect_problem(nn::frame_problem::wrong_sender);
+
+  // After all that, a good frame still arrives intact.
+  a.set_fingerprint(99);
+  nn::send_tensor(a, 1, 5, 1, std::span<const float>(good), soon());
+  nn::receive_tensor(b, 0, 5, 1, std::span<float>(out), soon());
+  CHECK(out == good);
+}
+
+TEST_CASE("frame header: encode and decode round-trip, the checksum covers the header") {
+  const std::vector<std::byte> payload{std::byte{1}, std::byte{2}, std::byte{3}};
+  const auto h = nn::wire::make_header(nn::wire::frame_kind::data, 0x0123456789abcdefULL, 0xfeedbeef, 7,
+                                       0xfffffffffffffff0ULL, payload);
+  const auto bytes = nn::wire::encode(h);
+  CHECK(bytes[0] == std::byte{'F'});
+  CHECK(bytes[1] == std::byte{'2'});
+  CHECK(bytes[2] == std::byte{'D'});
+  CHECK(bytes[3] == std::byte{'N'});
+  const auto back = nn::wire::decode(bytes, {});
+  CHECK(back == h);
+  nn::wire::verify(back, payload, {});
+  auto changed = back;
+  changed.step ^= 1;  // a flipped header bit changes the checksum's seed
+  CHECK_THROWS_AS(nn::wire::verify(changed, payload, {}), nn::protocol_error);
+  auto wrong_version = bytes;
+  wrong_version[4] = std::byte{2};
+  CHECK_THROWS_WITH_AS((void)nn::wire::decode(wrong_version, {}), doctest::Contains("wire version 2"), nn::protocol_error);
+}
