@@ -5,3 +5,4 @@
 #include <f2d2n/core/error.hpp>
 #include <f2d2n/core/random.hpp>
 #include <f2d2n/core/shape.hpp>
+#include <f2d2n/core/unit.hpp>
