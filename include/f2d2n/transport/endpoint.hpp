@@ -6,7 +6,7 @@
 
 namespace f2d2n {
 
-/// A host (name or address) and a TCP port.
+/// Where a unit listens: a host name or address, and a TCP port (1 .. 65535 in a configuration).
 struct endpoint {
   std::string host;
   std::uint16_t port = 0;
