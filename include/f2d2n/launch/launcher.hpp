@@ -21,8 +21,9 @@
 // Each unit runs in a process group of its own, so that signals reach what the unit started too
 // (a shell and its children); when the run is ended, whatever is left in those groups is killed.
 //
-// Free ports (base_port == 0): the launcher binds one socket per unit to port 0 on `host`, reads
-// the port the system chose, and keeps the socket bound until just before it starts that unit.
+// Free ports (base_port == 0): the launcher binds one socket per unit on `host`, to a free port
+// below the kernel's ephemeral range where there is room (so that no unit's outgoing connection
+// can be given another unit's port), and keeps it bound until just before it starts that unit.
 // Between that moment and the unit's own bind another process may take the port (a race that no
 // launcher which hands out ports can close); the unit then fails to listen and the run fails. Pass
 // base_port (units listen on base_port + rank) where that matters.
@@ -56,6 +57,7 @@
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #include <optional>
 #include <ostream>
@@ -233,7 +235,25 @@ class signal_scope {
 
 // --- ports ---------------------------------------------------------------------------------
 
-/// Binds `count` sockets to port 0 on `host` and returns them with the ports the system chose.
+/// The kernel's range of ephemeral ports (those it gives outgoing connections), [low, high].
+[[nodiscard]] inline std::pair<std::uint32_t, std::uint32_t> ephemeral_port_range() {
+  std::uint32_t low = 32768, high = 60999;  // Linux's default
+  if (std::FILE* f = std::fopen("/proc/sys/net/ipv4/ip_local_port_range", "r")) {
+    unsigned a = 0, b = 0;
+    if (std::fscanf(f, "%u %u", &a, &b) == 2 && a >= 1 && a <= b && b <= 65535) {
+      low = a;
+      high = b;
+    }
+    std::fclose(f);
+  }
+  return {low, high};
+}
+
+/// Binds `count` sockets on `host` and returns them with their ports. Ports are taken below the
+/// kernel's ephemeral range when there is room (from 10000 up, starting at a place that depends on
+/// the process id): a port from the ephemeral range could be handed to another unit's outgoing
+/// connection between the moment the launcher frees it and the moment its unit binds it. Ports
+/// the system chooses (bind to port 0) fill in when there is no such room.
 [[nodiscard]] inline std::vector<file> reserve_ports(const std::string& host, unit_id count,
                                                      std::vector<std::uint16_t>& ports) {
   addrinfo hints{};
@@ -248,20 +268,51 @@ class signal_scope {
     ~release() { ::freeaddrinfo(list); }
   } guard{found};
 
-  std::vector<file> sockets;
-  for (unit_id i = 0; i < count; ++i) {
+  auto with_port = [&](std::uint16_t port) {
+    sockaddr_storage a{};
+    std::memcpy(&a, found->ai_addr, found->ai_addrlen);
+    if (a.ss_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&a)->sin6_port = htons(port);
+    else reinterpret_cast<sockaddr_in*>(&a)->sin_port = htons(port);
+    return a;
+  };
+  auto new_socket = [&] {
     file s(::socket(found->ai_family, found->ai_socktype | SOCK_CLOEXEC, found->ai_protocol));
     if (!s.open()) throw launch_error(system_message("launch: cannot create a socket", errno));
-    if (::bind(s.get(), found->ai_addr, found->ai_addrlen) != 0)
-      throw launch_error(system_message("launch: cannot bind a port on '" + host + "'", errno));
+    return s;
+  };
+  auto bound_port = [&](const file& s) {
     sockaddr_storage address{};
     socklen_t length = sizeof address;
     if (::getsockname(s.get(), reinterpret_cast<sockaddr*>(&address), &length) != 0)
       throw launch_error(system_message("launch: cannot read a socket's port", errno));
-    const std::uint16_t port = address.ss_family == AF_INET6
-                                   ? ntohs(reinterpret_cast<const sockaddr_in6*>(&address)->sin6_port)
-                                   : ntohs(reinterpret_cast<const sockaddr_in*>(&address)->sin_port);
-    ports.push_back(port);
+    return address.ss_family == AF_INET6 ? ntohs(reinterpret_cast<const sockaddr_in6*>(&address)->sin6_port)
+                                         : ntohs(reinterpret_cast<const sockaddr_in*>(&address)->sin_port);
+  };
+
+  std::vector<file> sockets;
+  const auto [ephemeral_low, ephemeral_high] = ephemeral_port_range();
+  (void)ephemeral_high;
+  constexpr std::uint32_t lowest = 10000;
+  if (ephemeral_low > lowest + count) {
+    const std::uint32_t span = ephemeral_low - lowest;
+    const std::uint32_t start = static_cast<std::uint32_t>(::getpid()) * 7919u % span;
+    for (std::uint32_t k = 0; k < span && sockets.size() < count; ++k) {
+      const auto port = static_cast<std::uint16_t>(lowest + (start + k) % span);
+      file s = new_socket();
+      const sockaddr_storage a = with_port(port);
+      if (::bind(s.get(), reinterpret_cast<const sockaddr*>(&a), found->ai_addrlen) == 0) {
+        ports.push_back(port);
+        sockets.push_back(std::move(s));
+      } else if (errno != EADDRINUSE && errno != EACCES) {
+        throw launch_error(system_message("launch: cannot bind a port on '" + host + "'", errno));
+      }
+    }
+  }
+  while (sockets.size() < count) {
+    file s = new_socket();
+    if (::bind(s.get(), found->ai_addr, found->ai_addrlen) != 0)
+      throw launch_error(system_message("launch: cannot bind a port on '" + host + "'", errno));
+    ports.push_back(bound_port(s));
     sockets.push_back(std::move(s));
   }
   return sockets;
