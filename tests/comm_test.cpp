@@ -4,6 +4,8 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include "comm_suite.hpp"
+
 #include <f2d2n/comm.hpp>
 #include <f2d2n/core/random.hpp>
 #include <f2d2n/transport/local.hpp>
@@ -559,4 +561,14 @@ TEST_CASE("a halo wider than a unit's cells is a configuration error") {
                                return 0.0;
                              }),
                   nn::configuration_error);
+}
+
+TEST_CASE("the transport-independent adjoint suite passes on local clusters of 1 to 8 units") {
+  for (unit_id p = 1; p <= 8; ++p) {
+    CAPTURE(p);
+    nn::local_cluster cluster(p);
+    std::vector<std::vector<std::string>> failures(p);
+    cluster.run([&](nn::local_transport& t) { failures[t.rank()] = nn::testing::adjoint_suite(t); });
+    for (const auto& f : failures) CHECK(f.empty());
+  }
 }

@@ -1,0 +1,689 @@
+// Tests of the TCP transport: units are threads of this process, each with its own tcp_transport
+// on 127.0.0.1 (ports picked by the system: listen on port 0, then connect). Forged frames come
+// from a raw POSIX socket that completes the handshake by hand.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <f2d2n/transport/tcp.hpp>
+
+#include <boost/asio/use_future.hpp>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+namespace asio = boost::asio;
+using f2d2n::tcp_transport;
+using f2d2n::unit_id;
+using ms = std::chrono::milliseconds;
+using seconds = std::chrono::duration<double>;
+
+constexpr std::uint64_t fingerprint = 0xf2d2'0000'0000'0042ull;
+
+f2d2n::deadline in(ms d) { return f2d2n::clock::now() + d; }
+
+double since(f2d2n::clock::time_point t0) { return seconds(f2d2n::clock::now() - t0).count(); }
+
+/// Units 0 .. world-1 as threads: each listens on a port the system picks, connects to the others,
+/// runs f, and shuts down. Returns each unit's exception (or null).
+template <class F>
+std::vector<std::exception_ptr> run_cluster(unit_id world, F f, f2d2n::tcp_options options = {},
+                                            std::function<std::uint64_t(unit_id)> fingerprint_of = {}) {
+  std::vector<std::unique_ptr<tcp_transport>> units;
+  std::vector<f2d2n::endpoint> peers;
+  for (unit_id r = 0; r < world; ++r) {
+    units.push_back(std::make_unique<tcp_transport>(r, world, fingerprint_of ? fingerprint_of(r) : fingerprint, options));
+    peers.push_back(units.back()->listen());
+  }
+  std::vector<std::exception_ptr> errors(world);
+  std::vector<std::thread> threads;
+  for (unit_id r = 0; r < world; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        units[r]->connect(peers, in(ms(5000)));
+        f(*units[r]);
+      } catch (...) {
+        errors[r] = std::current_exception();
+      }
+      units[r]->shutdown();
+    });
+  for (auto& t : threads) t.join();
+  return errors;
+}
+
+void rethrow_first(const std::vector<std::exception_ptr>& errors) {
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+std::string what(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return x.what();
+  }
+}
+
+/// Deterministic contents of message `m` from `from` to `to`.
+std::vector<std::uint32_t> payload(unit_id from, unit_id to, std::uint32_t m, std::size_t n) {
+  std::vector<std::uint32_t> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<std::uint32_t>((from * 1000003u) ^ (to * 7919u) ^ (m * 104729u) ^ (i * 2654435761u));
+  return v;
+}
+
+std::size_t size_of(unit_id from, unit_id to, std::uint32_t m) { return (m % 4 == 0) ? 0 : 1 + (from * 37 + to * 11 + m * 101) % 3000; }
+
+/// A hand-driven peer: a POSIX socket with 5 s send/receive timeouts (a failing test never hangs).
+class raw_client {
+ public:
+  explicit raw_client(const f2d2n::endpoint& to) : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
+    REQUIRE(fd_ >= 0);
+    const timeval tv{5, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(to.port);
+    REQUIRE(::inet_pton(AF_INET, to.host.c_str(), &a.sin_addr) == 1);
+    REQUIRE(::connect(fd_, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0);
+  }
+  raw_client(const raw_client&) = delete;
+  raw_client& operator=(const raw_client&) = delete;
+  ~raw_client() { close(); }
+
+  void write(std::span<const std::byte> b) {
+    while (!b.empty()) {
+      const auto n = ::send(fd_, b.data(), b.size(), MSG_NOSIGNAL);
+      REQUIRE(n > 0);
+      b = b.subspan(static_cast<std::size_t>(n));
+    }
+  }
+  void write_frame(const f2d2n::wire::frame_header& h, std::span<const std::byte> p) {
+    const auto b = f2d2n::wire::encode(h);
+    write(b);
+    write(p);
+  }
+  std::vector<std::byte> read(std::size_t n) {
+    std::vector<std::byte> b(n);
+    std::size_t got = 0;
+    while (got < n) {
+      const auto r = ::recv(fd_, b.data() + got, n - got, 0);
+      REQUIRE(r > 0);
+      got += static_cast<std::size_t>(r);
+    }
+    return b;
+  }
+  std::pair<f2d2n::wire::frame_header, std::vector<std::byte>> read_frame() {
+    const auto hb = read(f2d2n::wire::header_size);
+    const auto h = f2d2n::wire::decode(std::span<const std::byte, f2d2n::wire::header_size>(hb.data(), hb.size()), {});
+    return {h, read(static_cast<std::size_t>(h.payload_length))};
+  }
+  /// Completes the handshake as unit `rank` of `world`; returns the other side's verdict frame.
+  f2d2n::wire::frame_header handshake(unit_id rank, unit_id world, std::uint64_t fp) {
+    namespace d = f2d2n::detail::tcp_impl;
+    const auto hello = d::encode_hello({rank, world, fp, f2d2n::wire::wire_version});
+    write_frame(f2d2n::wire::make_header(f2d2n::wire::frame_kind::handshake, fp, d::hello_message, rank, 0, hello), hello);
+    const auto theirs = read_frame();
+    CHECK(theirs.first.kind == f2d2n::wire::frame_kind::handshake);
+    const auto decoded = d::decode_hello(theirs.second);
+    REQUIRE(decoded);
+    write_frame(f2d2n::wire::make_header(f2d2n::wire::frame_kind::handshake, fp, d::verdict_message, rank, 0, {}), {});
+    return read_frame().first;
+  }
+  /// Closes with a reset (SO_LINGER 0): what a crashed process's peer may see.
+  void reset() {
+    const linger l{1, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    close();
+  }
+  void close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_;
+};
+
+/// Unit 0 of a world of 2 whose unit 1 is a raw_client that has completed the handshake.
+struct unit_and_raw_peer {
+  unit_and_raw_peer() : unit(0, 2, fingerprint) {
+    const auto here = unit.listen();
+    auto connected = std::async(std::launch::async, [&] { unit.connect({here, {"127.0.0.1", 1}}, in(ms(5000))); });
+    raw = std::make_unique<raw_client>(here);
+    const auto verdict = raw->handshake(1, 2, fingerprint);
+    CHECK(verdict.kind == f2d2n::wire::frame_kind::handshake);
+    connected.get();
+  }
+  tcp_transport unit;
+  std::unique_ptr<raw_client> raw;
+};
+
+f2d2n::wire::frame_header data_header(std::uint32_t message, std::uint64_t step, std::span<const std::byte> p) {
+  return f2d2n::wire::make_header(f2d2n::wire::frame_kind::data, fingerprint, message, 1, step, p);
+}
+
+/// Receives message 7 of step 3 (16 floats) from unit 1 and returns the problem of the protocol_error.
+f2d2n::frame_problem problem_of_next_receive(tcp_transport& t) {
+  std::vector<float> out(16);
+  try {
+    f2d2n::receive_tensor(t, 1, 7, 3, std::span(out), in(ms(3000)));
+  } catch (const f2d2n::protocol_error& e) {
+    CHECK(std::string(e.what()).find("unit 0, peer 1, message 7, step 3") != std::string::npos);
+    return e.problem();
+  }
+  FAIL("no protocol_error");
+  return {};
+}
+
+/// After a rejected frame: the stream is unusable (peer_error), and shutdown is quick.
+void check_broken_and_shutdown(tcp_transport& t) {
+  std::vector<float> out(16);
+  CHECK_THROWS_AS(f2d2n::receive_tensor(t, 1, 7, 4, std::span(out), in(ms(3000))), f2d2n::peer_error);
+  const auto t0 = f2d2n::clock::now();
+  t.shutdown();
+  CHECK(since(t0) < 1.0);
+}
+
+}  // namespace
+
+TEST_CASE("tcp: send_tensor / receive_tensor between every pair, in order, world sizes 2, 3 and 5") {
+  for (const unit_id world : {2u, 3u, 5u}) {
+    CAPTURE(world);
+    constexpr std::uint32_t messages = 24;
+    const auto errors = run_cluster(world, [&](tcp_transport& t) {
+      const unit_id me = t.rank();
+      for (std::uint32_t m = 0; m < messages; ++m)
+        for (unit_id p = 0; p < world; ++p)
+          if (p != me) {
+            const auto v = payload(me, p, m, size_of(me, p, m));
+            f2d2n::send_tensor(t, p, m, 100 + m, std::span<const std::uint32_t>(v), in(ms(5000)));
+          }
+      for (unit_id p = 0; p < world; ++p) {
+        if (p == me) continue;
+        for (std::uint32_t m = 0; m < messages; ++m) {
+          std::vector<std::uint32_t> got(size_of(p, me, m));
+          f2d2n::receive_tensor(t, p, m, 100 + m, std::span(got), in(ms(5000)));
+          REQUIRE(got == payload(p, me, m, got.size()));
+        }
+      }
+    });
+    rethrow_first(errors);
+  }
+}
+
+TEST_CASE("tcp: empty payloads and a 64 MiB payload both ways at once, copied and zero-copy") {
+  constexpr std::size_t big = (std::size_t{64} << 20) / sizeof(std::uint32_t);
+  for (const std::uint64_t send_buffer : {std::uint64_t{256} << 20, std::uint64_t{0}}) {
+    CAPTURE(send_buffer);
+    f2d2n::tcp_options options;
+    options.send_buffer = send_buffer;
+    const auto errors = run_cluster(2, [&](tcp_transport& t) {
+      const unit_id other = 1 - t.rank();
+      f2d2n::send_tensor(t, other, 1, 0, std::span<const float>(), in(ms(5000)));
+      std::vector<std::uint32_t> v(big);
+      for (std::size_t i = 0; i < big; ++i) v[i] = static_cast<std::uint32_t>(i * 2654435761u + t.rank());
+      if (send_buffer != 0) {
+        // Both send first, then receive: the frame the kernel cannot take is copied, so neither blocks.
+        f2d2n::send_tensor(t, other, 2, 0, std::span<const std::uint32_t>(v), in(ms(10000)));
+      } else if (t.rank() == 0) {
+        // Zero-copy: send() returns once the kernel has the whole frame, i.e. as the peer reads.
+        f2d2n::send_tensor(t, other, 2, 0, std::span<const std::uint32_t>(v), in(ms(10000)));
+      }
+      std::vector<float> none;
+      f2d2n::receive_tensor(t, other, 1, 0, std::span(none), in(ms(5000)));
+      if (send_buffer != 0 || t.rank() == 1) {
+        std::vector<std::uint32_t> got(big);
+        f2d2n::receive_tensor(t, other, 2, 0, std::span(got), in(ms(10000)));
+        for (std::size_t i = 0; i < big; ++i)
+          if (got[i] != static_cast<std::uint32_t>(i * 2654435761u + other)) FAIL("wrong element " << i);
+      }
+    }, options);
+    rethrow_first(errors);
+  }
+}
+
+TEST_CASE("tcp: the async API with a callback, a future and a coroutine") {
+  const auto errors = run_cluster(2, [](tcp_transport& t) {
+    const unit_id other = 1 - t.rank();
+    std::vector<double> mine(1000), theirs(1000);
+    for (std::size_t i = 0; i < mine.size(); ++i) mine[i] = t.rank() * 1e6 + static_cast<double>(i);
+    const auto bytes = std::as_bytes(std::span(mine));
+    const auto header = f2d2n::wire::make_header(f2d2n::wire::frame_kind::data, t.fingerprint(), 5, t.rank(), 9, bytes);
+    const f2d2n::wire::expectation expected{f2d2n::wire::frame_kind::data, t.fingerprint(), 5, other, 9, bytes.size()};
+
+    // A callback: runs on the transport's io thread.
+    std::promise<std::exception_ptr> sent;
+    t.async_send(other, header, bytes, in(ms(5000)), [&](std::exception_ptr e) { sent.set_value(e); });
+    // A future.
+    auto received = t.async_receive(other, expected, std::as_writable_bytes(std::span(theirs)), in(ms(5000)), asio::use_future);
+    CHECK_FALSE(sent.get_future().get());
+    const auto h = received.get();
+    CHECK(h.message_id == 5);
+    CHECK(h.sender == other);
+    CHECK(theirs[999] == other * 1e6 + 999);
+
+    // A coroutine on the caller's own io_context.
+    asio::io_context io;
+    std::vector<double> again(1000);
+    bool done = false;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+          co_await t.async_send(other, header, bytes, in(ms(5000)), asio::use_awaitable);
+          const auto h2 = co_await t.async_receive(other, expected, std::as_writable_bytes(std::span(again)), in(ms(5000)),
+                                                   asio::use_awaitable);
+          CHECK(h2.step == 9);
+          done = true;
+        },
+        [](std::exception_ptr e) {
+          if (e) std::rethrow_exception(e);
+        });
+    io.run_for(std::chrono::seconds(10));
+    CHECK(done);
+    CHECK(again == theirs);
+  });
+  rethrow_first(errors);
+}
+
+TEST_CASE("tcp: a handshake with another plan fingerprint fails on both sides, saying what differs") {
+  const auto errors = run_cluster(2, [](tcp_transport&) {}, {}, [](unit_id r) { return std::uint64_t{0xa0 + r}; });
+  for (unit_id r = 0; r < 2; ++r) {
+    REQUIRE(errors[r]);
+    CHECK_THROWS_AS(std::rethrow_exception(errors[r]), f2d2n::handshake_error);
+    const auto text = what(errors[r]);
+    CAPTURE(text);
+    CHECK(text.find("plan fingerprint 0x00000000000000a0") != std::string::npos);
+    CHECK(text.find("plan fingerprint 0x00000000000000a1") != std::string::npos);
+  }
+}
+
+TEST_CASE("tcp: a handshake with another world size fails on both sides, saying what differs") {
+  tcp_transport a(0, 2, fingerprint), b(1, 3, fingerprint);
+  const auto ea = a.listen(), eb = b.listen();
+  // b waits for its unit 2 (which never comes) until the deadline, then reports the refusal.
+  auto fa = std::async(std::launch::async, [&] { a.connect({ea, eb}, in(ms(3000))); });
+  auto fb = std::async(std::launch::async, [&] { b.connect({ea, eb, {"127.0.0.1", 1}}, in(ms(500))); });
+  for (auto* f : {&fa, &fb}) {
+    try {
+      f->get();
+      FAIL("the handshake succeeded");
+    } catch (const f2d2n::handshake_error& e) {
+      const std::string text = e.what();
+      CAPTURE(text);
+      CHECK(text.find("unit 0 has world size 2") != std::string::npos);
+      CHECK(text.find("unit 1 world size 3") != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("tcp: a unit that answers under another rank is refused, and both sides say so") {
+  // Unit 2 is given the endpoints of units 0 and 1 swapped.
+  std::vector<std::unique_ptr<tcp_transport>> units;
+  std::vector<f2d2n::endpoint> peers;
+  for (unit_id r = 0; r < 3; ++r) {
+    units.push_back(std::make_unique<tcp_transport>(r, 3, fingerprint));
+    peers.push_back(units.back()->listen());
+  }
+  std::vector<std::exception_ptr> errors(3);
+  std::vector<std::thread> threads;
+  for (unit_id r = 0; r < 3; ++r)
+    threads.emplace_back([&, r] {
+      auto mine = peers;
+      if (r == 2) std::swap(mine[0], mine[1]);
+      try {
+        units[r]->connect(mine, in(ms(3000)));
+      } catch (...) {
+        errors[r] = std::current_exception();
+      }
+    });
+  for (auto& t : threads) t.join();
+  REQUIRE(errors[2]);
+  CHECK_THROWS_AS(std::rethrow_exception(errors[2]), f2d2n::handshake_error);
+  CHECK(what(errors[2]).find("the unit there says it is unit") != std::string::npos);
+  int told = 0;
+  for (unit_id r = 0; r < 2; ++r) {
+    CAPTURE(r);
+    REQUIRE(errors[r]);  // a unit that cannot reach everyone does not start
+    try {
+      std::rethrow_exception(errors[r]);
+    } catch (const f2d2n::handshake_error& e) {
+      if (std::string(e.what()).find("unit 2 expected unit") != std::string::npos) ++told;
+    } catch (const f2d2n::comm_error&) {
+    }
+  }
+  CHECK(told >= 1);
+}
+
+TEST_CASE("tcp: a silent peer is a timeout_error at the deadline, and the link stays usable") {
+  std::atomic<bool> timed_out{false};
+  const auto errors = run_cluster(2, [&](tcp_transport& t) {
+    std::vector<float> v(8, 1.5f);
+    if (t.rank() == 0) {
+      const auto t0 = f2d2n::clock::now();
+      try {
+        f2d2n::receive_tensor(t, 1, 7, 3, std::span(v), in(ms(300)));
+        FAIL("a message arrived from a silent peer");
+      } catch (const f2d2n::timeout_error& e) {
+        const double s = since(t0);
+        CHECK(s >= 0.29);
+        CHECK(s < 0.3 + 2.0);
+        CHECK(std::string(e.what()).find("unit 0, peer 1, message 7, step 3") != std::string::npos);
+      }
+      timed_out = true;
+      // Nothing of the frame had arrived: the next receive gets the frame sent after the timeout.
+      f2d2n::receive_tensor(t, 1, 7, 3, std::span(v), in(ms(5000)));
+      CHECK(v[0] == 2.5f);
+    } else {
+      while (!timed_out) std::this_thread::sleep_for(ms(5));
+      std::fill(v.begin(), v.end(), 2.5f);
+      f2d2n::send_tensor(t, 0, 7, 3, std::span<const float>(v), in(ms(5000)));
+    }
+  });
+  rethrow_first(errors);
+}
+
+TEST_CASE("tcp: a peer that shuts down is a peer_error on the survivor, at once") {
+  const auto errors = run_cluster(2, [](tcp_transport& t) {
+    std::vector<float> v(4);
+    if (t.rank() == 1) {
+      std::this_thread::sleep_for(ms(100));
+      return;  // run_cluster shuts the unit down
+    }
+    const auto t0 = f2d2n::clock::now();
+    try {
+      f2d2n::receive_tensor(t, 1, 2, 8, std::span(v), in(ms(10000)));
+      FAIL("a message arrived");
+    } catch (const f2d2n::peer_error& e) {
+      CHECK(since(t0) < 2.0);
+      CHECK(std::string(e.what()).find("unit 0, peer 1, message 2, step 8: the peer has shut down") != std::string::npos);
+    }
+    CHECK_THROWS_AS(f2d2n::send_tensor(t, 1, 2, 8, std::span<const float>(v), in(ms(1000))), f2d2n::peer_error);
+  });
+  rethrow_first(errors);
+}
+
+TEST_CASE("tcp: a connection reset by the peer is a peer_error, at once") {
+  unit_and_raw_peer s;
+  auto pending = std::async(std::launch::async, [&] {
+    std::vector<float> out(16);
+    f2d2n::receive_tensor(s.unit, 1, 7, 3, std::span(out), in(ms(10000)));
+  });
+  std::this_thread::sleep_for(ms(50));
+  const auto t0 = f2d2n::clock::now();
+  s.raw->reset();
+  CHECK_THROWS_AS(pending.get(), f2d2n::peer_error);
+  CHECK(since(t0) < 2.0);
+  std::vector<float> v(16);
+  CHECK_THROWS_AS(f2d2n::receive_tensor(s.unit, 1, 7, 4, std::span(v), in(ms(1000))), f2d2n::peer_error);
+  s.unit.shutdown();
+}
+
+TEST_CASE("tcp: forged and damaged frames are typed protocol errors, checked before the payload is read") {
+  std::vector<float> good(16, 3.0f);
+  const auto good_bytes = std::as_bytes(std::span(good));
+
+  SUBCASE("the connection closes in the middle of the payload") {
+    unit_and_raw_peer s;
+    const auto h = data_header(7, 3, good_bytes);
+    s.raw->write(f2d2n::wire::encode(h));
+    s.raw->write(good_bytes.first(10));
+    s.raw->close();
+    std::vector<float> out(16);
+    try {
+      f2d2n::receive_tensor(s.unit, 1, 7, 3, std::span(out), in(ms(3000)));
+      FAIL("no error");
+    } catch (const f2d2n::protocol_error& e) {
+      CHECK(e.problem() == f2d2n::frame_problem::truncated);
+    }
+    check_broken_and_shutdown(s.unit);
+  }
+  SUBCASE("a length above the maximum frame is refused before anything is allocated") {
+    unit_and_raw_peer s;
+    auto h = data_header(7, 3, good_bytes);
+    h.payload_length = std::uint64_t{1} << 40;
+    s.raw->write(f2d2n::wire::encode(h));
+    CHECK(problem_of_next_receive(s.unit) == f2d2n::frame_problem::too_large);
+    check_broken_and_shutdown(s.unit);
+  }
+  SUBCASE("a corrupted payload byte") {
+    unit_and_raw_peer s;
+    auto bad = std::vector<std::byte>(good_bytes.begin(), good_bytes.end());
+    const auto h = data_header(7, 3, bad);
+    bad[17] ^= std::byte{0x40};
+    s.raw->write_frame(h, bad);
+    CHECK(problem_of_next_receive(s.unit) == f2d2n::frame_problem::bad_checksum);
+    check_broken_and_shutdown(s.unit);
+  }
+  SUBCASE("another message") {
+    unit_and_raw_peer s;
+    s.raw->write_frame(data_header(8, 3, good_bytes), good_bytes);
+    CHECK(problem_of_next_receive(s.unit) == f2d2n::frame_problem::wrong_message);
+    check_broken_and_shutdown(s.unit);
+  }
+  SUBCASE("another step") {
+    unit_and_raw_peer s;
+    s.raw->write_frame(data_header(7, 4, good_bytes), good_bytes);
+    CHECK(problem_of_next_receive(s.unit) == f2d2n::frame_problem::wrong_step);
+    check_broken_and_shutdown(s.unit);
+  }
+  SUBCASE("another length") {
+    unit_and_raw_peer s;
+    s.raw->write_frame(data_header(7, 3, good_bytes.first(32)), good_bytes.first(32));
+    CHECK(problem_of_next_receive(s.unit) == f2d2n::frame_problem::wrong_length);
+    check_broken_and_shutdown(s.unit);
+  }
+  SUBCASE("bytes that are not a frame") {
+    unit_and_raw_peer s;
+    std::vector<std::byte> junk(f2d2n::wire::header_size, std::byte{0x5a});
+    s.raw->write(junk);
+    CHECK(problem_of_next_receive(s.unit) == f2d2n::frame_problem::bad_magic);
+    check_broken_and_shutdown(s.unit);
+  }
+  SUBCASE("a good frame after all") {
+    unit_and_raw_peer s;
+    s.raw->write_frame(data_header(7, 3, good_bytes), good_bytes);
+    std::vector<float> out(16);
+    f2d2n::receive_tensor(s.unit, 1, 7, 3, std::span(out), in(ms(3000)));
+    CHECK(out == good);
+    s.unit.shutdown();
+    // The raw peer is told: a goodbye frame, then the end of the stream.
+    const auto [h, p] = s.raw->read_frame();
+    CHECK(h.kind == f2d2n::wire::frame_kind::goodbye);
+  }
+}
+
+TEST_CASE("tcp: a deadline that passes in the middle of a frame leaves that stream unusable") {
+  unit_and_raw_peer s;
+  std::vector<float> good(16, 3.0f);
+  const auto bytes = std::as_bytes(std::span(good));
+  s.raw->write(f2d2n::wire::encode(data_header(7, 3, bytes)));
+  s.raw->write(bytes.first(20));
+  std::vector<float> out(16);
+  const auto t0 = f2d2n::clock::now();
+  try {
+    f2d2n::receive_tensor(s.unit, 1, 7, 3, std::span(out), in(ms(200)));
+    FAIL("no timeout");
+  } catch (const f2d2n::timeout_error& e) {
+    CHECK(since(t0) < 0.2 + 2.0);
+    CHECK(std::string(e.what()).find("68 bytes of the frame had arrived") != std::string::npos);
+  }
+  s.raw->write(bytes.subspan(20));
+  try {
+    f2d2n::receive_tensor(s.unit, 1, 7, 3, std::span(out), in(ms(1000)));
+    FAIL("the stream was used after a timeout in the middle of a frame");
+  } catch (const f2d2n::peer_error& e) {
+    CHECK(std::string(e.what()).find("out of sync") != std::string::npos);
+  }
+}
+
+TEST_CASE("tcp: connecting to units that never come is a timeout_error naming them") {
+  SUBCASE("a unit that waits to be connected to") {
+    tcp_transport t(0, 2, fingerprint);
+    const auto here = t.listen();
+    const auto t0 = f2d2n::clock::now();
+    try {
+      t.connect({here, {"127.0.0.1", 1}}, in(ms(300)));
+      FAIL("connected to nobody");
+    } catch (const f2d2n::timeout_error& e) {
+      CHECK(since(t0) < 0.3 + 2.0);
+      CHECK(std::string(e.what()).find("unit(s) 1 did not connect") != std::string::npos);
+    }
+  }
+  SUBCASE("a unit that connects to a port where nobody listens") {
+    std::uint16_t port = 0;
+    {
+      tcp_transport probe(0, 1, fingerprint);
+      port = probe.listen().port;
+    }  // closed: nobody listens there now
+    tcp_transport t(1, 2, fingerprint);
+    const auto t0 = f2d2n::clock::now();
+    try {
+      t.connect({{"127.0.0.1", port}, {"127.0.0.1", 0}}, in(ms(300)));
+      FAIL("connected to nobody");
+    } catch (const f2d2n::timeout_error& e) {
+      CHECK(since(t0) < 0.3 + 2.0);
+      const std::string text = e.what();
+      CAPTURE(text);
+      CHECK(text.find("unit(s) 0 (127.0.0.1:" + std::to_string(port)) != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("tcp: misuse is a configuration_error; operations after shutdown are peer_errors") {
+  const auto errors = run_cluster(2, [](tcp_transport& t) {
+    std::vector<float> v(4);
+    CHECK_THROWS_AS(f2d2n::send_tensor(t, t.rank(), 1, 0, std::span<const float>(v), in(ms(1000))), f2d2n::configuration_error);
+    CHECK_THROWS_AS(f2d2n::send_tensor(t, 5, 1, 0, std::span<const float>(v), in(ms(1000))), f2d2n::configuration_error);
+    const auto bytes = std::as_bytes(std::span(v));
+    const auto header = f2d2n::wire::make_header(f2d2n::wire::frame_kind::data, t.fingerprint(), 1, t.rank(), 0, bytes.first(8));
+    CHECK_THROWS_AS(t.send(1 - t.rank(), header, bytes, in(ms(1000))), f2d2n::configuration_error);
+    t.shutdown();
+    t.shutdown();  // twice is fine
+    CHECK_THROWS_AS(f2d2n::send_tensor(t, 1 - t.rank(), 1, 0, std::span<const float>(v), in(ms(1000))), f2d2n::peer_error);
+    CHECK_THROWS_AS(f2d2n::receive_tensor(t, 1 - t.rank(), 1, 0, std::span(v), in(ms(1000))), f2d2n::peer_error);
+  });
+  rethrow_first(errors);
+}
+
+TEST_CASE("tcp: listens on loopback unless told otherwise") {
+  tcp_transport a(0, 2, fingerprint);
+  CHECK(a.listen().host == "127.0.0.1");
+  CHECK_THROWS_AS(a.listen(), f2d2n::configuration_error);
+  f2d2n::tcp_options any;
+  any.listen_any = true;
+  tcp_transport b(0, 2, fingerprint, any);
+  CHECK(b.listen({"127.0.0.1", 0}).host == "0.0.0.0");
+}
+
+TEST_CASE("tcp: the one-step constructor connects a world of 3") {
+  // Ports: listen on port 0 with throw-away transports, then free them (the units start at once).
+  std::vector<f2d2n::endpoint> peers;
+  {
+    std::vector<std::unique_ptr<tcp_transport>> probes;
+    for (unit_id r = 0; r < 3; ++r) {
+      probes.push_back(std::make_unique<tcp_transport>(0, 1, fingerprint));
+      peers.push_back(probes.back()->listen());
+    }
+  }
+  std::vector<std::exception_ptr> errors(3);
+  std::vector<std::thread> threads;
+  for (unit_id r = 0; r < 3; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        std::this_thread::sleep_for(ms(30 * (2 - r)));  // the lower ranks start last: connections are retried
+        tcp_transport t(r, peers, fingerprint);
+        std::vector<int> v{static_cast<int>(r)};
+        for (unit_id p = 0; p < 3; ++p)
+          if (p != r) f2d2n::send_tensor(t, p, 0, 0, std::span<const int>(v), in(ms(5000)));
+        for (unit_id p = 0; p < 3; ++p)
+          if (p != r) {
+            f2d2n::receive_tensor(t, p, 0, 0, std::span(v), in(ms(5000)));
+            CHECK(v[0] == static_cast<int>(p));
+          }
+      } catch (...) {
+        errors[r] = std::current_exception();
+      }
+    });
+  for (auto& t : threads) t.join();
+  rethrow_first(errors);
+}
+
+TEST_CASE("tcp: a send that the peer does not take by the deadline is a timeout_error") {
+  f2d2n::tcp_options zero_copy;
+  zero_copy.send_buffer = 0;  // send() waits for the kernel to take the whole frame
+  std::atomic<bool> done{false};
+  const auto errors = run_cluster(2, [&](tcp_transport& t) {
+    if (t.rank() == 1) {  // never reads
+      while (!done) std::this_thread::sleep_for(ms(5));
+      return;
+    }
+    std::vector<std::uint8_t> big(std::size_t{32} << 20, 7);
+    const auto t0 = f2d2n::clock::now();
+    try {
+      f2d2n::send_tensor(t, 1, 1, 0, std::span<const std::uint8_t>(big), in(ms(300)));
+      FAIL("32 MiB went to a peer that reads nothing");
+    } catch (const f2d2n::timeout_error& e) {
+      CHECK(since(t0) < 0.3 + 2.0);
+      CHECK(std::string(e.what()).find("bytes of the frame were sent") != std::string::npos);
+    }
+    // Part of the frame is on the wire: the stream to that peer cannot carry another frame.
+    CHECK_THROWS_AS(f2d2n::send_tensor(t, 1, 1, 1, std::span<const std::uint8_t>(big).first(4), in(ms(300))),
+                    f2d2n::peer_error);
+    done = true;
+  }, zero_copy);
+  rethrow_first(errors);
+}
+
+TEST_CASE("tcp: shutdown delivers the frames still queued, then the goodbye") {
+  std::atomic<bool> sent{false};
+  const auto errors = run_cluster(2, [&](tcp_transport& t) {
+    std::vector<std::uint32_t> v(std::size_t{2} << 20);
+    if (t.rank() == 0) {
+      for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<std::uint32_t>(i);
+      f2d2n::send_tensor(t, 1, 1, 0, std::span<const std::uint32_t>(v), in(ms(5000)));  // copied: the peer is not reading
+      sent = true;
+      return;  // run_cluster shuts the unit down at once
+    }
+    while (!sent) std::this_thread::sleep_for(ms(5));
+    std::this_thread::sleep_for(ms(50));
+    f2d2n::receive_tensor(t, 0, 1, 0, std::span(v), in(ms(5000)));
+    CHECK(v.back() == v.size() - 1);
+    CHECK_THROWS_AS(f2d2n::receive_tensor(t, 0, 1, 1, std::span(v), in(ms(5000))), f2d2n::peer_error);
+  });
+  rethrow_first(errors);
+}
+
+TEST_CASE("tcp: exchange sends and receives at once, zero-copy, so a ring of big frames cannot deadlock") {
+  f2d2n::tcp_options zero_copy;
+  zero_copy.send_buffer = 0;  // send() alone would wait for the peer to read: send-then-receive rings would hang
+  for (const unit_id world : {2u, 3u}) {
+    CAPTURE(world);
+    const auto errors = run_cluster(world, [&](tcp_transport& t) {
+      const unit_id right = (t.rank() + 1) % world, left = (t.rank() + world - 1) % world;
+      std::vector<double> mine(std::size_t{2} << 20, t.rank() + 1.0), theirs(mine.size());  // 16 MiB
+      for (std::uint64_t step = 0; step < 3; ++step) {
+        f2d2n::exchange_tensor(t, right, std::span<const double>(mine), left, std::span(theirs), 4, step, in(ms(10000)));
+        CHECK(theirs.front() == left + 1.0);
+        CHECK(theirs.back() == left + 1.0);
+      }
+    }, zero_copy);
+    rethrow_first(errors);
+  }
+}
