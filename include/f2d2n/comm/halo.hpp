@@ -65,6 +65,15 @@ inline halo_geometry halo_setup(const cartesian_partition& part, const halo_widt
   return geo;
 }
 
+/// Index of the unit next to `coords` along dimension k (dir -1: before, +1: after), or -1 at the
+/// edge of the grid.
+inline std::ptrdiff_t neighbour(const cartesian_partition& part, std::vector<std::size_t> coords, std::size_t k, int dir) {
+  if (dir < 0 && coords[k] == 0) return -1;
+  if (dir > 0 && coords[k] + 1 == part.shape[k]) return -1;
+  coords[k] = dir < 0 ? coords[k] - 1 : coords[k] + 1;
+  return static_cast<std::ptrdiff_t>(part.index(coords));
+}
+
 /// The slab [lo, hi) along dimension k, the whole local extent along the others.
 inline box slab(const box& local, std::size_t k, std::size_t lo, std::size_t hi) {
   box b = local;
@@ -110,14 +119,8 @@ void halo_exchange(T& t, const group& g, const cartesian_partition& part, const 
   const deadline until = c.until();
   for (std::size_t k = 0; k < part.dims(); ++k) {
     const std::size_t l = h.left[k], r = h.right[k], n = geo.owned[k];
-    auto neighbour = [&](int dir) -> std::ptrdiff_t {
-      auto cc = geo.coords;
-      if (dir < 0 && cc[k] == 0) return -1;
-      if (dir > 0 && cc[k] + 1 == part.shape[k]) return -1;
-      cc[k] = dir < 0 ? cc[k] - 1 : cc[k] + 1;
-      return static_cast<std::ptrdiff_t>(part.index(cc));
-    };
-    const auto left_unit = neighbour(-1), right_unit = neighbour(+1);
+    const auto left_unit = detail::neighbour(part, geo.coords, k, -1);
+    const auto right_unit = detail::neighbour(part, geo.coords, k, +1);
     // My last l owned cells go to the right neighbour's left ghosts; mine come from the left.
     if (l > 0)
       detail::halo_shift(t, g, local, geo.local, detail::slab(geo.local, k, n, l + n), right_unit,
@@ -141,14 +144,8 @@ void halo_exchange_adjoint(T& t, const group& g, const cartesian_partition& part
   const deadline until = c.until();
   for (std::size_t k = part.dims(); k-- > 0;) {
     const std::size_t l = h.left[k], r = h.right[k], n = geo.owned[k];
-    auto neighbour = [&](int dir) -> std::ptrdiff_t {
-      auto cc = geo.coords;
-      if (dir < 0 && cc[k] == 0) return -1;
-      if (dir > 0 && cc[k] + 1 == part.shape[k]) return -1;
-      cc[k] = dir < 0 ? cc[k] - 1 : cc[k] + 1;
-      return static_cast<std::ptrdiff_t>(part.index(cc));
-    };
-    const auto left_unit = neighbour(-1), right_unit = neighbour(+1);
+    const auto left_unit = detail::neighbour(part, geo.coords, k, -1);
+    const auto right_unit = detail::neighbour(part, geo.coords, k, +1);
     if (r > 0) {
       // My right ghosts go back to the right neighbour's first r owned cells; the left
       // neighbour's right ghosts come back into my first r owned cells.
