@@ -23,7 +23,8 @@
 //
 // Free ports (base_port == 0): the launcher binds one socket per unit on `host`, to a free port
 // below the kernel's ephemeral range where there is room (so that no unit's outgoing connection
-// can be given another unit's port), and keeps it bound until just before it starts that unit.
+// can be given another unit's port), and keeps it bound until just before it starts the units
+// (all released at once: a forked child holds the launcher's sockets until it execs).
 // Between that moment and the unit's own bind another process may take the port (a race that no
 // launcher which hands out ports can close); the unit then fails to listen and the run fails. Pass
 // base_port (units listen on base_port + rank) where that matters.
@@ -614,6 +615,11 @@ inline int launch(const launch_options& options, const std::vector<std::string>&
   proc::file devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   if (!devnull.open()) throw launch_error(proc::system_message("launch: cannot open /dev/null", errno));
 
+  // Release every reserved port before the first fork: a child holds copies of the launcher's
+  // sockets from fork until exec (CLOEXEC acts at exec), so a reservation still open then could
+  // keep the next unit from binding its port (seen under load: "Address already in use").
+  reserved.clear();
+
   proc::unit_set set(signals);
   auto& units = set.units;
   units.resize(n);
@@ -626,7 +632,6 @@ inline int launch(const launch_options& options, const std::vector<std::string>&
     env.push_back(std::string(local_world_size_variable) + "=" + std::to_string(n));
     auto envp = proc::pointers_to(env);
     units[r].rank = r;
-    if (!reserved.empty()) reserved[r].close();  // free unit r's port just before it starts
     proc::start_unit(units[r], program, argv, sh_argv, envp, devnull.get());
   }
   devnull.close();
