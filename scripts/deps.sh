@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages f2d2n needs that are missing. Idempotent; silent when all are present.
 #   scripts/deps.sh            build, tests, examples, benchmarks, Fashion-MNIST
-#   scripts/deps.sh --compare  also what bench/compare/ needs (python3-torch with OpenBLAS)
+#   scripts/deps.sh --compare  also what bench/compare/ needs (python3-torch with OpenBLAS, Open MPI)
 set -euo pipefail
 
 packages=(
@@ -18,7 +18,7 @@ packages=(
 )
 for arg in "$@"; do
   case "$arg" in
-    --compare) packages+=(python3-torch python3-numpy libopenblas0-openmp) ;;  # without OpenBLAS, PyTorch runs the reference BLAS
+    --compare) packages+=(python3-torch python3-numpy libopenblas0-openmp openmpi-bin libopenmpi-dev) ;;  # OpenBLAS: else PyTorch runs the reference BLAS
     *) echo "deps.sh: unknown option '$arg' (use --compare)" >&2; exit 2 ;;
   esac
 done

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace f2d2n {
@@ -125,10 +126,13 @@ void sum_reduce(T& t, const group& g, std::size_t root, std::span<S> data, const
 
 namespace detail {
 /// One ring step: send data[send_seg] to the right neighbour while receiving the left
-/// neighbour's piece of recv_seg, in chunks; `combine(dst, src)` stores or adds what arrived.
+/// neighbour's piece of recv_seg, in chunks; `combine(dst, src)` adds what arrived into place.
+/// Without a combine (Direct), pieces are received straight into recv_part: no scratch, no copy.
+struct direct_t {};
 template <transport T, class S, class Combine>
 void ring_step(T& t, const group& g, std::size_t me, std::span<const S> send_part, std::span<S> recv_part,
                std::vector<S>& scratch, const collective& c, deadline until, Combine combine) {
+  constexpr bool direct = std::is_same_v<Combine, direct_t>;
   const std::size_t p = g.size();
   const unit_id right = g[(me + 1) % p], left = g[(me + p - 1) % p];
   const std::size_t chunk = std::max<std::size_t>(1, c.chunk_bytes / sizeof(S));
@@ -140,7 +144,7 @@ void ring_step(T& t, const group& g, std::size_t me, std::span<const S> send_par
                                      : std::span<const S>();
     const auto in = k < recv_pieces ? recv_part.subspan(k * chunk, std::min(chunk, recv_part.size() - k * chunk))
                                     : std::span<S>();
-    std::span<S> landing(scratch.data(), in.size());
+    std::span<S> landing = direct ? in : std::span<S>(scratch.data(), in.size());
     if (k < send_pieces && k < recv_pieces) {
       exchange_tensor(t, right, out, left, landing, c.message_id, c.step, until);
     } else if (k < send_pieces) {
@@ -149,7 +153,7 @@ void ring_step(T& t, const group& g, std::size_t me, std::span<const S> send_par
     } else {
       receive_tensor(t, left, c.message_id, c.step, landing, until);
     }
-    combine(in, std::span<const S>(landing));
+    if constexpr (!direct) combine(in, std::span<const S>(landing));
   }
 }
 }  // namespace detail
@@ -186,26 +190,41 @@ void all_gather(T& t, const group& g, std::span<const S> in, std::span<S> out, c
   detail::check_extent(in, part_size(n, p, me), "all_gather's input");
   const deadline until = c.until();
   std::copy(in.begin(), in.end(), out.begin() + static_cast<std::ptrdiff_t>(part_begin(n, p, me)));
-  std::vector<S> scratch(std::min(part_size(n, p, 0), std::max<std::size_t>(1, c.chunk_bytes / sizeof(S))));
-  // At step s, pass segment me-s on to the right, receive segment me-1-s from the left.
+  std::vector<S> none;
+  // At step s, pass segment me-s on to the right, receive segment me-1-s from the left, straight
+  // into its place in out.
   for (std::size_t s = 0; s + 1 < p; ++s) {
     const std::size_t send_seg = (me + p - s) % p, recv_seg = (me + 2 * p - 1 - s) % p;
     detail::ring_step(t, g, me, std::span<const S>(out.data() + part_begin(n, p, send_seg), part_size(n, p, send_seg)),
-                      std::span<S>(out.data() + part_begin(n, p, recv_seg), part_size(n, p, recv_seg)), scratch, c,
-                      until, [](std::span<S> dst, std::span<const S> src) { std::copy(src.begin(), src.end(), dst.begin()); });
+                      std::span<S>(out.data() + part_begin(n, p, recv_seg), part_size(n, p, recv_seg)), none, c,
+                      until, detail::direct_t{});
   }
 }
 
 /// All-reduce (sum): every member's `data` becomes the sum of every member's `data`. A ring:
 /// reduce-scatter then all-gather, each streaming in chunks of collective::chunk_bytes; every
-/// unit sends and receives 2 (p-1)/p of the buffer. Self-adjoint.
+/// unit sends and receives 2 (p-1)/p of the buffer. In place: partial sums accumulate in `data`
+/// and the all-gather receives straight into it (the only buffer is one chunk of scratch).
+/// Self-adjoint.
 template <transport T, wire_scalar S>
 void all_reduce(T& t, const group& g, std::span<S> data, const collective& c) {
   const std::size_t p = g.size(), me = g.index_of(t.rank()), n = data.size();
   if (p == 1) return;
-  std::vector<S> mine(part_size(n, p, me));
-  reduce_scatter(t, g, std::span<const S>(data), std::span<S>(mine), c);
-  all_gather(t, g, std::span<const S>(mine), data, c);
+  const deadline until = c.until();
+  auto seg = [&](std::size_t s) { return data.subspan(part_begin(n, p, s), part_size(n, p, s)); };
+  std::vector<S> scratch(std::min(part_size(n, p, 0), std::max<std::size_t>(1, c.chunk_bytes / sizeof(S))));
+  // Reduce-scatter as in reduce_scatter, but in data itself: at step s, send the partial sum of
+  // segment me-1-s right, receive segment me-2-s from the left and add it in. Segment me is then
+  // complete here.
+  for (std::size_t s = 0; s + 1 < p; ++s)
+    detail::ring_step(t, g, me, std::span<const S>(seg((me + 2 * p - 1 - s) % p)), seg((me + 2 * p - 2 - s) % p), scratch,
+                      c, until, [](std::span<S> dst, std::span<const S> src) {
+                        for (std::size_t k = 0; k < dst.size(); ++k) dst[k] += src[k];
+                      });
+  // All-gather as in all_gather: at step s, pass segment me-s on, receive segment me-1-s in place.
+  for (std::size_t s = 0; s + 1 < p; ++s)
+    detail::ring_step(t, g, me, std::span<const S>(seg((me + p - s) % p)), seg((me + 2 * p - 1 - s) % p), scratch, c,
+                      until, detail::direct_t{});
 }
 
 // --- scatter and gather: the root talks to every member directly ------------------------------

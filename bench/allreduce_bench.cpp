@@ -1,0 +1,171 @@
+// bench/allreduce_bench.cpp: bus bandwidth of f2d2n's ring all-reduce over TCP, one process per
+// unit. Not Google Benchmark: every unit runs the same loop, started by f2d2n_launch.
+//
+//   build/tools/f2d2n_launch -n 4 -- build/bench/allreduce_bench [options]
+//
+// For each size (MiB of float32): the buffer is filled (rank + 1 everywhere), `warmup` all-reduces
+// run (the first one is checked: every element must be p (p + 1) / 2), then `repetitions` timed
+// ones. Before each timed all-reduce the buffer is refilled (untimed, so that the values stay
+// finite and both this program and bench/compare/mpi_allreduce.cpp touch the same memory the same
+// way) and a small all-reduce of p floats (one per segment, so every link carries a frame: a
+// barrier) lines the units up. Unit 0 prints, per size,
+//
+//   f2d2n allreduce p=<p> bytes=<n> seconds=<median per op> busbw_GBps=<2 (p-1)/p * n / t / 1e9>
+//
+// the bus bandwidth of NCCL's and OSU's benchmarks: what each unit sends (and receives) per
+// second in a bandwidth-optimal all-reduce. Lines starting with '#' are comments.
+//
+// Options:
+//   --sizes-mib LIST    comma-separated sizes in MiB (default 1,4,16,64)
+//   --repetitions N     timed all-reduces per size (default: 512 MiB / size, within 5..50)
+//   --warmup N          untimed all-reduces per size first (default 2; at least 1 runs, checked)
+//   --chunk-bytes N     collective::chunk_bytes: the largest frame of a ring step (default the library's)
+//   --timeout-ms N      collective::timeout (default 60000)
+#include <f2d2n/comm/primitives.hpp>
+#include <f2d2n/launch/config.hpp>
+#include <f2d2n/transport/tcp.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace {
+
+struct options {
+  std::vector<std::size_t> sizes_mib{1, 4, 16, 64};
+  std::size_t repetitions = 0;  // 0: by size
+  std::size_t warmup = 2;
+  std::size_t chunk_bytes = f2d2n::collective{}.chunk_bytes;
+  std::size_t timeout_ms = 60000;
+};
+
+[[noreturn]] void usage(const std::string& why) {
+  std::fprintf(stderr,
+               "allreduce_bench: %s\nusage: allreduce_bench [--sizes-mib 1,4,16,64] [--repetitions N] [--warmup N] "
+               "[--chunk-bytes N] [--timeout-ms N]\n",
+               why.c_str());
+  std::exit(2);
+}
+
+std::size_t number(std::string_view name, const char* text, std::size_t min) {
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(text, &end, 10);
+  if (*text < '0' || *text > '9' || *end != '\0' || v < min)
+    usage(std::string(name) + " wants a whole number of at least " + std::to_string(min) + ", not '" + text + "'");
+  return static_cast<std::size_t>(v);
+}
+
+options parse(int argc, char** argv) {
+  options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (i + 1 >= argc) usage("option " + std::string(a) + " is unknown or lacks its value");
+    const char* v = argv[++i];
+    if (a == "--sizes-mib") {
+      o.sizes_mib.clear();
+      std::string s = v;
+      for (std::size_t b = 0; b <= s.size();) {
+        const auto c = std::min(s.find(',', b), s.size());
+        o.sizes_mib.push_back(number(a, s.substr(b, c - b).c_str(), 1));
+        b = c + 1;
+      }
+    } else if (a == "--repetitions") {
+      o.repetitions = number(a, v, 1);
+    } else if (a == "--warmup") {
+      o.warmup = number(a, v, 0);
+    } else if (a == "--chunk-bytes") {
+      o.chunk_bytes = number(a, v, 4);
+    } else if (a == "--timeout-ms") {
+      o.timeout_ms = number(a, v, 1);
+    } else {
+      usage("unknown option " + std::string(a));
+    }
+  }
+  return o;
+}
+
+/// Timed repetitions for a buffer of `bytes`: about 512 MiB all-reduced per size, 5 to 50 times.
+std::size_t repetitions_for(std::size_t bytes, const options& o) {
+  if (o.repetitions != 0) return o.repetitions;
+  return std::clamp<std::size_t>((std::size_t{512} << 20) / bytes, 5, 50);
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const options o = parse(argc, argv);
+    const f2d2n::cluster_config cfg = f2d2n::config_from_environment();
+    const std::size_t p = cfg.world_size;
+    f2d2n::tcp_transport t(cfg.rank, cfg.peers, 0xa11'7ed0'ce00'0001ULL);
+    const f2d2n::group world = f2d2n::group::world(cfg.world_size);
+
+    std::uint64_t step = 0;  // every call of the run gets its own step; frames carry it
+    auto call = [&](std::uint32_t message) {
+      return f2d2n::collective{.message_id = message,
+                               .step = step++,
+                               .timeout = std::chrono::milliseconds(o.timeout_ms),
+                               .chunk_bytes = o.chunk_bytes};
+    };
+    std::vector<float> token(p);
+    auto barrier = [&] { f2d2n::all_reduce(t, world, std::span<float>(token), call(1)); };
+
+    if (cfg.rank == 0)
+      std::printf("# f2d2n ring all-reduce over tcp (loopback), p=%zu, chunk_bytes=%zu, warmup=%zu\n", p, o.chunk_bytes,
+                  o.warmup);
+    const float expected = static_cast<float>(p * (p + 1) / 2);
+    for (const std::size_t mib : o.sizes_mib) {
+      const std::size_t bytes = mib << 20;
+      std::vector<float> data(bytes / sizeof(float));
+      const auto fill = [&] { std::fill(data.begin(), data.end(), static_cast<float>(cfg.rank + 1)); };
+      for (std::size_t w = 0; w < std::max<std::size_t>(o.warmup, 1); ++w) {
+        fill();
+        barrier();
+        f2d2n::all_reduce(t, world, std::span<float>(data), call(2));
+        if (w == 0 && std::any_of(data.begin(), data.end(), [&](float x) { return x != expected; })) {
+          std::fprintf(stderr, "allreduce_bench: unit %u: wrong sum for %zu MiB (expected %g everywhere)\n", cfg.rank, mib,
+                       static_cast<double>(expected));
+          return 1;
+        }
+      }
+      const std::size_t reps = repetitions_for(bytes, o);
+      std::vector<double> seconds;
+      for (std::size_t r = 0; r < reps; ++r) {
+        fill();
+        barrier();
+        const auto start = std::chrono::steady_clock::now();
+        f2d2n::all_reduce(t, world, std::span<float>(data), call(2));
+        seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      }
+      if (data.front() != expected || data.back() != expected || data[data.size() / 2] != expected) {
+        std::fprintf(stderr, "allreduce_bench: unit %u: wrong sum for %zu MiB after the timed runs\n", cfg.rank, mib);
+        return 1;
+      }
+      if (cfg.rank == 0) {
+        const double s = median(seconds);
+        const double busbw = 2.0 * static_cast<double>(p - 1) / static_cast<double>(p) * static_cast<double>(bytes) / s / 1e9;
+        std::printf("f2d2n allreduce p=%zu bytes=%zu seconds=%.6e busbw_GBps=%.3f\n", p, bytes, s, busbw);
+        std::fflush(stdout);
+      }
+    }
+    barrier();  // nobody shuts down while a peer still waits for its last frame
+    t.shutdown();
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "allreduce_bench: %s\n", e.what());
+    return 1;
+  }
+}
