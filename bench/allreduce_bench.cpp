@@ -21,6 +21,8 @@
 //   --warmup N          untimed all-reduces per size first (default 2; at least 1 runs, checked)
 //   --chunk-bytes N     collective::chunk_bytes: the largest frame of a ring step (default the library's)
 //   --timeout-ms N      collective::timeout (default 60000)
+#include "allreduce_options.hpp"
+
 #include <f2d2n/comm/primitives.hpp>
 #include <f2d2n/launch/config.hpp>
 #include <f2d2n/transport/tcp.hpp>
@@ -38,13 +40,7 @@
 
 namespace {
 
-struct options {
-  std::vector<std::size_t> sizes_mib{1, 4, 16, 64};
-  std::size_t repetitions = 0;  // 0: by size
-  std::size_t warmup = 2;
-  std::size_t chunk_bytes = f2d2n::collective{}.chunk_bytes;
-  std::size_t timeout_ms = 60000;
-};
+using allreduce_bench::options;
 
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
@@ -54,60 +50,17 @@ struct options {
   std::exit(2);
 }
 
-std::size_t number(std::string_view name, const char* text, std::size_t min) {
-  char* end = nullptr;
-  const unsigned long long v = std::strtoull(text, &end, 10);
-  if (*text < '0' || *text > '9' || *end != '\0' || v < min)
-    usage(std::string(name) + " wants a whole number of at least " + std::to_string(min) + ", not '" + text + "'");
-  return static_cast<std::size_t>(v);
-}
-
-options parse(int argc, char** argv) {
-  options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view a = argv[i];
-    if (i + 1 >= argc) usage("option " + std::string(a) + " is unknown or lacks its value");
-    const char* v = argv[++i];
-    if (a == "--sizes-mib") {
-      o.sizes_mib.clear();
-      std::string s = v;
-      for (std::size_t b = 0; b <= s.size();) {
-        const auto c = std::min(s.find(',', b), s.size());
-        o.sizes_mib.push_back(number(a, s.substr(b, c - b).c_str(), 1));
-        b = c + 1;
-      }
-    } else if (a == "--repetitions") {
-      o.repetitions = number(a, v, 1);
-    } else if (a == "--warmup") {
-      o.warmup = number(a, v, 0);
-    } else if (a == "--chunk-bytes") {
-      o.chunk_bytes = number(a, v, 4);
-    } else if (a == "--timeout-ms") {
-      o.timeout_ms = number(a, v, 1);
-    } else {
-      usage("unknown option " + std::string(a));
-    }
-  }
-  return o;
-}
-
-/// Timed repetitions for a buffer of `bytes`: about 512 MiB all-reduced per size, 5 to 50 times.
-std::size_t repetitions_for(std::size_t bytes, const options& o) {
-  if (o.repetitions != 0) return o.repetitions;
-  return std::clamp<std::size_t>((std::size_t{512} << 20) / bytes, 5, 50);
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
-    const options o = parse(argc, argv);
+    options o;
+    try {
+      o = allreduce_bench::parse(argc, argv, /*transport_options=*/true);
+    } catch (const std::invalid_argument& e) {
+      usage(e.what());
+    }
+    if (o.chunk_bytes == 0) o.chunk_bytes = f2d2n::collective{}.chunk_bytes;
     const f2d2n::cluster_config cfg = f2d2n::config_from_environment();
     const std::size_t p = cfg.world_size;
     f2d2n::tcp_transport t(cfg.rank, cfg.peers, 0xa11'7ed0'ce00'0001ULL);
@@ -141,7 +94,7 @@ int main(int argc, char** argv) {
           return 1;
         }
       }
-      const std::size_t reps = repetitions_for(bytes, o);
+      const std::size_t reps = allreduce_bench::repetitions_for(bytes, o);
       std::vector<double> seconds;
       for (std::size_t r = 0; r < reps; ++r) {
         fill();
@@ -155,7 +108,7 @@ int main(int argc, char** argv) {
         return 1;
       }
       if (cfg.rank == 0) {
-        const double s = median(seconds);
+        const double s = allreduce_bench::median(seconds);
         const double busbw = 2.0 * static_cast<double>(p - 1) / static_cast<double>(p) * static_cast<double>(bytes) / s / 1e9;
         std::printf("f2d2n allreduce p=%zu bytes=%zu seconds=%.6e busbw_GBps=%.3f\n", p, bytes, s, busbw);
         std::fflush(stdout);

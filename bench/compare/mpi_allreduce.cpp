@@ -14,6 +14,8 @@
 //
 // Options: --sizes-mib LIST (default 1,4,16,64), --repetitions N (default: 512 MiB / size, within
 // 5..50), --warmup N (default 2; at least 1 runs, checked).
+#include "../allreduce_options.hpp"
+
 #include <mpi.h>
 
 #include <algorithm>
@@ -25,61 +27,13 @@
 
 namespace {
 
-struct options {
-  std::vector<std::size_t> sizes_mib{1, 4, 16, 64};
-  std::size_t repetitions = 0;  // 0: by size
-  std::size_t warmup = 2;
-};
+using allreduce_bench::options;
 
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr, "mpi_allreduce: %s\nusage: mpi_allreduce [--sizes-mib 1,4,16,64] [--repetitions N] [--warmup N]\n",
                why.c_str());
   MPI_Abort(MPI_COMM_WORLD, 2);
   std::exit(2);
-}
-
-std::size_t number(std::string_view name, const char* text, std::size_t min) {
-  char* end = nullptr;
-  const unsigned long long v = std::strtoull(text, &end, 10);
-  if (*text < '0' || *text > '9' || *end != '\0' || v < min)
-    usage(std::string(name) + " wants a whole number of at least " + std::to_string(min) + ", not '" + text + "'");
-  return static_cast<std::size_t>(v);
-}
-
-options parse(int argc, char** argv) {
-  options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view a = argv[i];
-    if (i + 1 >= argc) usage("option " + std::string(a) + " is unknown or lacks its value");
-    const char* v = argv[++i];
-    if (a == "--sizes-mib") {
-      o.sizes_mib.clear();
-      std::string s = v;
-      for (std::size_t b = 0; b <= s.size();) {
-        const auto c = std::min(s.find(',', b), s.size());
-        o.sizes_mib.push_back(number(a, s.substr(b, c - b).c_str(), 1));
-        b = c + 1;
-      }
-    } else if (a == "--repetitions") {
-      o.repetitions = number(a, v, 1);
-    } else if (a == "--warmup") {
-      o.warmup = number(a, v, 0);
-    } else {
-      usage("unknown option " + std::string(a));
-    }
-  }
-  return o;
-}
-
-std::size_t repetitions_for(std::size_t bytes, const options& o) {
-  if (o.repetitions != 0) return o.repetitions;
-  return std::clamp<std::size_t>((std::size_t{512} << 20) / bytes, 5, 50);
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
 }
 
 }  // namespace
@@ -89,7 +43,12 @@ int main(int argc, char** argv) {
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
-  const options o = parse(argc, argv);
+  options o;
+  try {
+    o = allreduce_bench::parse(argc, argv, /*transport_options=*/false);
+  } catch (const std::invalid_argument& e) {
+    usage(e.what());
+  }
   const auto p = static_cast<std::size_t>(size);
 
   std::vector<float> token(p);
@@ -111,7 +70,7 @@ int main(int argc, char** argv) {
         MPI_Abort(MPI_COMM_WORLD, 1);
       }
     }
-    const std::size_t reps = repetitions_for(bytes, o);
+    const std::size_t reps = allreduce_bench::repetitions_for(bytes, o);
     std::vector<double> seconds;
     for (std::size_t r = 0; r < reps; ++r) {
       fill();
@@ -121,7 +80,7 @@ int main(int argc, char** argv) {
       seconds.push_back(MPI_Wtime() - start);
     }
     if (rank == 0) {
-      const double s = median(seconds);
+      const double s = allreduce_bench::median(seconds);
       const double busbw = 2.0 * static_cast<double>(p - 1) / static_cast<double>(p) * static_cast<double>(bytes) / s / 1e9;
       std::printf("openmpi allreduce p=%zu bytes=%zu seconds=%.6e busbw_GBps=%.3f\n", p, bytes, s, busbw);
       std::fflush(stdout);
