@@ -158,28 +158,34 @@ void ring_step(T& t, const group& g, std::size_t me, std::span<const S> send_par
 }
 }  // namespace detail
 
+namespace detail {
+/// The reduce-scatter ring in `data` itself: at step s, send the partial sum of segment me-1-s
+/// right, receive segment me-2-s from the left and add it in. Segment me is then complete here;
+/// the others hold partial sums.
+template <transport T, class S>
+void ring_reduce_scatter_in_place(T& t, const group& g, std::size_t me, std::span<S> data, const collective& c) {
+  const std::size_t p = g.size(), n = data.size();
+  const deadline until = c.until();
+  auto seg = [&](std::size_t s) { return data.subspan(part_begin(n, p, s), part_size(n, p, s)); };
+  std::vector<S> scratch(std::min(part_size(n, p, 0), std::max<std::size_t>(1, c.chunk_bytes / sizeof(S))));
+  for (std::size_t s = 0; s + 1 < p; ++s)
+    ring_step(t, g, me, std::span<const S>(seg((me + 2 * p - 1 - s) % p)), seg((me + 2 * p - 2 - s) % p), scratch, c,
+              until, [](std::span<S> dst, std::span<const S> src) {
+                for (std::size_t k = 0; k < dst.size(); ++k) dst[k] += src[k];
+              });
+}
+}  // namespace detail
+
 /// Reduce-scatter: member i's `out` becomes segment i (balanced split of in.size() over the group)
 /// of the sum of every member's `in`. (Adjoint: all_gather.)
 template <transport T, wire_scalar S>
 void reduce_scatter(T& t, const group& g, std::span<const S> in, std::span<S> out, const collective& c) {
   const std::size_t p = g.size(), me = g.index_of(t.rank()), n = in.size();
   detail::check_extent(out, part_size(n, p, me), "reduce_scatter's output");
-  const deadline until = c.until();
-  auto seg = [&](std::size_t s) { return std::pair{part_begin(n, p, s), part_size(n, p, s)}; };
-  // Accumulate in a copy of the input: at step s, send the partial sum of segment me-1-s right,
-  // receive segment me-2-s from the left and add this unit's own part to it.
+  // Accumulate in a copy of the input (which is read-only).
   std::vector<S> acc(in.begin(), in.end());
-  std::vector<S> scratch(std::min(part_size(n, p, 0), std::max<std::size_t>(1, c.chunk_bytes / sizeof(S))));
-  for (std::size_t s = 0; s + 1 < p; ++s) {
-    const auto [sb, sn] = seg((me + 2 * p - 1 - s) % p);
-    const auto [rb, rn] = seg((me + 2 * p - 2 - s) % p);
-    detail::ring_step(t, g, me, std::span<const S>(acc.data() + sb, sn), std::span<S>(acc.data() + rb, rn), scratch, c,
-                      until, [](std::span<S> dst, std::span<const S> src) {
-                        for (std::size_t k = 0; k < dst.size(); ++k) dst[k] += src[k];
-                      });
-  }
-  const auto [b, len] = seg(me);
-  std::copy_n(acc.data() + b, len, out.data());
+  detail::ring_reduce_scatter_in_place(t, g, me, std::span<S>(acc), c);
+  std::copy_n(acc.data() + part_begin(n, p, me), part_size(n, p, me), out.data());
 }
 
 /// All-gather: every member's `out` becomes the concatenation of every member's `in` (member i
@@ -189,7 +195,8 @@ void all_gather(T& t, const group& g, std::span<const S> in, std::span<S> out, c
   const std::size_t p = g.size(), me = g.index_of(t.rank()), n = out.size();
   detail::check_extent(in, part_size(n, p, me), "all_gather's input");
   const deadline until = c.until();
-  std::copy(in.begin(), in.end(), out.begin() + static_cast<std::ptrdiff_t>(part_begin(n, p, me)));
+  S* mine = out.data() + part_begin(n, p, me);
+  if (in.data() != mine) std::copy(in.begin(), in.end(), mine);  // all_reduce passes its own segment
   std::vector<S> none;
   // At step s, pass segment me-s on to the right, receive segment me-1-s from the left, straight
   // into its place in out.
@@ -210,21 +217,9 @@ template <transport T, wire_scalar S>
 void all_reduce(T& t, const group& g, std::span<S> data, const collective& c) {
   const std::size_t p = g.size(), me = g.index_of(t.rank()), n = data.size();
   if (p == 1) return;
-  const deadline until = c.until();
-  auto seg = [&](std::size_t s) { return data.subspan(part_begin(n, p, s), part_size(n, p, s)); };
-  std::vector<S> scratch(std::min(part_size(n, p, 0), std::max<std::size_t>(1, c.chunk_bytes / sizeof(S))));
-  // Reduce-scatter as in reduce_scatter, but in data itself: at step s, send the partial sum of
-  // segment me-1-s right, receive segment me-2-s from the left and add it in. Segment me is then
-  // complete here.
-  for (std::size_t s = 0; s + 1 < p; ++s)
-    detail::ring_step(t, g, me, std::span<const S>(seg((me + 2 * p - 1 - s) % p)), seg((me + 2 * p - 2 - s) % p), scratch,
-                      c, until, [](std::span<S> dst, std::span<const S> src) {
-                        for (std::size_t k = 0; k < dst.size(); ++k) dst[k] += src[k];
-                      });
-  // All-gather as in all_gather: at step s, pass segment me-s on, receive segment me-1-s in place.
-  for (std::size_t s = 0; s + 1 < p; ++s)
-    detail::ring_step(t, g, me, std::span<const S>(seg((me + p - s) % p)), seg((me + 2 * p - 1 - s) % p), scratch, c,
-                      until, detail::direct_t{});
+  detail::ring_reduce_scatter_in_place(t, g, me, data, c);
+  const auto mine = data.subspan(part_begin(n, p, me), part_size(n, p, me));
+  all_gather(t, g, std::span<const S>(mine), data, c);
 }
 
 // --- scatter and gather: the root talks to every member directly ------------------------------
