@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <numeric>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,9 @@ inline std::vector<double> random_vector(std::size_t n, std::uint64_t stream) {
   return v;
 }
 inline double dot(std::span<const double> a, std::span<const double> b) {
+  if (a.size() != b.size())
+    throw std::invalid_argument("dot of vectors of " + std::to_string(a.size()) + " and " + std::to_string(b.size()) +
+                                " elements");
   return std::inner_product(a.begin(), a.end(), b.begin(), 0.0);
 }
 

@@ -21,15 +21,8 @@ using nn::unit_id;
 
 namespace {
 
-std::vector<double> random_vector(std::size_t n, std::uint64_t stream) {
-  std::vector<double> v(n);
-  for (std::size_t k = 0; k < n; ++k) v[k] = nn::random_symmetric(2024, stream, k);
-  return v;
-}
-double dot(std::span<const double> a, std::span<const double> b) {
-  REQUIRE(a.size() == b.size());
-  return std::inner_product(a.begin(), a.end(), b.begin(), 0.0);
-}
+using nn::testing::dot;
+using nn::testing::random_vector;
 double norm2(std::span<const double> a) { return dot(a, a); }
 
 /// Runs f(transport) on every unit of a local cluster of p units; f returns a double per unit.
