@@ -111,7 +111,6 @@ struct dense {
 
 namespace detail {
 /// Shared parts of parameter-free layers that keep their input's shape.
-template <class Derived>
 struct elementwise {
   static constexpr layer_kind kind = layer_kind::hidden;
   static constexpr extents output(extents in) noexcept { return in; }
@@ -124,7 +123,7 @@ struct elementwise {
 }  // namespace detail
 
 /// max(x, 0).
-struct relu : detail::elementwise<relu> {
+struct relu : detail::elementwise {
   template <class S>
   static void forward(const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
     y.array() = x.array().max(S(0));
@@ -137,7 +136,7 @@ struct relu : detail::elementwise<relu> {
 };
 
 /// 1 / (1 + exp(-x)).
-struct sigmoid : detail::elementwise<sigmoid> {
+struct sigmoid : detail::elementwise {
   template <class S>
   static void forward(const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
     y.array() = x.array().logistic();
@@ -150,7 +149,7 @@ struct sigmoid : detail::elementwise<sigmoid> {
 };
 
 /// Hyperbolic tangent.
-struct tanh : detail::elementwise<tanh> {
+struct tanh : detail::elementwise {
   template <class S>
   static void forward(const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
     y.array() = x.array().tanh();
