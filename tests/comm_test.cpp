@@ -65,6 +65,27 @@ TEST_CASE("partition: balanced decomposition") {
     }
 }
 
+TEST_CASE("grid types number units row-major and make the same partition as run-time shapes") {
+  using g23 = nn::grid<2, 3>;
+  static_assert(g23::size == 6 && g23::rank == 2);
+  CHECK(g23::coordinates(5) == std::array<std::size_t, 2>{1, 2});
+  CHECK(g23::coordinates(3) == std::array<std::size_t, 2>{1, 0});
+  for (std::size_t i = 0; i < g23::size; ++i) CHECK(g23::index(g23::coordinates(i)) == i);
+  const auto typed = nn::cartesian_partition::of<g23>({10, 7});
+  const nn::cartesian_partition runtime({10, 7}, {2, 3});
+  REQUIRE(typed.units() == 6);
+  for (std::size_t i = 0; i < 6; ++i) {
+    CHECK(typed.owned(i).lo == runtime.owned(i).lo);
+    CHECK(typed.owned(i).hi == runtime.owned(i).hi);
+    const auto c = g23::coordinates(i);
+    CHECK(runtime.coordinates(i) == std::vector<std::size_t>(c.begin(), c.end()));
+  }
+  CHECK(runtime.owned(5).lo == std::vector<std::size_t>{5, 5});  // rows 5..9, columns 5..6
+  CHECK(runtime.owned(5).hi == std::vector<std::size_t>{10, 7});
+  CHECK_THROWS_AS(nn::cartesian_partition({10, 7}, {2}), nn::configuration_error);
+  CHECK_THROWS_AS(nn::cartesian_partition({10}, {0}), nn::configuration_error);
+}
+
 TEST_CASE("broadcast and sum_reduce are adjoint; broadcast copies exactly") {
   const std::size_t n = 13;
   for (unit_id p = 1; p <= 8; ++p)
