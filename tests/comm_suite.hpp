@@ -88,6 +88,23 @@ std::vector<std::string> adjoint_suite(T& t, std::chrono::milliseconds timeout =
     expect_adjoint("reduce_scatter/all_gather", total(dot(rs, y)), total(dot(x, ag)), std::sqrt(total(dot(rs, rs))),
                    std::sqrt(total(dot(y, y))));
   }
+  {  // reduce_scatter / all_gather by blocks: 7 blocks of 3 (a batch of 3 rows, shard after shard)
+    const std::size_t blocks = 7, block = 3;
+    const auto x = random_vector(blocks * block, 500 + me);
+    std::vector<double> rs(part_size(blocks, p, me) * block);
+    reduce_scatter(t, g, std::span<const double>(x), std::span<double>(rs), call(), block);
+    const auto y = random_vector(rs.size(), 600 + me);
+    std::vector<double> ag(blocks * block);
+    all_gather(t, g, std::span<const double>(y), std::span<double>(ag), call(), block);
+    expect_adjoint("reduce_scatter/all_gather by blocks", total(dot(rs, y)), total(dot(x, ag)),
+                   std::sqrt(total(dot(rs, rs))), std::sqrt(total(dot(y, y))));
+    // member i's y lands at blocks [part_begin, part_end) of ag, exactly
+    std::vector<double> mine(y);
+    std::vector<double> all(blocks * block, 0.0);
+    std::copy(mine.begin(), mine.end(), all.begin() + static_cast<std::ptrdiff_t>(part_begin(blocks, p, me) * block));
+    all_reduce(t, g, std::span<double>(all), call());
+    if (all != ag) failures.push_back("all_gather by blocks: segments are not where the partition puts them");
+  }
   {  // scatter / gather from unit 0
     const auto x = random_vector(n, 300);
     std::vector<double> sc(part_size(n, p, me));

@@ -163,11 +163,12 @@ namespace detail {
 /// right, receive segment me-2-s from the left and add it in. Segment me is then complete here;
 /// the others hold partial sums.
 template <transport T, class S>
-void ring_reduce_scatter_in_place(T& t, const group& g, std::size_t me, std::span<S> data, const collective& c) {
-  const std::size_t p = g.size(), n = data.size();
+void ring_reduce_scatter_in_place(T& t, const group& g, std::size_t me, std::span<S> data, const collective& c,
+                                  std::size_t block = 1) {
+  const std::size_t p = g.size(), n = data.size() / block;
   const deadline until = c.until();
-  auto seg = [&](std::size_t s) { return data.subspan(part_begin(n, p, s), part_size(n, p, s)); };
-  std::vector<S> scratch(std::min(part_size(n, p, 0), std::max<std::size_t>(1, c.chunk_bytes / sizeof(S))));
+  auto seg = [&](std::size_t s) { return data.subspan(part_begin(n, p, s) * block, part_size(n, p, s) * block); };
+  std::vector<S> scratch(std::min(part_size(n, p, 0) * block, std::max<std::size_t>(1, c.chunk_bytes / sizeof(S))));
   for (std::size_t s = 0; s + 1 < p; ++s)
     ring_step(t, g, me, std::span<const S>(seg((me + 2 * p - 1 - s) % p)), seg((me + 2 * p - 2 - s) % p), scratch, c,
               until, [](std::span<S> dst, std::span<const S> src) {
@@ -176,35 +177,52 @@ void ring_reduce_scatter_in_place(T& t, const group& g, std::size_t me, std::spa
 }
 }  // namespace detail
 
-/// Reduce-scatter: member i's `out` becomes segment i (balanced split of in.size() over the group)
-/// of the sum of every member's `in`. (Adjoint: all_gather.)
+namespace detail {
+/// The vector is `block`-element blocks, split over the group block by block.
+template <class S>
+std::size_t blocks_of(std::span<S> v, std::size_t block, const char* what) {
+  if (block == 0 || v.size() % block != 0)
+    throw configuration_error(std::string("f2d2n: ") + what + " has " + std::to_string(v.size()) +
+                              " elements, not a whole number of blocks of " + std::to_string(block));
+  return v.size() / block;
+}
+}  // namespace detail
+
+/// Reduce-scatter: member i's `out` becomes segment i of the sum of every member's `in`. The
+/// vector is split by balanced decomposition of its blocks of `block` elements (default: single
+/// elements), so that e.g. the column shards of a batch, stored shard after shard, stay whole.
+/// (Adjoint: all_gather with the same block.)
 template <transport T, wire_scalar S>
-void reduce_scatter(T& t, const group& g, std::span<const S> in, std::span<S> out, const collective& c) {
-  const std::size_t p = g.size(), me = g.index_of(t.rank()), n = in.size();
-  detail::check_extent(out, part_size(n, p, me), "reduce_scatter's output");
+void reduce_scatter(T& t, const group& g, std::span<const S> in, std::span<S> out, const collective& c,
+                    std::size_t block = 1) {
+  const std::size_t p = g.size(), me = g.index_of(t.rank()), n = detail::blocks_of(in, block, "reduce_scatter's input");
+  detail::check_extent(out, part_size(n, p, me) * block, "reduce_scatter's output");
   // Accumulate in a copy of the input (which is read-only).
   std::vector<S> acc(in.begin(), in.end());
-  detail::ring_reduce_scatter_in_place(t, g, me, std::span<S>(acc), c);
-  std::copy_n(acc.data() + part_begin(n, p, me), part_size(n, p, me), out.data());
+  detail::ring_reduce_scatter_in_place(t, g, me, std::span<S>(acc), c, block);
+  std::copy_n(acc.data() + part_begin(n, p, me) * block, part_size(n, p, me) * block, out.data());
 }
 
 /// All-gather: every member's `out` becomes the concatenation of every member's `in` (member i
-/// contributes segment i of out.size() split over the group). (Adjoint: reduce_scatter.)
+/// contributes segment i of out's blocks of `block` elements split over the group).
+/// (Adjoint: reduce_scatter with the same block.)
 template <transport T, wire_scalar S>
-void all_gather(T& t, const group& g, std::span<const S> in, std::span<S> out, const collective& c) {
-  const std::size_t p = g.size(), me = g.index_of(t.rank()), n = out.size();
-  detail::check_extent(in, part_size(n, p, me), "all_gather's input");
+void all_gather(T& t, const group& g, std::span<const S> in, std::span<S> out, const collective& c,
+                std::size_t block = 1) {
+  const std::size_t p = g.size(), me = g.index_of(t.rank()), n = detail::blocks_of(out, block, "all_gather's output");
+  detail::check_extent(in, part_size(n, p, me) * block, "all_gather's input");
   const deadline until = c.until();
-  S* mine = out.data() + part_begin(n, p, me);
+  const auto begin = [&](std::size_t s) { return part_begin(n, p, s) * block; };
+  const auto size = [&](std::size_t s) { return part_size(n, p, s) * block; };
+  S* mine = out.data() + begin(me);
   if (in.data() != mine) std::copy(in.begin(), in.end(), mine);  // all_reduce passes its own segment
   std::vector<S> none;
   // At step s, pass segment me-s on to the right, receive segment me-1-s from the left, straight
   // into its place in out.
   for (std::size_t s = 0; s + 1 < p; ++s) {
     const std::size_t send_seg = (me + p - s) % p, recv_seg = (me + 2 * p - 1 - s) % p;
-    detail::ring_step(t, g, me, std::span<const S>(out.data() + part_begin(n, p, send_seg), part_size(n, p, send_seg)),
-                      std::span<S>(out.data() + part_begin(n, p, recv_seg), part_size(n, p, recv_seg)), none, c,
-                      until, detail::direct_t{});
+    detail::ring_step(t, g, me, std::span<const S>(out.data() + begin(send_seg), size(send_seg)),
+                      std::span<S>(out.data() + begin(recv_seg), size(recv_seg)), none, c, until, detail::direct_t{});
   }
 }
 
