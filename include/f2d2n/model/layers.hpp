@@ -7,6 +7,7 @@
 //                                              layer fits at position Index after input shape InDims
 //   forward / backward (see below)             kernels over runtime extents, templated on the scalar only
 //   kind                                        input, hidden or loss
+//   name                                        a short name (optional; part of a plan's fingerprint)
 // The kernels never depend on the layer's position, so a network of many layers instantiates each
 // kernel once per scalar type.
 #pragma once
@@ -18,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <span>
+#include <string_view>
 
 namespace f2d2n {
 
@@ -47,6 +49,7 @@ template <std::size_t... Dims>
 struct input {
   static_assert(sizeof...(Dims) >= 1 && sizeof...(Dims) <= max_rank,
                 "f2d2n: input<...> takes between 1 and 4 extents, e.g. input<784> or input<1, 28, 28>");
+  static constexpr std::string_view name = "input";
   static constexpr layer_kind kind = layer_kind::input;
   static constexpr extents output(extents) noexcept { return shape<Dims...>::value; }
   static constexpr std::size_t parameter_count(extents) noexcept { return 0; }
@@ -59,10 +62,63 @@ struct input {
   };
 };
 
+namespace detail {
+/// The kernels of dense<N>, over runtime extents: the number of neurons is y's (dy's) columns,
+/// so the same code serves a whole layer and a shard of its neurons (plan/), and is instantiated
+/// once per scalar type, not once per N.
+struct dense_kernels {
+  template <class S>
+  static void forward(const S* params, const_matrix_ref<S> x, matrix_ref<S> y) {
+    const auto in = x.cols(), n = y.cols();
+    const_matrix_map<S> w(params, n, in);
+    Eigen::Map<const vector<S>> b(params + n * in, n);
+    y.noalias() = x * w.transpose();
+    y.rowwise() += b.transpose();
+  }
+
+  /// Writes (not adds) this layer's gradients; computes dx only when want_dx.
+  template <class S>
+  static void backward(const S* params, S* grads, const_matrix_ref<S> x, const_matrix_ref<S> /*y*/,
+                       const_matrix_ref<S> dy, matrix_ref<S> dx, bool want_dx) {
+    const auto in = x.cols(), n = dy.cols();
+    const_matrix_map<S> w(params, n, in);
+    matrix_map<S> dw(grads, n, in);
+    Eigen::Map<vector<S>> db(grads + n * in, n);
+    dw.noalias() = dy.transpose() * x;
+    db.noalias() = dy.colwise().sum().transpose();
+    if (want_dx) dx.noalias() = dy * w;
+  }
+
+  /// Fills rows [row_begin, row_begin + rows) of a layer over `in` inputs: `params` holds those
+  /// rows' weights (rows x in), then their `rows` biases. Weight (j, c) of the whole layer is
+  /// element j * in + c of random stream `stream`, whichever unit draws it.
+  template <class S>
+  static void initialize_rows(std::span<S> params, std::size_t in, std::size_t row_begin, std::size_t rows,
+                              double limit, std::uint64_t seed, std::uint64_t stream) {
+    const std::size_t weights = rows * in, first = row_begin * in;
+    for (std::size_t k = 0; k < weights; ++k)
+      params[k] = static_cast<S>(limit * random_symmetric(seed, stream, first + k));
+    for (std::size_t k = weights; k < weights + rows; ++k) params[k] = S(0);
+  }
+
+  /// Fills input columns [col_begin, col_begin + cols) of a layer of `neurons` neurons over `in`
+  /// inputs: `params` holds those columns' weights (neurons x cols), then all `neurons` biases.
+  template <class S>
+  static void initialize_columns(std::span<S> params, std::size_t in, std::size_t neurons, std::size_t col_begin,
+                                 std::size_t cols, double limit, std::uint64_t seed, std::uint64_t stream) {
+    for (std::size_t j = 0; j < neurons; ++j)
+      for (std::size_t c = 0; c < cols; ++c)
+        params[j * cols + c] = static_cast<S>(limit * random_symmetric(seed, stream, j * in + col_begin + c));
+    for (std::size_t k = neurons * cols; k < neurons * cols + neurons; ++k) params[k] = S(0);
+  }
+};
+}  // namespace detail
+
 /// A fully connected layer of N neurons: y = x W^T + b, W stored row-major as N x in (PyTorch's
 /// layout), then b (N). The input may have any shape; it is read as flat features.
 template <std::size_t N, class Init = auto_init>
-struct dense {
+struct dense : detail::dense_kernels {
+  static constexpr std::string_view name = "dense";
   static constexpr layer_kind kind = layer_kind::hidden;
   static constexpr std::size_t neurons = N;
   using initializer = Init;
@@ -76,36 +132,10 @@ struct dense {
     static constexpr bool ok = N > 0;
   };
 
-  template <class S>
-  static void forward(const S* params, const_matrix_ref<S> x, matrix_ref<S> y) {
-    const auto in = x.cols();
-    const_matrix_map<S> w(params, N, in);
-    Eigen::Map<const vector<S>> b(params + N * in, N);
-    y.noalias() = x * w.transpose();
-    y.rowwise() += b.transpose();
-  }
-
-  /// Writes (not adds) this layer's gradients; computes dx only when want_dx.
-  template <class S>
-  static void backward(const S* params, S* grads, const_matrix_ref<S> x, const_matrix_ref<S> /*y*/,
-                       const_matrix_ref<S> dy, matrix_ref<S> dx, bool want_dx) {
-    const auto in = x.cols();
-    const_matrix_map<S> w(params, N, in);
-    matrix_map<S> dw(grads, N, in);
-    Eigen::Map<vector<S>> db(grads + N * in, N);
-    dw.noalias() = dy.transpose() * x;
-    db.noalias() = dy.colwise().sum().transpose();
-    if (want_dx) dx.noalias() = dy * w;
-  }
-
   /// Fills this layer's slice of the parameters, element k of the layer from random stream `stream`.
   template <class S, class Resolved>
   static void initialize(std::span<S> params, std::size_t in, std::uint64_t seed, std::uint64_t stream) {
-    const double limit = Resolved::limit(in, N);
-    const std::size_t weights = N * in;
-    for (std::size_t k = 0; k < weights; ++k)
-      params[k] = static_cast<S>(limit * random_symmetric(seed, stream, k));
-    for (std::size_t k = weights; k < params.size(); ++k) params[k] = S(0);
+    initialize_rows(params, in, 0, N, Resolved::limit(in, N), seed, stream);
   }
 };
 
@@ -124,6 +154,7 @@ struct elementwise {
 
 /// max(x, 0).
 struct relu : detail::elementwise {
+  static constexpr std::string_view name = "relu";
   template <class S>
   static void forward(const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
     y.array() = x.array().max(S(0));
@@ -137,6 +168,7 @@ struct relu : detail::elementwise {
 
 /// 1 / (1 + exp(-x)).
 struct sigmoid : detail::elementwise {
+  static constexpr std::string_view name = "sigmoid";
   template <class S>
   static void forward(const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
     y.array() = x.array().logistic();
@@ -150,6 +182,7 @@ struct sigmoid : detail::elementwise {
 
 /// Hyperbolic tangent.
 struct tanh : detail::elementwise {
+  static constexpr std::string_view name = "tanh";
   template <class S>
   static void forward(const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
     y.array() = x.array().tanh();
@@ -180,6 +213,7 @@ struct reshaping {
 
 /// Views the input as flat features.
 struct flatten : detail::reshaping {
+  static constexpr std::string_view name = "flatten";
   static constexpr extents output(extents in) noexcept { return flat(in.size()); }
   template <std::size_t Index, bool Last, std::size_t... In>
   struct at_layer {
@@ -190,6 +224,7 @@ struct flatten : detail::reshaping {
 /// Views the input as shape<Dims...>; the number of elements must not change.
 template <std::size_t... Dims>
 struct reshape : detail::reshaping {
+  static constexpr std::string_view name = "reshape";
   static_assert(sizeof...(Dims) >= 1 && sizeof...(Dims) <= max_rank, "f2d2n: reshape<...> takes between 1 and 4 extents");
   static constexpr extents output(extents) noexcept { return shape<Dims...>::value; }
   template <std::size_t Index, bool Last, std::size_t... In>
@@ -217,6 +252,7 @@ struct loss_layer {
 
 /// Softmax over the classes followed by the cross-entropy with integer labels, fused and stable.
 struct softmax_cross_entropy : detail::loss_layer {
+  static constexpr std::string_view name = "softmax_cross_entropy";
 
   template <std::size_t Index, bool Last, std::size_t... In>
   struct at_layer {
@@ -259,6 +295,7 @@ struct softmax_cross_entropy : detail::loss_layer {
 /// Mean squared error against one-hot targets made from the labels, averaged over every element
 /// (PyTorch's MSELoss with reduction='mean'); the prediction is the input itself.
 struct mean_squared_error : detail::loss_layer {
+  static constexpr std::string_view name = "mean_squared_error";
 
   template <std::size_t Index, bool Last, std::size_t... In>
   struct at_layer {

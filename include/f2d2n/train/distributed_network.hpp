@@ -1,0 +1,441 @@
+// f2d2n/train/distributed_network.hpp: one processing unit's part of a plan (plan/distribute.hpp),
+// over any transport. It has the calls of network<...> that the trainer uses, so
+//
+//   using plan = nn::distribute<mlp, nn::data_parallel<2>, nn::tensor_parallel<2>>;
+//   nn::tcp_transport t(config.rank, config.peers, plan::fingerprint);
+//   nn::distributed_network<plan, nn::tcp_transport> net(t, /*seed=*/1);
+//   nn::trainer<decltype(net), nn::adam> train(net, nn::adam{});
+//   train.fit(data, options);            // every unit calls it with the same data and options
+//
+// trains the unit's partition. Every unit gets the whole batch and computes its replica's share of
+// the rows (balanced split); split layers communicate inside the replica (tensor_parallel group:
+// the units of one replica), gradients are summed among the replicas (data_parallel group: the
+// units of one shard). Each collective of a step carries the layer's message id and the unit's
+// step counter, so a unit out of step with the others gets a protocol_error, not wrong numbers.
+//
+// What a layer does on a unit (y = x W^T + b, batch rows x features):
+//   replicated / no weights   as in the serial network, on every unit of the replica
+//   by_outputs                y_s = x W_s^T + b_s; y = all_gather(y_s);    backward: dW_s = dy_s^T x,
+//                             db_s = sum dy_s, dx = all_reduce(dy_s W_s)  (the adjoint of the
+//                             broadcast of x to the shards)
+//   by_inputs                 y = all_reduce(x_s W_s^T) + b;              backward: dW_s = dy^T x_s,
+//                             db = sum dy, dx = all_gather(dy W_s)        (dx_s belongs to shard s)
+// The loss is computed on every unit of a replica on the whole logits; its gradient is scaled by
+// rows / batch so that the sum over replicas is the serial mean. The sum of the loss and of the
+// correct predictions travel with the gradients, at the end of the same all-reduce.
+#pragma once
+
+#include <f2d2n/comm/primitives.hpp>
+#include <f2d2n/core/error.hpp>
+#include <f2d2n/core/random.hpp>
+#include <f2d2n/model/network.hpp>
+#include <f2d2n/plan/distribute.hpp>
+#include <f2d2n/transport/concept.hpp>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace f2d2n {
+
+/// How a distributed network communicates.
+struct distributed_options {
+  /// How long a unit waits in one collective before timeout_error (a dead or silent peer).
+  std::chrono::milliseconds timeout{60000};
+  /// Largest piece a ring step sends at once (collective::chunk_bytes).
+  std::size_t chunk_bytes = collective{}.chunk_bytes;
+};
+
+namespace detail {
+/// The initialiser's limit of each dense layer (null for the others), resolved as the serial
+/// network resolves it, so that a shard draws the serial layer's values.
+template <class L, class Next>
+constexpr auto limit_of() -> double (*)(std::size_t, std::size_t) {
+  if constexpr (is_dense_v<L>) return &resolved_initializer<L, Next>::limit;
+  else return nullptr;
+}
+template <class... L, class... Next>
+constexpr auto limit_table(boost::mp11::mp_list<L...>, boost::mp11::mp_list<Next...>) {
+  return std::array<double (*)(std::size_t, std::size_t), sizeof...(L)>{limit_of<L, Next>()...};
+}
+
+/// Message ids of a distributed network's collectives (frames between two units are matched by
+/// id and step; a pair of units shares at most one group, the ids keep the calls apart anyway).
+inline constexpr std::uint32_t gradient_message = 1;
+inline constexpr std::uint32_t evaluation_message = 2;
+inline constexpr std::uint32_t forward_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 1); }
+inline constexpr std::uint32_t backward_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 2); }
+}  // namespace detail
+
+namespace detail {
+/// One layer as a unit runs it: its partition, extents, and the serial kernels.
+template <class S>
+struct unit_layer {
+  layer_partition part;
+  std::size_t in = 0, out = 0;     ///< features in and out of the whole layer
+  std::size_t serial_offset = 0;   ///< where the whole layer's parameters start in the serial layout
+  std::size_t serial_count = 0;
+  layer_ops<S> ops;                ///< the serial layer's kernels (forward, backward, initialise)
+  double (*limit)(std::size_t, std::size_t) = nullptr;  ///< a dense layer's initialiser limit
+};
+
+/// What a unit runs, as plain data: the part of distributed_network that does not depend on the
+/// plan's type, so that every plan over one transport and scalar shares one instantiation of it.
+template <class S>
+struct unit_description {
+  std::vector<unit_layer<S>> layers;
+  S (*loss)(const_matrix_ref<S>, std::span<const std::int32_t>, matrix_ref<S>) = nullptr;
+  std::size_t input_size = 0, output_size = 0, max_width = 0, serial_parameters = 0, parameters = 0;
+  std::size_t replicas = 1;
+  unit_coordinates coordinates;
+  group tensor_group, data_group;
+};
+
+/// The unit's forward, backward, initialisation and collectives over its description.
+template <transport Transport, class Scalar>
+class unit_engine {
+ public:
+  unit_engine(Transport& t, unit_description<Scalar> d, distributed_options options)
+      : t_(t), d_(std::move(d)), options_(options), acts_(d_.layers.size()) {
+    params_.assign(d_.parameters, Scalar(0));
+    grads_.assign(d_.parameters + 2, Scalar(0));  // + the step's loss sum and correct count
+  }
+
+  [[nodiscard]] unit_id rank() const noexcept { return t_.rank(); }
+  [[nodiscard]] unit_coordinates coordinates() const noexcept { return d_.coordinates; }
+  [[nodiscard]] std::size_t parameter_count() const noexcept { return params_.size(); }
+  [[nodiscard]] std::span<Scalar> parameters() noexcept { return params_; }
+  [[nodiscard]] std::span<const Scalar> parameters() const noexcept { return params_; }
+  [[nodiscard]] std::span<Scalar> gradients() noexcept { return std::span<Scalar>(grads_).first(params_.size()); }
+  [[nodiscard]] std::span<const Scalar> gradients() const noexcept {
+    return std::span<const Scalar>(grads_).first(params_.size());
+  }
+  /// Collectives this unit has taken part in (the step of the next one's frames).
+  [[nodiscard]] std::uint64_t steps() const noexcept { return step_; }
+
+  /// Re-initialises this unit's parameters: the serial network's values for its part.
+  void initialize(std::uint64_t seed) {
+    for (std::size_t i = 0; i < d_.layers.size(); ++i) {
+      const auto& l = d_.layers[i];
+      auto w = layer_parameters(i);
+      if (l.part.split == split_kind::outputs)
+        dense_kernels::initialize_rows(w, l.in, l.part.begin, l.part.count, l.limit(l.in, l.out), seed, i);
+      else if (l.part.split == split_kind::inputs)
+        dense_kernels::initialize_columns(w, l.in, l.out, l.part.begin, l.part.count, l.limit(l.in, l.out), seed, i);
+      else if (l.ops.initialize)
+        l.ops.initialize(w, l.in, seed, i);
+    }
+  }
+
+  /// Writes this unit's parameters into their places in a buffer laid out as the serial
+  /// network's (network<model>::parameters()); the rest of `serial` is left as it is.
+  void export_parameters(std::span<Scalar> serial) const {
+    for_each_piece(serial.size(), [&](std::size_t at, std::size_t local, std::size_t n) {
+      std::copy_n(params_.data() + local, n, serial.data() + at);
+    });
+  }
+  /// Reads this unit's parameters from a buffer laid out as the serial network's.
+  void import_parameters(std::span<const Scalar> serial) {
+    for_each_piece(serial.size(), [&](std::size_t at, std::size_t local, std::size_t n) {
+      std::copy_n(serial.data() + at, n, params_.data() + local);
+    });
+  }
+
+  /// Forward, loss and backward for one batch (the whole batch; this unit computes its replica's
+  /// rows); gradients() becomes this unit's part of d(mean loss)/d(params) over the whole batch.
+  /// Returns the loss and correct predictions of the whole batch. Every unit must call it with
+  /// the same batch.
+  batch_result compute_gradients(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels) {
+    const auto [first, rows, batch] = share_of(x, labels);
+    const auto xs = x.middleRows(first, rows);
+    forward(xs);
+    const auto logits = activation(d_.layers.size() - 2, xs);
+    auto dy = gradient_buffer(0, rows, d_.output_size);
+    const auto my_labels = labels.subspan(static_cast<std::size_t>(first), static_cast<std::size_t>(rows));
+    const Scalar loss = d_.loss(logits, my_labels, dy);
+    const auto correct = count_correct<Scalar>(logits, my_labels);
+    dy *= static_cast<Scalar>(rows) / static_cast<Scalar>(batch);  // the replicas' sum is the serial mean
+    backward(xs, rows);
+    const std::size_t n = params_.size();
+    grads_[n] = loss * static_cast<Scalar>(rows);
+    grads_[n + 1] = static_cast<Scalar>(correct);
+    all_reduce(t_, d_.data_group, std::span<Scalar>(grads_), call(gradient_message));
+    ++step_;
+    batch_result r;
+    r.samples = static_cast<std::size_t>(batch);
+    r.loss = static_cast<double>(grads_[n]) / static_cast<double>(batch);
+    r.correct = static_cast<std::size_t>(grads_[n + 1]);
+    return r;
+  }
+
+  /// Loss and correct predictions over one batch, without touching the gradients. Every unit
+  /// must call it with the same batch.
+  batch_result evaluate_batch(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels) {
+    const auto [first, rows, batch] = share_of(x, labels);
+    const auto xs = x.middleRows(first, rows);
+    forward(xs);
+    const auto logits = activation(d_.layers.size() - 2, xs);
+    auto scratch = gradient_buffer(0, rows, d_.output_size);
+    const auto my_labels = labels.subspan(static_cast<std::size_t>(first), static_cast<std::size_t>(rows));
+    std::array<double, 2> sums{static_cast<double>(d_.loss(logits, my_labels, scratch)) * static_cast<double>(rows),
+                               static_cast<double>(count_correct<Scalar>(logits, my_labels))};
+    all_reduce(t_, d_.data_group, std::span<double>(sums), call(evaluation_message));
+    ++step_;
+    batch_result r;
+    r.samples = static_cast<std::size_t>(batch);
+    r.loss = sums[0] / static_cast<double>(batch);
+    r.correct = static_cast<std::size_t>(sums[1]);
+    return r;
+  }
+
+ private:
+  struct share {
+    Eigen::Index first, rows, batch;
+  };
+
+  share share_of(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels) const {
+    if (static_cast<std::size_t>(x.cols()) != d_.input_size)
+      throw configuration_error("f2d2n: network input has " + std::to_string(x.cols()) +
+                                " features per sample, the model expects " + std::to_string(d_.input_size));
+    if (labels.size() != static_cast<std::size_t>(x.rows()))
+      throw configuration_error("f2d2n: batch has " + std::to_string(x.rows()) + " samples but " +
+                                std::to_string(labels.size()) + " labels");
+    const auto batch = static_cast<std::size_t>(x.rows());
+    if (batch < d_.replicas)
+      throw configuration_error("f2d2n: data_parallel<" + std::to_string(d_.replicas) + "> needs at least " +
+                                std::to_string(d_.replicas) + " samples per batch; this batch has " +
+                                std::to_string(batch));
+    for (auto l : labels)
+      if (l < 0 || static_cast<std::size_t>(l) >= d_.output_size)
+        throw configuration_error("f2d2n: label " + std::to_string(l) + " is outside the model's " +
+                                  std::to_string(d_.output_size) + " outputs");
+    const std::size_t replica = d_.coordinates.replica;
+    return {static_cast<Eigen::Index>(part_begin(batch, d_.replicas, replica)),
+            static_cast<Eigen::Index>(part_size(batch, d_.replicas, replica)), static_cast<Eigen::Index>(batch)};
+  }
+
+  [[nodiscard]] collective call(std::uint32_t message) const {
+    collective c;
+    c.message_id = message;
+    c.step = step_;
+    c.timeout = options_.timeout;
+    c.chunk_bytes = options_.chunk_bytes;
+    return c;
+  }
+
+  std::span<Scalar> layer_parameters(std::size_t i) {
+    return std::span<Scalar>(params_).subspan(d_.layers[i].part.parameter_offset, d_.layers[i].part.parameter_count);
+  }
+
+  matrix_ref<Scalar> buffer(std::size_t i, Eigen::Index rows) {
+    auto& m = acts_[i];
+    const auto cols = static_cast<Eigen::Index>(d_.layers[i].out);
+    if (m.rows() < rows || m.cols() != cols) m.resize(rows, cols);
+    return m.topRows(rows);
+  }
+  const_matrix_ref<Scalar> activation(std::size_t i, const_matrix_ref<Scalar> x) const {
+    if (i == 0) return x;
+    return acts_[i].topRows(x.rows());
+  }
+  matrix_map<Scalar> gradient_buffer(std::size_t which, Eigen::Index rows, std::size_t cols) {
+    auto& m = dgrad_[which];
+    if (m.rows() < rows || static_cast<std::size_t>(m.cols()) < d_.max_width) m.resize(rows, static_cast<Eigen::Index>(d_.max_width));
+    return matrix_map<Scalar>(m.data(), rows, static_cast<Eigen::Index>(cols));
+  }
+  /// Room for a whole rows x cols activation, stored shard after shard (all-gathers by blocks).
+  std::span<Scalar> gather_buffer(std::size_t size) {
+    if (gather_.size() < size) gather_.resize(size);
+    return std::span<Scalar>(gather_).first(size);
+  }
+
+  /// Gathers the column blocks of a rows x cols matrix (shard s's block holds s's part of the
+  /// columns; blocks are stored shard after shard, this unit's in place) into `out`.
+  void gather_columns(std::span<Scalar> blocks, Eigen::Index rows, std::size_t cols, matrix_ref<Scalar> out,
+                      std::uint32_t message) {
+    const std::size_t p = d_.tensor_group.size(), me = d_.coordinates.shard, r = static_cast<std::size_t>(rows);
+    const auto mine = blocks.subspan(part_begin(cols, p, me) * r, part_size(cols, p, me) * r);
+    all_gather(t_, d_.tensor_group, std::span<const Scalar>(mine), blocks, call(message), r);
+    for (std::size_t s = 0; s < p; ++s) {
+      const auto b = static_cast<Eigen::Index>(part_begin(cols, p, s));
+      const auto n = static_cast<Eigen::Index>(part_size(cols, p, s));
+      out.middleCols(b, n) = const_matrix_map<Scalar>(blocks.data() + static_cast<std::size_t>(b) * r, rows, n);
+    }
+  }
+
+  void forward(const_matrix_ref<Scalar> x) {
+    const Eigen::Index rows = x.rows();
+    for (std::size_t i = 1; i + 1 < d_.layers.size(); ++i) {
+      const auto& l = d_.layers[i];
+      const auto& p = l.part;
+      const Scalar* w = params_.data() + p.parameter_offset;
+      const auto in = activation(i - 1, x);
+      auto y = buffer(i, rows);
+      if (p.split == split_kind::outputs) {
+        const auto blocks = gather_buffer(static_cast<std::size_t>(rows) * l.out);
+        matrix_map<Scalar> mine(blocks.data() + p.begin * static_cast<std::size_t>(rows), rows,
+                                static_cast<Eigen::Index>(p.count));
+        dense_kernels::forward<Scalar>(w, in, mine);
+        gather_columns(blocks, rows, l.out, y, forward_message(i));
+      } else if (p.split == split_kind::inputs) {
+        const auto cols = static_cast<Eigen::Index>(p.count), n = static_cast<Eigen::Index>(l.out);
+        const_matrix_map<Scalar> ws(w, n, cols);
+        Eigen::Map<const vector<Scalar>> b(w + l.out * p.count, n);
+        y.noalias() = in.middleCols(static_cast<Eigen::Index>(p.begin), cols) * ws.transpose();
+        all_reduce(t_, d_.tensor_group, std::span<Scalar>(y.data(), static_cast<std::size_t>(y.size())),
+                   call(forward_message(i)));
+        y.rowwise() += b.transpose();
+      } else {
+        l.ops.forward(w, in, y);
+      }
+    }
+  }
+
+  /// Walks the hidden layers from last to first; the loss gradient is in dgrad_[0] on entry.
+  void backward(const_matrix_ref<Scalar> x, Eigen::Index rows) {
+    std::size_t current = 0;
+    for (std::size_t i = d_.layers.size() - 2; i >= 1; --i) {
+      const auto& l = d_.layers[i];
+      const auto& p = l.part;
+      const Scalar* w = params_.data() + p.parameter_offset;
+      Scalar* g = grads_.data() + p.parameter_offset;
+      auto dy = gradient_buffer(current, rows, l.out);
+      auto dx = gradient_buffer(1 - current, rows, l.in);
+      const bool want_dx = i > 1;
+      if (p.split == split_kind::outputs) {
+        const auto dys = dy.middleCols(static_cast<Eigen::Index>(p.begin), static_cast<Eigen::Index>(p.count));
+        dense_kernels::backward<Scalar>(w, g, activation(i - 1, x), activation(i, x), dys, dx, want_dx);
+        if (want_dx)
+          all_reduce(t_, d_.tensor_group, std::span<Scalar>(dx.data(), static_cast<std::size_t>(dx.size())),
+                     call(backward_message(i)));
+      } else if (p.split == split_kind::inputs) {
+        const auto cols = static_cast<Eigen::Index>(p.count), n = static_cast<Eigen::Index>(l.out);
+        const_matrix_map<Scalar> ws(w, n, cols);
+        matrix_map<Scalar> dws(g, n, cols);
+        Eigen::Map<vector<Scalar>> db(g + l.out * p.count, n);
+        dws.noalias() = dy.transpose() * activation(i - 1, x).middleCols(static_cast<Eigen::Index>(p.begin), cols);
+        db.noalias() = dy.colwise().sum().transpose();
+        if (want_dx) {
+          const auto blocks = gather_buffer(static_cast<std::size_t>(rows) * l.in);
+          matrix_map<Scalar> mine(blocks.data() + p.begin * static_cast<std::size_t>(rows), rows, cols);
+          mine.noalias() = dy * ws;
+          gather_columns(blocks, rows, l.in, dx, backward_message(i));
+        }
+      } else {
+        l.ops.backward(w, g, activation(i - 1, x), activation(i, x), dy, dx, want_dx);
+      }
+      current = 1 - current;
+    }
+  }
+
+  /// Calls f(serial offset, local offset, count) for each contiguous piece of this unit's
+  /// parameters in the serial layout.
+  template <class F>
+  void for_each_piece(std::size_t serial_size, F f) const {
+    if (serial_size != d_.serial_parameters)
+      throw configuration_error("f2d2n: a serial parameter buffer of this model has " +
+                                std::to_string(d_.serial_parameters) + " values, not " + std::to_string(serial_size));
+    for (const auto& l : d_.layers) {
+      const auto& p = l.part;
+      const std::size_t at = l.serial_offset, local = p.parameter_offset;
+      if (p.split == split_kind::outputs) {
+        f(at + p.begin * l.in, local, p.count * l.in);                  // rows of W
+        f(at + l.out * l.in + p.begin, local + p.count * l.in, p.count);  // their biases
+      } else if (p.split == split_kind::inputs) {
+        for (std::size_t j = 0; j < l.out; ++j) f(at + j * l.in + p.begin, local + j * p.count, p.count);
+        f(at + l.out * l.in, local + l.out * p.count, l.out);  // the biases, whole
+      } else if (p.parameter_count != 0) {
+        f(at, local, p.parameter_count);
+      }
+    }
+  }
+
+  Transport& t_;
+  unit_description<Scalar> d_;
+  distributed_options options_;
+  // Eigen's alignment for every buffer a kernel reads: Eigen peels unaligned heads off its
+  // vectorised reductions, so the alignment of an operand decides the order of a sum. With
+  // malloc's alignment, two runs of one plan differed in the last bit.
+  using buffer_type = std::vector<Scalar, Eigen::aligned_allocator<Scalar>>;
+  buffer_type params_, grads_;
+  std::vector<matrix<Scalar>> acts_;
+  matrix<Scalar> dgrad_[2];
+  buffer_type gather_;
+  std::uint64_t step_ = 0;
+};
+
+/// The description of unit `rank` of Plan.
+template <class Plan, class Scalar>
+unit_description<Scalar> describe_unit(unit_id rank) {
+  using Net = typename Plan::model;
+  static constexpr auto ops = ops_table<Scalar>(typename Net::layers{}, next_layers<typename Net::layers>{});
+  static constexpr auto limits = limit_table(typename Net::layers{}, next_layers<typename Net::layers>{});
+  unit_description<Scalar> d;
+  d.coordinates = Plan::coordinates_of(rank);
+  for (std::size_t i = 0; i < Net::size; ++i) {
+    unit_layer<Scalar> l;
+    l.part = Plan::partition_of(d.coordinates.shard, i);
+    l.in = Net::input_extents[i].size();
+    l.out = Net::output_extents[i].size();
+    l.serial_offset = Net::parameter_offsets[i];
+    l.serial_count = Net::parameter_counts[i];
+    l.ops = ops[i];
+    l.limit = limits[i];
+    d.layers.push_back(l);
+  }
+  d.loss = &Net::template layer_at<Net::size - 1>::template loss<Scalar>;
+  d.input_size = Net::input_size;
+  d.output_size = Net::output_size;
+  d.max_width = Net::max_width;
+  d.serial_parameters = Net::parameter_count;
+  d.parameters = Plan::shard_parameter_count(d.coordinates.shard);
+  d.replicas = Plan::replicas;
+  for (std::size_t s = 0; s < Plan::shards; ++s) d.tensor_group.units.push_back(Plan::rank_of({d.coordinates.replica, s}));
+  for (std::size_t r = 0; r < Plan::replicas; ++r) d.data_group.units.push_back(Plan::rank_of({r, d.coordinates.shard}));
+  return d;
+}
+
+/// Refuses a transport that cannot carry Plan.
+template <class Plan, class Transport>
+const Transport& check_transport(const Transport& t) {
+  if (t.world_size() != Plan::world_size)
+    throw configuration_error("f2d2n: the plan has " + std::to_string(Plan::world_size) + " units (" +
+                              std::to_string(Plan::replicas) + " replicas x " + std::to_string(Plan::shards) +
+                              " shards) but the transport's cluster has " + std::to_string(t.world_size()));
+  if (t.fingerprint() != Plan::fingerprint)
+    throw configuration_error("f2d2n: the transport was created with fingerprint " + std::to_string(t.fingerprint()) +
+                              ", the plan's is " + std::to_string(Plan::fingerprint) +
+                              ": create it with plan::fingerprint, so that units of another plan are refused");
+  return t;
+}
+}  // namespace detail
+
+/// One unit's partition of Plan in scalar type Scalar, communicating over Transport. It has the
+/// calls of network<...> that trainer<...> uses (see the top of this file); the work is done by
+/// a plan-independent engine, so that many plans cost little compile time.
+template <plan_type Plan, transport Transport, class Scalar = float>
+class distributed_network : public detail::unit_engine<Transport, Scalar> {
+  static_assert(Plan::checked);
+  using engine = detail::unit_engine<Transport, Scalar>;
+
+ public:
+  using plan = Plan;
+  using sequence = typename Plan::model;
+  using scalar = Scalar;
+  static constexpr std::size_t layer_count = sequence::size;
+  static constexpr std::size_t input_size = sequence::input_size;
+  static constexpr std::size_t output_size = sequence::output_size;
+
+  /// This unit's partition of the model, initialised from `seed` with exactly the serial model's
+  /// values for its part. Throws configuration_error when the transport's world size or
+  /// fingerprint is not the plan's.
+  explicit distributed_network(Transport& t, std::uint64_t seed = 0, distributed_options options = {})
+      : engine(t, detail::describe_unit<Plan, Scalar>(detail::check_transport<Plan>(t).rank()), options) {
+    engine::initialize(seed);
+  }
+};
+
+}  // namespace f2d2n

@@ -1,0 +1,7 @@
+// data_parallel named twice.
+#include <f2d2n/plan.hpp>
+namespace nn = f2d2n;
+using mlp = nn::sequential<nn::input<16>, nn::dense<8>, nn::relu, nn::dense<2>, nn::softmax_cross_entropy>;
+using plan = nn::distribute<mlp, nn::data_parallel<2>, nn::data_parallel<2>>;
+static_assert(plan::world_size == 4);
+int main() {}

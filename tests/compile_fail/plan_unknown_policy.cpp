@@ -1,0 +1,7 @@
+// Something that is not a policy.
+#include <f2d2n/plan.hpp>
+namespace nn = f2d2n;
+using mlp = nn::sequential<nn::input<16>, nn::dense<8>, nn::relu, nn::dense<2>, nn::softmax_cross_entropy>;
+using plan = nn::distribute<mlp, nn::relu>;
+static_assert(plan::world_size == 1);
+int main() {}

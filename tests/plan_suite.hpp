@@ -1,0 +1,126 @@
+// The equivalence proof of the plans, over any transport: a unit of a plan trains for 20 steps and
+// its parameters must equal the serial trainer's (same model, seed, data, optimizer) at its places
+// in the serial layout. Run by tests/plan_test.cpp on the local transport and by
+// tests/plan_worker.cpp across processes over TCP.
+#pragma once
+
+#include <f2d2n/f2d2n.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <string>
+#include <vector>
+
+namespace f2d2n::testing {
+
+/// Uneven on purpose: 13 inputs, 10 and 7 neurons split over 2 or 3 shards leave remainders.
+using plan_mlp = sequential<input<13>, dense<10>, relu, dense<7>, tanh, dense<5>, softmax_cross_entropy>;
+
+using plan_dp2 = distribute<plan_mlp, data_parallel<2>>;
+using plan_dp4 = distribute<plan_mlp, data_parallel<4>>;
+using plan_tp2 = distribute<plan_mlp, tensor_parallel<2>>;
+using plan_tp2_inputs = distribute<plan_mlp, tensor_parallel<2, by_inputs>>;
+using plan_tp3_mixed =
+    distribute<plan_mlp, tensor_parallel<3, by_inputs, split_layer<3, by_outputs>, split_layer<5, replicated>>>;
+using plan_dp2_tp2 = distribute<plan_mlp, tensor_parallel<2>, data_parallel<2>>;
+
+/// 50 samples of 13 features in [-1, 1], labels 0..4: 5 steps of 10 per epoch.
+template <class Scalar>
+dataset<Scalar> plan_data() {
+  dataset<Scalar> d;
+  d.samples.resize(50, 13);
+  for (Eigen::Index r = 0; r < d.samples.rows(); ++r)
+    for (Eigen::Index c = 0; c < d.samples.cols(); ++c)
+      d.samples(r, c) = static_cast<Scalar>(random_symmetric(77, static_cast<std::uint64_t>(r), static_cast<std::uint64_t>(c)));
+  for (std::size_t r = 0; r < 50; ++r) d.labels.push_back(static_cast<std::int32_t>((r * 7 + r / 3) % 5));
+  d.sample_shape = flat(13);
+  d.classes = 5;
+  d.source = "plan_data";
+  return d;
+}
+
+inline fit_options plan_fit() {
+  fit_options f;
+  f.epochs = 4;  // 4 x 5 = 20 steps
+  f.batch_size = 10;
+  f.seed = 3;
+  return f;
+}
+inline sgd plan_sgd() { return sgd{.learning_rate = 0.1, .momentum = 0.9, .weight_decay = 1e-4}; }
+
+/// This unit's parameters in the serial layout; the places it does not hold are NaN.
+template <class Net>
+std::vector<typename Net::scalar> exported(const Net& net) {
+  std::vector<typename Net::scalar> v(Net::sequence::parameter_count, std::numeric_limits<typename Net::scalar>::quiet_NaN());
+  net.export_parameters(v);
+  return v;
+}
+
+/// Compares a unit's exported parameters with the serial ones, layer by layer:
+/// max |unit - serial| <= tolerance * max |serial| over the values the unit holds.
+template <class Seq, class S>
+void compare_layers(const std::vector<S>& unit, std::type_identity_t<std::span<const S>> serial, std::size_t expected_count, double tolerance,
+                    const std::string& what, std::vector<std::string>& failures) {
+  std::size_t held = 0;
+  for (std::size_t i = 0; i < Seq::size; ++i) {
+    double diff = 0, scale = 0;
+    for (std::size_t k = Seq::parameter_offsets[i]; k < Seq::parameter_offsets[i] + Seq::parameter_counts[i]; ++k) {
+      if (std::isnan(unit[k])) continue;
+      ++held;
+      diff = std::max(diff, std::abs(static_cast<double>(unit[k]) - static_cast<double>(serial[k])));
+      scale = std::max(scale, std::abs(static_cast<double>(serial[k])));
+    }
+    if (diff > tolerance * scale)
+      failures.push_back(what + ": layer " + std::to_string(i) + " differs from serial by " + std::to_string(diff) +
+                         " (largest value " + std::to_string(scale) + ")");
+  }
+  if (held != expected_count)
+    failures.push_back(what + ": the unit exported " + std::to_string(held) + " values, it holds " +
+                       std::to_string(expected_count));
+}
+
+/// Trains Plan on this unit and the serial model side by side; returns what differs.
+template <class Plan, class Scalar, class Transport>
+std::vector<std::string> equivalence(Transport& t, double tolerance) {
+  std::vector<std::string> failures;
+  const auto data = plan_data<Scalar>();
+  network<plan_mlp, Scalar> serial(11);
+  distributed_network<Plan, Transport, Scalar> net(t, 11);
+  // The same initial values, bit for bit, at the unit's places.
+  compare_layers<plan_mlp>(exported(net), serial.parameters(), net.parameter_count(), 0.0, "initial values", failures);
+
+  trainer<network<plan_mlp, Scalar>, sgd> serial_trainer(serial, plan_sgd());
+  const auto serial_report = serial_trainer.fit(data, plan_fit());
+  trainer<decltype(net), sgd> unit_trainer(net, plan_sgd());
+  const auto report = unit_trainer.fit(data, plan_fit(), &data);
+  const auto after = exported(net);
+  compare_layers<plan_mlp>(after, serial.parameters(), net.parameter_count(), tolerance, "after 20 steps", failures);
+
+  // The whole batch's loss and accuracy reach every unit.
+  if (!(std::abs(report.train.loss - serial_report.train.loss) <= 1e-4 * std::abs(serial_report.train.loss)))
+    failures.push_back("reported training loss " + std::to_string(report.train.loss) + ", serial " +
+                       std::to_string(serial_report.train.loss));
+  if (report.train.samples != serial_report.train.samples)
+    failures.push_back("reported " + std::to_string(report.train.samples) + " samples per epoch, serial " +
+                       std::to_string(serial_report.train.samples));
+  const auto serial_eval = serial_trainer.evaluate(data);
+  if (!report.validation || report.validation->samples != data.size() ||
+      std::abs(report.validation->accuracy - serial_eval.accuracy) > 1e-12 ||
+      !(std::abs(report.validation->loss - serial_eval.loss) <= 1e-4 * serial_eval.loss))
+    failures.push_back("evaluation differs from serial");
+
+  // The same plan and seed again: bitwise the same weights.
+  distributed_network<Plan, Transport, Scalar> again(t, 11);
+  trainer<decltype(again), sgd> again_trainer(again, plan_sgd());
+  again_trainer.fit(data, plan_fit());
+  const auto a = exported(again);  // NaN where the unit holds nothing: compare those as equal
+  if (!std::equal(a.begin(), a.end(), after.begin(), after.end(),
+                  [](Scalar x, Scalar y) { return (std::isnan(x) && std::isnan(y)) || x == y; }))
+    failures.push_back("a second run of the same plan and seed gave other weights");
+  return failures;
+}
+
+}  // namespace f2d2n::testing

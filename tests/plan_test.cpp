@@ -1,0 +1,161 @@
+// Plans: what distribute<...> knows at compile time, and the proof that each plan trains to the
+// serial weights (tests/plan_suite.hpp) on the local transport.
+#include "plan_suite.hpp"
+
+#include <f2d2n/transport/local.hpp>
+
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <type_traits>
+
+namespace nn = f2d2n;
+using namespace f2d2n::testing;
+
+// ---- compile time ---------------------------------------------------------------------------
+
+using mlp = nn::sequential<nn::input<784>, nn::dense<256>, nn::relu, nn::dense<128>, nn::relu, nn::dense<10>,
+                           nn::softmax_cross_entropy>;
+using hybrid = nn::distribute<mlp, nn::data_parallel<2>, nn::tensor_parallel<2>>;
+
+static_assert(hybrid::world_size == 4);
+static_assert(hybrid::unit<0>::coordinates == nn::unit_coordinates{0, 0});
+static_assert(hybrid::unit<1>::coordinates == nn::unit_coordinates{0, 1});
+static_assert(hybrid::unit<3>::coordinates == nn::unit_coordinates{1, 1});
+// Unit 3 holds neurons [128, 256) of layer 1, [64, 128) of layer 3, [5, 10) of layer 5.
+static_assert(hybrid::unit<3>::parameter_count == 128 * 784 + 128 + 64 * 256 + 64 + 5 * 128 + 5);
+static_assert(std::is_same_v<boost::mp11::mp_at_c<hybrid::unit<3>::layers, 1>, nn::dense_shard<784, 128, 256>>);
+static_assert(std::is_same_v<boost::mp11::mp_at_c<hybrid::unit<3>::layers, 2>, nn::relu>);
+static_assert(std::is_same_v<boost::mp11::mp_at_c<hybrid::unit<2>::layers, 5>, nn::dense_shard<128, 0, 5>>);
+// The shards of a replica hold the whole model once.
+static_assert(hybrid::unit<0>::parameter_count + hybrid::unit<1>::parameter_count == mlp::parameter_count);
+// Data parallel only: every unit holds everything.
+static_assert(nn::distribute<mlp, nn::data_parallel<3>>::unit<2>::parameter_count == mlp::parameter_count);
+// By inputs: the columns of W and every bias.
+using by_inputs_plan = nn::distribute<mlp, nn::tensor_parallel<3, nn::by_inputs>>;
+static_assert(by_inputs_plan::partition_of(2, 1).begin == 523 && by_inputs_plan::partition_of(2, 1).count == 261);
+static_assert(std::is_same_v<boost::mp11::mp_at_c<by_inputs_plan::unit<2>::layers, 1>, nn::dense_input_shard<256, 523, 784>>);
+static_assert(by_inputs_plan::unit<2>::parameter_count == 256 * 261 + 256 + 128 * 85 + 128 + 10 * 42 + 10);
+// Per-layer overrides.
+using mixed = nn::distribute<mlp, nn::tensor_parallel<2, nn::by_outputs, nn::split_layer<3, nn::by_inputs>,
+                                                      nn::split_layer<5, nn::replicated>>>;
+static_assert(mixed::splits[1] == nn::split_kind::outputs && mixed::splits[2] == nn::split_kind::none &&
+              mixed::splits[3] == nn::split_kind::inputs && mixed::splits[5] == nn::split_kind::replicated);
+// The fingerprint tells plans apart, and only them.
+static_assert(hybrid::fingerprint == nn::distribute<mlp, nn::tensor_parallel<2>, nn::data_parallel<2>>::fingerprint);
+static_assert(hybrid::fingerprint != nn::distribute<mlp, nn::data_parallel<4>>::fingerprint);
+static_assert(hybrid::fingerprint != mixed::fingerprint);
+static_assert(nn::distribute<mlp>::fingerprint !=
+              nn::distribute<nn::sequential<nn::input<784>, nn::dense<256>, nn::tanh, nn::dense<128>, nn::relu,
+                                            nn::dense<10>, nn::softmax_cross_entropy>>::fingerprint);
+// Bytes per step, by hand for DP2 of the MLP: a ring all-reduce over 2 units sends half the
+// buffer twice (the gradients and the step's loss and correct count).
+static_assert(nn::distribute<mlp, nn::data_parallel<2>>::bytes_sent_per_step<float>(0, 64) ==
+              (mlp::parameter_count + 2) * sizeof(float));
+static_assert(hybrid::activation_bytes_of<float>(0, 64) == 32 * (256 + 256 + 128 + 128 + 10) * sizeof(float));
+
+// ---- the proof: equal to serial training -----------------------------------------------------
+
+template <class Plan, class Scalar>
+void expect_equivalent(double tolerance) {
+  nn::local_cluster cluster(static_cast<nn::unit_id>(Plan::world_size), Plan::fingerprint);
+  std::vector<std::vector<std::string>> failures(Plan::world_size);
+  cluster.run([&](nn::local_transport& t) { failures[t.rank()] = equivalence<Plan, Scalar>(t, tolerance); });
+  for (std::size_t r = 0; r < failures.size(); ++r)
+    for (const auto& f : failures[r]) FAIL_CHECK("unit " << r << ": " << f);
+}
+
+TEST_CASE_TEMPLATE("every plan trains to the serial weights (float32, 1e-5)", Plan, plan_dp2, plan_dp4, plan_tp2,
+                   plan_tp2_inputs, plan_tp3_mixed, plan_dp2_tp2) {
+  expect_equivalent<Plan, float>(1e-5);
+}
+
+TEST_CASE_TEMPLATE("every plan trains to the serial weights (float64, 1e-12)", Plan, plan_dp4, plan_tp3_mixed,
+                   plan_dp2_tp2) {
+  expect_equivalent<Plan, double>(1e-12);
+}
+
+// ---- bytes on the wire -----------------------------------------------------------------------
+
+namespace {
+/// A transport that counts the payload bytes its unit sends.
+struct counting_transport {
+  nn::local_transport& t;
+  std::size_t sent = 0;
+  [[nodiscard]] nn::unit_id rank() const noexcept { return t.rank(); }
+  [[nodiscard]] nn::unit_id world_size() const noexcept { return t.world_size(); }
+  [[nodiscard]] std::uint64_t fingerprint() const noexcept { return t.fingerprint(); }
+  void send(nn::unit_id peer, const nn::wire::frame_header& h, std::span<const std::byte> payload, nn::deadline until) {
+    sent += payload.size();
+    t.send(peer, h, payload, until);
+  }
+  nn::wire::frame_header receive(nn::unit_id peer, const nn::wire::expectation& e, std::span<std::byte> out,
+                                 nn::deadline until) {
+    return t.receive(peer, e, out, until);
+  }
+  void shutdown() { t.shutdown(); }
+};
+static_assert(nn::transport<counting_transport>);
+}  // namespace
+
+TEST_CASE_TEMPLATE("a step sends exactly the bytes the plan states", Plan, plan_dp4, plan_tp2, plan_tp2_inputs,
+                   plan_tp3_mixed, plan_dp2_tp2) {
+  const auto data = plan_data<float>();
+  nn::local_cluster cluster(static_cast<nn::unit_id>(Plan::world_size), Plan::fingerprint);
+  std::vector<std::size_t> sent(Plan::world_size);
+  cluster.run([&](nn::local_transport& lt) {
+    counting_transport t{lt};
+    nn::distributed_network<Plan, counting_transport> net(t, 1);
+    net.compute_gradients(data.samples.topRows(10), std::span<const std::int32_t>(data.labels).first(10));
+    sent[t.rank()] = t.sent;
+  });
+  for (std::size_t r = 0; r < Plan::world_size; ++r) {
+    CAPTURE(r);
+    CHECK(sent[r] == Plan::template bytes_sent_per_step<float>(r, 10));
+    CHECK(sent[r] > 0);
+  }
+}
+
+// ---- what a unit refuses ---------------------------------------------------------------------
+
+TEST_CASE("a transport of another size or fingerprint is refused, naming both") {
+  nn::local_cluster three(3, plan_dp2::fingerprint);
+  three.run([](nn::local_transport& t) {
+    CHECK_THROWS_WITH_AS((nn::distributed_network<plan_dp2, nn::local_transport>(t)),
+                         doctest::Contains("the plan has 2 units"), nn::configuration_error);
+  });
+  nn::local_cluster other(2, plan_dp2::fingerprint + 1);
+  other.run([](nn::local_transport& t) {
+    CHECK_THROWS_WITH_AS((nn::distributed_network<plan_dp2, nn::local_transport>(t)),
+                         doctest::Contains("fingerprint"), nn::configuration_error);
+  });
+}
+
+TEST_CASE("a batch smaller than the number of replicas is refused") {
+  const auto data = plan_data<float>();
+  nn::local_cluster cluster(4, plan_dp4::fingerprint);
+  cluster.run([&](nn::local_transport& t) {
+    nn::distributed_network<plan_dp4, nn::local_transport> net(t);
+    CHECK_THROWS_WITH_AS(net.compute_gradients(data.samples.topRows(3), std::span<const std::int32_t>(data.labels).first(3)),
+                         doctest::Contains("data_parallel<4> needs at least 4 samples"), nn::configuration_error);
+  });
+}
+
+TEST_CASE("a unit whose peer leaves gets a typed error, not a hang") {
+  const auto data = plan_data<float>();
+  nn::local_cluster cluster(2, plan_tp2::fingerprint);
+  std::atomic<int> typed{0};
+  cluster.run_collect([&](nn::local_transport& t) {
+    if (t.rank() == 1) return;  // leaves at once: unit 0 waits for its shard in vain
+    nn::distributed_options o;
+    o.timeout = std::chrono::milliseconds(2000);
+    nn::distributed_network<plan_tp2, nn::local_transport> net(t, 0, o);
+    try {
+      net.compute_gradients(data.samples.topRows(10), std::span<const std::int32_t>(data.labels).first(10));
+    } catch (const nn::comm_error&) {
+      ++typed;
+    }
+  });
+  CHECK(typed == 1);
+}
