@@ -687,3 +687,60 @@ TEST_CASE("tcp: exchange sends and receives at once, zero-copy, so a ring of big
     rethrow_first(errors);
   }
 }
+
+TEST_CASE("tcp: a blocking receive waiting on the caller's thread ends at once when its unit shuts down") {
+  unit_and_raw_peer s;
+  auto pending = std::async(std::launch::async, [&] {
+    std::vector<float> out(16);
+    f2d2n::receive_tensor(s.unit, 1, 7, 3, std::span(out), in(ms(10000)));  // idle link: waits in poll() on this thread
+  });
+  std::this_thread::sleep_for(ms(100));
+  const auto t0 = f2d2n::clock::now();
+  s.unit.shutdown();
+  try {
+    pending.get();
+    FAIL("a message arrived");
+  } catch (const f2d2n::peer_error& e) {
+    CHECK(std::string(e.what()).find("unit 0, peer 1, message 7, step 3: this unit has shut down") != std::string::npos);
+  }
+  CHECK(since(t0) < 2.0);
+}
+
+TEST_CASE("tcp: frames keep their order when queued sends and blocking sends to one peer mix") {
+  // Async sends queue on the peer's strand; a blocking send behind them must not overtake them by
+  // writing on the caller's thread, nor a blocking receive read ahead of a queued one.
+  const auto errors = run_cluster(2, [](tcp_transport& t) {
+    constexpr std::uint64_t frames = 24;
+    std::vector<std::vector<float>> data(frames);
+    if (t.rank() == 0) {
+      std::vector<std::future<void>> queued;
+      for (std::uint64_t i = 0; i < frames; ++i) {
+        data[i].assign(std::size_t{1} << 18, static_cast<float>(i));  // 1 MiB: the socket does not take it at once
+        const auto bytes = std::as_bytes(std::span<const float>(data[i]));
+        const auto header = f2d2n::wire::make_header(f2d2n::wire::frame_kind::data, t.fingerprint(), 5, 0, i, bytes);
+        if (i % 3 == 2)
+          t.send(1, header, bytes, in(ms(10000)));
+        else
+          queued.push_back(t.async_send(1, header, bytes, in(ms(10000)), asio::use_future));
+      }
+      for (auto& f : queued) f.get();
+    } else {
+      std::vector<float> out(std::size_t{1} << 18);
+      std::vector<std::future<f2d2n::wire::frame_header>> queued;
+      for (std::uint64_t i = 0; i < frames; ++i) {
+        if (i % 4 == 1) {
+          const f2d2n::wire::expectation e{f2d2n::wire::frame_kind::data, t.fingerprint(), 5, 0, i, out.size() * 4};
+          data[i].resize(out.size());
+          queued.push_back(t.async_receive(0, e, std::as_writable_bytes(std::span(data[i])), in(ms(10000)), asio::use_future));
+          continue;
+        }
+        f2d2n::receive_tensor(t, 0, 5, i, std::span(out), in(ms(10000)));
+        CHECK(out.front() == static_cast<float>(i));
+        CHECK(out.back() == static_cast<float>(i));
+      }
+      for (auto& f : queued) f.get();
+      for (std::uint64_t i = 1; i < frames; i += 4) CHECK(data[i].front() == static_cast<float>(i));
+    }
+  });
+  rethrow_first(errors);
+}

@@ -17,7 +17,9 @@
 // One io thread per transport runs a boost::asio::io_context and sleeps in epoll when idle; each
 // peer has its own strand, on which every operation with that peer runs. The public operations
 // take a completion token (callbacks, use_future, use_awaitable) and a deadline; the blocking
-// send / receive / exchange of the transport concept are built on the same operations. Nothing is
+// send / receive / exchange of the transport concept are built on the same operations, and run on
+// the caller's thread instead (non-blocking reads and writes, poll() until the deadline) when the
+// directions they use are idle, saving the hand-over to the io thread. Nothing is
 // read from the wire before the header has been checked against what the caller expects, and
 // nothing is allocated from a length the wire announces. See docs/tcp.md.
 #pragma once
@@ -53,6 +55,10 @@
 #include <boost/asio/write.hpp>
 #include <boost/system/system_error.hpp>
 
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -66,7 +72,9 @@
 #include <exception>
 #include <functional>
 #include <future>
+#include <initializer_list>
 #include <ios>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -397,12 +405,20 @@ struct receive_op {
   }
 };
 
-/// The connection to one peer. Everything in it is touched only on its strand.
+/// The connection to one peer. Its strand runs the queued operations; everything below `m` is
+/// touched only with `m` held, by the strand or by a caller's thread on the fast path of a
+/// blocking call (recursive: completion handlers may run inline on the strand and start more).
 struct link {
-  link(asio::io_context& io, unit_id p, socket_type s) : peer(p), strand(asio::make_strand(io)), socket(std::move(s)) {}
+  link(asio::io_context& io, unit_id p, socket_type s)
+      : peer(p), strand(asio::make_strand(io)), socket(std::move(s)), fd(socket.native_handle()) {}
   unit_id peer;
   strand_type strand;
+  std::recursive_mutex m;
   socket_type socket;
+  int fd;                     // the socket's descriptor, for poll() on a caller's thread
+  bool tx_caller = false;     // a caller's thread writes a frame: the strand writes nothing meanwhile
+  bool rx_caller = false;     // a caller's thread reads a frame: the strand reads nothing meanwhile
+  bool close_deferred = false;  // shutdown() closed the link while a caller's thread held it
   std::deque<std::shared_ptr<send_op>> sends;
   std::uint64_t backlog = 0;  // bytes copied and not yet written
   bool writing = false;       // a writer coroutine waits for the socket to take more
@@ -466,6 +482,9 @@ inline void finish(receive_op& op, failure f, const wire::frame_header& h = {}) 
   if (op.done) op.done(std::move(f), h);
 }
 
+/// How far one pass over a socket took an operation.
+enum class progress { wait, complete, failed };
+
 [[nodiscard]] inline bool would_block(const error_code& ec) {
   return ec == asio::error::would_block || ec == asio::error::try_again;
 }
@@ -475,6 +494,30 @@ inline void finish(receive_op& op, failure f, const wire::frame_header& h = {}) 
     return "the connection was closed by the peer (" + ec.message() + ")";
   return "the connection failed: " + ec.message();
 }
+
+/// A pipe that shutdown() writes to once, so that a caller's thread asleep in poll() on the fast
+/// path of a blocking call wakes at once (it stays readable afterwards).
+class wake_pipe {
+ public:
+  wake_pipe() {
+    if (::pipe(fd_.data()) != 0) throw configuration_error("f2d2n: cannot create a pipe for the transport");
+    for (const int f : fd_) (void)::fcntl(f, F_SETFD, FD_CLOEXEC);
+    (void)::fcntl(fd_[1], F_SETFL, O_NONBLOCK);
+  }
+  wake_pipe(const wake_pipe&) = delete;
+  wake_pipe& operator=(const wake_pipe&) = delete;
+  ~wake_pipe() {
+    for (const int f : fd_) (void)::close(f);
+  }
+  void signal() const noexcept {
+    const char b = 1;
+    (void)!::write(fd_[1], &b, 1);
+  }
+  [[nodiscard]] int read_end() const noexcept { return fd_[0]; }
+
+ private:
+  std::array<int, 2> fd_{-1, -1};
+};
 
 /// One unit's end of every connection, its io thread and its operations.
 class engine {
@@ -592,12 +635,7 @@ class engine {
 
   void start_send(unit_id peer, const wire::frame_header& header, std::span<const std::byte> payload, deadline until,
                   bool may_copy, send_completion done) {
-    auto op = std::make_shared<send_op>();
-    op->where = {rank_, peer, header.message_id, header.step};
-    op->header = wire::encode(header);
-    op->payload = payload;
-    op->total = wire::header_size + payload.size();
-    op->may_copy = may_copy;
+    const auto op = make_send_op(peer, header, payload, may_copy);
     op->done = std::move(done);
     std::string problem;
     link* l = link_for(peer, problem);
@@ -608,15 +646,26 @@ class engine {
       asio::post(io_, [op, f = failure::configuration(op->where, problem)]() mutable { finish(*op, std::move(f)); });
       return;
     }
-    asio::post(l->strand, [this, l, op, until] { enqueue_send(*l, op, until); });
+    // Queued at once, so that a later call cannot overtake it on the fast path (run_here).
+    {
+      const std::lock_guard lock(l->m);
+      if (!l->tx_down.empty()) problem = l->tx_down;
+      else if (l->closing) problem = "this unit has shut down";
+      else l->sends.push_back(op);
+    }
+    if (!problem.empty()) {
+      asio::post(l->strand, [op, f = failure::peer(op->where, problem)]() mutable { finish(*op, std::move(f)); });
+      return;
+    }
+    asio::post(l->strand, [this, l, op, until] {
+      const std::lock_guard lock(l->m);
+      enqueue_send(*l, op, until);
+    });
   }
 
   void start_receive(unit_id peer, const wire::expectation& expected, std::span<std::byte> out, deadline until,
                      receive_completion done) {
-    auto op = std::make_shared<receive_op>();
-    op->where = {rank_, peer, expected.message_id, expected.step};
-    op->expected = expected;
-    op->out = out;
+    auto op = std::make_shared<receive_op>(make_receive_op(peer, expected, out));
     op->done = std::move(done);
     std::string problem;
     link* l = link_for(peer, problem);
@@ -627,13 +676,70 @@ class engine {
       asio::post(io_, [op, f = failure::configuration(op->where, problem)]() mutable { finish(*op, std::move(f)); });
       return;
     }
-    asio::post(l->strand, [this, l, op, until] { enqueue_receive(*l, op, until); });
+    {
+      const std::lock_guard lock(l->m);
+      if (!l->rx_down.empty()) problem = l->rx_down;
+      else l->receives.push_back(op);
+    }
+    if (!problem.empty()) {
+      asio::post(l->strand, [op, f = failure::peer(op->where, problem)]() mutable { finish(*op, std::move(f)); });
+      return;
+    }
+    asio::post(l->strand, [this, l, op, until] {
+      const std::lock_guard lock(l->m);
+      enqueue_receive(*l, op, until);
+    });
+  }
+
+  // The blocking calls' fast path (run_here): each returns false / nothing, having done nothing,
+  // when the call cannot run on the calling thread (a direction busy, a misuse to report); the
+  // caller then takes the queued path, which also reports misuse. Failures are thrown here.
+
+  bool send_here(unit_id peer, const wire::frame_header& header, std::span<const std::byte> payload, deadline until) {
+    std::string problem;
+    link* l = link_for(peer, problem);
+    if (!l || header.payload_length != payload.size()) return false;
+    const auto op = make_send_op(peer, header, payload, true);
+    failure sf, rf;
+    if (!run_here(l, op, nullptr, nullptr, until, sf, rf)) return false;
+    if (sf) sf.raise();
+    return true;
+  }
+
+  std::optional<wire::frame_header> receive_here(unit_id peer, const wire::expectation& expected, std::span<std::byte> out,
+                                                 deadline until) {
+    std::string problem;
+    link* l = link_for(peer, problem);
+    if (!l || expected.payload_length > out.size()) return std::nullopt;
+    receive_op op = make_receive_op(peer, expected, out);
+    failure sf, rf;
+    if (!run_here(nullptr, nullptr, l, &op, until, sf, rf)) return std::nullopt;
+    if (rf) rf.raise();
+    return op.header;
+  }
+
+  std::optional<wire::frame_header> exchange_here(unit_id to, const wire::frame_header& header,
+                                                  std::span<const std::byte> payload, unit_id from,
+                                                  const wire::expectation& expected, std::span<std::byte> out,
+                                                  deadline until) {
+    std::string problem;
+    link* tl = link_for(to, problem);
+    link* rl = link_for(from, problem);
+    if (!tl || !rl || header.payload_length != payload.size() || expected.payload_length > out.size()) return std::nullopt;
+    const auto s = make_send_op(to, header, payload, false);
+    receive_op r = make_receive_op(from, expected, out);
+    failure sf, rf;
+    if (!run_here(tl, s, rl, &r, until, sf, rf)) return std::nullopt;
+    if (sf) sf.raise();  // as the queued exchange: the send's failure first
+    if (rf) rf.raise();
+    return r.header;
   }
 
   /// Delivers what is queued (within options.linger), says goodbye to every peer and closes.
   void shutdown() {
     if (on_io_thread()) throw configuration_error("f2d2n: shutdown() cannot run on the transport's own io thread");
     if (shut_.exchange(true)) return;
+    wake_.signal();
     struct countdown {
       std::atomic<std::size_t> left{0};
       std::promise<void> done;
@@ -883,7 +989,26 @@ class engine {
     s.result.set_value({});
   }
 
-  // ---- sending (on the peer's strand) ----
+  // ---- operations on the links ----
+
+  [[nodiscard]] std::shared_ptr<send_op> make_send_op(unit_id peer, const wire::frame_header& header,
+                                                      std::span<const std::byte> payload, bool may_copy) const {
+    auto op = std::make_shared<send_op>();
+    op->where = {rank_, peer, header.message_id, header.step};
+    op->header = wire::encode(header);
+    op->payload = payload;
+    op->total = wire::header_size + payload.size();
+    op->may_copy = may_copy;
+    return op;
+  }
+
+  [[nodiscard]] receive_op make_receive_op(unit_id peer, const wire::expectation& expected, std::span<std::byte> out) const {
+    receive_op op;
+    op.where = {rank_, peer, expected.message_id, expected.step};
+    op.expected = expected;
+    op.out = out;
+    return op;
+  }
 
   [[nodiscard]] link* link_for(unit_id peer, std::string& problem) {
     if (peer >= world_) {
@@ -901,10 +1026,34 @@ class engine {
     return links_[peer].get();
   }
 
+  // ---- sending (on the peer's strand, or on a caller's thread that holds the link's tx) ----
+
+  /// Writes what the socket takes of `op` now. On a failure the link's tx is down and `f` says why.
+  progress advance_send(link& l, send_op& op, failure& f) {
+    while (op.sent < op.total) {
+      error_code ec;
+      const std::size_t n = l.socket.write_some(op.rest(), ec);
+      if (would_block(ec)) return progress::wait;
+      if (ec) {
+        l.tx_down = connection_failure(ec);
+        f = failure::peer(op.where, l.tx_down);
+        return progress::failed;
+      }
+      op.sent += n;
+    }
+    return progress::complete;
+  }
+
+  /// A send's deadline passed: the failure to report; a frame given up half-way puts tx down.
+  static failure send_timed_out(link& l, const send_op& op) {
+    if (op.sent == 0) return failure::timeout(op.where, "the peer took nothing of the frame before the deadline");
+    l.tx_down = "a send gave up in the middle of a frame; the stream to this peer is out of sync";
+    return failure::timeout(op.where, "the deadline passed after " + std::to_string(op.sent) + " of " +
+                                          std::to_string(op.total) +
+                                          " bytes of the frame were sent; the stream to this peer is unusable now");
+  }
+
   void enqueue_send(link& l, const std::shared_ptr<send_op>& op, deadline until) {
-    if (!l.tx_down.empty()) return finish(*op, failure::peer(op->where, l.tx_down));
-    if (l.closing) return finish(*op, failure::peer(op->where, "this unit has shut down"));
-    l.sends.push_back(op);
     pump_send(l);
     if (op->done && until != deadline::max()) arm_send_timer(l, op, until);
   }
@@ -913,32 +1062,31 @@ class engine {
     op->timer = std::make_unique<timer_type>(l.strand, until);
     op->timer->async_wait([this, &l, w = std::weak_ptr<send_op>(op)](const error_code& ec) {
       if (ec) return;
+      const std::lock_guard lock(l.m);
       if (auto o = w.lock()) send_expired(l, o);
     });
   }
 
   /// Writes what the socket takes now; copies what it does not take for blocking sends that fit
-  /// the send buffer; leaves the rest to the writer coroutine.
+  /// the send buffer; leaves the rest to the writer coroutine. Leaves the queue alone while a
+  /// caller's thread writes a frame (it hands the queue back when it is done).
   void pump_send(link& l) {
     while (!l.sends.empty()) {
       if (!l.tx_down.empty()) return fail_sends(l);
+      if (l.tx_caller) return;
       const auto op = l.sends.front();
-      error_code ec;
-      const std::size_t n = l.socket.write_some(op->rest(), ec);
-      if (would_block(ec)) {
-        absorb(l);
-        start_writer(l);
-        return;
-      }
-      if (ec) {
-        l.tx_down = connection_failure(ec);
-        return fail_sends(l);
-      }
-      op->sent += n;
-      if (op->sent == op->total) {
-        l.sends.pop_front();
-        if (op->copied) l.backlog -= op->owned.size();
-        finish(*op);
+      failure f;
+      switch (advance_send(l, *op, f)) {
+        case progress::wait:
+          absorb(l);
+          return start_writer(l);
+        case progress::failed:
+          return fail_sends(l);
+        case progress::complete:
+          l.sends.pop_front();
+          if (op->copied) l.backlog -= op->owned.size();
+          finish(*op);
+          break;
       }
     }
   }
@@ -962,35 +1110,38 @@ class engine {
   }
 
   asio::awaitable<void> writer(link& l) {
-    while (!l.sends.empty() && l.tx_down.empty()) {
+    for (;;) {
+      {
+        const std::lock_guard lock(l.m);
+        if (l.sends.empty() || !l.tx_down.empty() || l.tx_caller) {
+          l.writing = false;
+          break;
+        }
+      }
       error_code ec;
       co_await l.socket.async_wait(socket_type::wait_write, asio::redirect_error(asio::use_awaitable, ec));
-      if (ec && !l.socket.is_open()) break;
+      const std::lock_guard lock(l.m);
+      if (ec && !l.socket.is_open()) {
+        l.writing = false;
+        break;
+      }
       if (ec && ec != asio::error::operation_aborted) {
         l.tx_down = connection_failure(ec);
         fail_sends(l);
+        l.writing = false;
         break;
       }
       pump_send(l);
     }
-    l.writing = false;
   }
 
   void send_expired(link& l, const std::shared_ptr<send_op>& op) {
     if (!op->done) return;  // answered already
     const auto it = std::find(l.sends.begin(), l.sends.end(), op);
     if (it == l.sends.end()) return;
-    const std::size_t sent = op->sent;
     l.sends.erase(it);
-    if (sent == 0) {
-      finish(*op, failure::timeout(op->where, "the peer took nothing of the frame before the deadline"));
-      return;
-    }
-    l.tx_down = "a send gave up in the middle of a frame; the stream to this peer is out of sync";
-    finish(*op, failure::timeout(op->where, "the deadline passed after " + std::to_string(sent) + " of " +
-                                                std::to_string(op->total) +
-                                                " bytes of the frame were sent; the stream to this peer is unusable now"));
-    fail_sends(l);
+    finish(*op, send_timed_out(l, *op));
+    if (!l.tx_down.empty()) fail_sends(l);
   }
 
   void fail_sends(link& l) {
@@ -999,117 +1150,140 @@ class engine {
     for (const auto& op : queue) finish(*op, failure::peer(op->where, l.tx_down));
   }
 
-  // ---- receiving (on the peer's strand) ----
+  // ---- receiving (on the peer's strand, or on a caller's thread that holds the link's rx) ----
+
+  /// Reads what the socket holds for `op`: the header, checked against the expectation before
+  /// anything else is read, then the payload straight into the caller's buffer, then its checksum.
+  /// On a failure the link's rx is down and `f` says why.
+  progress advance_receive(link& l, receive_op& op, failure& f) {
+    for (;;) {
+      if (op.have_header && op.got == op.total()) return complete_frame(l, op, f);
+      asio::mutable_buffer buf;
+      if (!op.have_header)
+        buf = asio::buffer(op.header_bytes.data() + op.got, wire::header_size - op.got);
+      else if (op.goodbye)
+        buf = asio::buffer(l.goodbye_text.data() + (op.got - wire::header_size), op.total() - op.got);
+      else
+        buf = asio::buffer(op.out.data() + (op.got - wire::header_size), op.total() - op.got);
+      error_code ec;
+      const std::size_t n = l.socket.read_some(buf, ec);
+      if (would_block(ec)) return progress::wait;
+      if (ec) {
+        f = read_failed(l, op, ec);
+        return progress::failed;
+      }
+      op.got += n;
+      if (!op.have_header && op.got == wire::header_size && !accept_header(l, op, f)) return progress::failed;
+    }
+  }
+
+  /// The header of `op` is complete: decode and check it (a goodbye ends the stream).
+  bool accept_header(link& l, receive_op& op, failure& f) {
+    try {
+      op.header = wire::decode(op.header_bytes, op.where);
+      if (op.header.kind == wire::frame_kind::goodbye) {
+        if (op.header.payload_length > max_handshake_payload) {
+          l.rx_down = "the peer has shut down";
+          f = failure::peer(op.where, l.rx_down);
+          return false;
+        }
+        op.goodbye = true;
+        l.goodbye_text.assign(static_cast<std::size_t>(op.header.payload_length), '\0');
+      } else {
+        wire::check(op.header, op.expected, options_.max_frame, op.where);
+      }
+      op.have_header = true;
+      return true;
+    } catch (const protocol_error&) {
+      f = rejected(l, failure::capture(std::current_exception(), op.where));
+      return false;
+    }
+  }
+
+  /// The whole frame of `op` has arrived: a goodbye ends the stream, data is verified.
+  progress complete_frame(link& l, receive_op& op, failure& f) {
+    if (op.goodbye) {
+      l.rx_down = "the peer has shut down";
+      if (!l.goodbye_text.empty()) l.rx_down += ": " + l.goodbye_text;
+      if (l.tx_down.empty()) l.tx_down = l.rx_down;
+      f = failure::peer(op.where, l.rx_down);
+      return progress::failed;
+    }
+    const std::size_t len = static_cast<std::size_t>(op.header.payload_length);
+    try {
+      wire::verify(op.header, op.out.first(len), op.where);
+    } catch (const protocol_error&) {
+      f = rejected(l, failure::capture(std::current_exception(), op.where));
+      return progress::failed;
+    }
+    return progress::complete;
+  }
+
+  /// A frame breaks the protocol: the stream from this peer is out of sync. Returns `f`.
+  static failure rejected(link& l, failure f) {
+    l.rx_down = std::string("an earlier frame from this peer was rejected (") + to_string(f.problem) +
+                "); the stream from this peer is out of sync";
+    return f;
+  }
+
+  static failure read_failed(link& l, const receive_op& op, const error_code& ec) {
+    if (ec == asio::error::eof && op.got == 0) {
+      l.rx_down = "the peer closed the connection without a goodbye";
+      return failure::peer(op.where, l.rx_down);
+    }
+    if (ec == asio::error::eof) {
+      l.rx_down = "the connection was closed in the middle of a frame";
+      return failure{failure::kind::protocol, op.where, frame_problem::truncated,
+                     "the connection closed after " + std::to_string(op.got) + " of " +
+                         (op.have_header ? std::to_string(op.total()) + " bytes of the frame"
+                                         : std::to_string(wire::header_size) + " bytes of the frame's header")};
+    }
+    l.rx_down = connection_failure(ec);
+    if (l.tx_down.empty()) l.tx_down = l.rx_down;
+    return failure::peer(op.where, l.rx_down);
+  }
+
+  /// A receive's deadline passed: the failure to report; a frame given up half-way puts rx down.
+  static failure receive_timed_out(link& l, const receive_op& op) {
+    if (op.got == 0) return failure::timeout(op.where, "no message arrived before the deadline");
+    l.rx_down = "a receive gave up in the middle of a frame; the stream from this peer is out of sync";
+    return failure::timeout(op.where, "the deadline passed after " + std::to_string(op.got) +
+                                          " bytes of the frame had arrived; the stream from this peer is unusable now");
+  }
 
   void enqueue_receive(link& l, const std::shared_ptr<receive_op>& op, deadline until) {
-    if (!l.rx_down.empty()) return finish(*op, failure::peer(op->where, l.rx_down));
-    l.receives.push_back(op);
     pump_receive(l);
     if (op->done && until != deadline::max()) {
       op->timer = std::make_unique<timer_type>(l.strand, until);
       op->timer->async_wait([this, &l, w = std::weak_ptr<receive_op>(op)](const error_code& ec) {
         if (ec) return;
+        const std::lock_guard lock(l.m);
         if (auto o = w.lock()) receive_expired(l, o);
       });
     }
   }
 
-  /// Reads what the socket holds for the waiting receives: the header, checked against the
-  /// expectation before anything else is read, then the payload straight into the caller's buffer.
+  /// Serves the waiting receives in order with what the socket holds; leaves the queue alone
+  /// while a caller's thread reads a frame (it hands the queue back when it is done).
   void pump_receive(link& l) {
     while (!l.receives.empty()) {
       if (!l.rx_down.empty()) return fail_receives(l);
+      if (l.rx_caller) return;
       const auto op = l.receives.front();
-      if (op->have_header && op->got == op->total()) {
-        complete_receive(l);
-        continue;
+      failure f;
+      switch (advance_receive(l, *op, f)) {
+        case progress::wait:
+          return start_reader(l);
+        case progress::failed:  // rx is down now: the loop fails the receives behind it
+          l.receives.pop_front();
+          finish(*op, std::move(f));
+          break;
+        case progress::complete:
+          l.receives.pop_front();
+          finish(*op, {}, op->header);
+          break;
       }
-      asio::mutable_buffer buf;
-      if (!op->have_header)
-        buf = asio::buffer(op->header_bytes.data() + op->got, wire::header_size - op->got);
-      else if (op->goodbye)
-        buf = asio::buffer(l.goodbye_text.data() + (op->got - wire::header_size), op->total() - op->got);
-      else
-        buf = asio::buffer(op->out.data() + (op->got - wire::header_size), op->total() - op->got);
-      error_code ec;
-      const std::size_t n = l.socket.read_some(buf, ec);
-      if (would_block(ec)) return start_reader(l);
-      if (ec) {
-        receive_failed(l, ec);
-        continue;
-      }
-      op->got += n;
-      if (!op->have_header && op->got == wire::header_size) accept_header(l);
     }
-  }
-
-  /// The header of the front receive is complete: decode and check it (a goodbye ends the stream).
-  void accept_header(link& l) {
-    const auto op = l.receives.front();
-    try {
-      op->header = wire::decode(op->header_bytes, op->where);
-      if (op->header.kind == wire::frame_kind::goodbye) {
-        if (op->header.payload_length > max_handshake_payload) {
-          l.rx_down = "the peer has shut down";
-          return fail_receives(l);
-        }
-        op->goodbye = true;
-        l.goodbye_text.assign(static_cast<std::size_t>(op->header.payload_length), '\0');
-      } else {
-        wire::check(op->header, op->expected, options_.max_frame, op->where);
-      }
-      op->have_header = true;
-    } catch (const protocol_error&) {
-      rejected(l, failure::capture(std::current_exception(), op->where));
-    }
-  }
-
-  void complete_receive(link& l) {
-    const auto op = l.receives.front();
-    if (op->goodbye) {
-      l.rx_down = "the peer has shut down";
-      if (!l.goodbye_text.empty()) l.rx_down += ": " + l.goodbye_text;
-      if (l.tx_down.empty()) l.tx_down = l.rx_down;
-      return fail_receives(l);
-    }
-    const std::size_t len = static_cast<std::size_t>(op->header.payload_length);
-    try {
-      wire::verify(op->header, op->out.first(len), op->where);
-    } catch (const protocol_error&) {
-      return rejected(l, failure::capture(std::current_exception(), op->where));
-    }
-    l.receives.pop_front();
-    finish(*op, {}, op->header);
-  }
-
-  /// The front receive's frame breaks the protocol: report it; the stream is out of sync.
-  void rejected(link& l, failure f) {
-    const auto op = l.receives.front();
-    l.receives.pop_front();
-    l.rx_down = std::string("an earlier frame from this peer was rejected (") + to_string(f.problem) +
-                "); the stream from this peer is out of sync";
-    finish(*op, std::move(f));
-    fail_receives(l);
-  }
-
-  void receive_failed(link& l, const error_code& ec) {
-    const auto op = l.receives.front();
-    l.receives.pop_front();
-    if (ec == asio::error::eof && op->got == 0) {
-      l.rx_down = "the peer closed the connection without a goodbye";
-      finish(*op, failure::peer(op->where, l.rx_down));
-    } else if (ec == asio::error::eof) {
-      l.rx_down = "the connection was closed in the middle of a frame";
-      finish(*op, failure{failure::kind::protocol, op->where, frame_problem::truncated,
-                          "the connection closed after " + std::to_string(op->got) + " of " +
-                              (op->have_header ? std::to_string(op->total()) + " bytes of the frame"
-                                               : std::to_string(wire::header_size) + " bytes of the frame's header")});
-    } else {
-      l.rx_down = connection_failure(ec);
-      if (l.tx_down.empty()) l.tx_down = l.rx_down;
-      finish(*op, failure::peer(op->where, l.rx_down));
-    }
-    fail_receives(l);
   }
 
   void start_reader(link& l) {
@@ -1119,34 +1293,38 @@ class engine {
   }
 
   asio::awaitable<void> reader(link& l) {
-    while (!l.receives.empty() && l.rx_down.empty()) {
+    for (;;) {
+      {
+        const std::lock_guard lock(l.m);
+        if (l.receives.empty() || !l.rx_down.empty() || l.rx_caller) {
+          l.reading = false;
+          break;
+        }
+      }
       error_code ec;
       co_await l.socket.async_wait(socket_type::wait_read, asio::redirect_error(asio::use_awaitable, ec));
-      if (ec && !l.socket.is_open()) break;
+      const std::lock_guard lock(l.m);
+      if (ec && !l.socket.is_open()) {
+        l.reading = false;
+        break;
+      }
       if (ec && ec != asio::error::operation_aborted) {
         l.rx_down = connection_failure(ec);
         fail_receives(l);
+        l.reading = false;
         break;
       }
       pump_receive(l);
     }
-    l.reading = false;
   }
 
   void receive_expired(link& l, const std::shared_ptr<receive_op>& op) {
     if (!op->done) return;
     const auto it = std::find(l.receives.begin(), l.receives.end(), op);
     if (it == l.receives.end()) return;
-    const bool started = it == l.receives.begin() && op->got > 0;
     l.receives.erase(it);
-    if (!started) {
-      finish(*op, failure::timeout(op->where, "no message arrived before the deadline"));
-      return;
-    }
-    l.rx_down = "a receive gave up in the middle of a frame; the stream from this peer is out of sync";
-    finish(*op, failure::timeout(op->where, "the deadline passed after " + std::to_string(op->got) +
-                                                " bytes of the frame had arrived; the stream from this peer is unusable now"));
-    fail_receives(l);
+    finish(*op, receive_timed_out(l, *op));  // only the front receive can have read part of its frame
+    if (!l.rx_down.empty()) fail_receives(l);
   }
 
   void fail_receives(link& l) {
@@ -1154,9 +1332,138 @@ class engine {
     for (const auto& op : queue) finish(*op, failure::peer(op->where, l.rx_down));
   }
 
+  // ---- the blocking calls on the caller's thread ----
+
+  /// Runs a send to `tl` and/or a receive from `rl` on the calling thread, when their directions
+  /// are idle (nothing queued, no coroutine waiting, nobody else writing or reading there, the
+  /// stream up): non-blocking writes and reads, and poll() until the deadline while the sockets
+  /// cannot go on. Saves the hand-overs to the io thread and the condition-variable waits of the
+  /// queued path. Returns false, having done nothing, when a direction is busy (the caller then
+  /// queues the operations on the strands). `sf` / `rf` get the send's / the receive's failure.
+  /// A blocking send() whose rest fits the send buffer is copied and handed to the strand.
+  /// One link's lock at a time: the io thread may take a second one inside a completion handler.
+  bool run_here(link* tl, const std::shared_ptr<send_op>& s, link* rl, receive_op* r, deadline until, failure& sf,
+                failure& rf) {
+    if (shut_) return false;
+    if (tl && !claim(*tl, true)) return false;
+    if (rl && !claim(*rl, false)) {
+      if (tl) hand_back(*tl, true);
+      return false;
+    }
+    bool sending = tl != nullptr, receiving = rl != nullptr;
+    bool watch_shutdown = true;
+    for (;;) {
+      // shutdown() ends a receive at once; a send that has begun goes on (the goodbye queues
+      // behind it) until it is written, the deadline passes, or the link is closed.
+      const bool shutting = watch_shutdown && shut_;
+      if (shutting) watch_shutdown = false;
+      const bool expired = clock::now() >= until;
+      if (sending) {
+        const std::lock_guard lock(tl->m);
+        if (!tl->tx_down.empty()) {
+          sf = failure::peer(s->where, tl->tx_down);
+          sending = false;
+        } else if (const progress p = advance_send(*tl, *s, sf); p != progress::wait) {
+          sending = false;
+        } else if (s->may_copy && tl->backlog + (s->total - s->sent) <= options_.send_buffer) {
+          // As absorb(): the rest is copied and written by the strand, ahead of what queued behind.
+          tl->backlog += s->total - s->sent;
+          s->copy_rest();
+          tl->sends.push_front(s);
+          sending = false;
+        } else if (shutting && s->sent == 0) {
+          sf = failure::peer(s->where, "this unit has shut down");
+          sending = false;
+        } else if (expired) {
+          sf = send_timed_out(*tl, *s);
+          sending = false;
+        }
+      }
+      if (receiving) {
+        const std::lock_guard lock(rl->m);
+        if (!rl->rx_down.empty()) {
+          rf = failure::peer(r->where, rl->rx_down);
+          receiving = false;
+        } else if (advance_receive(*rl, *r, rf) != progress::wait) {
+          receiving = false;
+        } else if (shutting) {
+          rl->rx_down = "this unit has shut down";
+          rf = failure::peer(r->where, rl->rx_down);
+          receiving = false;
+        } else if (expired) {
+          rf = receive_timed_out(*rl, *r);
+          receiving = false;
+        }
+      }
+      if (!sending && !receiving) break;
+      wait_for_sockets(sending ? tl->fd : -1, receiving ? rl->fd : -1, watch_shutdown, until);
+    }
+    if (tl) hand_back(*tl, true);
+    if (rl) hand_back(*rl, false);
+    return true;
+  }
+
+  /// Takes a link's tx (or rx) for the calling thread when it is idle.
+  static bool claim(link& l, bool tx) {
+    const std::lock_guard lock(l.m);
+    if (l.closing) return false;
+    if (tx) {
+      if (!l.sends.empty() || l.tx_caller || l.writing || !l.tx_down.empty()) return false;
+      l.tx_caller = true;
+    } else {
+      if (!l.receives.empty() || l.rx_caller || l.reading || !l.rx_down.empty()) return false;
+      l.rx_caller = true;
+    }
+    return true;
+  }
+
+  /// Gives a link's tx (or rx) back: the strand takes up what queued meanwhile, and closes a
+  /// socket that shutdown() left open for the caller.
+  void hand_back(link& l, bool tx) {
+    const std::lock_guard lock(l.m);
+    (tx ? l.tx_caller : l.rx_caller) = false;
+    if (l.close_deferred) {
+      if (l.tx_caller || l.rx_caller) return;
+      l.close_deferred = false;
+      asio::post(l.strand, [&l] {
+        const std::lock_guard relock(l.m);
+        error_code ec;
+        l.socket.close(ec);
+      });
+    } else if (tx ? !l.sends.empty() : !l.receives.empty()) {
+      asio::post(l.strand, [this, &l, tx] {
+        const std::lock_guard relock(l.m);
+        if (tx) pump_send(l);
+        else pump_receive(l);
+      });
+    }
+  }
+
+  /// Sleeps in poll() until `write_fd` may take bytes, `read_fd` has some, shutdown() was called
+  /// (when `watch_shutdown`), or the deadline. Never spins: poll() sleeps.
+  void wait_for_sockets(int write_fd, int read_fd, bool watch_shutdown, deadline until) const {
+    std::array<pollfd, 3> fds{};
+    nfds_t n = 0;
+    if (write_fd >= 0 && write_fd == read_fd) {
+      fds[n++] = {write_fd, POLLOUT | POLLIN, 0};
+    } else {
+      if (write_fd >= 0) fds[n++] = {write_fd, POLLOUT, 0};
+      if (read_fd >= 0) fds[n++] = {read_fd, POLLIN, 0};
+    }
+    if (watch_shutdown) fds[n++] = {wake_.read_end(), POLLIN, 0};
+    int ms = -1;
+    if (until != deadline::max()) {
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - clock::now()).count();
+      ms = static_cast<int>(std::clamp<decltype(left)>(left, 0, std::numeric_limits<int>::max()));
+    }
+    // EINTR and the like: the caller looks at the sockets and the deadline again.
+    (void)::poll(fds.data(), n, ms);
+  }
+
   // ---- closing (on the peer's strand) ----
 
   void close_link(link& l, deadline until, const std::function<void()>& closed) {
+    const std::lock_guard lock(l.m);
     l.closing = true;
     if (l.rx_down.empty()) l.rx_down = "this unit has shut down";
     fail_receives(l);
@@ -1164,7 +1471,8 @@ class engine {
       end_link(l);
       return closed();
     }
-    // The goodbye goes after the frames already queued; its deadline bounds the whole flush.
+    // The goodbye goes after the frames already queued (and a frame a caller's thread is
+    // writing); its deadline bounds the whole flush.
     auto op = std::make_shared<send_op>();
     op->where = {rank_, l.peer, 0, 0};
     const auto header = wire::encode(wire::make_header(wire::frame_kind::goodbye, fingerprint_, 0, rank_, 0, {}));
@@ -1189,6 +1497,13 @@ class engine {
     std::array<std::byte, 16384> sink;
     for (int i = 0; i < 64 && !ec; ++i)
       if (l.socket.read_some(asio::buffer(sink), ec) == 0) break;
+    if (l.tx_caller || l.rx_caller) {
+      // A caller's thread may be in poll() on this socket: wake it (it finds the link down) and
+      // leave the close to hand_back(), so that the descriptor is not reused under it.
+      l.socket.shutdown(socket_type::shutdown_both, ec);
+      l.close_deferred = true;
+      return;
+    }
     l.socket.close(ec);
   }
 
@@ -1203,6 +1518,7 @@ class engine {
   std::vector<std::unique_ptr<link>> links_;  // links_[peer]; null for this unit
   bool connect_started_ = false;
   std::atomic<bool> shut_{false};
+  wake_pipe wake_;
   std::future<void> thread_done_;
   std::thread thread_;
 };
@@ -1282,6 +1598,7 @@ class tcp_transport {
   /// receives. Throws timeout_error, peer_error, configuration_error.
   void send(unit_id peer, const wire::frame_header& header, std::span<const std::byte> payload, deadline until) {
     refuse_on_io_thread();
+    if (engine_->send_here(peer, header, payload, until)) return;
     auto wait = std::make_shared<detail::tcp_impl::sync_wait<>>();
     engine_->start_send(peer, header, payload, until, true,
                         detail::tcp_impl::send_completion(wait->handler(wait), engine_->executor()));
@@ -1291,6 +1608,7 @@ class tcp_transport {
   /// Receives the next frame from `peer` into `out`; see async_receive.
   wire::frame_header receive(unit_id peer, const wire::expectation& expected, std::span<std::byte> out, deadline until) {
     refuse_on_io_thread();
+    if (auto h = engine_->receive_here(peer, expected, out, until)) return *h;
     auto wait = std::make_shared<detail::tcp_impl::sync_wait<wire::frame_header>>();
     engine_->start_receive(peer, expected, out, until,
                            detail::tcp_impl::receive_completion(wait->handler(wait), engine_->executor()));
@@ -1304,6 +1622,7 @@ class tcp_transport {
   wire::frame_header exchange(unit_id to, const wire::frame_header& header, std::span<const std::byte> payload, unit_id from,
                               const wire::expectation& expected, std::span<std::byte> out, deadline until) {
     refuse_on_io_thread();
+    if (auto h = engine_->exchange_here(to, header, payload, from, expected, out, until)) return *h;
     auto sent = std::make_shared<detail::tcp_impl::sync_wait<>>();
     auto received = std::make_shared<detail::tcp_impl::sync_wait<wire::frame_header>>();
     engine_->start_send(to, header, payload, until, false,
