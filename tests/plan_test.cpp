@@ -53,6 +53,8 @@ static_assert(nn::distribute<mlp>::fingerprint !=
 // buffer twice (the gradients and the step's loss and correct count).
 static_assert(nn::distribute<mlp, nn::data_parallel<2>>::bytes_sent_per_step<float>(0, 64) ==
               (mlp::parameter_count + 2) * sizeof(float));
+// The README's figure for the demo's plan (its input is 28 x 28, the same 784 features).
+static_assert(hybrid::bytes_sent_per_step(3, 64) == 544668);
 static_assert(hybrid::activation_bytes_of<float>(0, 64) == 32 * (256 + 256 + 128 + 128 + 10) * sizeof(float));
 
 // ---- the proof: equal to serial training -----------------------------------------------------

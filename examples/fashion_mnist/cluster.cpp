@@ -1,0 +1,74 @@
+// Trains the MLP on Fashion-MNIST on a cluster of processing units over TCP, under a plan; the
+// weights, and so the accuracy, are the one-process example's (main.cpp), up to rounding.
+//
+//   f2d2n_launch -n 4 -- fashion_mnist_cluster                    DP2 x TP2: 2 replicas of 2 neuron shards
+//   f2d2n_launch -n 2 -- fashion_mnist_cluster --plan dp2         data parallel
+//   f2d2n_launch -n 2 -- fashion_mnist_cluster --plan tp2_inputs  F2D2N's input units (split by input features)
+//   fashion_mnist_cluster --help
+// Unit 0 draws the progress bar and prints the result. Plans: dp2, dp4, tp2, tp2_inputs, dp2_tp2.
+#include "settings.hpp"
+
+#include <f2d2n/launch/config.hpp>
+#include <f2d2n/transport/tcp.hpp>
+
+#include <cstdlib>
+
+namespace {
+
+namespace nn = f2d2n;
+using example::mlp;
+
+template <class Plan>
+int run(const example::settings& s, const nn::cluster_config& c) {
+  nn::tcp_transport t(c.rank, c.peers, Plan::fingerprint);
+  nn::distributed_network<Plan, nn::tcp_transport> net(t, s.seed);
+  const bool report = c.rank == 0;
+  const auto d = example::load(s);
+  if (report) {
+    std::cout << "f2d2n " << s.plan << ": " << Plan::world_size << " units (" << Plan::replicas << " replicas x "
+              << Plan::shards << " shards) over TCP; " << mlp::parameter_count << " parameters; " << d.train.size()
+              << " training and " << d.test.size() << " test samples from " << s.data_dir << "\n";
+    for (std::size_t r = 0; r < Plan::world_size; ++r)
+      std::cout << "  unit " << r << ": replica " << Plan::coordinates_of(r).replica << ", shard "
+                << Plan::coordinates_of(r).shard << ", " << Plan::parameter_count_of(r) << " parameters, "
+                << Plan::bytes_sent_per_step(r, s.batch_size) << " bytes sent per step of " << s.batch_size << "\n";
+    example::describe(s);
+  }
+  const int code = example::train_and_report(net, s, d, report);
+  t.shutdown();
+  return code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  example::settings s;
+  auto opts = example::options(s, "Train the MLP on Fashion-MNIST on a cluster of units (start it with f2d2n_launch)");
+  opts.add_options()("plan", boost::program_options::value(&s.plan)->default_value("dp2_tp2"),
+                     "dp2, dp4 (data parallel), tp2 (neurons split over 2 units), tp2_inputs (inputs split, as "
+                     "F2D2N's input units), dp2_tp2 (2 replicas of 2 shards: 4 units)");
+  if (const auto stop = example::parse(argc, argv, s, opts)) return *stop;
+  if (s.preset != "mlp") {
+    std::cerr << "fashion_mnist_cluster: only the mlp preset runs on a cluster here (fashion_mnist runs f2d2n's)\n";
+    return 2;
+  }
+  if (!std::getenv(nn::world_size_variable)) {
+    std::cerr << "fashion_mnist_cluster: no cluster configuration (" << nn::world_size_variable
+              << " is not set): start it with f2d2n_launch, e.g. f2d2n_launch -n 4 -- fashion_mnist_cluster\n";
+    return 2;
+  }
+  const auto c = nn::config_from_environment();
+  if (s.plan == "dp2") return run<nn::distribute<mlp, nn::data_parallel<2>>>(s, c);
+  if (s.plan == "dp4") return run<nn::distribute<mlp, nn::data_parallel<4>>>(s, c);
+  if (s.plan == "tp2") return run<nn::distribute<mlp, nn::tensor_parallel<2>>>(s, c);
+  if (s.plan == "tp2_inputs") return run<nn::distribute<mlp, nn::tensor_parallel<2, nn::by_inputs>>>(s, c);
+  if (s.plan == "dp2_tp2") return run<nn::distribute<mlp, nn::data_parallel<2>, nn::tensor_parallel<2>>>(s, c);
+  std::cerr << "fashion_mnist_cluster: unknown plan '" << s.plan << "' (see --help)\n";
+  return 2;
+} catch (const boost::program_options::error& e) {
+  std::cerr << "fashion_mnist_cluster: " << e.what() << " (see --help)\n";
+  return 2;
+} catch (const f2d2n::error& e) {
+  std::cerr << "fashion_mnist_cluster: " << e.what() << "\n";
+  return 1;
+}

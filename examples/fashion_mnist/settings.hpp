@@ -1,0 +1,152 @@
+// Shared by the Fashion-MNIST examples (main.cpp: one process; cluster.cpp: a plan's units):
+// the command line, the data, and the training report.
+#pragma once
+
+#include <f2d2n/f2d2n.hpp>
+
+#include <boost/program_options.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <optional>
+#include <string>
+
+namespace example {
+
+namespace nn = f2d2n;
+namespace po = boost::program_options;
+
+using mlp = nn::sequential<nn::input<28, 28>,
+                           nn::dense<256>, nn::relu,
+                           nn::dense<128>, nn::relu,
+                           nn::dense<10>, nn::softmax_cross_entropy>;
+
+// The F2D2N paper's prototype network (Leite, Mourlin, Paradinas 2024).
+using prototype = nn::sequential<nn::input<28, 28>, nn::dense<30>, nn::sigmoid, nn::dense<10>, nn::softmax_cross_entropy>;
+
+struct settings {
+  std::string data_dir;
+  std::string preset;
+  std::size_t epochs = 0;
+  std::size_t batch_size = 0;
+  double learning_rate = 0;
+  double momentum = 0;
+  double weight_decay = 0;
+  double decay = 1;
+  std::uint64_t seed = 0;
+  std::string metrics;
+  std::size_t train_limit = 0;
+  std::string optimizer;
+  std::string normalize;
+  std::string plan;  // cluster.cpp only
+};
+
+/// The options both examples take; `extra` adds a program's own.
+inline po::options_description options(settings& s, const char* title) {
+  po::options_description opts(title);
+  // clang-format off
+  opts.add_options()
+    ("help,h", "show this help")
+    ("data-dir", po::value(&s.data_dir)->default_value(nn::fashion_mnist_dir),
+        "directory with train-/t10k- images and labels IDX files, gzipped or not")
+    ("preset", po::value(&s.preset)->default_value("mlp"),
+        "mlp: 784-256-128-10 ReLU, Adam; f2d2n: the F2D2N prototype 784-30-10 sigmoid, SGD + L2, batch 30")
+    ("epochs", po::value<std::size_t>(), "epochs (mlp: 15, f2d2n: 15)")
+    ("batch-size", po::value<std::size_t>(), "mini-batch size (mlp: 64, f2d2n: 30)")
+    ("learning-rate", po::value<double>(), "learning rate (mlp: 0.001, f2d2n: 0.1)")
+    ("momentum", po::value<double>(), "SGD momentum (mlp: 0.9, f2d2n: 0)")
+    ("weight-decay", po::value<double>(), "L2 weight decay (mlp: 0, f2d2n: 1e-4)")
+    ("lr-decay", po::value<double>(), "learning rate factor after each epoch (mlp: 0.85, f2d2n: 1)")
+    ("optimizer", po::value<std::string>(), "sgd (with momentum) or adam (mlp: adam, f2d2n: sgd)")
+    ("normalize", po::value(&s.normalize)->default_value("scale"),
+        "scale: pixels / 255; standard: (pixels / 255 - 0.2860) / 0.3530, Fashion-MNIST's training mean and deviation")
+    ("seed", po::value(&s.seed)->default_value(1), "seed of the initial weights and of the shuffling")
+    ("metrics", po::value(&s.metrics), "write per-epoch metrics to this CSV file")
+    ("train-limit", po::value(&s.train_limit)->default_value(0), "use only the first N training samples (0: all)");
+  // clang-format on
+  return opts;
+}
+
+/// Parses the command line into `s`; returns an exit code when the program should stop (help, or
+/// a bad value), nothing when it should train.
+inline std::optional<int> parse(int argc, char** argv, settings& s, const po::options_description& opts) {
+  po::variables_map vm;
+  po::store(po::parse_command_line(argc, argv, opts), vm);
+  if (vm.count("help")) {
+    std::cout << opts << "\n";
+    return 0;
+  }
+  po::notify(vm);
+  const bool proto = s.preset == "f2d2n";
+  if (!proto && s.preset != "mlp") {
+    std::cerr << argv[0] << ": unknown preset '" << s.preset << "' (use mlp or f2d2n)\n";
+    return 2;
+  }
+  auto pick = [&](const char* name, auto mlp_value, auto proto_value) {
+    using T = decltype(mlp_value);
+    return vm.count(name) ? vm[name].as<T>() : (proto ? proto_value : mlp_value);
+  };
+  s.optimizer = pick("optimizer", std::string("adam"), std::string("sgd"));
+  if (s.optimizer != "sgd" && s.optimizer != "adam") {
+    std::cerr << argv[0] << ": unknown optimizer '" << s.optimizer << "' (use sgd or adam)\n";
+    return 2;
+  }
+  if (s.normalize != "scale" && s.normalize != "standard") {
+    std::cerr << argv[0] << ": unknown normalization '" << s.normalize << "' (use scale or standard)\n";
+    return 2;
+  }
+  s.epochs = pick("epochs", std::size_t{15}, std::size_t{15});
+  s.batch_size = pick("batch-size", std::size_t{64}, std::size_t{30});
+  s.learning_rate = pick("learning-rate", s.optimizer == "adam" ? 0.001 : 0.05, 0.1);
+  s.momentum = pick("momentum", 0.9, 0.0);
+  s.weight_decay = pick("weight-decay", 0.0, 1e-4);
+  s.decay = pick("lr-decay", 0.85, 1.0);
+  return std::nullopt;
+}
+
+struct data {
+  nn::dataset<float> train, test;
+};
+
+/// Pixels scaled to [0, 1], or standardised with Fashion-MNIST's training-set mean and deviation.
+inline data load(const settings& s) {
+  const nn::normalization norm = s.normalize == "standard" ? nn::normalization{.mean = 0.2860, .stddev = 0.3530}
+                                                            : nn::normalization{};
+  data d{nn::load_mnist<float>(s.data_dir, nn::split::train, norm), nn::load_mnist<float>(s.data_dir, nn::split::test, norm)};
+  if (s.train_limit != 0 && s.train_limit < d.train.size()) d.train = d.train.slice(0, s.train_limit);
+  return d;
+}
+
+/// The settings, in one line after the model's.
+inline void describe(const settings& s) {
+  std::cout << s.optimizer << ": learning rate " << s.learning_rate;
+  if (s.optimizer == "sgd") std::cout << ", momentum " << s.momentum;
+  std::cout << ", weight decay " << s.weight_decay << ", decay per epoch " << s.decay << "; batch " << s.batch_size << ", "
+            << s.epochs << " epochs, seed " << s.seed << ", inputs " << s.normalize << std::endl;
+}
+
+/// Trains with the optimizer the settings name; `report`: this process draws the progress bar,
+/// writes the metrics and prints the result (one unit of a cluster does).
+template <class Net>
+int train_and_report(Net& net, const settings& s, const data& d, bool report) {
+  auto go = [&](auto t) {
+    nn::progress_bar bar;
+    std::optional<nn::csv_logger> csv;
+    if (report) t.add(bar);
+    if (report && !s.metrics.empty()) t.add(csv.emplace(s.metrics));
+    const auto start = std::chrono::steady_clock::now();
+    t.fit(d.train, {.epochs = s.epochs, .batch_size = s.batch_size, .seed = s.seed, .learning_rate_decay = s.decay},
+          &d.test);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const auto result = t.evaluate(d.test);
+    if (report)
+      std::printf("test accuracy %.2f%% (loss %.4f) after %zu epochs in %.1f s\n", 100 * result.accuracy, result.loss,
+                  s.epochs, seconds);
+    return 0;
+  };
+  if (s.optimizer == "adam") return go(nn::trainer(net, nn::adam{.learning_rate = s.learning_rate, .weight_decay = s.weight_decay}));
+  return go(nn::trainer(net, nn::sgd{.learning_rate = s.learning_rate, .momentum = s.momentum, .weight_decay = s.weight_decay}));
+}
+
+}  // namespace example
