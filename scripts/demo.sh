@@ -2,7 +2,7 @@
 # The main job: installs what is missing, builds, and trains the MLP on Fashion-MNIST on a local
 # cluster of 4 processing units over TCP (2 data-parallel replicas x 2 neuron shards), started
 # by f2d2n_launch. Arguments go to the example (scripts/demo.sh --help lists them), e.g.
-#   scripts/demo.sh --plan dp2_tp2        (the default; dp2, dp4, tp2, tp2_inputs also run)
+#   scripts/demo.sh --plan dp2_tp2        (the default; dp2, dp4, tp2, tp2_inputs, pp2, dp2_pp2 also run)
 #   scripts/demo.sh --serial              the same training in one process (examples/fashion_mnist)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ for ((i = 0; i < ${#args[@]}; ++i)); do
   esac
 done
 case "${plan:-dp2_tp2}" in
-  dp2|tp2|tp2_inputs) units=2 ;;
-  dp4|dp2_tp2) units=4 ;;
+  dp2|tp2|tp2_inputs|pp2) units=2 ;;
+  dp4|dp2_tp2|dp2_pp2) units=4 ;;
 esac
 exec "$build/tools/f2d2n_launch" -n "$units" -- "$build/examples/fashion_mnist_cluster" "$@"

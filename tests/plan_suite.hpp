@@ -26,26 +26,35 @@ using plan_tp2_inputs = distribute<plan_mlp, tensor_parallel<2, by_inputs>>;
 using plan_tp3_mixed =
     distribute<plan_mlp, tensor_parallel<3, by_inputs, split_layer<3, by_outputs>, split_layer<5, replicated>>>;
 using plan_dp2_tp2 = distribute<plan_mlp, tensor_parallel<2>, data_parallel<2>>;
+using plan_pp2_gpipe = distribute<plan_mlp, pipeline<2, microbatches<2>, gpipe>>;
+using plan_pp2_1f1b = distribute<plan_mlp, pipeline<2, microbatches<3>, one_f_one_b, stage_starts<3>>>;
+using plan_pp4 = distribute<plan_mlp, pipeline<4, microbatches<4>, one_f_one_b>>;
+using plan_dp2_pp2_tp2 =
+    distribute<plan_mlp, data_parallel<2>, pipeline<2, microbatches<2>, one_f_one_b>, tensor_parallel<2>>;
 
-/// 50 samples of 13 features in [-1, 1], labels 0..4: 5 steps of 10 per epoch.
+/// 60 samples of 13 features in [-1, 1], labels 0..4.
 template <class Scalar>
 dataset<Scalar> plan_data() {
   dataset<Scalar> d;
-  d.samples.resize(50, 13);
+  d.samples.resize(60, 13);
   for (Eigen::Index r = 0; r < d.samples.rows(); ++r)
     for (Eigen::Index c = 0; c < d.samples.cols(); ++c)
       d.samples(r, c) = static_cast<Scalar>(random_symmetric(77, static_cast<std::uint64_t>(r), static_cast<std::uint64_t>(c)));
-  for (std::size_t r = 0; r < 50; ++r) d.labels.push_back(static_cast<std::int32_t>((r * 7 + r / 3) % 5));
+  for (std::size_t r = 0; r < 60; ++r) d.labels.push_back(static_cast<std::int32_t>((r * 7 + r / 3) % 5));
   d.sample_shape = flat(13);
   d.classes = 5;
   d.source = "plan_data";
   return d;
 }
 
-inline fit_options plan_fit() {
+/// 20 steps: 4 epochs of 5 batches. Batches of 10 (4 replicas get uneven rows), or of 12 for
+/// pipelines (their micro-batches must split a replica's rows evenly).
+template <class Plan>
+fit_options plan_fit() {
   fit_options f;
-  f.epochs = 4;  // 4 x 5 = 20 steps
-  f.batch_size = 10;
+  f.epochs = 4;
+  f.max_steps_per_epoch = 5;
+  f.batch_size = Plan::stages > 1 ? 12 : 10;
   f.seed = 3;
   return f;
 }
@@ -93,9 +102,9 @@ std::vector<std::string> equivalence(Transport& t, double tolerance) {
   compare_layers<plan_mlp>(exported(net), serial.parameters(), net.parameter_count(), 0.0, "initial values", failures);
 
   trainer<network<plan_mlp, Scalar>, sgd> serial_trainer(serial, plan_sgd());
-  const auto serial_report = serial_trainer.fit(data, plan_fit());
+  const auto serial_report = serial_trainer.fit(data, plan_fit<Plan>());
   trainer<decltype(net), sgd> unit_trainer(net, plan_sgd());
-  const auto report = unit_trainer.fit(data, plan_fit(), &data);
+  const auto report = unit_trainer.fit(data, plan_fit<Plan>(), &data);
   const auto after = exported(net);
   compare_layers<plan_mlp>(after, serial.parameters(), net.parameter_count(), tolerance, "after 20 steps", failures);
 
@@ -115,7 +124,7 @@ std::vector<std::string> equivalence(Transport& t, double tolerance) {
   // The same plan and seed again: bitwise the same weights.
   distributed_network<Plan, Transport, Scalar> again(t, 11);
   trainer<decltype(again), sgd> again_trainer(again, plan_sgd());
-  again_trainer.fit(data, plan_fit());
+  again_trainer.fit(data, plan_fit<Plan>());
   const auto a = exported(again);  // NaN where the unit holds nothing: compare those as equal
   if (!std::equal(a.begin(), a.end(), after.begin(), after.end(),
                   [](Scalar x, Scalar y) { return (std::isnan(x) && std::isnan(y)) || x == y; }))

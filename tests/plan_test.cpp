@@ -20,9 +20,9 @@ using mlp = nn::sequential<nn::input<784>, nn::dense<256>, nn::relu, nn::dense<1
 using hybrid = nn::distribute<mlp, nn::data_parallel<2>, nn::tensor_parallel<2>>;
 
 static_assert(hybrid::world_size == 4);
-static_assert(hybrid::unit<0>::coordinates == nn::unit_coordinates{0, 0});
-static_assert(hybrid::unit<1>::coordinates == nn::unit_coordinates{0, 1});
-static_assert(hybrid::unit<3>::coordinates == nn::unit_coordinates{1, 1});
+static_assert(hybrid::unit<0>::coordinates == nn::unit_coordinates{.replica = 0, .shard = 0});
+static_assert(hybrid::unit<1>::coordinates == nn::unit_coordinates{.replica = 0, .shard = 1});
+static_assert(hybrid::unit<3>::coordinates == nn::unit_coordinates{.replica = 1, .shard = 1});
 // Unit 3 holds neurons [128, 256) of layer 1, [64, 128) of layer 3, [5, 10) of layer 5.
 static_assert(hybrid::unit<3>::parameter_count == 128 * 784 + 128 + 64 * 256 + 64 + 5 * 128 + 5);
 static_assert(std::is_same_v<boost::mp11::mp_at_c<hybrid::unit<3>::layers, 1>, nn::dense_shard<784, 128, 256>>);
@@ -34,7 +34,8 @@ static_assert(hybrid::unit<0>::parameter_count + hybrid::unit<1>::parameter_coun
 static_assert(nn::distribute<mlp, nn::data_parallel<3>>::unit<2>::parameter_count == mlp::parameter_count);
 // By inputs: the columns of W and every bias.
 using by_inputs_plan = nn::distribute<mlp, nn::tensor_parallel<3, nn::by_inputs>>;
-static_assert(by_inputs_plan::partition_of(2, 1).begin == 523 && by_inputs_plan::partition_of(2, 1).count == 261);
+static_assert(by_inputs_plan::partition_of(2, 1).begin == 523 && by_inputs_plan::partition_of(2, 1).count == 261 &&
+              by_inputs_plan::partition_of(2, 1).held);
 static_assert(std::is_same_v<boost::mp11::mp_at_c<by_inputs_plan::unit<2>::layers, 1>, nn::dense_input_shard<256, 523, 784>>);
 static_assert(by_inputs_plan::unit<2>::parameter_count == 256 * 261 + 256 + 128 * 85 + 128 + 10 * 42 + 10);
 // Per-layer overrides.
@@ -57,6 +58,33 @@ static_assert(nn::distribute<mlp, nn::data_parallel<2>>::bytes_sent_per_step<flo
 static_assert(hybrid::bytes_sent_per_step(3, 64) == 544668);
 static_assert(hybrid::activation_bytes_of<float>(0, 64) == 32 * (256 + 256 + 128 + 128 + 10) * sizeof(float));
 
+// Pipelines: stages, balanced placement, schedules.
+using piped = nn::distribute<mlp, nn::data_parallel<2>, nn::pipeline<2, nn::microbatches<4>, nn::one_f_one_b>,
+                             nn::tensor_parallel<2>>;
+static_assert(piped::world_size == 8);
+static_assert(piped::unit<5>::coordinates == nn::unit_coordinates{.replica = 1, .stage = 0, .shard = 1});
+// Balanced by parameters: dense<256> (200960) and its relu, then the rest (34186).
+static_assert(piped::stage_begin == std::array<std::size_t, 3>{1, 3, 6});
+static_assert(std::is_same_v<piped::unit<3>::layers,
+                             boost::mp11::mp_list<nn::dense_shard<256, 64, 128>, nn::relu, nn::dense_shard<128, 5, 10>,
+                                                  nn::softmax_cross_entropy>>);
+static_assert(piped::unit<0>::parameter_count == 128 * 784 + 128);
+static_assert(piped::unit<2>::parameter_count + piped::unit<0>::parameter_count + piped::unit<1>::parameter_count +
+                  piped::unit<3>::parameter_count ==
+              mlp::parameter_count);
+// By hand, and the fingerprint sees the placement.
+using by_hand = nn::distribute<mlp, nn::pipeline<2, nn::microbatches<4>, nn::gpipe, nn::stage_starts<5>>>;
+static_assert(by_hand::stage_begin == std::array<std::size_t, 3>{1, 5, 6});
+static_assert(by_hand::fingerprint != nn::distribute<mlp, nn::pipeline<2, nn::microbatches<4>, nn::gpipe>>::fingerprint);
+// 1F1B at 4 stages and 4 micro-batches, stage 0: F0 F1 F2, F3 B0, B1 B2 B3; the last stage alternates.
+static_assert(nn::detail::schedule_op(2, 4, 0, 4, 2).forward && nn::detail::schedule_op(2, 4, 0, 4, 2).microbatch == 2);
+static_assert(nn::detail::schedule_op(2, 4, 0, 4, 4).forward == false && nn::detail::schedule_op(2, 4, 0, 4, 4).microbatch == 0);
+static_assert(nn::detail::schedule_op(2, 4, 3, 4, 1).forward == false && nn::detail::schedule_op(2, 4, 3, 4, 1).microbatch == 0);
+static_assert(nn::detail::schedule_completes(1, 8, 16) && nn::detail::schedule_completes(2, 8, 3));
+// Per micro-batch: each stage passes its activations on and its input's gradient back.
+static_assert(piped::bytes_sent_per_step(0, 64) >
+              nn::distribute<mlp, nn::data_parallel<2>, nn::tensor_parallel<2>>::bytes_sent_per_step(0, 64) / 2);
+
 // ---- the proof: equal to serial training -----------------------------------------------------
 
 template <class Plan, class Scalar>
@@ -69,12 +97,13 @@ void expect_equivalent(double tolerance) {
 }
 
 TEST_CASE_TEMPLATE("every plan trains to the serial weights (float32, 1e-5)", Plan, plan_dp2, plan_dp4, plan_tp2,
-                   plan_tp2_inputs, plan_tp3_mixed, plan_dp2_tp2) {
+                   plan_tp2_inputs, plan_tp3_mixed, plan_dp2_tp2, plan_pp2_gpipe, plan_pp2_1f1b, plan_pp4,
+                   plan_dp2_pp2_tp2) {
   expect_equivalent<Plan, float>(1e-5);
 }
 
 TEST_CASE_TEMPLATE("every plan trains to the serial weights (float64, 1e-12)", Plan, plan_dp4, plan_tp3_mixed,
-                   plan_dp2_tp2) {
+                   plan_dp2_tp2, plan_pp4, plan_dp2_pp2_tp2) {
   expect_equivalent<Plan, double>(1e-12);
 }
 
@@ -102,19 +131,19 @@ static_assert(nn::transport<counting_transport>);
 }  // namespace
 
 TEST_CASE_TEMPLATE("a step sends exactly the bytes the plan states", Plan, plan_dp4, plan_tp2, plan_tp2_inputs,
-                   plan_tp3_mixed, plan_dp2_tp2) {
+                   plan_tp3_mixed, plan_dp2_tp2, plan_pp2_1f1b, plan_dp2_pp2_tp2) {
   const auto data = plan_data<float>();
   nn::local_cluster cluster(static_cast<nn::unit_id>(Plan::world_size), Plan::fingerprint);
   std::vector<std::size_t> sent(Plan::world_size);
   cluster.run([&](nn::local_transport& lt) {
     counting_transport t{lt};
     nn::distributed_network<Plan, counting_transport> net(t, 1);
-    net.compute_gradients(data.samples.topRows(10), std::span<const std::int32_t>(data.labels).first(10));
+    net.compute_gradients(data.samples.topRows(12), std::span<const std::int32_t>(data.labels).first(12));
     sent[t.rank()] = t.sent;
   });
   for (std::size_t r = 0; r < Plan::world_size; ++r) {
     CAPTURE(r);
-    CHECK(sent[r] == Plan::template bytes_sent_per_step<float>(r, 10));
+    CHECK(sent[r] == Plan::template bytes_sent_per_step<float>(r, 12));
     CHECK(sent[r] > 0);
   }
 }

@@ -5,7 +5,9 @@
 //   f2d2n_launch -n 2 -- fashion_mnist_cluster --plan dp2         data parallel
 //   f2d2n_launch -n 2 -- fashion_mnist_cluster --plan tp2_inputs  F2D2N's input units (split by input features)
 //   fashion_mnist_cluster --help
-// Unit 0 draws the progress bar and prints the result. Plans: dp2, dp4, tp2, tp2_inputs, dp2_tp2.
+//   f2d2n_launch -n 2 -- fashion_mnist_cluster --plan pp2         2 pipeline stages, 4 micro-batches, 1F1B
+// Unit 0 draws the progress bar and prints the result. Plans: dp2, dp4, tp2, tp2_inputs, dp2_tp2,
+// pp2, dp2_pp2.
 #include "settings.hpp"
 
 #include <f2d2n/launch/config.hpp>
@@ -26,11 +28,11 @@ int run(const example::settings& s, const nn::cluster_config& c) {
   const auto d = example::load(s);
   if (report) {
     std::cout << "f2d2n " << s.plan << ": " << Plan::world_size << " units (" << Plan::replicas << " replicas x "
-              << Plan::shards << " shards) over TCP; " << mlp::parameter_count << " parameters; " << d.train.size()
+              << Plan::stages << " stages x " << Plan::shards << " shards) over TCP; " << mlp::parameter_count << " parameters; " << d.train.size()
               << " training and " << d.test.size() << " test samples from " << s.data_dir << "\n";
     for (std::size_t r = 0; r < Plan::world_size; ++r)
-      std::cout << "  unit " << r << ": replica " << Plan::coordinates_of(r).replica << ", shard "
-                << Plan::coordinates_of(r).shard << ", " << Plan::parameter_count_of(r) << " parameters, "
+      std::cout << "  unit " << r << ": replica " << Plan::coordinates_of(r).replica << ", stage "
+                << Plan::coordinates_of(r).stage << ", shard " << Plan::coordinates_of(r).shard << ", " << Plan::parameter_count_of(r) << " parameters, "
                 << Plan::bytes_sent_per_step(r, s.batch_size) << " bytes sent per step of " << s.batch_size << "\n";
     example::describe(s);
   }
@@ -46,7 +48,8 @@ int main(int argc, char** argv) try {
   auto opts = example::options(s, "Train the MLP on Fashion-MNIST on a cluster of units (start it with f2d2n_launch)");
   opts.add_options()("plan", boost::program_options::value(&s.plan)->default_value("dp2_tp2"),
                      "dp2, dp4 (data parallel), tp2 (neurons split over 2 units), tp2_inputs (inputs split, as "
-                     "F2D2N's input units), dp2_tp2 (2 replicas of 2 shards: 4 units)");
+                     "F2D2N's input units), dp2_tp2 (2 replicas of 2 shards: 4 units), pp2 (2 pipeline stages, "
+                     "4 micro-batches, 1F1B), dp2_pp2 (2 replicas of 2 stages: 4 units)");
   if (const auto stop = example::parse(argc, argv, s, opts)) return *stop;
   if (s.preset != "mlp") {
     std::cerr << "fashion_mnist_cluster: only the mlp preset runs on a cluster here (fashion_mnist runs f2d2n's)\n";
@@ -63,6 +66,9 @@ int main(int argc, char** argv) try {
   if (s.plan == "tp2") return run<nn::distribute<mlp, nn::tensor_parallel<2>>>(s, c);
   if (s.plan == "tp2_inputs") return run<nn::distribute<mlp, nn::tensor_parallel<2, nn::by_inputs>>>(s, c);
   if (s.plan == "dp2_tp2") return run<nn::distribute<mlp, nn::data_parallel<2>, nn::tensor_parallel<2>>>(s, c);
+  using pipe = nn::pipeline<2, nn::microbatches<4>, nn::one_f_one_b>;
+  if (s.plan == "pp2") return run<nn::distribute<mlp, pipe>>(s, c);
+  if (s.plan == "dp2_pp2") return run<nn::distribute<mlp, nn::data_parallel<2>, pipe>>(s, c);
   std::cerr << "fashion_mnist_cluster: unknown plan '" << s.plan << "' (see --help)\n";
   return 2;
 } catch (const boost::program_options::error& e) {

@@ -101,6 +101,159 @@ struct tensor_parallel {
   using overrides = boost::mp11::mp_list<Overrides...>;
 };
 
+/// M micro-batches per replica and step: the replica's rows split evenly (M must divide them).
+template <std::size_t M>
+struct microbatches {
+  static_assert(M >= 1, "f2d2n: microbatches<M> needs at least one micro-batch");
+  static constexpr std::size_t count = M;
+};
+/// Pipeline schedules: fill-drain (every forward, then every backward) and one-forward-one-backward
+/// (each stage runs stages - stage - 1 forwards ahead, then alternates, then drains).
+struct gpipe {
+  static constexpr std::size_t id = 1;
+};
+struct one_f_one_b {
+  static constexpr std::size_t id = 2;
+};
+/// Layers assigned to stages automatically: contiguous, the largest stage's parameter count as
+/// small as it can be, parameter-free layers kept with the layer before them.
+struct balanced_by_parameters {};
+/// Layers assigned by hand: stage k + 1 starts at layer First[k] (stage 0 starts at layer 1).
+template <std::size_t... First>
+struct stage_starts {};
+
+/// Stages consecutive groups of layers on different units, each batch cut into micro-batches
+/// that flow through them under a schedule.
+template <std::size_t Stages, class Microbatches = microbatches<1>, class Schedule = gpipe,
+          class Placement = balanced_by_parameters>
+struct pipeline {
+  static_assert(Stages >= 1, "f2d2n: pipeline<stages, ...> needs at least one stage");
+  static_assert(std::is_same_v<Schedule, gpipe> || std::is_same_v<Schedule, one_f_one_b>,
+                "f2d2n: the schedule of pipeline<stages, microbatches<M>, schedule> is gpipe or one_f_one_b");
+  static constexpr std::size_t stages = Stages;
+  static constexpr std::size_t microbatch_count = Microbatches::count;
+  using schedule = Schedule;
+  using placement = Placement;
+};
+
+namespace detail {
+template <class T>
+inline constexpr bool is_pipeline_v = false;
+template <std::size_t P, class M, class S, class L>
+inline constexpr bool is_pipeline_v<pipeline<P, M, S, L>> = true;
+template <class T>
+using is_pipeline = std::bool_constant<is_pipeline_v<T>>;
+
+template <class Placement>
+struct hand_placement {
+  static constexpr bool by_hand = false;
+  static constexpr std::array<std::size_t, 0> starts{};
+};
+template <std::size_t... First>
+struct hand_placement<stage_starts<First...>> {
+  static constexpr bool by_hand = true;
+  static constexpr std::array<std::size_t, sizeof...(First)> starts{First...};
+};
+
+/// The checks of a pipeline against the model (a failure's instantiation line names the stages
+/// and the model's hidden layers).
+template <std::size_t Stages, std::size_t HiddenLayers, bool ByHand, std::size_t Starts, bool StartsValid>
+struct pipeline_check {
+  static_assert(Stages <= HiddenLayers,
+                "f2d2n: pipeline<stages, ...> has more stages than the model has hidden layers (both named above): "
+                "every stage needs at least one layer");
+  static_assert(!ByHand || Starts + 1 == Stages,
+                "f2d2n: stage_starts<...> must name where each stage after the first begins: one layer index per "
+                "stage but the first");
+  static_assert(!ByHand || Starts + 1 != Stages || StartsValid,
+                "f2d2n: stage_starts<...> must be increasing layer indices between 2 and the last hidden layer, "
+                "so that every stage has at least one layer");
+  static constexpr bool ok = Stages <= HiddenLayers && (!ByHand || (Starts + 1 == Stages && StartsValid));
+};
+
+/// One pipeline stage's program for a step: forward (F) and backward (B) of micro-batches.
+struct pipeline_op {
+  bool forward = true;
+  std::size_t microbatch = 0;
+};
+
+/// Op k of stage `stage`'s program (2 M ops in all).
+constexpr pipeline_op schedule_op(std::size_t schedule, std::size_t stages, std::size_t stage, std::size_t m,
+                                  std::size_t k) {
+  if (schedule == gpipe::id) return k < m ? pipeline_op{true, k} : pipeline_op{false, k - m};
+  const std::size_t warm = std::min(stages - stage - 1, m);
+  if (k < warm) return {true, k};
+  const std::size_t steady = 2 * (m - warm);
+  if (k < warm + steady) {
+    const std::size_t j = k - warm;
+    return j % 2 == 0 ? pipeline_op{true, warm + j / 2} : pipeline_op{false, j / 2};
+  }
+  return {false, (m - warm) + (k - warm - steady)};
+}
+
+/// Runs every stage's program with blocking receives and buffered sends (as the transports send)
+/// and tells whether all of them finish: each receive finds exactly one send of its message (the
+/// activation or the gradient of its micro-batch, from its neighbour), and no send is left over.
+constexpr bool schedule_completes(std::size_t schedule, std::size_t stages, std::size_t m) {
+  constexpr std::size_t max_stages = 64, max_m = 256;
+  if (stages > max_stages || m > max_m) return true;  // beyond what is simulated: checked at run time by deadlines
+  std::size_t pc[max_stages]{};
+  // sent_act[s][mb]: activations of mb sent by stage s to s+1 and not yet received; sent_grad
+  // likewise from stage s to s-1.
+  int sent_act[max_stages][max_m]{}, sent_grad[max_stages][max_m]{};
+  bool progress = true;
+  while (progress) {
+    progress = false;
+    for (std::size_t s = 0; s < stages; ++s) {
+      while (pc[s] < 2 * m) {
+        const auto op = schedule_op(schedule, stages, s, m, pc[s]);
+        if (op.forward) {
+          if (s > 0) {
+            if (sent_act[s - 1][op.microbatch] == 0) break;  // waits for the activation
+            --sent_act[s - 1][op.microbatch];
+          }
+          if (s + 1 < stages) ++sent_act[s][op.microbatch];
+        } else {
+          if (s + 1 < stages) {
+            if (sent_grad[s + 1][op.microbatch] == 0) break;  // waits for the gradient
+            --sent_grad[s + 1][op.microbatch];
+          }
+          if (s > 0) ++sent_grad[s][op.microbatch];
+        }
+        ++pc[s];
+        progress = true;
+      }
+    }
+  }
+  for (std::size_t s = 0; s < stages; ++s) {
+    if (pc[s] != 2 * m) return false;
+    for (std::size_t mb = 0; mb < m; ++mb)
+      if (sent_act[s][mb] != 0 || sent_grad[s][mb] != 0) return false;
+  }
+  // Each stage runs every micro-batch forward once and backward once, forward first.
+  for (std::size_t s = 0; s < stages; ++s)
+    for (std::size_t mb = 0; mb < m; ++mb) {
+      std::size_t f = 2 * m, b = 2 * m, fc = 0, bc = 0;
+      for (std::size_t k = 0; k < 2 * m; ++k) {
+        const auto op = schedule_op(schedule, stages, s, m, k);
+        if (op.microbatch != mb) continue;
+        if (op.forward) ++fc, f = k;
+        else ++bc, b = k;
+      }
+      if (fc != 1 || bc != 1 || !(f < b)) return false;
+    }
+  return true;
+}
+
+template <std::size_t Schedule, std::size_t Stages, std::size_t M, bool Completes>
+struct schedule_check {
+  static_assert(Completes,
+                "f2d2n: the pipeline schedule named above (1: gpipe, 2: one_f_one_b; stages, micro-batches) "
+                "would deadlock or leave a message unreceived");
+  static constexpr bool ok = Completes;
+};
+}  // namespace detail
+
 namespace detail {
 template <class T>
 inline constexpr bool is_data_parallel_v = false;
@@ -192,16 +345,18 @@ struct override_check {
 /// Where a unit stands in the plan.
 struct unit_coordinates {
   std::size_t replica = 0;  ///< which copy of the model (data_parallel)
+  std::size_t stage = 0;    ///< which group of consecutive layers (pipeline)
   std::size_t shard = 0;    ///< which block of every split layer (tensor_parallel)
   friend constexpr bool operator==(const unit_coordinates&, const unit_coordinates&) = default;
 };
 
 /// One layer as one unit holds it.
 struct layer_partition {
+  bool held = false;                ///< the layer is in this unit's stage
   split_kind split = split_kind::none;
   std::size_t begin = 0;            ///< first neuron (outputs) or input feature (inputs) held here
   std::size_t count = 0;            ///< neurons or input features held here (the whole extent otherwise)
-  std::size_t parameter_count = 0;  ///< this unit's parameters of the layer
+  std::size_t parameter_count = 0;  ///< this unit's parameters of the layer (0 when not held)
   std::size_t parameter_offset = 0; ///< where they start in the unit's flat parameter buffer
   friend constexpr bool operator==(const layer_partition&, const layer_partition&) = default;
 };
@@ -226,22 +381,29 @@ inline constexpr bool is_plan_v = false;
 template <class Net, class... Policies>
 struct distribute {
   static_assert(network_type<Net>, "f2d2n: the first argument of distribute<model, policies...> must be a sequential<...>");
-  static_assert(((detail::is_data_parallel_v<Policies> || detail::is_tensor_parallel_v<Policies>) && ...),
-                "f2d2n: distribute<model, policies...> takes data_parallel<R> and tensor_parallel<S, ...> "
-                "(pipeline<...> is not built yet)");
+  static_assert(((detail::is_data_parallel_v<Policies> || detail::is_tensor_parallel_v<Policies> ||
+                  detail::is_pipeline_v<Policies>) && ...),
+                "f2d2n: distribute<model, policies...> takes data_parallel<R>, pipeline<P, ...> and "
+                "tensor_parallel<S, ...>");
   using policies = boost::mp11::mp_list<Policies...>;
   static_assert(boost::mp11::mp_count_if<policies, detail::is_data_parallel>::value <= 1,
                 "f2d2n: distribute<...> names data_parallel more than once");
   static_assert(boost::mp11::mp_count_if<policies, detail::is_tensor_parallel>::value <= 1,
                 "f2d2n: distribute<...> names tensor_parallel more than once");
+  static_assert(boost::mp11::mp_count_if<policies, detail::is_pipeline>::value <= 1,
+                "f2d2n: distribute<...> names pipeline more than once");
 
   using model = Net;
   using data_policy = detail::policy_or<policies, detail::is_data_parallel, data_parallel<1>>;
   using tensor_policy = detail::policy_or<policies, detail::is_tensor_parallel, tensor_parallel<1>>;
+  using pipeline_policy = detail::policy_or<policies, detail::is_pipeline, pipeline<1>>;
 
   static constexpr std::size_t replicas = data_policy::replicas;
+  static constexpr std::size_t stages = pipeline_policy::stages;
   static constexpr std::size_t shards = tensor_policy::shards;
-  static constexpr std::size_t world_size = replicas * shards;
+  static constexpr std::size_t microbatch_count = pipeline_policy::microbatch_count;
+  static constexpr std::size_t schedule_id = pipeline_policy::schedule::id;
+  static constexpr std::size_t world_size = replicas * stages * shards;
   static constexpr std::size_t layer_count = Net::size;
 
  private:
@@ -291,9 +453,75 @@ struct distribute {
     return (n - part_size(n, p, me)) + (n - part_size(n, p, (me + 1) % p));
   }
 
+  static constexpr std::size_t hidden_layers = layer_count >= 2 ? layer_count - 2 : 0;
+  using hand = detail::hand_placement<typename pipeline_policy::placement>;
+  static constexpr bool starts_valid = [] {
+    std::size_t previous = 1;
+    for (auto first : hand::starts) {
+      if (first <= previous || first > layer_count - 2) return false;
+      previous = first;
+    }
+    return true;
+  }();
+  static constexpr bool pipeline_ok =
+      detail::pipeline_check<stages, hidden_layers, hand::by_hand, hand::starts.size(), starts_valid>::ok;
+
  public:
   /// How each layer is spread over the shards (none for layers without weights).
   static constexpr std::array<split_kind, layer_count> splits = splits_of(std::make_index_sequence<layer_count>{});
+
+  /// Stage s holds the hidden layers [stage_begin[s], stage_begin[s + 1]); stage 0 also holds the
+  /// input, the last stage the loss. By hand (stage_starts<...>), or balanced: contiguous groups,
+  /// the largest parameter count as small as it can be, each stage as full as that bound allows
+  /// (so an activation stays with the dense layer before it).
+  static constexpr std::array<std::size_t, stages + 1> stage_begin = [] {
+    std::array<std::size_t, stages + 1> b{};
+    b[0] = 1;
+    b[stages] = layer_count - 1;
+    if (!pipeline_ok) return b;  // reported by pipeline_check
+    if constexpr (hand::by_hand) {
+      for (std::size_t k = 0; k + 1 < stages; ++k) b[k + 1] = hand::starts[k];
+    } else {
+      // Greedy packing under a bound is exact for contiguous groups: find the smallest bound
+      // under which `stages` groups (each with at least one layer) suffice, by bisection.
+      auto pack = [&](std::size_t bound, std::array<std::size_t, stages + 1>& out) {
+        std::size_t i = 1;
+        for (std::size_t k = 0; k < stages; ++k) {
+          out[k] = i;
+          const std::size_t must_leave = stages - k - 1;  // layers the later stages need
+          std::size_t sum = 0, taken = 0;
+          while (i < layer_count - 1 && layer_count - 1 - i > must_leave) {
+            const std::size_t c = Net::parameter_counts[i];
+            if (sum + c > bound) break;
+            sum += c;
+            ++taken;
+            ++i;
+          }
+          if (taken == 0) return false;
+        }
+        out[stages] = layer_count - 1;
+        return i == layer_count - 1;
+      };
+      std::size_t lo = 0, hi = Net::parameter_count;
+      std::array<std::size_t, stages + 1> tmp{};
+      while (lo < hi) {
+        const std::size_t mid = lo + (hi - lo) / 2;
+        if (pack(mid, tmp)) hi = mid;
+        else lo = mid + 1;
+      }
+      pack(lo, b);
+    }
+    return b;
+  }();
+
+  /// The stage that holds layer i.
+  static constexpr std::size_t stage_of_layer(std::size_t i) noexcept {
+    if (i == 0) return 0;
+    if (i + 1 >= layer_count) return stages - 1;
+    std::size_t s = 0;
+    while (s + 1 < stages && i >= stage_begin[s + 1]) ++s;
+    return s;
+  }
 
  private:
   template <std::size_t... I>
@@ -307,29 +535,30 @@ struct distribute {
 
  public:
   /// True when every check passed (each failed check is a compile error first).
-  static constexpr bool checked = Net::checked && overrides_ok && check_splits(std::make_index_sequence<layer_count>{});
+  static constexpr bool checked =
+      Net::checked && overrides_ok && check_splits(std::make_index_sequence<layer_count>{}) && pipeline_ok &&
+      detail::schedule_check<schedule_id, stages, microbatch_count,
+                             detail::schedule_completes(schedule_id, stages, microbatch_count)>::ok;
 
-  /// The coordinates of unit `rank`.
+  /// The coordinates of unit `rank`: rank = (replica * stages + stage) * shards + shard.
   static constexpr unit_coordinates coordinates_of(std::size_t rank) noexcept {
-    return {rank / shards, rank % shards};
+    return {rank / (stages * shards), (rank / shards) % stages, rank % shards};
   }
   /// The unit at the given coordinates.
   static constexpr unit_id rank_of(unit_coordinates c) noexcept {
-    return static_cast<unit_id>(c.replica * shards + c.shard);
+    return static_cast<unit_id>((c.replica * stages + c.stage) * shards + c.shard);
   }
 
-  /// Layer i as shard `shard` holds it (the same on every replica).
-  static constexpr layer_partition partition_of(std::size_t shard, std::size_t i) noexcept {
-    return shard_layouts_[shard][i];
-  }
-  /// Parameters held by a unit of shard `shard`.
-  static constexpr std::size_t shard_parameter_count(std::size_t shard) noexcept {
-    const auto& l = shard_layouts_[shard][layer_count - 1];
-    return l.parameter_offset + l.parameter_count;
+  /// Layer i as unit `rank` holds it.
+  static constexpr layer_partition partition_of(std::size_t rank, std::size_t i) noexcept {
+    const auto c = coordinates_of(rank);
+    return layouts_[c.stage * shards + c.shard][i];
   }
   /// Parameters held by unit `rank`.
   static constexpr std::size_t parameter_count_of(std::size_t rank) noexcept {
-    return shard_parameter_count(coordinates_of(rank).shard);
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < layer_count; ++i) n += partition_of(rank, i).parameter_count;
+    return n;
   }
 
   /// Rows of a batch of `batch` samples that unit `rank` computes (its replica's share).
@@ -338,37 +567,77 @@ struct distribute {
   }
 
   /// Bytes of activations unit `rank` keeps between forward and backward for a batch: the output
-  /// of every hidden layer for its rows, whole (split layers gather theirs), in `Scalar`.
+  /// of every hidden layer of its stage for its rows, whole (split layers gather theirs), plus the
+  /// activations it receives from the stage before, in `Scalar`.
   template <class Scalar = float>
   static constexpr std::size_t activation_bytes_of(std::size_t rank, std::size_t batch) noexcept {
-    std::size_t width = 0;
-    for (std::size_t i = 1; i + 1 < layer_count; ++i) width += Net::output_extents[i].size();
+    const auto c = coordinates_of(rank);
+    std::size_t width = c.stage > 0 ? Net::input_extents[stage_begin[c.stage]].size() : 0;
+    for (std::size_t i = stage_begin[c.stage]; i < stage_begin[c.stage + 1]; ++i) width += Net::output_extents[i].size();
     return rows_of(rank, batch) * width * sizeof(Scalar);
   }
 
   /// Payload bytes unit `rank` sends in one training step on a batch of `batch` samples (frame
-  /// headers not included): the all-gathers and all-reduces of split layers, forward and backward,
-  /// and the all-reduce of the gradients (plus the step's loss and correct count) among replicas.
+  /// headers not included; the replica's rows must split into the micro-batches evenly): the
+  /// all-gathers and all-reduces of its split layers, forward and backward; the activations and
+  /// gradients it passes to the next and previous stage; the step's loss and correct count among
+  /// the stages; and the all-reduce of the gradients (with that loss and count) among replicas.
   template <class Scalar = float>
   static constexpr std::size_t bytes_sent_per_step(std::size_t rank, std::size_t batch) noexcept {
     const auto c = coordinates_of(rank);
-    const std::size_t rows = rows_of(rank, batch);
+    const std::size_t m = microbatch_count, rows = rows_of(rank, batch) / m;  // rows per micro-batch
     std::size_t elements = 0;
-    for (std::size_t i = 1; i + 1 < layer_count; ++i) {
+    const std::size_t first = stage_begin[c.stage], end = stage_begin[c.stage + 1];
+    for (std::size_t i = first; i < end; ++i) {
       const std::size_t in = Net::input_extents[i].size(), out = Net::output_extents[i].size();
       const bool want_dx = i > 1;
       if (splits[i] == split_kind::outputs) {
-        elements += ring_gather_sends(out, shards, c.shard, rows);
-        if (want_dx) elements += ring_reduce_sends(rows * in, shards, c.shard);
+        elements += m * ring_gather_sends(out, shards, c.shard, rows);
+        if (want_dx) elements += m * ring_reduce_sends(rows * in, shards, c.shard);
       } else if (splits[i] == split_kind::inputs) {
-        elements += ring_reduce_sends(rows * out, shards, c.shard);
-        if (want_dx) elements += ring_gather_sends(in, shards, c.shard, rows);
+        elements += m * ring_reduce_sends(rows * out, shards, c.shard);
+        if (want_dx) elements += m * ring_gather_sends(in, shards, c.shard, rows);
       }
     }
-    elements += ring_reduce_sends(shard_parameter_count(c.shard) + 2, replicas, c.replica);
+    if (c.stage + 1 < stages) elements += m * rows * Net::output_extents[end - 1].size();
+    if (c.stage > 0) elements += m * rows * Net::input_extents[first].size();
+    elements += ring_reduce_sends(2, stages, c.stage);
+    elements += ring_reduce_sends(parameter_count_of(rank) + 2, replicas, c.replica);
     return elements * sizeof(Scalar);
   }
 
+ private:
+  static constexpr auto layouts_ = [] {
+    std::array<std::array<layer_partition, layer_count>, stages * shards> all{};
+    for (std::size_t st = 0; st < stages; ++st)
+      for (std::size_t s = 0; s < shards; ++s) {
+        std::size_t offset = 0;
+        for (std::size_t i = 0; i < layer_count; ++i) {
+          layer_partition p;
+          p.held = stage_of_layer(i) == st;
+          p.split = splits[i];
+          const std::size_t in = Net::input_extents[i].size(), out = Net::output_extents[i].size();
+          p.count = out;
+          p.parameter_count = Net::parameter_counts[i];
+          if (splits[i] == split_kind::outputs) {
+            p.begin = part_begin(out, shards, s);
+            p.count = part_size(out, shards, s);
+            p.parameter_count = p.count * in + p.count;
+          } else if (splits[i] == split_kind::inputs) {
+            p.begin = part_begin(in, shards, s);
+            p.count = part_size(in, shards, s);
+            p.parameter_count = out * p.count + out;
+          }
+          if (!p.held) p.parameter_count = 0;
+          p.parameter_offset = offset;
+          offset += p.parameter_count;
+          all[st * shards + s][i] = p;
+        }
+      }
+    return all;
+  }();
+
+ public:
   /// Unit K of the plan as types and constants.
   template <std::size_t K>
   struct unit {
@@ -376,61 +645,39 @@ struct distribute {
     static constexpr unit_id rank = K;
     static constexpr unit_coordinates coordinates = coordinates_of(K);
     static constexpr std::size_t parameter_count = parameter_count_of(K);
+    /// The first and one past the last layer of the sequential this unit holds (its stage's
+    /// hidden layers, with the input on the first stage and the loss on the last).
+    static constexpr std::size_t first_layer = coordinates.stage == 0 ? 0 : stage_begin[coordinates.stage];
+    static constexpr std::size_t end_layer =
+        coordinates.stage + 1 == stages ? layer_count : stage_begin[coordinates.stage + 1];
     template <class I>
     struct partition_type_of {
-      static constexpr layer_partition p = partition_of(coordinates.shard, I::value);
+      static constexpr std::size_t index = first_layer + I::value;
+      static constexpr layer_partition p = partition_of(K, index);
       using type = std::conditional_t<
-          p.split == split_kind::outputs,
-          dense_shard<Net::input_extents[I::value].size(), p.begin, p.begin + p.count>,
+          p.split == split_kind::outputs, dense_shard<Net::input_extents[index].size(), p.begin, p.begin + p.count>,
           std::conditional_t<p.split == split_kind::inputs,
-                             dense_input_shard<Net::output_extents[I::value].size(), p.begin, p.begin + p.count>,
-                             layer_t<I::value>>>;
+                             dense_input_shard<Net::output_extents[index].size(), p.begin, p.begin + p.count>,
+                             layer_t<index>>>;
     };
-    /// Each layer as this unit holds it: dense_shard<...> / dense_input_shard<...> for split
+    /// The layers this unit holds, in order: dense_shard<...> / dense_input_shard<...> for split
     /// layers, the layer itself otherwise.
-    using layers = boost::mp11::mp_transform_q<
-        boost::mp11::mp_quote_trait<partition_type_of>,
-        boost::mp11::mp_iota_c<layer_count>>;
-
+    using layers = boost::mp11::mp_transform_q<boost::mp11::mp_quote_trait<partition_type_of>,
+                                               boost::mp11::mp_iota_c<end_layer - first_layer>>;
   };
 
- private:
-  static constexpr auto shard_layouts_ = [] {
-    std::array<std::array<layer_partition, layer_count>, shards> all{};
-    for (std::size_t s = 0; s < shards; ++s) {
-      std::size_t offset = 0;
-      for (std::size_t i = 0; i < layer_count; ++i) {
-        layer_partition p;
-        p.split = splits[i];
-        const std::size_t in = Net::input_extents[i].size(), out = Net::output_extents[i].size();
-        p.parameter_count = Net::parameter_counts[i];
-        if (splits[i] == split_kind::outputs) {
-          p.begin = part_begin(out, shards, s);
-          p.count = part_size(out, shards, s);
-          p.parameter_count = p.count * in + p.count;
-        } else if (splits[i] == split_kind::inputs) {
-          p.begin = part_begin(in, shards, s);
-          p.count = part_size(in, shards, s);
-          p.parameter_count = out * p.count + out;
-        } else {
-          p.count = out;
-        }
-        p.parameter_offset = offset;
-        offset += p.parameter_count;
-        all[s][i] = p;
-      }
-    }
-    return all;
-  }();
- public:
-  /// A 64-bit digest of the plan: wire version, policies, and every layer's name, extents,
-  /// parameter count and split. Units refuse a peer whose fingerprint differs.
+  /// A 64-bit digest of the plan: wire version, policies, stages, and every layer's name,
+  /// extents, parameter count and split. Units refuse a peer whose fingerprint differs.
   static constexpr std::uint64_t fingerprint = [] {
     detail::fnv1a h;
     h.text("f2d2n plan");
     h.number(wire::wire_version);
     h.number(replicas);
+    h.number(stages);
     h.number(shards);
+    h.number(microbatch_count);
+    h.number(schedule_id);
+    for (auto b : stage_begin) h.number(b);
     constexpr std::array<std::string_view, layer_count> names = names_of(std::make_index_sequence<layer_count>{});
     for (std::size_t i = 0; i < layer_count; ++i) {
       h.text(names[i]);
@@ -441,7 +688,6 @@ struct distribute {
     }
     return h.h;
   }();
-
 };
 
 template <class Net, class... P>

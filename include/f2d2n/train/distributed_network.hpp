@@ -67,6 +67,9 @@ constexpr auto limit_table(boost::mp11::mp_list<L...>, boost::mp11::mp_list<Next
 /// id and step; a pair of units shares at most one group, the ids keep the calls apart anyway).
 inline constexpr std::uint32_t gradient_message = 1;
 inline constexpr std::uint32_t evaluation_message = 2;
+inline constexpr std::uint32_t statistics_message = 3;
+inline constexpr std::uint32_t activation_message(std::size_t microbatch) { return static_cast<std::uint32_t>(0x100000 + microbatch); }
+inline constexpr std::uint32_t gradient_message_of(std::size_t microbatch) { return static_cast<std::uint32_t>(0x200000 + microbatch); }
 inline constexpr std::uint32_t forward_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 1); }
 inline constexpr std::uint32_t backward_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 2); }
 }  // namespace detail
@@ -90,9 +93,11 @@ struct unit_description {
   std::vector<unit_layer<S>> layers;
   S (*loss)(const_matrix_ref<S>, std::span<const std::int32_t>, matrix_ref<S>) = nullptr;
   std::size_t input_size = 0, output_size = 0, max_width = 0, serial_parameters = 0, parameters = 0;
-  std::size_t replicas = 1;
+  std::size_t replicas = 1, stages = 1, microbatches = 1, schedule = gpipe::id;
+  std::size_t first = 1, end = 1;  ///< the hidden layers of this unit's stage: [first, end)
   unit_coordinates coordinates;
-  group tensor_group, data_group;
+  unit_id previous = 0, next = 0;  ///< the units of the stages before and after (same replica and shard)
+  group tensor_group, data_group, pipeline_group;
 };
 
 /// The unit's forward, backward, initialisation and collectives over its description.
@@ -100,7 +105,9 @@ template <transport Transport, class Scalar>
 class unit_engine {
  public:
   unit_engine(Transport& t, unit_description<Scalar> d, distributed_options options)
-      : t_(t), d_(std::move(d)), options_(options), acts_(d_.layers.size()) {
+      : t_(t), d_(std::move(d)), options_(options), acts_(d_.microbatches), inputs_(d_.microbatches),
+        dlogits_(d_.microbatches) {
+    for (auto& a : acts_) a.resize(d_.layers.size());
     params_.assign(d_.parameters, Scalar(0));
     grads_.assign(d_.parameters + 2, Scalar(0));  // + the step's loss sum and correct count
   }
@@ -114,13 +121,14 @@ class unit_engine {
   [[nodiscard]] std::span<const Scalar> gradients() const noexcept {
     return std::span<const Scalar>(grads_).first(params_.size());
   }
-  /// Collectives this unit has taken part in (the step of the next one's frames).
+  /// Steps (training and evaluation) this unit has taken part in: the step of its next frames.
   [[nodiscard]] std::uint64_t steps() const noexcept { return step_; }
 
   /// Re-initialises this unit's parameters: the serial network's values for its part.
   void initialize(std::uint64_t seed) {
     for (std::size_t i = 0; i < d_.layers.size(); ++i) {
       const auto& l = d_.layers[i];
+      if (!l.part.held || l.part.parameter_count == 0) continue;
       auto w = layer_parameters(i);
       if (l.part.split == split_kind::outputs)
         dense_kernels::initialize_rows(w, l.in, l.part.begin, l.part.count, l.limit(l.in, l.out), seed, i);
@@ -146,58 +154,59 @@ class unit_engine {
   }
 
   /// Forward, loss and backward for one batch (the whole batch; this unit computes its replica's
-  /// rows); gradients() becomes this unit's part of d(mean loss)/d(params) over the whole batch.
-  /// Returns the loss and correct predictions of the whole batch. Every unit must call it with
-  /// the same batch.
+  /// rows, micro-batch by micro-batch under the plan's schedule); gradients() becomes this unit's
+  /// part of d(mean loss)/d(params) over the whole batch. Returns the loss and correct predictions
+  /// of the whole batch. Every unit must call it with the same batch.
   batch_result compute_gradients(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels) {
-    const auto [first, rows, batch] = share_of(x, labels);
-    const auto xs = x.middleRows(first, rows);
-    forward(xs);
-    const auto logits = activation(d_.layers.size() - 2, xs);
-    auto dy = gradient_buffer(0, rows, d_.output_size);
-    const auto my_labels = labels.subspan(static_cast<std::size_t>(first), static_cast<std::size_t>(rows));
-    const Scalar loss = d_.loss(logits, my_labels, dy);
-    const auto correct = count_correct<Scalar>(logits, my_labels);
-    dy *= static_cast<Scalar>(rows) / static_cast<Scalar>(batch);  // the replicas' sum is the serial mean
-    backward(xs, rows);
-    const std::size_t n = params_.size();
-    grads_[n] = loss * static_cast<Scalar>(rows);
-    grads_[n + 1] = static_cast<Scalar>(correct);
+    const auto sh = share_of(x, labels, true);
+    const std::size_t m = d_.microbatches, n = params_.size();
+    accumulate_ = m > 1;
+    if (accumulate_) std::fill_n(grads_.data(), n, Scalar(0));
+    loss_sum_ = 0;
+    correct_ = 0;
+    for (std::size_t k = 0; k < 2 * m; ++k) {
+      const auto op = schedule_op(d_.schedule, d_.stages, d_.coordinates.stage, m, k);
+      if (op.forward) forward_micro(x, labels, sh, op.microbatch, true);
+      else backward_micro(x, sh, op.microbatch);
+    }
+    grads_[n] = static_cast<Scalar>(loss_sum_);
+    grads_[n + 1] = static_cast<Scalar>(correct_);
+    if (d_.stages > 1)  // the loss is known on the last stage: every stage learns it
+      all_reduce(t_, d_.pipeline_group, std::span<Scalar>(grads_).subspan(n, 2), call(statistics_message));
     all_reduce(t_, d_.data_group, std::span<Scalar>(grads_), call(gradient_message));
     ++step_;
     batch_result r;
-    r.samples = static_cast<std::size_t>(batch);
-    r.loss = static_cast<double>(grads_[n]) / static_cast<double>(batch);
+    r.samples = static_cast<std::size_t>(sh.batch);
+    r.loss = static_cast<double>(grads_[n]) / static_cast<double>(sh.batch);
     r.correct = static_cast<std::size_t>(grads_[n + 1]);
     return r;
   }
 
-  /// Loss and correct predictions over one batch, without touching the gradients. Every unit
-  /// must call it with the same batch.
+  /// Loss and correct predictions over one batch, without touching the gradients (the replica's
+  /// rows pass the stages as one micro-batch). Every unit must call it with the same batch.
   batch_result evaluate_batch(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels) {
-    const auto [first, rows, batch] = share_of(x, labels);
-    const auto xs = x.middleRows(first, rows);
-    forward(xs);
-    const auto logits = activation(d_.layers.size() - 2, xs);
-    auto scratch = gradient_buffer(0, rows, d_.output_size);
-    const auto my_labels = labels.subspan(static_cast<std::size_t>(first), static_cast<std::size_t>(rows));
-    std::array<double, 2> sums{static_cast<double>(d_.loss(logits, my_labels, scratch)) * static_cast<double>(rows),
-                               static_cast<double>(count_correct<Scalar>(logits, my_labels))};
+    const auto sh = share_of(x, labels, false);
+    loss_sum_ = 0;
+    correct_ = 0;
+    forward_micro(x, labels, sh, 0, false);
+    std::array<double, 2> sums{loss_sum_, static_cast<double>(correct_)};
+    if (d_.stages > 1) all_reduce(t_, d_.pipeline_group, std::span<double>(sums), call(statistics_message));
     all_reduce(t_, d_.data_group, std::span<double>(sums), call(evaluation_message));
     ++step_;
     batch_result r;
-    r.samples = static_cast<std::size_t>(batch);
-    r.loss = sums[0] / static_cast<double>(batch);
+    r.samples = static_cast<std::size_t>(sh.batch);
+    r.loss = sums[0] / static_cast<double>(sh.batch);
     r.correct = static_cast<std::size_t>(sums[1]);
     return r;
   }
 
  private:
+  /// The replica's rows of a batch, and how they split into micro-batches.
   struct share {
-    Eigen::Index first, rows, batch;
+    Eigen::Index first, rows, batch, micro_rows;
   };
 
-  share share_of(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels) const {
+  share share_of(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels, bool training) const {
     if (static_cast<std::size_t>(x.cols()) != d_.input_size)
       throw configuration_error("f2d2n: network input has " + std::to_string(x.cols()) +
                                 " features per sample, the model expects " + std::to_string(d_.input_size));
@@ -213,9 +222,15 @@ class unit_engine {
       if (l < 0 || static_cast<std::size_t>(l) >= d_.output_size)
         throw configuration_error("f2d2n: label " + std::to_string(l) + " is outside the model's " +
                                   std::to_string(d_.output_size) + " outputs");
-    const std::size_t replica = d_.coordinates.replica;
-    return {static_cast<Eigen::Index>(part_begin(batch, d_.replicas, replica)),
-            static_cast<Eigen::Index>(part_size(batch, d_.replicas, replica)), static_cast<Eigen::Index>(batch)};
+    const std::size_t replica = d_.coordinates.replica, rows = part_size(batch, d_.replicas, replica);
+    const std::size_t m = training ? d_.microbatches : 1;
+    if (rows % m != 0)
+      throw configuration_error("f2d2n: pipeline<..., microbatches<" + std::to_string(m) +
+                                ">> needs every replica's rows to split into " + std::to_string(m) +
+                                " equal micro-batches; a batch of " + std::to_string(batch) + " gives replica " +
+                                std::to_string(replica) + " " + std::to_string(rows) + " rows");
+    return {static_cast<Eigen::Index>(part_begin(batch, d_.replicas, replica)), static_cast<Eigen::Index>(rows),
+            static_cast<Eigen::Index>(batch), static_cast<Eigen::Index>(rows / m)};
   }
 
   [[nodiscard]] collective call(std::uint32_t message) const {
@@ -231,25 +246,31 @@ class unit_engine {
     return std::span<Scalar>(params_).subspan(d_.layers[i].part.parameter_offset, d_.layers[i].part.parameter_count);
   }
 
-  matrix_ref<Scalar> buffer(std::size_t i, Eigen::Index rows) {
-    auto& m = acts_[i];
+  /// Layer i's output for micro-batch m, `rows` rows (grown on demand, never shrunk).
+  matrix_ref<Scalar> output(std::size_t m, std::size_t i, Eigen::Index rows) {
+    auto& a = acts_[m][i];
     const auto cols = static_cast<Eigen::Index>(d_.layers[i].out);
-    if (m.rows() < rows || m.cols() != cols) m.resize(rows, cols);
-    return m.topRows(rows);
+    if (a.rows() < rows || a.cols() != cols) a.resize(rows, cols);
+    return a.topRows(rows);
   }
-  const_matrix_ref<Scalar> activation(std::size_t i, const_matrix_ref<Scalar> x) const {
-    if (i == 0) return x;
-    return acts_[i].topRows(x.rows());
+  /// The input of layer i for micro-batch m: the stage's input for its first layer.
+  const_matrix_ref<Scalar> input_of(std::size_t m, std::size_t i, const_matrix_ref<Scalar> stage_input) const {
+    if (i == d_.first) return stage_input;
+    return acts_[m][i - 1].topRows(stage_input.rows());
   }
   matrix_map<Scalar> gradient_buffer(std::size_t which, Eigen::Index rows, std::size_t cols) {
-    auto& m = dgrad_[which];
-    if (m.rows() < rows || static_cast<std::size_t>(m.cols()) < d_.max_width) m.resize(rows, static_cast<Eigen::Index>(d_.max_width));
-    return matrix_map<Scalar>(m.data(), rows, static_cast<Eigen::Index>(cols));
+    auto& g = dgrad_[which];
+    if (g.rows() < rows || static_cast<std::size_t>(g.cols()) < d_.max_width)
+      g.resize(rows, static_cast<Eigen::Index>(d_.max_width));
+    return matrix_map<Scalar>(g.data(), rows, static_cast<Eigen::Index>(cols));
   }
   /// Room for a whole rows x cols activation, stored shard after shard (all-gathers by blocks).
   std::span<Scalar> gather_buffer(std::size_t size) {
     if (gather_.size() < size) gather_.resize(size);
     return std::span<Scalar>(gather_).first(size);
+  }
+  static void ensure(matrix<Scalar>& a, Eigen::Index rows, std::size_t cols) {
+    if (a.rows() != rows || static_cast<std::size_t>(a.cols()) != cols) a.resize(rows, static_cast<Eigen::Index>(cols));
   }
 
   /// Gathers the column blocks of a rows x cols matrix (shard s's block holds s's part of the
@@ -266,14 +287,67 @@ class unit_engine {
     }
   }
 
-  void forward(const_matrix_ref<Scalar> x) {
-    const Eigen::Index rows = x.rows();
-    for (std::size_t i = 1; i + 1 < d_.layers.size(); ++i) {
+  /// Micro-batch m forward through this unit's stage: its input from the batch (first stage) or
+  /// from the stage before; its output to the stage after, or into the loss (last stage).
+  void forward_micro(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels, const share& sh,
+                     std::size_t m, bool training) {
+    const Eigen::Index rows = training ? sh.micro_rows : sh.rows;
+    const Eigen::Index first_row = sh.first + static_cast<Eigen::Index>(m) * rows;
+    const bool first_stage = d_.coordinates.stage == 0, last_stage = d_.coordinates.stage + 1 == d_.stages;
+    if (!first_stage) {
+      ensure(inputs_[m], rows, d_.layers[d_.first].in);
+      receive_tensor(t_, d_.previous, activation_message(m), step_,
+                     std::span<Scalar>(inputs_[m].data(), static_cast<std::size_t>(inputs_[m].size())),
+                     clock::now() + options_.timeout);
+    }
+    const_matrix_ref<Scalar> in = first_stage ? const_matrix_ref<Scalar>(x.middleRows(first_row, rows))
+                                              : const_matrix_ref<Scalar>(inputs_[m]);
+    forward(m, in);
+    const auto out = acts_[m][d_.end - 1].topRows(rows);
+    if (!last_stage) {
+      send_tensor(t_, d_.next, activation_message(m), step_,
+                  std::span<const Scalar>(out.data(), static_cast<std::size_t>(out.size())), clock::now() + options_.timeout);
+      return;
+    }
+    const auto my_labels = labels.subspan(static_cast<std::size_t>(first_row), static_cast<std::size_t>(rows));
+    ensure(dlogits_[m], rows, d_.output_size);
+    const Scalar loss = d_.loss(out, my_labels, dlogits_[m]);
+    loss_sum_ += static_cast<double>(loss) * static_cast<double>(rows);
+    correct_ += count_correct<Scalar>(out, my_labels);
+    if (training) dlogits_[m] *= static_cast<Scalar>(rows) / static_cast<Scalar>(sh.batch);  // replicas' sum = serial mean
+  }
+
+  /// Micro-batch m backward through this unit's stage: the loss gradient (last stage) or the
+  /// gradient from the stage after; the gradient of the stage's input to the stage before.
+  void backward_micro(const_matrix_ref<Scalar> x, const share& sh, std::size_t m) {
+    const Eigen::Index rows = sh.micro_rows;
+    const Eigen::Index first_row = sh.first + static_cast<Eigen::Index>(m) * rows;
+    const bool first_stage = d_.coordinates.stage == 0, last_stage = d_.coordinates.stage + 1 == d_.stages;
+    auto dy = gradient_buffer(0, rows, d_.layers[d_.end - 1].out);
+    if (last_stage) {
+      dy = dlogits_[m];
+    } else {
+      receive_tensor(t_, d_.next, gradient_message_of(m), step_,
+                     std::span<Scalar>(dy.data(), static_cast<std::size_t>(dy.size())), clock::now() + options_.timeout);
+    }
+    const std::size_t last_buffer =
+        backward(m, first_stage ? const_matrix_ref<Scalar>(x.middleRows(first_row, rows)) : const_matrix_ref<Scalar>(inputs_[m]),
+                 rows);
+    if (!first_stage) {
+      const auto dx = gradient_buffer(last_buffer, rows, d_.layers[d_.first].in);
+      send_tensor(t_, d_.previous, gradient_message_of(m), step_,
+                  std::span<const Scalar>(dx.data(), static_cast<std::size_t>(dx.size())), clock::now() + options_.timeout);
+    }
+  }
+
+  void forward(std::size_t m, const_matrix_ref<Scalar> stage_input) {
+    const Eigen::Index rows = stage_input.rows();
+    for (std::size_t i = d_.first; i < d_.end; ++i) {
       const auto& l = d_.layers[i];
       const auto& p = l.part;
       const Scalar* w = params_.data() + p.parameter_offset;
-      const auto in = activation(i - 1, x);
-      auto y = buffer(i, rows);
+      const auto in = input_of(m, i, stage_input);
+      auto y = output(m, i, rows);
       if (p.split == split_kind::outputs) {
         const auto blocks = gather_buffer(static_cast<std::size_t>(rows) * l.out);
         matrix_map<Scalar> mine(blocks.data() + p.begin * static_cast<std::size_t>(rows), rows,
@@ -294,20 +368,24 @@ class unit_engine {
     }
   }
 
-  /// Walks the hidden layers from last to first; the loss gradient is in dgrad_[0] on entry.
-  void backward(const_matrix_ref<Scalar> x, Eigen::Index rows) {
+  /// Walks the stage's layers from last to first; the gradient of the stage's output is in
+  /// dgrad_[0] on entry. Returns which dgrad_ buffer holds the gradient of the stage's input.
+  std::size_t backward(std::size_t m, const_matrix_ref<Scalar> stage_input, Eigen::Index rows) {
     std::size_t current = 0;
-    for (std::size_t i = d_.layers.size() - 2; i >= 1; --i) {
+    for (std::size_t i = d_.end - 1; i >= d_.first; --i) {
       const auto& l = d_.layers[i];
       const auto& p = l.part;
       const Scalar* w = params_.data() + p.parameter_offset;
-      Scalar* g = grads_.data() + p.parameter_offset;
+      // Micro-batches add up their gradients: the kernels write theirs into scratch first.
+      if (accumulate_ && scratch_.size() < p.parameter_count) scratch_.resize(p.parameter_count);
+      Scalar* g = accumulate_ ? scratch_.data() : grads_.data() + p.parameter_offset;
       auto dy = gradient_buffer(current, rows, l.out);
       auto dx = gradient_buffer(1 - current, rows, l.in);
       const bool want_dx = i > 1;
+      const auto in = input_of(m, i, stage_input);
       if (p.split == split_kind::outputs) {
         const auto dys = dy.middleCols(static_cast<Eigen::Index>(p.begin), static_cast<Eigen::Index>(p.count));
-        dense_kernels::backward<Scalar>(w, g, activation(i - 1, x), activation(i, x), dys, dx, want_dx);
+        dense_kernels::backward<Scalar>(w, g, in, acts_[m][i].topRows(rows), dys, dx, want_dx);
         if (want_dx)
           all_reduce(t_, d_.tensor_group, std::span<Scalar>(dx.data(), static_cast<std::size_t>(dx.size())),
                      call(backward_message(i)));
@@ -316,7 +394,7 @@ class unit_engine {
         const_matrix_map<Scalar> ws(w, n, cols);
         matrix_map<Scalar> dws(g, n, cols);
         Eigen::Map<vector<Scalar>> db(g + l.out * p.count, n);
-        dws.noalias() = dy.transpose() * activation(i - 1, x).middleCols(static_cast<Eigen::Index>(p.begin), cols);
+        dws.noalias() = dy.transpose() * in.middleCols(static_cast<Eigen::Index>(p.begin), cols);
         db.noalias() = dy.colwise().sum().transpose();
         if (want_dx) {
           const auto blocks = gather_buffer(static_cast<std::size_t>(rows) * l.in);
@@ -325,10 +403,16 @@ class unit_engine {
           gather_columns(blocks, rows, l.in, dx, backward_message(i));
         }
       } else {
-        l.ops.backward(w, g, activation(i - 1, x), activation(i, x), dy, dx, want_dx);
+        l.ops.backward(w, g, in, acts_[m][i].topRows(rows), dy, dx, want_dx);
+      }
+      if (accumulate_) {
+        Scalar* to = grads_.data() + p.parameter_offset;
+        for (std::size_t k = 0; k < p.parameter_count; ++k) to[k] += g[k];
       }
       current = 1 - current;
+      if (i == d_.first) break;
     }
+    return current;
   }
 
   /// Calls f(serial offset, local offset, count) for each contiguous piece of this unit's
@@ -340,14 +424,15 @@ class unit_engine {
                                 std::to_string(d_.serial_parameters) + " values, not " + std::to_string(serial_size));
     for (const auto& l : d_.layers) {
       const auto& p = l.part;
+      if (!p.held || p.parameter_count == 0) continue;
       const std::size_t at = l.serial_offset, local = p.parameter_offset;
       if (p.split == split_kind::outputs) {
-        f(at + p.begin * l.in, local, p.count * l.in);                  // rows of W
+        f(at + p.begin * l.in, local, p.count * l.in);                    // rows of W
         f(at + l.out * l.in + p.begin, local + p.count * l.in, p.count);  // their biases
       } else if (p.split == split_kind::inputs) {
         for (std::size_t j = 0; j < l.out; ++j) f(at + j * l.in + p.begin, local + j * p.count, p.count);
         f(at + l.out * l.in, local + l.out * p.count, l.out);  // the biases, whole
-      } else if (p.parameter_count != 0) {
+      } else {
         f(at, local, p.parameter_count);
       }
     }
@@ -360,10 +445,14 @@ class unit_engine {
   // vectorised reductions, so the alignment of an operand decides the order of a sum. With
   // malloc's alignment, two runs of one plan differed in the last bit.
   using buffer_type = std::vector<Scalar, Eigen::aligned_allocator<Scalar>>;
-  buffer_type params_, grads_;
-  std::vector<matrix<Scalar>> acts_;
+  buffer_type params_, grads_, scratch_, gather_;
+  std::vector<std::vector<matrix<Scalar>>> acts_;  // [micro-batch][layer]: each layer's output
+  std::vector<matrix<Scalar>> inputs_;             // [micro-batch]: what the stage before sent
+  std::vector<matrix<Scalar>> dlogits_;            // [micro-batch]: the loss gradient (last stage)
   matrix<Scalar> dgrad_[2];
-  buffer_type gather_;
+  bool accumulate_ = false;
+  double loss_sum_ = 0;
+  std::size_t correct_ = 0;
   std::uint64_t step_ = 0;
 };
 
@@ -375,9 +464,10 @@ unit_description<Scalar> describe_unit(unit_id rank) {
   static constexpr auto limits = limit_table(typename Net::layers{}, next_layers<typename Net::layers>{});
   unit_description<Scalar> d;
   d.coordinates = Plan::coordinates_of(rank);
+  const auto c = d.coordinates;
   for (std::size_t i = 0; i < Net::size; ++i) {
     unit_layer<Scalar> l;
-    l.part = Plan::partition_of(d.coordinates.shard, i);
+    l.part = Plan::partition_of(rank, i);
     l.in = Net::input_extents[i].size();
     l.out = Net::output_extents[i].size();
     l.serial_offset = Net::parameter_offsets[i];
@@ -391,10 +481,18 @@ unit_description<Scalar> describe_unit(unit_id rank) {
   d.output_size = Net::output_size;
   d.max_width = Net::max_width;
   d.serial_parameters = Net::parameter_count;
-  d.parameters = Plan::shard_parameter_count(d.coordinates.shard);
+  d.parameters = Plan::parameter_count_of(rank);
   d.replicas = Plan::replicas;
-  for (std::size_t s = 0; s < Plan::shards; ++s) d.tensor_group.units.push_back(Plan::rank_of({d.coordinates.replica, s}));
-  for (std::size_t r = 0; r < Plan::replicas; ++r) d.data_group.units.push_back(Plan::rank_of({r, d.coordinates.shard}));
+  d.stages = Plan::stages;
+  d.microbatches = Plan::microbatch_count;
+  d.schedule = Plan::schedule_id;
+  d.first = Plan::stage_begin[c.stage];
+  d.end = Plan::stage_begin[c.stage + 1];
+  if (c.stage > 0) d.previous = Plan::rank_of({c.replica, c.stage - 1, c.shard});
+  if (c.stage + 1 < Plan::stages) d.next = Plan::rank_of({c.replica, c.stage + 1, c.shard});
+  for (std::size_t s = 0; s < Plan::shards; ++s) d.tensor_group.units.push_back(Plan::rank_of({c.replica, c.stage, s}));
+  for (std::size_t r = 0; r < Plan::replicas; ++r) d.data_group.units.push_back(Plan::rank_of({r, c.stage, c.shard}));
+  for (std::size_t s = 0; s < Plan::stages; ++s) d.pipeline_group.units.push_back(Plan::rank_of({c.replica, s, c.shard}));
   return d;
 }
 
