@@ -33,7 +33,7 @@ f2d2n_compile_fail(plan_inputs_too_few "split_check<1, f2d2n::split_kind::inputs
                    "by_inputs into more shards than it has input features")
 f2d2n_compile_fail(plan_split_without_weights "override_check<2, 5, false>" "names a layer without weights")
 f2d2n_compile_fail(plan_twice "names data_parallel more than once")
-f2d2n_compile_fail(plan_unknown_policy "takes data_parallel<R> and tensor_parallel<S, ...>")
+f2d2n_compile_fail(plan_unknown_policy "takes data_parallel<R>, pipeline<P, ...> and tensor_parallel<S, ...>")
 f2d2n_compile_fail(plan_too_many_stages "pipeline_check<4, 3," "has more stages than the model has hidden layers")
 f2d2n_compile_fail(plan_bad_stage_starts "pipeline_check<3, 5, true, 2, false>" "must be increasing layer indices")
 
