@@ -108,6 +108,13 @@ std::vector<std::string> equivalence(Transport& t, double tolerance) {
   const auto after = exported(net);
   compare_layers<plan_mlp>(after, serial.parameters(), net.parameter_count(), tolerance, "after 20 steps", failures);
 
+  // Where the unit's time went: every plan here communicates; pipelines wait for neighbours.
+  if (!(report.time.compute > 0) || !(report.time.communication > 0) || report.steps != 5 ||
+      (Plan::stages > 1) != (report.time.wait > 0))
+    failures.push_back("time split: compute " + std::to_string(report.time.compute) + " s, communication " +
+                       std::to_string(report.time.communication) + " s, wait " + std::to_string(report.time.wait) +
+                       " s over " + std::to_string(report.steps) + " steps");
+
   // The whole batch's loss and accuracy reach every unit.
   if (!(std::abs(report.train.loss - serial_report.train.loss) <= 1e-4 * std::abs(serial_report.train.loss)))
     failures.push_back("reported training loss " + std::to_string(report.train.loss) + ", serial " +

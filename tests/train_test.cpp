@@ -267,10 +267,16 @@ TEST_CASE("csv_logger writes a header and one row per epoch") {
   for (std::string line; std::getline(in, line);) lines.push_back(line);
   std::filesystem::remove(path);
   REQUIRE(lines.size() == 4);
-  CHECK(lines[0] == "epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds,samples_per_second,learning_rate");
+  CHECK(lines[0] ==
+        "epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds,samples_per_second,learning_rate,steps,"
+        "compute_ms_per_step,communication_ms_per_step,wait_ms_per_step");
   CHECK(lines[1].rfind("1,", 0) == 0);
   CHECK(lines[3].rfind("3,", 0) == 0);
-  CHECK(std::count(lines[2].begin(), lines[2].end(), ',') == 7);
+  CHECK(std::count(lines[2].begin(), lines[2].end(), ',') == 11);
+  // 10 steps per epoch; a serial network's time is all compute.
+  CHECK(lines[2].find(",10,") != std::string::npos);
+  CHECK(lines[2].size() > 4);
+  CHECK(lines[2].substr(lines[2].size() - 4) == ",0,0");
   CHECK_THROWS_AS(nn::csv_logger("/nonexistent-dir/metrics.csv"), nn::error);
 }
 

@@ -36,7 +36,14 @@ int run(const example::settings& s, const nn::cluster_config& c) {
                 << Plan::bytes_sent_per_step(r, s.batch_size) << " bytes sent per step of " << s.batch_size << "\n";
     example::describe(s);
   }
-  const int code = example::train_and_report(net, s, d, report);
+  std::string metrics = s.metrics;  // metrics.csv -> metrics.unit<rank>.csv
+  if (!metrics.empty()) {
+    const auto dot = metrics.find_last_of('.');
+    const auto slash = metrics.find_last_of('/');
+    const auto at = dot != std::string::npos && (slash == std::string::npos || dot > slash) ? dot : metrics.size();
+    metrics.insert(at, ".unit" + std::to_string(c.rank));
+  }
+  const int code = example::train_and_report(net, s, d, report, metrics);
   t.shutdown();
   return code;
 }

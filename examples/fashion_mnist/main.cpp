@@ -15,7 +15,7 @@ int run(const example::settings& s) {
   std::cout << "f2d2n " << s.preset << ": " << Net::size << " layers, " << Net::parameter_count << " parameters; "
             << d.train.size() << " training and " << d.test.size() << " test samples from " << s.data_dir << "\n";
   example::describe(s);
-  return example::train_and_report(net, s, d, true);
+  return example::train_and_report(net, s, d, true, s.metrics);
 }
 
 }  // namespace

@@ -62,7 +62,9 @@ inline po::options_description options(settings& s, const char* title) {
     ("normalize", po::value(&s.normalize)->default_value("scale"),
         "scale: pixels / 255; standard: (pixels / 255 - 0.2860) / 0.3530, Fashion-MNIST's training mean and deviation")
     ("seed", po::value(&s.seed)->default_value(1), "seed of the initial weights and of the shuffling")
-    ("metrics", po::value(&s.metrics), "write per-epoch metrics to this CSV file")
+    ("metrics", po::value(&s.metrics),
+        "write per-epoch metrics (with this unit's compute / communication / wait time per step) to this CSV "
+        "file; on a cluster each unit writes its own, with .unit<rank> before the extension")
     ("train-limit", po::value(&s.train_limit)->default_value(0), "use only the first N training samples (0: all)");
   // clang-format on
   return opts;
@@ -126,15 +128,15 @@ inline void describe(const settings& s) {
             << s.epochs << " epochs, seed " << s.seed << ", inputs " << s.normalize << std::endl;
 }
 
-/// Trains with the optimizer the settings name; `report`: this process draws the progress bar,
-/// writes the metrics and prints the result (one unit of a cluster does).
+/// Trains with the optimizer the settings name; `report`: this process draws the progress bar and
+/// prints the result (one unit of a cluster does). `metrics` is the CSV file this process writes.
 template <class Net>
-int train_and_report(Net& net, const settings& s, const data& d, bool report) {
+int train_and_report(Net& net, const settings& s, const data& d, bool report, const std::string& metrics) {
   auto go = [&](auto t) {
     nn::progress_bar bar;
     std::optional<nn::csv_logger> csv;
     if (report) t.add(bar);
-    if (report && !s.metrics.empty()) t.add(csv.emplace(s.metrics));
+    if (!metrics.empty()) t.add(csv.emplace(metrics));
     const auto start = std::chrono::steady_clock::now();
     t.fit(d.train, {.epochs = s.epochs, .batch_size = s.batch_size, .seed = s.seed, .learning_rate_decay = s.decay},
           &d.test);

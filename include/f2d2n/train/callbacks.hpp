@@ -26,6 +26,23 @@ struct evaluation {
   std::size_t samples = 0;
 };
 
+/// Where a unit's training time went. A distributed network reports the time spent in
+/// collectives (all-gathers and all-reduces, waiting for the slowest peer included) as
+/// communication, and the time spent waiting for a pipeline neighbour's activations or gradients
+/// (the pipeline's bubble and the transfer) as wait; compute is the rest of the step, the
+/// optimizer's update included. A serial network's time is all compute.
+struct time_split {
+  double compute = 0;
+  double communication = 0;
+  double wait = 0;
+  time_split& operator+=(const time_split& o) {
+    compute += o.compute;
+    communication += o.communication;
+    wait += o.wait;
+    return *this;
+  }
+};
+
 /// Sent once before the first step.
 struct fit_begin {
   std::size_t epochs = 0;
@@ -45,6 +62,7 @@ struct step_end {
   double loss = 0;                  ///< mean training loss so far in this epoch
   double accuracy = 0;              ///< training accuracy so far in this epoch
   double seconds = 0;               ///< since the epoch started
+  time_split time;                  ///< this unit's steps so far in this epoch
 };
 
 /// Sent after every epoch.
@@ -56,6 +74,8 @@ struct epoch_end {
   double seconds = 0;             ///< training time of the epoch (validation excluded)
   double samples_per_second = 0;  ///< training samples per second in the epoch
   double learning_rate = 0;       ///< the rate used during the epoch
+  std::size_t steps = 0;          ///< optimisation steps in the epoch
+  time_split time;                ///< where this unit's training time went in the epoch
 };
 
 /// Receives a trainer's reports. Every member has an empty default.
@@ -86,6 +106,10 @@ inline std::string format_epoch_line(const epoch_end& e) {
     o << " | test loss " << std::setprecision(4) << e.validation->loss << ", accuracy " << std::setprecision(2)
       << 100 * e.validation->accuracy << "%";
   o << " | " << std::setprecision(0) << e.samples_per_second << " samples/s, " << std::setprecision(1) << e.seconds << " s";
+  const double total = e.time.compute + e.time.communication + e.time.wait;
+  if (total > 0 && e.time.compute < total)  // a distributed unit: say where its time went
+    o << " (compute " << std::setprecision(0) << 100 * e.time.compute / total << "%, communication "
+      << 100 * e.time.communication / total << "%, wait " << 100 * e.time.wait / total << "%)";
   return o.str();
 }
 }  // namespace detail
@@ -130,12 +154,15 @@ class progress_bar : public callback {
 };
 
 /// Writes one CSV row per epoch: epoch, train and validation loss and accuracy, seconds,
-/// samples/s, learning rate. Validation columns are empty when there is no validation set.
+/// samples/s, learning rate, steps, and this unit's compute, communication and wait time per
+/// step in milliseconds (see time_split). Validation columns are empty when there is no
+/// validation set. Each unit of a cluster writes its own file.
 class csv_logger : public callback {
  public:
   explicit csv_logger(const std::string& path) : path_(path), out_(path, std::ios::out | std::ios::trunc) {
     if (!out_) throw error("f2d2n: cannot write the metrics file " + path);
-    out_ << "epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds,samples_per_second,learning_rate\n";
+    out_ << "epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds,samples_per_second,learning_rate,steps,"
+            "compute_ms_per_step,communication_ms_per_step,wait_ms_per_step\n";
     out_.flush();
   }
 
@@ -143,7 +170,9 @@ class csv_logger : public callback {
     out_ << std::setprecision(9) << e.epoch << ',' << e.train.loss << ',' << e.train.accuracy << ',';
     if (e.validation) out_ << e.validation->loss << ',' << e.validation->accuracy;
     else out_ << ',';
-    out_ << ',' << e.seconds << ',' << e.samples_per_second << ',' << e.learning_rate << '\n';
+    const double per_step = e.steps > 0 ? 1000.0 / static_cast<double>(e.steps) : 0.0;
+    out_ << ',' << e.seconds << ',' << e.samples_per_second << ',' << e.learning_rate << ',' << e.steps << ','
+         << e.time.compute * per_step << ',' << e.time.communication * per_step << ',' << e.time.wait * per_step << '\n';
     out_.flush();
     if (!out_) throw error("f2d2n: writing the metrics file " + path_ + " failed");
   }

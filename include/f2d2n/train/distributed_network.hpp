@@ -30,6 +30,7 @@
 #include <f2d2n/core/random.hpp>
 #include <f2d2n/model/network.hpp>
 #include <f2d2n/plan/distribute.hpp>
+#include <f2d2n/train/callbacks.hpp>
 #include <f2d2n/transport/concept.hpp>
 
 #include <algorithm>
@@ -38,6 +39,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace f2d2n {
@@ -62,6 +64,19 @@ template <class... L, class... Next>
 constexpr auto limit_table(boost::mp11::mp_list<L...>, boost::mp11::mp_list<Next...>) {
   return std::array<double (*)(std::size_t, std::size_t), sizeof...(L)>{limit_of<L, Next>()...};
 }
+
+/// Adds the time from its construction to its end to `into`.
+class stopwatch {
+ public:
+  explicit stopwatch(double& into) : into_(into), start_(clock::now()) {}
+  stopwatch(const stopwatch&) = delete;
+  stopwatch& operator=(const stopwatch&) = delete;
+  ~stopwatch() { into_ += std::chrono::duration<double>(clock::now() - start_).count(); }
+
+ private:
+  double& into_;
+  clock::time_point start_;
+};
 
 /// Message ids of a distributed network's collectives (frames between two units are matched by
 /// id and step; a pair of units shares at most one group, the ids keep the calls apart anyway).
@@ -121,6 +136,10 @@ class unit_engine {
   [[nodiscard]] std::span<const Scalar> gradients() const noexcept {
     return std::span<const Scalar>(grads_).first(params_.size());
   }
+  /// Where this unit's time in compute_gradients went since the last call (communication and wait;
+  /// the trainer counts the rest of the step as compute), and starts counting again.
+  time_split take_time_split() noexcept { return std::exchange(times_, time_split{}); }
+
   /// Steps (training and evaluation) this unit has taken part in: the step of its next frames.
   [[nodiscard]] std::uint64_t steps() const noexcept { return step_; }
 
@@ -171,9 +190,14 @@ class unit_engine {
     }
     grads_[n] = static_cast<Scalar>(loss_sum_);
     grads_[n + 1] = static_cast<Scalar>(correct_);
-    if (d_.stages > 1)  // the loss is known on the last stage: every stage learns it
+    if (d_.stages > 1) {  // the loss is known on the last stage: every stage learns it
+      const stopwatch timing(times_.communication);
       all_reduce(t_, d_.pipeline_group, std::span<Scalar>(grads_).subspan(n, 2), call(statistics_message));
-    all_reduce(t_, d_.data_group, std::span<Scalar>(grads_), call(gradient_message));
+    }
+    {
+      const stopwatch timing(times_.communication);
+      all_reduce(t_, d_.data_group, std::span<Scalar>(grads_), call(gradient_message));
+    }
     ++step_;
     batch_result r;
     r.samples = static_cast<std::size_t>(sh.batch);
@@ -186,17 +210,25 @@ class unit_engine {
   /// rows pass the stages as one micro-batch). Every unit must call it with the same batch.
   batch_result evaluate_batch(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels) {
     const auto sh = share_of(x, labels, false);
+    const time_split kept = times_;  // evaluation is not a training step's time
     loss_sum_ = 0;
     correct_ = 0;
     forward_micro(x, labels, sh, 0, false);
     std::array<double, 2> sums{loss_sum_, static_cast<double>(correct_)};
-    if (d_.stages > 1) all_reduce(t_, d_.pipeline_group, std::span<double>(sums), call(statistics_message));
-    all_reduce(t_, d_.data_group, std::span<double>(sums), call(evaluation_message));
+    if (d_.stages > 1) {
+      const stopwatch timing(times_.communication);
+      all_reduce(t_, d_.pipeline_group, std::span<double>(sums), call(statistics_message));
+    }
+    {
+      const stopwatch timing(times_.communication);
+      all_reduce(t_, d_.data_group, std::span<double>(sums), call(evaluation_message));
+    }
     ++step_;
     batch_result r;
     r.samples = static_cast<std::size_t>(sh.batch);
     r.loss = sums[0] / static_cast<double>(sh.batch);
     r.correct = static_cast<std::size_t>(sums[1]);
+    times_ = kept;
     return r;
   }
 
@@ -279,7 +311,10 @@ class unit_engine {
                       std::uint32_t message) {
     const std::size_t p = d_.tensor_group.size(), me = d_.coordinates.shard, r = static_cast<std::size_t>(rows);
     const auto mine = blocks.subspan(part_begin(cols, p, me) * r, part_size(cols, p, me) * r);
-    all_gather(t_, d_.tensor_group, std::span<const Scalar>(mine), blocks, call(message), r);
+    {
+      const stopwatch timing(times_.communication);
+      all_gather(t_, d_.tensor_group, std::span<const Scalar>(mine), blocks, call(message), r);
+    }
     for (std::size_t s = 0; s < p; ++s) {
       const auto b = static_cast<Eigen::Index>(part_begin(cols, p, s));
       const auto n = static_cast<Eigen::Index>(part_size(cols, p, s));
@@ -296,17 +331,22 @@ class unit_engine {
     const bool first_stage = d_.coordinates.stage == 0, last_stage = d_.coordinates.stage + 1 == d_.stages;
     if (!first_stage) {
       ensure(inputs_[m], rows, d_.layers[d_.first].in);
-      receive_tensor(t_, d_.previous, activation_message(m), step_,
-                     std::span<Scalar>(inputs_[m].data(), static_cast<std::size_t>(inputs_[m].size())),
-                     clock::now() + options_.timeout);
+      {
+        const stopwatch timing(times_.wait);
+        receive_tensor(t_, d_.previous, activation_message(m), step_,
+                       std::span<Scalar>(inputs_[m].data(), static_cast<std::size_t>(inputs_[m].size())),
+                       clock::now() + options_.timeout);
+      }
     }
     const_matrix_ref<Scalar> in = first_stage ? const_matrix_ref<Scalar>(x.middleRows(first_row, rows))
                                               : const_matrix_ref<Scalar>(inputs_[m]);
     forward(m, in);
     const auto out = acts_[m][d_.end - 1].topRows(rows);
     if (!last_stage) {
+      const stopwatch timing(times_.communication);
       send_tensor(t_, d_.next, activation_message(m), step_,
-                  std::span<const Scalar>(out.data(), static_cast<std::size_t>(out.size())), clock::now() + options_.timeout);
+                  std::span<const Scalar>(out.data(), static_cast<std::size_t>(out.size())),
+                  clock::now() + options_.timeout);
       return;
     }
     const auto my_labels = labels.subspan(static_cast<std::size_t>(first_row), static_cast<std::size_t>(rows));
@@ -327,16 +367,19 @@ class unit_engine {
     if (last_stage) {
       dy = dlogits_[m];
     } else {
+      const stopwatch timing(times_.wait);
       receive_tensor(t_, d_.next, gradient_message_of(m), step_,
                      std::span<Scalar>(dy.data(), static_cast<std::size_t>(dy.size())), clock::now() + options_.timeout);
     }
-    const std::size_t last_buffer =
-        backward(m, first_stage ? const_matrix_ref<Scalar>(x.middleRows(first_row, rows)) : const_matrix_ref<Scalar>(inputs_[m]),
-                 rows);
+    const std::size_t last_buffer = backward(
+        m, first_stage ? const_matrix_ref<Scalar>(x.middleRows(first_row, rows)) : const_matrix_ref<Scalar>(inputs_[m]),
+        rows);
     if (!first_stage) {
       const auto dx = gradient_buffer(last_buffer, rows, d_.layers[d_.first].in);
+      const stopwatch timing(times_.communication);
       send_tensor(t_, d_.previous, gradient_message_of(m), step_,
-                  std::span<const Scalar>(dx.data(), static_cast<std::size_t>(dx.size())), clock::now() + options_.timeout);
+                  std::span<const Scalar>(dx.data(), static_cast<std::size_t>(dx.size())),
+                  clock::now() + options_.timeout);
     }
   }
 
@@ -359,8 +402,11 @@ class unit_engine {
         const_matrix_map<Scalar> ws(w, n, cols);
         Eigen::Map<const vector<Scalar>> b(w + l.out * p.count, n);
         y.noalias() = in.middleCols(static_cast<Eigen::Index>(p.begin), cols) * ws.transpose();
-        all_reduce(t_, d_.tensor_group, std::span<Scalar>(y.data(), static_cast<std::size_t>(y.size())),
-                   call(forward_message(i)));
+        {
+          const stopwatch timing(times_.communication);
+          all_reduce(t_, d_.tensor_group, std::span<Scalar>(y.data(), static_cast<std::size_t>(y.size())),
+                     call(forward_message(i)));
+        }
         y.rowwise() += b.transpose();
       } else {
         l.ops.forward(w, in, y);
@@ -386,9 +432,11 @@ class unit_engine {
       if (p.split == split_kind::outputs) {
         const auto dys = dy.middleCols(static_cast<Eigen::Index>(p.begin), static_cast<Eigen::Index>(p.count));
         dense_kernels::backward<Scalar>(w, g, in, acts_[m][i].topRows(rows), dys, dx, want_dx);
-        if (want_dx)
+        if (want_dx) {
+          const stopwatch timing(times_.communication);
           all_reduce(t_, d_.tensor_group, std::span<Scalar>(dx.data(), static_cast<std::size_t>(dx.size())),
                      call(backward_message(i)));
+        }
       } else if (p.split == split_kind::inputs) {
         const auto cols = static_cast<Eigen::Index>(p.count), n = static_cast<Eigen::Index>(l.out);
         const_matrix_map<Scalar> ws(w, n, cols);
@@ -451,6 +499,7 @@ class unit_engine {
   std::vector<matrix<Scalar>> dlogits_;            // [micro-batch]: the loss gradient (last stage)
   matrix<Scalar> dgrad_[2];
   bool accumulate_ = false;
+  time_split times_;
   double loss_sum_ = 0;
   std::size_t correct_ = 0;
   std::uint64_t step_ = 0;

@@ -11,6 +11,7 @@
 #include <f2d2n/train/callbacks.hpp>
 #include <f2d2n/train/optimizers.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -74,8 +75,13 @@ class trainer {
       std::size_t correct = 0;
       for (std::size_t step = 0; step < steps && !batches.done(); ++step) {
         const auto b = batches.next();
+        const auto step_start = std::chrono::steady_clock::now();
         const batch_result r = net_.compute_gradients(b.samples, b.labels);
         optimizer_.step(net_.parameters(), net_.gradients());
+        time_split t;
+        if constexpr (requires { net_.take_time_split(); }) t = net_.take_time_split();
+        t.compute = std::max(0.0, seconds_since(step_start) - t.communication - t.wait);
+        s.time += t;
         loss_sum += r.loss * static_cast<double>(r.samples);
         correct += r.correct;
         s.step = step + 1;
@@ -92,6 +98,8 @@ class trainer {
       report.seconds = seconds_since(start);
       report.samples_per_second = static_cast<double>(s.samples) / report.seconds;
       report.learning_rate = optimizer_.options().learning_rate;
+      report.steps = s.step;
+      report.time = s.time;
       if (validation) report.validation = evaluate(*validation);
       for (auto* cb : callbacks_) cb->on_epoch_end(report);
       if (options.learning_rate_decay != 1.0)
