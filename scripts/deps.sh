@@ -2,6 +2,7 @@
 # Installs the Debian packages f2d2n needs that are missing. Idempotent; silent when all are present.
 #   scripts/deps.sh            build, tests, examples, benchmarks, Fashion-MNIST
 #   scripts/deps.sh --compare  also what bench/compare/ needs (python3-torch with OpenBLAS, Open MPI)
+#   scripts/deps.sh --plot     also gnuplot (scripts/experiment.sh draws its PNG with it)
 set -euo pipefail
 
 packages=(
@@ -19,7 +20,8 @@ packages=(
 for arg in "$@"; do
   case "$arg" in
     --compare) packages+=(python3-torch python3-numpy libopenblas0-openmp openmpi-bin libopenmpi-dev) ;;  # OpenBLAS: else PyTorch runs the reference BLAS
-    *) echo "deps.sh: unknown option '$arg' (use --compare)" >&2; exit 2 ;;
+    --plot) packages+=(gnuplot-nox) ;;
+    *) echo "deps.sh: unknown option '$arg' (use --compare or --plot)" >&2; exit 2 ;;
   esac
 done
 
