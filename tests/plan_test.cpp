@@ -34,8 +34,8 @@ static_assert(hybrid::unit<0>::parameter_count + hybrid::unit<1>::parameter_coun
 static_assert(nn::distribute<mlp, nn::data_parallel<3>>::unit<2>::parameter_count == mlp::parameter_count);
 // By inputs: the columns of W and every bias.
 using by_inputs_plan = nn::distribute<mlp, nn::tensor_parallel<3, nn::by_inputs>>;
-static_assert(by_inputs_plan::partition_of(2, 1).begin == 523 && by_inputs_plan::partition_of(2, 1).count == 261 &&
-              by_inputs_plan::partition_of(2, 1).held);
+static_assert(by_inputs_plan::partition_of(2, 1).input_begin == 523 && by_inputs_plan::partition_of(2, 1).input_count == 261 &&
+              by_inputs_plan::partition_of(2, 1).count == 256 && by_inputs_plan::partition_of(2, 1).held);
 static_assert(std::is_same_v<boost::mp11::mp_at_c<by_inputs_plan::unit<2>::layers, 1>, nn::dense_input_shard<256, 523, 784>>);
 static_assert(by_inputs_plan::unit<2>::parameter_count == 256 * 261 + 256 + 128 * 85 + 128 + 10 * 42 + 10);
 // Per-layer overrides.
@@ -43,6 +43,12 @@ using mixed = nn::distribute<mlp, nn::tensor_parallel<2, nn::by_outputs, nn::spl
                                                       nn::split_layer<5, nn::replicated>>>;
 static_assert(mixed::splits[1] == nn::split_kind::outputs && mixed::splits[2] == nn::split_kind::none &&
               mixed::splits[3] == nn::split_kind::inputs && mixed::splits[5] == nn::split_kind::replicated);
+// DistDL's 2-D grid: unit (a, b) of a 2 x 2 grid holds rows a and input columns b of each layer.
+using grid = nn::distribute<mlp, nn::tensor_parallel<4, nn::by_grid<2, 2>>>;
+static_assert(std::is_same_v<boost::mp11::mp_at_c<grid::unit<1>::layers, 1>, nn::dense_block<0, 128, 392, 784>>);
+static_assert(std::is_same_v<boost::mp11::mp_at_c<grid::unit<2>::layers, 3>, nn::dense_block<64, 128, 0, 128>>);
+static_assert(grid::unit<3>::parameter_count == 128 * 392 + 128 + 64 * 128 + 64 + 5 * 64 + 5);
+static_assert(grid::fingerprint != nn::distribute<mlp, nn::tensor_parallel<4>>::fingerprint);
 // The fingerprint tells plans apart, and only them.
 static_assert(hybrid::fingerprint == nn::distribute<mlp, nn::tensor_parallel<2>, nn::data_parallel<2>>::fingerprint);
 static_assert(hybrid::fingerprint != nn::distribute<mlp, nn::data_parallel<4>>::fingerprint);
@@ -97,13 +103,13 @@ void expect_equivalent(double tolerance) {
 }
 
 TEST_CASE_TEMPLATE("every plan trains to the serial weights (float32, 1e-5)", Plan, plan_dp2, plan_dp4, plan_tp2,
-                   plan_tp2_inputs, plan_tp3_mixed, plan_dp2_tp2, plan_pp2_gpipe, plan_pp2_1f1b, plan_pp4,
-                   plan_dp2_pp2_tp2) {
+                   plan_tp2_inputs, plan_tp3_mixed, plan_tp2x2, plan_dp2_tp2, plan_pp2_gpipe, plan_pp2_1f1b,
+                   plan_pp4, plan_dp2_pp2_tp2) {
   expect_equivalent<Plan, float>(1e-5);
 }
 
 TEST_CASE_TEMPLATE("every plan trains to the serial weights (float64, 1e-12)", Plan, plan_dp4, plan_tp3_mixed,
-                   plan_dp2_tp2, plan_pp4, plan_dp2_pp2_tp2) {
+                   plan_tp2x2, plan_dp2_tp2, plan_pp4, plan_dp2_pp2_tp2) {
   expect_equivalent<Plan, double>(1e-12);
 }
 
@@ -131,7 +137,7 @@ static_assert(nn::transport<counting_transport>);
 }  // namespace
 
 TEST_CASE_TEMPLATE("a step sends exactly the bytes the plan states", Plan, plan_dp4, plan_tp2, plan_tp2_inputs,
-                   plan_tp3_mixed, plan_dp2_tp2, plan_pp2_1f1b, plan_dp2_pp2_tp2) {
+                   plan_tp3_mixed, plan_tp2x2, plan_dp2_tp2, plan_pp2_1f1b, plan_dp2_pp2_tp2) {
   const auto data = plan_data<float>();
   nn::local_cluster cluster(static_cast<nn::unit_id>(Plan::world_size), Plan::fingerprint);
   std::vector<std::size_t> sent(Plan::world_size);

@@ -1,6 +1,6 @@
 // A unit of a plan's cluster started by f2d2n_launch over TCP (tests/CMakeLists.txt): the
 // equivalence proof of tests/plan_suite.hpp across real processes.
-//   plan_worker <plan>            trains <plan> (dp2, dp4, tp2, tp2_inputs, tp3_mixed, dp2_tp2,
+//   plan_worker <plan>            trains <plan> (dp2, dp4, tp2, tp2_inputs, tp3_mixed, tp2x2, dp2_tp2,
 //                                 pp2_gpipe, pp2_1f1b, pp4, dp2_pp2_tp2) and
 //                                 compares with the serial trainer; exit 0 when equal
 //   plan_worker mismatch <plan>   the launcher started another number of units than <plan> has:
@@ -59,6 +59,7 @@ int main(int argc, char** argv) try {
   if (name == "tp2_inputs") return run.operator()<plan_tp2_inputs>();
   if (name == "tp3_mixed") return run.operator()<plan_tp3_mixed>();
   if (name == "dp2_tp2") return run.operator()<plan_dp2_tp2>();
+  if (name == "tp2x2") return run.operator()<plan_tp2x2>();
   if (name == "pp2_gpipe") return run.operator()<plan_pp2_gpipe>();
   if (name == "pp2_1f1b") return run.operator()<plan_pp2_1f1b>();
   if (name == "pp4") return run.operator()<plan_pp4>();

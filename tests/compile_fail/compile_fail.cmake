@@ -27,15 +27,16 @@ f2d2n_compile_fail(reshape_mismatch "reshape<27, 28>::at_layer<1, false, 784>" "
 f2d2n_compile_fail(one_class "softmax_cross_entropy::at_layer<2, true, 1>" "needs at least 2 classes")
 f2d2n_compile_fail(not_a_layer "every argument of sequential<...> must be a layer")
 f2d2n_compile_fail(network_of_bad_model "dense<0>::at_layer<1," "has no neurons")
-f2d2n_compile_fail(plan_too_many_shards "split_check<3, f2d2n::split_kind::outputs, 4, 2, 8>"
+f2d2n_compile_fail(plan_too_many_shards "split_check<3, f2d2n::split_kind::outputs, 4, 2, 8,"
                    "splits the dense layer at the index named above by_outputs into more shards than it has neurons")
-f2d2n_compile_fail(plan_inputs_too_few "split_check<1, f2d2n::split_kind::inputs, 4, 8, 3>"
+f2d2n_compile_fail(plan_inputs_too_few "split_check<1, f2d2n::split_kind::inputs, 4, 8, 3,"
                    "by_inputs into more shards than it has input features")
 f2d2n_compile_fail(plan_split_without_weights "override_check<2, 5, false>" "names a layer without weights")
 f2d2n_compile_fail(plan_twice "names data_parallel more than once")
 f2d2n_compile_fail(plan_unknown_policy "takes data_parallel<R>, pipeline<P, ...> and tensor_parallel<S, ...>")
 f2d2n_compile_fail(plan_too_many_stages "pipeline_check<4, 3," "has more stages than the model has hidden layers")
 f2d2n_compile_fail(plan_bad_stage_starts "pipeline_check<3, 5, true, 2, false>" "must be increasing layer indices")
+f2d2n_compile_fail(plan_grid_mismatch "split_check<1, f2d2n::split_kind::grid, 4, 8, 16, 2, 3>" "does not cover the shards")
 
 add_test(NAME compile_fail_control
          COMMAND ${CMAKE_COMMAND} -DCXX=${CMAKE_CXX_COMPILER} -DFLAGS=${_cf_flags}

@@ -89,27 +89,18 @@ struct dense_kernels {
     if (want_dx) dx.noalias() = dy * w;
   }
 
-  /// Fills rows [row_begin, row_begin + rows) of a layer over `in` inputs: `params` holds those
-  /// rows' weights (rows x in), then their `rows` biases. Weight (j, c) of the whole layer is
-  /// element j * in + c of random stream `stream`, whichever unit draws it.
+  /// Fills the block of rows [row_begin, row_begin + rows) and input columns [col_begin,
+  /// col_begin + cols) of a layer over `in` inputs: `params` holds the block's weights (rows x
+  /// cols, row-major), then the rows' biases (zero). Weight (j, c) of the whole layer is element
+  /// j * in + c of random stream `stream`, whichever unit draws it.
   template <class S>
-  static void initialize_rows(std::span<S> params, std::size_t in, std::size_t row_begin, std::size_t rows,
-                              double limit, std::uint64_t seed, std::uint64_t stream) {
-    const std::size_t weights = rows * in, first = row_begin * in;
-    for (std::size_t k = 0; k < weights; ++k)
-      params[k] = static_cast<S>(limit * random_symmetric(seed, stream, first + k));
-    for (std::size_t k = weights; k < weights + rows; ++k) params[k] = S(0);
-  }
-
-  /// Fills input columns [col_begin, col_begin + cols) of a layer of `neurons` neurons over `in`
-  /// inputs: `params` holds those columns' weights (neurons x cols), then all `neurons` biases.
-  template <class S>
-  static void initialize_columns(std::span<S> params, std::size_t in, std::size_t neurons, std::size_t col_begin,
-                                 std::size_t cols, double limit, std::uint64_t seed, std::uint64_t stream) {
-    for (std::size_t j = 0; j < neurons; ++j)
+  static void initialize_block(std::span<S> params, std::size_t in, std::size_t row_begin, std::size_t rows,
+                               std::size_t col_begin, std::size_t cols, double limit, std::uint64_t seed,
+                               std::uint64_t stream) {
+    for (std::size_t j = 0; j < rows; ++j)
       for (std::size_t c = 0; c < cols; ++c)
-        params[j * cols + c] = static_cast<S>(limit * random_symmetric(seed, stream, j * in + col_begin + c));
-    for (std::size_t k = neurons * cols; k < neurons * cols + neurons; ++k) params[k] = S(0);
+        params[j * cols + c] = static_cast<S>(limit * random_symmetric(seed, stream, (row_begin + j) * in + col_begin + c));
+    for (std::size_t k = rows * cols; k < rows * cols + rows; ++k) params[k] = S(0);
   }
 };
 }  // namespace detail
@@ -135,7 +126,7 @@ struct dense : detail::dense_kernels {
   /// Fills this layer's slice of the parameters, element k of the layer from random stream `stream`.
   template <class S, class Resolved>
   static void initialize(std::span<S> params, std::size_t in, std::uint64_t seed, std::uint64_t stream) {
-    initialize_rows(params, in, 0, N, Resolved::limit(in, N), seed, stream);
+    initialize_block(params, in, 0, N, 0, in, Resolved::limit(in, N), seed, stream);
   }
 };
 

@@ -55,20 +55,35 @@ enum class split_kind : std::uint8_t {
   replicated,  ///< every shard holds the whole layer
   outputs,     ///< shard s owns a block of neurons (rows of W and their biases)
   inputs,      ///< shard s owns a block of input features (columns of W); the biases are replicated
+  grid,        ///< shard s owns a block of a P_out x P_in grid over W (DistDL's distributed affine layer)
 };
 
 /// Split a dense layer by output neurons: y = all_gather(x W_s^T + b_s); backward dx = all_reduce(dy_s W_s).
+/// (The grid of 1 column: by_grid<S, 1>.)
 struct by_outputs {
   static constexpr split_kind kind = split_kind::outputs;
+  static constexpr std::size_t out_parts = 0, in_parts = 1;  // 0: all the shards
 };
 /// Split a dense layer by input features (F2D2N's input units): y = all_reduce(x_s W_s^T) + b;
-/// backward dx = all_gather(dy W_s).
+/// backward dx = all_gather(dy W_s). (The grid of 1 row: by_grid<1, S>.)
 struct by_inputs {
   static constexpr split_kind kind = split_kind::inputs;
+  static constexpr std::size_t out_parts = 1, in_parts = 0;
+};
+/// Split a dense layer on a Out x In grid of the shards (Out * In of them; DistDL's distributed
+/// affine layer): shard (a, b) holds rows a and input columns b of W and the biases of rows a;
+/// y_a = sum over b of x_b W_ab^T, + b_a; y = all_gather over a. Backward: dx_b = sum over a of
+/// dy_a W_ab; dx = all_gather over b.
+template <std::size_t Out, std::size_t In>
+struct by_grid {
+  static_assert(Out >= 1 && In >= 1, "f2d2n: by_grid<Out, In> needs at least one part each way");
+  static constexpr split_kind kind = split_kind::grid;
+  static constexpr std::size_t out_parts = Out, in_parts = In;
 };
 /// Keep the layer whole on every shard.
 struct replicated {
   static constexpr split_kind kind = split_kind::replicated;
+  static constexpr std::size_t out_parts = 1, in_parts = 1;
 };
 
 /// Overrides the split of layer Index (its position in the sequential, input = 0).
@@ -80,7 +95,12 @@ struct split_layer {
 
 namespace detail {
 template <class T>
-concept split_policy = std::is_same_v<T, by_outputs> || std::is_same_v<T, by_inputs> || std::is_same_v<T, replicated>;
+inline constexpr bool is_grid_v = false;
+template <std::size_t O, std::size_t I>
+inline constexpr bool is_grid_v<by_grid<O, I>> = true;
+template <class T>
+concept split_policy =
+    std::is_same_v<T, by_outputs> || std::is_same_v<T, by_inputs> || std::is_same_v<T, replicated> || is_grid_v<T>;
 template <class T>
 inline constexpr bool is_split_layer_v = false;
 template <std::size_t I, class S>
@@ -92,10 +112,11 @@ template <std::size_t Shards, class Default = by_outputs, class... Overrides>
 struct tensor_parallel {
   static_assert(Shards >= 1, "f2d2n: tensor_parallel<S> needs at least one shard");
   static_assert(detail::split_policy<Default>,
-                "f2d2n: the second argument of tensor_parallel<S, Split> must be by_outputs, by_inputs or replicated");
+                "f2d2n: the second argument of tensor_parallel<S, Split> must be by_outputs, by_inputs, "
+                "by_grid<Out, In> or replicated");
   static_assert((detail::is_split_layer_v<Overrides> && ...),
                 "f2d2n: tensor_parallel<S, Split, ...> takes per-layer overrides as split_layer<index, by_outputs | "
-                "by_inputs | replicated>");
+                "by_inputs | by_grid<Out, In> | replicated>");
   static constexpr std::size_t shards = Shards;
   using default_split = Default;
   using overrides = boost::mp11::mp_list<Overrides...>;
@@ -312,8 +333,10 @@ struct fnv1a {
 };
 
 /// The checks of a split, instantiated for each dense layer: a failure's instantiation line names
-/// the layer index, the split, the shards, the layer's neurons and its input features.
-template <std::size_t Index, split_kind Split, std::size_t Shards, std::size_t Neurons, std::size_t Inputs>
+/// the layer index, the split, the shards, the layer's neurons and input features, and the grid
+/// (parts of the neurons x parts of the inputs).
+template <std::size_t Index, split_kind Split, std::size_t Shards, std::size_t Neurons, std::size_t Inputs,
+          std::size_t OutParts, std::size_t InParts>
 struct split_check {
   static_assert(Split != split_kind::outputs || Neurons >= Shards,
                 "f2d2n: tensor_parallel splits the dense layer at the index named above by_outputs into more "
@@ -323,8 +346,16 @@ struct split_check {
                 "f2d2n: tensor_parallel splits the dense layer at the index named above by_inputs into more "
                 "shards than it has input features (shards and inputs are named above): use fewer shards, or "
                 "another split for this layer");
+  static_assert(Split != split_kind::grid || OutParts * InParts == Shards,
+                "f2d2n: by_grid<Out, In> at the layer index named above does not cover the shards: Out x In must "
+                "equal tensor_parallel's shard count (all named above)");
+  static_assert(Split != split_kind::grid || (Neurons >= OutParts && Inputs >= InParts),
+                "f2d2n: by_grid<Out, In> at the layer index named above has more parts than the layer has neurons "
+                "(Out) or input features (In)");
   static constexpr bool ok = (Split != split_kind::outputs || Neurons >= Shards) &&
-                             (Split != split_kind::inputs || Inputs >= Shards);
+                             (Split != split_kind::inputs || Inputs >= Shards) &&
+                             (Split != split_kind::grid || (OutParts * InParts == Shards && Neurons >= OutParts &&
+                                                            Inputs >= InParts));
 };
 
 /// The checks of one split_layer override against the model.
@@ -350,12 +381,17 @@ struct unit_coordinates {
   friend constexpr bool operator==(const unit_coordinates&, const unit_coordinates&) = default;
 };
 
-/// One layer as one unit holds it.
+/// One layer as one unit holds it. A split layer is a grid of out_parts x in_parts blocks of W
+/// (by_outputs: S x 1, by_inputs: 1 x S); this unit holds block (out_index, in_index): neurons
+/// [begin, begin + count) and input features [input_begin, input_begin + input_count).
 struct layer_partition {
   bool held = false;                ///< the layer is in this unit's stage
   split_kind split = split_kind::none;
-  std::size_t begin = 0;            ///< first neuron (outputs) or input feature (inputs) held here
-  std::size_t count = 0;            ///< neurons or input features held here (the whole extent otherwise)
+  std::size_t out_parts = 1, in_parts = 1, out_index = 0, in_index = 0;
+  std::size_t begin = 0;            ///< first neuron held here
+  std::size_t count = 0;            ///< neurons held here (the whole layer's when not split by neurons)
+  std::size_t input_begin = 0;      ///< first input feature held here
+  std::size_t input_count = 0;      ///< input features held here
   std::size_t parameter_count = 0;  ///< this unit's parameters of the layer (0 when not held)
   std::size_t parameter_offset = 0; ///< where they start in the unit's flat parameter buffer
   friend constexpr bool operator==(const layer_partition&, const layer_partition&) = default;
@@ -372,6 +408,13 @@ template <std::size_t Neurons, std::size_t Begin, std::size_t End>
 struct dense_input_shard {
   static constexpr std::size_t neurons = Neurons, input_begin = Begin, input_end = End;
   static constexpr std::size_t parameter_count = Neurons * (End - Begin) + Neurons;
+};
+/// Neurons [RowBegin, RowEnd) by input features [ColBegin, ColEnd) of a dense layer, and the
+/// neurons' biases (by_grid).
+template <std::size_t RowBegin, std::size_t RowEnd, std::size_t ColBegin, std::size_t ColEnd>
+struct dense_block {
+  static constexpr std::size_t neuron_begin = RowBegin, neuron_end = RowEnd, input_begin = ColBegin, input_end = ColEnd;
+  static constexpr std::size_t parameter_count = (RowEnd - RowBegin) * (ColEnd - ColBegin) + (RowEnd - RowBegin);
 };
 
 template <class T>
@@ -420,20 +463,32 @@ struct distribute {
   static constexpr bool overrides_ok =
       boost::mp11::mp_all_of<typename tensor_policy::overrides, override_ok>::value;
 
+  struct split_choice {
+    split_kind kind = split_kind::none;
+    std::size_t out_parts = 1, in_parts = 1;
+  };
+  template <class Split>
+  static constexpr split_choice choice_of() {
+    return {Split::kind, Split::out_parts == 0 ? shards : Split::out_parts,
+            Split::in_parts == 0 ? shards : Split::in_parts};
+  }
   template <std::size_t... I>
-  static constexpr std::array<split_kind, layer_count> splits_of(std::index_sequence<I...>) {
+  static constexpr std::array<split_choice, layer_count> choices_of(std::index_sequence<I...>) {
     constexpr bool is_dense[] = {detail::is_dense_v<layer_t<I>>...};
-    std::array<split_kind, layer_count> s{};
+    std::array<split_choice, layer_count> s{};
     for (std::size_t i = 0; i < layer_count; ++i)
-      s[i] = !is_dense[i] ? split_kind::none : shards == 1 ? split_kind::replicated : tensor_policy::default_split::kind;
+      s[i] = !is_dense[i]   ? split_choice{}
+             : shards == 1 ? split_choice{split_kind::replicated, 1, 1}
+                           : choice_of<typename tensor_policy::default_split>();
     if constexpr (shards > 1) {
       boost::mp11::mp_for_each<typename tensor_policy::overrides>([&](auto o) {
         using O = decltype(o);
-        if (O::index < layer_count && is_dense[O::index]) s[O::index] = O::split::kind;
+        if (O::index < layer_count && is_dense[O::index]) s[O::index] = choice_of<typename O::split>();
       });
     }
     return s;
   }
+  static constexpr auto choices_ = choices_of(std::make_index_sequence<layer_count>{});
 
   template <std::size_t... I>
   static constexpr std::array<std::string_view, layer_count> names_of(std::index_sequence<I...>) {
@@ -468,7 +523,11 @@ struct distribute {
 
  public:
   /// How each layer is spread over the shards (none for layers without weights).
-  static constexpr std::array<split_kind, layer_count> splits = splits_of(std::make_index_sequence<layer_count>{});
+  static constexpr std::array<split_kind, layer_count> splits = [] {
+    std::array<split_kind, layer_count> s{};
+    for (std::size_t i = 0; i < layer_count; ++i) s[i] = choices_[i].kind;
+    return s;
+  }();
 
   /// Stage s holds the hidden layers [stage_begin[s], stage_begin[s + 1]); stage 0 also holds the
   /// input, the last stage the loss. By hand (stage_starts<...>), or balanced: contiguous groups,
@@ -527,7 +586,8 @@ struct distribute {
   template <std::size_t... I>
   static constexpr bool check_splits(std::index_sequence<I...>) {
     constexpr bool results[] = {
-        detail::split_check<I, splits[I], shards, detail::neurons_of<layer_t<I>>(), Net::input_extents[I].size()>::ok...};
+        detail::split_check<I, splits[I], shards, detail::neurons_of<layer_t<I>>(), Net::input_extents[I].size(),
+                            choices_[I].out_parts, choices_[I].in_parts>::ok...};
     for (bool r : results)
       if (!r) return false;
     return true;
@@ -590,13 +650,14 @@ struct distribute {
     const std::size_t first = stage_begin[c.stage], end = stage_begin[c.stage + 1];
     for (std::size_t i = first; i < end; ++i) {
       const std::size_t in = Net::input_extents[i].size(), out = Net::output_extents[i].size();
-      const bool want_dx = i > 1;
-      if (splits[i] == split_kind::outputs) {
-        elements += m * ring_gather_sends(out, shards, c.shard, rows);
-        if (want_dx) elements += m * ring_reduce_sends(rows * in, shards, c.shard);
-      } else if (splits[i] == split_kind::inputs) {
-        elements += m * ring_reduce_sends(rows * out, shards, c.shard);
-        if (want_dx) elements += m * ring_gather_sends(in, shards, c.shard, rows);
+      const auto p = partition_of(rank, i);
+      if (p.split != split_kind::outputs && p.split != split_kind::inputs && p.split != split_kind::grid) continue;
+      // forward: sum the partial outputs over the inputs' parts, gather the neurons' parts
+      elements += m * ring_reduce_sends(rows * p.count, p.in_parts, p.in_index);
+      elements += m * ring_gather_sends(out, p.out_parts, p.out_index, rows);
+      if (i > 1) {  // backward: sum the partial input gradients over the neurons' parts, gather the inputs' parts
+        elements += m * ring_reduce_sends(rows * p.input_count, p.out_parts, p.out_index);
+        elements += m * ring_gather_sends(in, p.in_parts, p.in_index, rows);
       }
     }
     if (c.stage + 1 < stages) elements += m * rows * Net::output_extents[end - 1].size();
@@ -618,15 +679,18 @@ struct distribute {
           p.split = splits[i];
           const std::size_t in = Net::input_extents[i].size(), out = Net::output_extents[i].size();
           p.count = out;
+          p.input_count = in;
           p.parameter_count = Net::parameter_counts[i];
-          if (splits[i] == split_kind::outputs) {
-            p.begin = part_begin(out, shards, s);
-            p.count = part_size(out, shards, s);
-            p.parameter_count = p.count * in + p.count;
-          } else if (splits[i] == split_kind::inputs) {
-            p.begin = part_begin(in, shards, s);
-            p.count = part_size(in, shards, s);
-            p.parameter_count = out * p.count + out;
+          if (splits[i] == split_kind::outputs || splits[i] == split_kind::inputs || splits[i] == split_kind::grid) {
+            p.out_parts = choices_[i].out_parts;
+            p.in_parts = choices_[i].in_parts;
+            p.out_index = s / p.in_parts;
+            p.in_index = s % p.in_parts;
+            p.begin = part_begin(out, p.out_parts, p.out_index);
+            p.count = part_size(out, p.out_parts, p.out_index);
+            p.input_begin = part_begin(in, p.in_parts, p.in_index);
+            p.input_count = part_size(in, p.in_parts, p.in_index);
+            p.parameter_count = p.count * p.input_count + p.count;
           }
           if (!p.held) p.parameter_count = 0;
           p.parameter_offset = offset;
@@ -656,12 +720,15 @@ struct distribute {
       static constexpr layer_partition p = partition_of(K, index);
       using type = std::conditional_t<
           p.split == split_kind::outputs, dense_shard<Net::input_extents[index].size(), p.begin, p.begin + p.count>,
-          std::conditional_t<p.split == split_kind::inputs,
-                             dense_input_shard<Net::output_extents[index].size(), p.begin, p.begin + p.count>,
-                             layer_t<index>>>;
+          std::conditional_t<
+              p.split == split_kind::inputs,
+              dense_input_shard<Net::output_extents[index].size(), p.input_begin, p.input_begin + p.input_count>,
+              std::conditional_t<p.split == split_kind::grid,
+                                 dense_block<p.begin, p.begin + p.count, p.input_begin, p.input_begin + p.input_count>,
+                                 layer_t<index>>>>;
     };
-    /// The layers this unit holds, in order: dense_shard<...> / dense_input_shard<...> for split
-    /// layers, the layer itself otherwise.
+    /// The layers this unit holds, in order: dense_shard<...> / dense_input_shard<...> /
+    /// dense_block<...> for split layers, the layer itself otherwise.
     using layers = boost::mp11::mp_transform_q<boost::mp11::mp_quote_trait<partition_type_of>,
                                                boost::mp11::mp_iota_c<end_layer - first_layer>>;
   };
@@ -685,6 +752,8 @@ struct distribute {
       for (auto d : Net::output_extents[i].dims) h.number(d);
       h.number(Net::parameter_counts[i]);
       h.number(static_cast<std::uint64_t>(splits[i]));
+      h.number(choices_[i].out_parts);
+      h.number(choices_[i].in_parts);
     }
     return h.h;
   }();

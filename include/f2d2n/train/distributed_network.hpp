@@ -87,6 +87,8 @@ inline constexpr std::uint32_t activation_message(std::size_t microbatch) { retu
 inline constexpr std::uint32_t gradient_message_of(std::size_t microbatch) { return static_cast<std::uint32_t>(0x200000 + microbatch); }
 inline constexpr std::uint32_t forward_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 1); }
 inline constexpr std::uint32_t backward_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 2); }
+inline constexpr std::uint32_t forward_gather_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 3); }
+inline constexpr std::uint32_t backward_gather_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 4); }
 }  // namespace detail
 
 namespace detail {
@@ -99,6 +101,9 @@ struct unit_layer {
   std::size_t serial_count = 0;
   layer_ops<S> ops;                ///< the serial layer's kernels (forward, backward, initialise)
   double (*limit)(std::size_t, std::size_t) = nullptr;  ///< a dense layer's initialiser limit
+  /// A split layer's units: those with this unit's neurons (they sum partial outputs; a row of
+  /// the grid) and those with its input features (they sum partial input gradients; a column).
+  group row_group, column_group;
 };
 
 /// What a unit runs, as plain data: the part of distributed_network that does not depend on the
@@ -149,10 +154,9 @@ class unit_engine {
       const auto& l = d_.layers[i];
       if (!l.part.held || l.part.parameter_count == 0) continue;
       auto w = layer_parameters(i);
-      if (l.part.split == split_kind::outputs)
-        dense_kernels::initialize_rows(w, l.in, l.part.begin, l.part.count, l.limit(l.in, l.out), seed, i);
-      else if (l.part.split == split_kind::inputs)
-        dense_kernels::initialize_columns(w, l.in, l.out, l.part.begin, l.part.count, l.limit(l.in, l.out), seed, i);
+      if (split(l.part))
+        dense_kernels::initialize_block(w, l.in, l.part.begin, l.part.count, l.part.input_begin, l.part.input_count,
+                                        l.limit(l.in, l.out), seed, i);
       else if (l.ops.initialize)
         l.ops.initialize(w, l.in, seed, i);
     }
@@ -305,21 +309,34 @@ class unit_engine {
     if (a.rows() != rows || static_cast<std::size_t>(a.cols()) != cols) a.resize(rows, static_cast<Eigen::Index>(cols));
   }
 
-  /// Gathers the column blocks of a rows x cols matrix (shard s's block holds s's part of the
-  /// columns; blocks are stored shard after shard, this unit's in place) into `out`.
+  /// A layer spread over units (by_outputs, by_inputs, by_grid: all blocks of a grid over W).
+  static bool split(const layer_partition& p) {
+    return p.split == split_kind::outputs || p.split == split_kind::inputs || p.split == split_kind::grid;
+  }
+
+  /// Gathers the column blocks of a rows x cols matrix over group g (member k's block holds part k
+  /// of the columns; blocks are stored member after member, this unit's, number `me`, in place)
+  /// into `out`.
   void gather_columns(std::span<Scalar> blocks, Eigen::Index rows, std::size_t cols, matrix_ref<Scalar> out,
-                      std::uint32_t message) {
-    const std::size_t p = d_.tensor_group.size(), me = d_.coordinates.shard, r = static_cast<std::size_t>(rows);
-    const auto mine = blocks.subspan(part_begin(cols, p, me) * r, part_size(cols, p, me) * r);
-    {
+                      const group& g, std::size_t me, std::uint32_t message) {
+    const std::size_t p = g.size(), r = static_cast<std::size_t>(rows);
+    if (p > 1) {
+      const auto mine = blocks.subspan(part_begin(cols, p, me) * r, part_size(cols, p, me) * r);
       const stopwatch timing(times_.communication);
-      all_gather(t_, d_.tensor_group, std::span<const Scalar>(mine), blocks, call(message), r);
+      all_gather(t_, g, std::span<const Scalar>(mine), blocks, call(message), r);
     }
     for (std::size_t s = 0; s < p; ++s) {
       const auto b = static_cast<Eigen::Index>(part_begin(cols, p, s));
       const auto n = static_cast<Eigen::Index>(part_size(cols, p, s));
       out.middleCols(b, n) = const_matrix_map<Scalar>(blocks.data() + static_cast<std::size_t>(b) * r, rows, n);
     }
+  }
+
+  /// Sums `m` over group g (in place) when g has more than this unit.
+  void sum_over(const group& g, matrix_map<Scalar> m, std::uint32_t message) {
+    if (g.size() < 2) return;
+    const stopwatch timing(times_.communication);
+    all_reduce(t_, g, std::span<Scalar>(m.data(), static_cast<std::size_t>(m.size())), call(message));
   }
 
   /// Micro-batch m forward through this unit's stage: its input from the batch (first stage) or
@@ -391,23 +408,17 @@ class unit_engine {
       const Scalar* w = params_.data() + p.parameter_offset;
       const auto in = input_of(m, i, stage_input);
       auto y = output(m, i, rows);
-      if (p.split == split_kind::outputs) {
+      if (split(p)) {
+        // y_a = sum over the row's units of x_b W_ab^T, + b_a; then y = the column's blocks, gathered.
+        const auto rows_n = static_cast<Eigen::Index>(p.count), cols = static_cast<Eigen::Index>(p.input_count);
         const auto blocks = gather_buffer(static_cast<std::size_t>(rows) * l.out);
-        matrix_map<Scalar> mine(blocks.data() + p.begin * static_cast<std::size_t>(rows), rows,
-                                static_cast<Eigen::Index>(p.count));
-        dense_kernels::forward<Scalar>(w, in, mine);
-        gather_columns(blocks, rows, l.out, y, forward_message(i));
-      } else if (p.split == split_kind::inputs) {
-        const auto cols = static_cast<Eigen::Index>(p.count), n = static_cast<Eigen::Index>(l.out);
-        const_matrix_map<Scalar> ws(w, n, cols);
-        Eigen::Map<const vector<Scalar>> b(w + l.out * p.count, n);
-        y.noalias() = in.middleCols(static_cast<Eigen::Index>(p.begin), cols) * ws.transpose();
-        {
-          const stopwatch timing(times_.communication);
-          all_reduce(t_, d_.tensor_group, std::span<Scalar>(y.data(), static_cast<std::size_t>(y.size())),
-                     call(forward_message(i)));
-        }
-        y.rowwise() += b.transpose();
+        matrix_map<Scalar> mine(blocks.data() + p.begin * static_cast<std::size_t>(rows), rows, rows_n);
+        const_matrix_map<Scalar> ws(w, rows_n, cols);
+        Eigen::Map<const vector<Scalar>> b(w + p.count * p.input_count, rows_n);
+        mine.noalias() = in.middleCols(static_cast<Eigen::Index>(p.input_begin), cols) * ws.transpose();
+        sum_over(l.row_group, mine, forward_message(i));
+        mine.rowwise() += b.transpose();
+        gather_columns(blocks, rows, l.out, y, l.column_group, p.out_index, forward_gather_message(i));
       } else {
         l.ops.forward(w, in, y);
       }
@@ -429,26 +440,22 @@ class unit_engine {
       auto dx = gradient_buffer(1 - current, rows, l.in);
       const bool want_dx = i > 1;
       const auto in = input_of(m, i, stage_input);
-      if (p.split == split_kind::outputs) {
-        const auto dys = dy.middleCols(static_cast<Eigen::Index>(p.begin), static_cast<Eigen::Index>(p.count));
-        dense_kernels::backward<Scalar>(w, g, in, acts_[m][i].topRows(rows), dys, dx, want_dx);
-        if (want_dx) {
-          const stopwatch timing(times_.communication);
-          all_reduce(t_, d_.tensor_group, std::span<Scalar>(dx.data(), static_cast<std::size_t>(dx.size())),
-                     call(backward_message(i)));
-        }
-      } else if (p.split == split_kind::inputs) {
-        const auto cols = static_cast<Eigen::Index>(p.count), n = static_cast<Eigen::Index>(l.out);
-        const_matrix_map<Scalar> ws(w, n, cols);
-        matrix_map<Scalar> dws(g, n, cols);
-        Eigen::Map<vector<Scalar>> db(g + l.out * p.count, n);
-        dws.noalias() = dy.transpose() * in.middleCols(static_cast<Eigen::Index>(p.begin), cols);
-        db.noalias() = dy.colwise().sum().transpose();
+      if (split(p)) {
+        // dW_ab = dy_a^T x_b, db_a = sum dy_a; dx_b = sum over the column's units of dy_a W_ab; then
+        // dx = the row's blocks, gathered.
+        const auto rows_n = static_cast<Eigen::Index>(p.count), cols = static_cast<Eigen::Index>(p.input_count);
+        const auto dys = dy.middleCols(static_cast<Eigen::Index>(p.begin), rows_n);
+        const_matrix_map<Scalar> ws(w, rows_n, cols);
+        matrix_map<Scalar> dws(g, rows_n, cols);
+        Eigen::Map<vector<Scalar>> db(g + p.count * p.input_count, rows_n);
+        dws.noalias() = dys.transpose() * in.middleCols(static_cast<Eigen::Index>(p.input_begin), cols);
+        db.noalias() = dys.colwise().sum().transpose();
         if (want_dx) {
           const auto blocks = gather_buffer(static_cast<std::size_t>(rows) * l.in);
-          matrix_map<Scalar> mine(blocks.data() + p.begin * static_cast<std::size_t>(rows), rows, cols);
-          mine.noalias() = dy * ws;
-          gather_columns(blocks, rows, l.in, dx, backward_message(i));
+          matrix_map<Scalar> mine(blocks.data() + p.input_begin * static_cast<std::size_t>(rows), rows, cols);
+          mine.noalias() = dys * ws;
+          sum_over(l.column_group, mine, backward_message(i));
+          gather_columns(blocks, rows, l.in, dx, l.row_group, p.in_index, backward_gather_message(i));
         }
       } else {
         l.ops.backward(w, g, in, acts_[m][i].topRows(rows), dy, dx, want_dx);
@@ -474,12 +481,14 @@ class unit_engine {
       const auto& p = l.part;
       if (!p.held || p.parameter_count == 0) continue;
       const std::size_t at = l.serial_offset, local = p.parameter_offset;
-      if (p.split == split_kind::outputs) {
-        f(at + p.begin * l.in, local, p.count * l.in);                    // rows of W
-        f(at + l.out * l.in + p.begin, local + p.count * l.in, p.count);  // their biases
-      } else if (p.split == split_kind::inputs) {
-        for (std::size_t j = 0; j < l.out; ++j) f(at + j * l.in + p.begin, local + j * p.count, p.count);
-        f(at + l.out * l.in, local + l.out * p.count, l.out);  // the biases, whole
+      if (split(p)) {
+        if (p.input_count == l.in) {
+          f(at + p.begin * l.in, local, p.count * l.in);  // whole rows of W: one piece
+        } else {
+          for (std::size_t j = 0; j < p.count; ++j)
+            f(at + (p.begin + j) * l.in + p.input_begin, local + j * p.input_count, p.input_count);
+        }
+        f(at + l.out * l.in + p.begin, local + p.count * p.input_count, p.count);  // the rows' biases
       } else {
         f(at, local, p.parameter_count);
       }
@@ -523,6 +532,11 @@ unit_description<Scalar> describe_unit(unit_id rank) {
     l.serial_count = Net::parameter_counts[i];
     l.ops = ops[i];
     l.limit = limits[i];
+    const auto& p = l.part;
+    for (std::size_t b = 0; b < p.in_parts; ++b)
+      l.row_group.units.push_back(Plan::rank_of({c.replica, c.stage, p.out_index * p.in_parts + b}));
+    for (std::size_t a = 0; a < p.out_parts; ++a)
+      l.column_group.units.push_back(Plan::rank_of({c.replica, c.stage, a * p.in_parts + p.in_index}));
     d.layers.push_back(l);
   }
   d.loss = &Net::template layer_at<Net::size - 1>::template loss<Scalar>;
