@@ -104,7 +104,7 @@ std::vector<std::string> equivalence(Transport& t, double tolerance) {
 
   trainer<network<plan_mlp, Scalar>, sgd> serial_trainer(serial, plan_sgd());
   const auto serial_report = serial_trainer.fit(data, plan_fit<Plan>());
-  trainer<decltype(net), sgd> unit_trainer(net, plan_sgd());
+  trainer unit_trainer(net, plan_sgd());  // the engine's trainer (the deduction guide): shared by every plan
   const auto report = unit_trainer.fit(data, plan_fit<Plan>(), &data);
   const auto after = exported(net);
   compare_layers<plan_mlp>(after, serial.parameters(), net.parameter_count(), tolerance, "after 20 steps", failures);
@@ -131,7 +131,7 @@ std::vector<std::string> equivalence(Transport& t, double tolerance) {
 
   // The same plan and seed again: bitwise the same weights.
   distributed_network<Plan, Transport, Scalar> again(t, 11);
-  trainer<decltype(again), sgd> again_trainer(again, plan_sgd());
+  trainer again_trainer(again, plan_sgd());
   again_trainer.fit(data, plan_fit<Plan>());
   const auto a = exported(again);  // NaN where the unit holds nothing: compare those as equal
   if (!std::equal(a.begin(), a.end(), after.begin(), after.end(),

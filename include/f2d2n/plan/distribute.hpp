@@ -36,6 +36,7 @@
 #include <string_view>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace f2d2n {
 
@@ -216,12 +217,12 @@ constexpr pipeline_op schedule_op(std::size_t schedule, std::size_t stages, std:
 /// and tells whether all of them finish: each receive finds exactly one send of its message (the
 /// activation or the gradient of its micro-batch, from its neighbour), and no send is left over.
 constexpr bool schedule_completes(std::size_t schedule, std::size_t stages, std::size_t m) {
-  constexpr std::size_t max_stages = 64, max_m = 256;
-  if (stages > max_stages || m > max_m) return true;  // beyond what is simulated: checked at run time by deadlines
-  std::size_t pc[max_stages]{};
-  // sent_act[s][mb]: activations of mb sent by stage s to s+1 and not yet received; sent_grad
-  // likewise from stage s to s-1.
-  int sent_act[max_stages][max_m]{}, sent_grad[max_stages][max_m]{};
+  if (stages == 1) return m >= 1;  // no messages between stages
+  // pc[s]: the next op of stage s; sent_act[s * m + mb]: activations of mb sent by stage s to s+1
+  // and not yet received; sent_grad likewise from stage s to s-1. (Sized exactly: the constant
+  // evaluator is slow over large arrays, and every plan runs this.)
+  std::vector<std::size_t> pc(stages, 0);
+  std::vector<int> sent_act(stages * m, 0), sent_grad(stages * m, 0);
   bool progress = true;
   while (progress) {
     progress = false;
@@ -230,16 +231,16 @@ constexpr bool schedule_completes(std::size_t schedule, std::size_t stages, std:
         const auto op = schedule_op(schedule, stages, s, m, pc[s]);
         if (op.forward) {
           if (s > 0) {
-            if (sent_act[s - 1][op.microbatch] == 0) break;  // waits for the activation
-            --sent_act[s - 1][op.microbatch];
+            if (sent_act[(s - 1) * m + op.microbatch] == 0) break;  // waits for the activation
+            --sent_act[(s - 1) * m + op.microbatch];
           }
-          if (s + 1 < stages) ++sent_act[s][op.microbatch];
+          if (s + 1 < stages) ++sent_act[s * m + op.microbatch];
         } else {
           if (s + 1 < stages) {
-            if (sent_grad[s + 1][op.microbatch] == 0) break;  // waits for the gradient
-            --sent_grad[s + 1][op.microbatch];
+            if (sent_grad[(s + 1) * m + op.microbatch] == 0) break;  // waits for the gradient
+            --sent_grad[(s + 1) * m + op.microbatch];
           }
-          if (s > 0) ++sent_grad[s][op.microbatch];
+          if (s > 0) ++sent_grad[s * m + op.microbatch];
         }
         ++pc[s];
         progress = true;
@@ -249,7 +250,7 @@ constexpr bool schedule_completes(std::size_t schedule, std::size_t stages, std:
   for (std::size_t s = 0; s < stages; ++s) {
     if (pc[s] != 2 * m) return false;
     for (std::size_t mb = 0; mb < m; ++mb)
-      if (sent_act[s][mb] != 0 || sent_grad[s][mb] != 0) return false;
+      if (sent_act[s * m + mb] != 0 || sent_grad[s * m + mb] != 0) return false;
   }
   // Each stage runs every micro-batch forward once and backward once, forward first.
   for (std::size_t s = 0; s < stages; ++s)

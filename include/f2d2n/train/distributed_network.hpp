@@ -31,6 +31,7 @@
 #include <f2d2n/model/network.hpp>
 #include <f2d2n/plan/distribute.hpp>
 #include <f2d2n/train/callbacks.hpp>
+#include <f2d2n/train/trainer.hpp>
 #include <f2d2n/transport/concept.hpp>
 
 #include <algorithm>
@@ -124,6 +125,8 @@ struct unit_description {
 template <transport Transport, class Scalar>
 class unit_engine {
  public:
+  using scalar = Scalar;
+
   unit_engine(Transport& t, unit_description<Scalar> d, distributed_options options)
       : t_(t), d_(std::move(d)), options_(options), acts_(d_.microbatches), inputs_(d_.microbatches),
         dlogits_(d_.microbatches) {
@@ -134,6 +137,9 @@ class unit_engine {
 
   [[nodiscard]] unit_id rank() const noexcept { return t_.rank(); }
   [[nodiscard]] unit_coordinates coordinates() const noexcept { return d_.coordinates; }
+  /// Features of a sample and classes of the model (what the trainer checks data against).
+  [[nodiscard]] std::size_t features() const noexcept { return d_.input_size; }
+  [[nodiscard]] std::size_t classes() const noexcept { return d_.output_size; }
   [[nodiscard]] std::size_t parameter_count() const noexcept { return params_.size(); }
   [[nodiscard]] std::span<Scalar> parameters() noexcept { return params_; }
   [[nodiscard]] std::span<const Scalar> parameters() const noexcept { return params_; }
@@ -598,5 +604,10 @@ class distributed_network : public detail::unit_engine<Transport, Scalar> {
     engine::initialize(seed);
   }
 };
+
+/// trainer(unit, options) trains the unit's engine: one trainer type (and one instantiation of
+/// fit) per transport and scalar serves every plan.
+template <class Plan, class Transport, class Scalar, class Options>
+trainer(distributed_network<Plan, Transport, Scalar>&, Options) -> trainer<detail::unit_engine<Transport, Scalar>, Options>;
 
 }  // namespace f2d2n

@@ -30,7 +30,8 @@ struct fit_options {
   bool flush_denormals = true;          ///< flush subnormal floats to zero during fit (see core/denormals.hpp)
 };
 
-/// Trains `Network` (a network<sequential<...>, Scalar>) with `Options` (sgd or adam).
+/// Trains `Network` (a network<sequential<...>, Scalar>, or a distributed unit: see
+/// train/distributed_network.hpp) with `Options` (sgd or adam).
 template <class Network, class Options>
 class trainer {
  public:
@@ -47,8 +48,8 @@ class trainer {
   /// Trains on `data`; when `validation` is given, evaluates on it after every epoch.
   /// Returns the last epoch's report.
   epoch_end fit(const dataset<scalar>& data, const fit_options& options, const dataset<scalar>* validation = nullptr) {
-    check_fits(data, Network::input_size, Network::output_size);
-    if (validation) check_fits(*validation, Network::input_size, Network::output_size);
+    check_fits(data, inputs(), outputs());
+    if (validation) check_fits(*validation, inputs(), outputs());
     if (options.epochs == 0) throw configuration_error("f2d2n: fit needs at least one epoch");
     if (!(options.learning_rate_decay > 0)) throw configuration_error("f2d2n: learning_rate_decay must be positive");
     const f2d2n::flush_denormals ftz(options.flush_denormals);
@@ -112,7 +113,7 @@ class trainer {
   /// Mean loss and accuracy over `data`, in batches of `batch_size`; the model is not changed.
   /// Runs with subnormals flushed, as fit does.
   evaluation evaluate(const dataset<scalar>& data, std::size_t batch_size = 1000) {
-    check_fits(data, Network::input_size, Network::output_size);
+    check_fits(data, inputs(), outputs());
     const f2d2n::flush_denormals ftz;
     if (batch_size == 0) throw configuration_error("f2d2n: batch size must be at least 1");
     evaluation e;
@@ -136,6 +137,17 @@ class trainer {
   [[nodiscard]] optimizer<scalar, Options>& optimizer_state() noexcept { return optimizer_; }
 
  private:
+  // The model's features and classes: constants of a network<...>, values of a distributed unit's
+  // engine (whose trainer serves every plan over one transport and scalar).
+  [[nodiscard]] std::size_t inputs() const {
+    if constexpr (requires { net_.features(); }) return net_.features();
+    else return Network::input_size;
+  }
+  [[nodiscard]] std::size_t outputs() const {
+    if constexpr (requires { net_.classes(); }) return net_.classes();
+    else return Network::output_size;
+  }
+
   static double seconds_since(std::chrono::steady_clock::time_point start) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
