@@ -21,13 +21,13 @@ void expect_equivalent(double tolerance) {
 }
 
 TEST_CASE_TEMPLATE("every plan trains to the serial weights (float32, 1e-5)", Plan, plan_dp2, plan_dp4, plan_tp2,
-                   plan_tp2_inputs, plan_tp3_mixed, plan_tp2x2, plan_dp2_tp2, plan_pp2_gpipe, plan_pp2_1f1b,
+                   plan_tp2_inputs, plan_tp3_mixed, plan_tp2x2, plan_tp2_chain, plan_dp2_tp2, plan_pp2_gpipe, plan_pp2_1f1b,
                    plan_pp4, plan_dp2_pp2_tp2) {
   expect_equivalent<Plan, float>(1e-5);
 }
 
 TEST_CASE_TEMPLATE("every plan trains to the serial weights (float64, 1e-12)", Plan, plan_dp4, plan_tp3_mixed,
-                   plan_tp2x2, plan_dp2_tp2, plan_pp4, plan_dp2_pp2_tp2) {
+                   plan_tp2x2, plan_tp2_chain, plan_dp2_tp2, plan_pp4, plan_dp2_pp2_tp2) {
   expect_equivalent<Plan, double>(1e-12);
 }
 

@@ -26,6 +26,8 @@ using plan_tp2_inputs = distribute<plan_mlp, tensor_parallel<2, by_inputs>>;
 using plan_tp3_mixed =
     distribute<plan_mlp, tensor_parallel<3, by_inputs, split_layer<3, by_outputs>, split_layer<5, replicated>>>;
 using plan_tp2x2 = distribute<plan_mlp, tensor_parallel<4, by_grid<2, 2>>>;
+/// Megatron's pairing: layer 1 by outputs, chained through relu into layer 3 by inputs.
+using plan_tp2_chain = distribute<plan_mlp, tensor_parallel<2, by_outputs, split_layer<3, by_inputs>>>;
 using plan_dp2_tp2 = distribute<plan_mlp, tensor_parallel<2>, data_parallel<2>>;
 using plan_pp2_gpipe = distribute<plan_mlp, pipeline<2, microbatches<2>, gpipe>>;
 using plan_pp2_1f1b = distribute<plan_mlp, pipeline<2, microbatches<3>, one_f_one_b, stage_starts<3>>>;

@@ -50,6 +50,17 @@ static_assert(std::is_same_v<boost::mp11::mp_at_c<grid::unit<1>::layers, 1>, nn:
 static_assert(std::is_same_v<boost::mp11::mp_at_c<grid::unit<2>::layers, 3>, nn::dense_block<64, 128, 0, 128>>);
 static_assert(grid::unit<3>::parameter_count == 128 * 392 + 128 + 64 * 128 + 64 + 5 * 64 + 5);
 static_assert(grid::fingerprint != nn::distribute<mlp, nn::tensor_parallel<4>>::fingerprint);
+// Megatron's pairing: by_outputs into by_inputs keeps the activations between them in blocks.
+using megatron = nn::distribute<mlp, nn::tensor_parallel<2, nn::by_outputs, nn::split_layer<3, nn::by_inputs>>>;
+static_assert(megatron::chained == std::array<bool, 7>{false, true, true, false, false, false, false});
+static_assert(megatron::partition_of(1, 2).output_width == 128 && megatron::partition_of(1, 3).input_width == 128 &&
+              megatron::partition_of(1, 3).output_width == 128 && megatron::partition_of(1, 3).sharded_input);
+static_assert(megatron::bytes_sent_per_step(0, 64) <
+              nn::distribute<mlp, nn::tensor_parallel<2>>::bytes_sent_per_step(0, 64));
+// Not across stages: the stage boundary needs the whole activation.
+static_assert(nn::distribute<mlp, nn::pipeline<2, nn::microbatches<1>, nn::gpipe, nn::stage_starts<3>>,
+                             nn::tensor_parallel<2, nn::by_outputs, nn::split_layer<3, nn::by_inputs>>>::chained ==
+              std::array<bool, 7>{});
 // The fingerprint tells plans apart, and only them.
 static_assert(hybrid::fingerprint == nn::distribute<mlp, nn::tensor_parallel<2>, nn::data_parallel<2>>::fingerprint);
 static_assert(hybrid::fingerprint != nn::distribute<mlp, nn::data_parallel<4>>::fingerprint);
@@ -116,7 +127,7 @@ static_assert(nn::transport<counting_transport>);
 }  // namespace
 
 TEST_CASE_TEMPLATE("a step sends exactly the bytes the plan states", Plan, plan_dp4, plan_tp2, plan_tp2_inputs,
-                   plan_tp3_mixed, plan_tp2x2, plan_dp2_tp2, plan_pp2_1f1b, plan_dp2_pp2_tp2) {
+                   plan_tp3_mixed, plan_tp2x2, plan_tp2_chain, plan_dp2_tp2, plan_pp2_1f1b, plan_dp2_pp2_tp2) {
   const auto data = plan_data<float>();
   nn::local_cluster cluster(static_cast<nn::unit_id>(Plan::world_size), Plan::fingerprint);
   std::vector<std::size_t> sent(Plan::world_size);

@@ -393,6 +393,13 @@ struct layer_partition {
   std::size_t count = 0;            ///< neurons held here (the whole layer's when not split by neurons)
   std::size_t input_begin = 0;      ///< first input feature held here
   std::size_t input_count = 0;      ///< input features held here
+  /// The layer's output stays in blocks (this unit keeps its own columns, nothing is gathered):
+  /// a by_outputs layer chained into a by_inputs one, and the element-wise layers between them.
+  bool sharded_output = false;
+  /// The layer's input arrives in blocks (the end of such a chain, or an element-wise layer in it).
+  bool sharded_input = false;
+  std::size_t output_width = 0;     ///< this unit's columns of the layer's output
+  std::size_t input_width = 0;      ///< this unit's columns of the layer's input
   std::size_t parameter_count = 0;  ///< this unit's parameters of the layer (0 when not held)
   std::size_t parameter_offset = 0; ///< where they start in the unit's flat parameter buffer
   friend constexpr bool operator==(const layer_partition&, const layer_partition&) = default;
@@ -585,6 +592,31 @@ struct distribute {
 
  private:
   template <std::size_t... I>
+  static constexpr std::array<bool, layer_count> elementwise_of(std::index_sequence<I...>) {
+    return {std::is_base_of_v<detail::elementwise, layer_t<I>>...};
+  }
+
+ public:
+  /// chained[i]: layer i's output stays in blocks. A by_outputs layer whose next dense layer, past
+  /// element-wise layers only and in the same stage, is split by_inputs over the same shards hands
+  /// each unit exactly the input columns it holds there: neither the all-gather after the first
+  /// layer's forward nor the one after the second's backward is needed (Megatron's pairing).
+  static constexpr std::array<bool, layer_count> chained = [] {
+    constexpr auto elementwise = elementwise_of(std::make_index_sequence<layer_count>{});
+    std::array<bool, layer_count> c{};
+    for (std::size_t i = 1; i + 1 < layer_count; ++i) {
+      if (splits[i] != split_kind::outputs) continue;
+      std::size_t j = i + 1;
+      while (j + 1 < layer_count && elementwise[j]) ++j;
+      if (j + 1 >= layer_count || splits[j] != split_kind::inputs) continue;
+      if (stage_of_layer(i) != stage_of_layer(j) || choices_[i].out_parts != choices_[j].in_parts) continue;
+      for (std::size_t k = i; k < j; ++k) c[k] = true;
+    }
+    return c;
+  }();
+
+ private:
+  template <std::size_t... I>
   static constexpr bool check_splits(std::index_sequence<I...>) {
     constexpr bool results[] = {
         detail::split_check<I, splits[I], shards, detail::neurons_of<layer_t<I>>(), Net::input_extents[I].size(),
@@ -628,13 +660,14 @@ struct distribute {
   }
 
   /// Bytes of activations unit `rank` keeps between forward and backward for a batch: the output
-  /// of every hidden layer of its stage for its rows, whole (split layers gather theirs), plus the
-  /// activations it receives from the stage before, in `Scalar`.
+  /// of every hidden layer of its stage for its rows (whole: split layers gather theirs, except in
+  /// a chain, where the unit keeps its columns), plus what it receives from the stage before.
   template <class Scalar = float>
   static constexpr std::size_t activation_bytes_of(std::size_t rank, std::size_t batch) noexcept {
     const auto c = coordinates_of(rank);
     std::size_t width = c.stage > 0 ? Net::input_extents[stage_begin[c.stage]].size() : 0;
-    for (std::size_t i = stage_begin[c.stage]; i < stage_begin[c.stage + 1]; ++i) width += Net::output_extents[i].size();
+    for (std::size_t i = stage_begin[c.stage]; i < stage_begin[c.stage + 1]; ++i)
+      width += partition_of(rank, i).output_width;
     return rows_of(rank, batch) * width * sizeof(Scalar);
   }
 
@@ -655,10 +688,10 @@ struct distribute {
       if (p.split != split_kind::outputs && p.split != split_kind::inputs && p.split != split_kind::grid) continue;
       // forward: sum the partial outputs over the inputs' parts, gather the neurons' parts
       elements += m * ring_reduce_sends(rows * p.count, p.in_parts, p.in_index);
-      elements += m * ring_gather_sends(out, p.out_parts, p.out_index, rows);
+      if (!p.sharded_output) elements += m * ring_gather_sends(out, p.out_parts, p.out_index, rows);
       if (i > 1) {  // backward: sum the partial input gradients over the neurons' parts, gather the inputs' parts
         elements += m * ring_reduce_sends(rows * p.input_count, p.out_parts, p.out_index);
-        elements += m * ring_gather_sends(in, p.in_parts, p.in_index, rows);
+        if (!p.sharded_input) elements += m * ring_gather_sends(in, p.in_parts, p.in_index, rows);
       }
     }
     if (c.stage + 1 < stages) elements += m * rows * Net::output_extents[end - 1].size();
@@ -692,6 +725,18 @@ struct distribute {
             p.input_begin = part_begin(in, p.in_parts, p.in_index);
             p.input_count = part_size(in, p.in_parts, p.in_index);
             p.parameter_count = p.count * p.input_count + p.count;
+          }
+          p.output_width = out;
+          p.input_width = in;
+          // In a chain every unit keeps the columns of the chain's first layer it computed.
+          if (chained[i]) p.sharded_output = true;
+          if (i > 0 && chained[i - 1]) p.sharded_input = true;
+          if (p.sharded_output || p.sharded_input) {
+            std::size_t first = i;  // the chain's by_outputs layer
+            while (splits[first] != split_kind::outputs) --first;
+            const std::size_t width = part_size(Net::output_extents[first].size(), shards, s);
+            if (p.sharded_output) p.output_width = width;
+            if (p.sharded_input) p.input_width = width;
           }
           if (!p.held) p.parameter_count = 0;
           p.parameter_offset = offset;

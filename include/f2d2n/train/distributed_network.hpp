@@ -291,7 +291,7 @@ class unit_engine {
   /// Layer i's output for micro-batch m, `rows` rows (grown on demand, never shrunk).
   matrix_ref<Scalar> output(std::size_t m, std::size_t i, Eigen::Index rows) {
     auto& a = acts_[m][i];
-    const auto cols = static_cast<Eigen::Index>(d_.layers[i].out);
+    const auto cols = static_cast<Eigen::Index>(d_.layers[i].part.output_width);
     if (a.rows() < rows || a.cols() != cols) a.resize(rows, cols);
     return a.topRows(rows);
   }
@@ -338,8 +338,9 @@ class unit_engine {
     }
   }
 
-  /// Sums `m` over group g (in place) when g has more than this unit.
-  void sum_over(const group& g, matrix_map<Scalar> m, std::uint32_t message) {
+  /// Sums a contiguous rows x cols block over group g (in place) when g has more than this unit.
+  template <class Block>
+  void sum_over(const group& g, Block&& m, std::uint32_t message) {
     if (g.size() < 2) return;
     const stopwatch timing(times_.communication);
     all_reduce(t_, g, std::span<Scalar>(m.data(), static_cast<std::size_t>(m.size())), call(message));
@@ -386,7 +387,7 @@ class unit_engine {
     const Eigen::Index rows = sh.micro_rows;
     const Eigen::Index first_row = sh.first + static_cast<Eigen::Index>(m) * rows;
     const bool first_stage = d_.coordinates.stage == 0, last_stage = d_.coordinates.stage + 1 == d_.stages;
-    auto dy = gradient_buffer(0, rows, d_.layers[d_.end - 1].out);
+    auto dy = gradient_buffer(0, rows, d_.layers[d_.end - 1].part.output_width);
     if (last_stage) {
       dy = dlogits_[m];
     } else {
@@ -415,16 +416,24 @@ class unit_engine {
       const auto in = input_of(m, i, stage_input);
       auto y = output(m, i, rows);
       if (split(p)) {
-        // y_a = sum over the row's units of x_b W_ab^T, + b_a; then y = the column's blocks, gathered.
+        // y_a = sum over the row's units of x_b W_ab^T, + b_a; then y = the column's blocks, gathered
+        // (in a chain this unit keeps its block y_a). A chained input is this unit's columns only.
         const auto rows_n = static_cast<Eigen::Index>(p.count), cols = static_cast<Eigen::Index>(p.input_count);
-        const auto blocks = gather_buffer(static_cast<std::size_t>(rows) * l.out);
-        matrix_map<Scalar> mine(blocks.data() + p.begin * static_cast<std::size_t>(rows), rows, rows_n);
+        const auto x = in.middleCols(p.sharded_input ? 0 : static_cast<Eigen::Index>(p.input_begin), cols);
         const_matrix_map<Scalar> ws(w, rows_n, cols);
         Eigen::Map<const vector<Scalar>> b(w + p.count * p.input_count, rows_n);
-        mine.noalias() = in.middleCols(static_cast<Eigen::Index>(p.input_begin), cols) * ws.transpose();
-        sum_over(l.row_group, mine, forward_message(i));
-        mine.rowwise() += b.transpose();
-        gather_columns(blocks, rows, l.out, y, l.column_group, p.out_index, forward_gather_message(i));
+        if (p.sharded_output) {
+          y.noalias() = x * ws.transpose();
+          sum_over(l.row_group, y, forward_message(i));
+          y.rowwise() += b.transpose();
+        } else {
+          const auto blocks = gather_buffer(static_cast<std::size_t>(rows) * l.out);
+          matrix_map<Scalar> mine(blocks.data() + p.begin * static_cast<std::size_t>(rows), rows, rows_n);
+          mine.noalias() = x * ws.transpose();
+          sum_over(l.row_group, mine, forward_message(i));
+          mine.rowwise() += b.transpose();
+          gather_columns(blocks, rows, l.out, y, l.column_group, p.out_index, forward_gather_message(i));
+        }
       } else {
         l.ops.forward(w, in, y);
       }
@@ -442,21 +451,24 @@ class unit_engine {
       // Micro-batches add up their gradients: the kernels write theirs into scratch first.
       if (accumulate_ && scratch_.size() < p.parameter_count) scratch_.resize(p.parameter_count);
       Scalar* g = accumulate_ ? scratch_.data() : grads_.data() + p.parameter_offset;
-      auto dy = gradient_buffer(current, rows, l.out);
-      auto dx = gradient_buffer(1 - current, rows, l.in);
+      auto dy = gradient_buffer(current, rows, p.output_width);
+      auto dx = gradient_buffer(1 - current, rows, p.input_width);
       const bool want_dx = i > 1;
       const auto in = input_of(m, i, stage_input);
       if (split(p)) {
         // dW_ab = dy_a^T x_b, db_a = sum dy_a; dx_b = sum over the column's units of dy_a W_ab; then
         // dx = the row's blocks, gathered.
         const auto rows_n = static_cast<Eigen::Index>(p.count), cols = static_cast<Eigen::Index>(p.input_count);
-        const auto dys = dy.middleCols(static_cast<Eigen::Index>(p.begin), rows_n);
+        const auto dys = dy.middleCols(p.sharded_output ? 0 : static_cast<Eigen::Index>(p.begin), rows_n);
         const_matrix_map<Scalar> ws(w, rows_n, cols);
         matrix_map<Scalar> dws(g, rows_n, cols);
         Eigen::Map<vector<Scalar>> db(g + p.count * p.input_count, rows_n);
-        dws.noalias() = dys.transpose() * in.middleCols(static_cast<Eigen::Index>(p.input_begin), cols);
+        dws.noalias() = dys.transpose() * in.middleCols(p.sharded_input ? 0 : static_cast<Eigen::Index>(p.input_begin), cols);
         db.noalias() = dys.colwise().sum().transpose();
-        if (want_dx) {
+        if (want_dx && p.sharded_input) {  // the chain's units keep their own columns of dx
+          dx.noalias() = dys * ws;
+          sum_over(l.column_group, dx, backward_message(i));
+        } else if (want_dx) {
           const auto blocks = gather_buffer(static_cast<std::size_t>(rows) * l.in);
           matrix_map<Scalar> mine(blocks.data() + p.input_begin * static_cast<std::size_t>(rows), rows, cols);
           mine.noalias() = dys * ws;
