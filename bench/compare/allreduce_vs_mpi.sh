@@ -34,8 +34,8 @@
 #   MPIRUN        the mpirun to use (default mpirun); MPICXX likewise (default mpicxx), for the check
 set -euo pipefail
 
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$repo_root"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+compare_init allreduce_vs_mpi.sh
 
 BUILD_DIR="${BUILD_DIR:-build}"
 PROCS="${PROCS:-2 4}"
@@ -48,16 +48,10 @@ RUN_TIMEOUT="${RUN_TIMEOUT:-300}"
 MPIRUN="${MPIRUN:-mpirun}"
 MPICXX="${MPICXX:-mpicxx}"
 
-die() {
-  echo "allreduce_vs_mpi.sh: $*" >&2
-  exit 1
-}
-
 # --- Open MPI first: no point building when it cannot run ---
 if ! command -v "$MPIRUN" >/dev/null 2>&1 || ! command -v "$MPICXX" >/dev/null 2>&1; then
   die "Open MPI is missing ($MPIRUN and $MPICXX): scripts/deps.sh --compare, or apt-get install openmpi-bin libopenmpi-dev"
 fi
-positive() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
 for p in $PROCS; do positive "$p" && (( p >= 2 )) || die "process count '$p' must be a whole number of at least 2"; done
 for s in $SIZES_MIB; do positive "$s" || die "size '$s' must be a positive whole number of MiB"; done
 positive "$ROUNDS" || die "ROUNDS must be a positive integer"
@@ -67,20 +61,10 @@ positive "$RUN_TIMEOUT" || die "RUN_TIMEOUT must be a positive number of seconds
 [[ -z "$CHUNK_BYTES" ]] || positive "$CHUNK_BYTES" || die "CHUNK_BYTES must be a positive number of bytes"
 
 # --- the two programs and the launcher ---
-if [[ ! -f "$BUILD_DIR/CMakeCache.txt" ]]; then
-  echo "# configuring $BUILD_DIR (Release, benchmarks only)"
-  cmake -S "$repo_root" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DF2D2N_BUILD_BENCH=ON \
-    -DF2D2N_BUILD_TESTS=OFF -DF2D2N_BUILD_EXAMPLES=OFF >/dev/null
-fi
-build_type="$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt")"
-[[ "$build_type" == "Release" ]] ||
-  echo "# warning: $BUILD_DIR is a '$build_type' build, not Release: f2d2n's numbers are not representative" >&2
+build_benchmarks 2 f2d2n_launch allreduce_bench
 cmake "$BUILD_DIR" >/dev/null  # looks for MPI again if the directory was configured before Open MPI was installed
-cmake --build "$BUILD_DIR" --target f2d2n_launch allreduce_bench -j2 >"$BUILD_DIR/allreduce_vs_mpi.build.log" 2>&1 ||
-  { tail -n 30 "$BUILD_DIR/allreduce_vs_mpi.build.log" >&2; die "building f2d2n_launch and allreduce_bench in $BUILD_DIR failed"; }
-cmake --build "$BUILD_DIR" --target mpi_allreduce -j2 >>"$BUILD_DIR/allreduce_vs_mpi.build.log" 2>&1 ||
-  { tail -n 30 "$BUILD_DIR/allreduce_vs_mpi.build.log" >&2
-    die "building mpi_allreduce in $BUILD_DIR failed (if CMake did not find MPI there: rm $BUILD_DIR/CMakeCache.txt and run again)"; }
+(build_benchmarks 2 mpi_allreduce) ||
+  die "if CMake did not find MPI in $BUILD_DIR: rm $BUILD_DIR/CMakeCache.txt and run again"
 launch="$BUILD_DIR/tools/f2d2n_launch"
 f2d2n_bench="$BUILD_DIR/bench/allreduce_bench"
 mpi_bench="$BUILD_DIR/bench/mpi_allreduce"
@@ -104,18 +88,7 @@ mpi_tcp=(--mca pml ob1 --mca btl tcp,self --mca btl_tcp_if_include lo --mca oob_
 run() {
   local side="$1" p="$2" r="$3"
   shift 3
-  local attempt
-  for attempt in 1 2 3; do
-    timeout -k 10 "$RUN_TIMEOUT" "$@" >"$tmp/log" 2>&1 && break
-    # f2d2n_launch picks free ports and releases them just before each unit binds its own: another
-    # program may take one in between (docs/launch.md). That is no failure of the benchmark: again.
-    if (( attempt < 3 )) && grep -q 'cannot listen on .*Address already in use' "$tmp/log"; then
-      echo "# $side with $p processes: a port was taken before a unit could listen on it; starting again" >&2
-      continue
-    fi
-    tail -n 20 "$tmp/log" >&2
-    die "$side with $p processes failed or ran past ${RUN_TIMEOUT}s: $*"
-  done
+  run_retrying "$side with $p processes" "$tmp/log" "$@"
   sed -n 's/^\(\[0\] \)\{0,1\}\(f2d2n\|openmpi\) allreduce /allreduce /p' "$tmp/log" | sed "s/^/$side r=$r /" >>"$tmp/results"
 }
 

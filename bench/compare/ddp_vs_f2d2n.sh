@@ -49,8 +49,8 @@
 #   PYTHON       the Python that has Debian's python3-torch (default /usr/bin/python3)
 set -euo pipefail
 
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$repo_root"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+compare_init ddp_vs_f2d2n.sh
 
 BUILD_DIR="${BUILD_DIR:-build}"
 BATCHES="${BATCHES:-64 128}"
@@ -60,16 +60,9 @@ REPETITIONS="${REPETITIONS:-3}"
 ROUNDS="${ROUNDS:-3}"
 RUN_TIMEOUT="${RUN_TIMEOUT:-300}"
 BUILD_JOBS="${BUILD_JOBS:-2}"
-if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x /usr/bin/python3 ]]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
-fi
+pick_python
 cores="$(getconf _NPROCESSORS_ONLN)"  # not nproc: it answers OMP_NUM_THREADS once that is set
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
-
-die() {
-  echo "ddp_vs_f2d2n.sh: $*" >&2
-  exit 1
-}
 
 # --- PyTorch first: no point building when it cannot run ---
 "$PYTHON" -c "import torch" >/dev/null 2>&1 || die "PyTorch is missing for $PYTHON: apt-get install python3-torch"
@@ -77,7 +70,6 @@ die() {
   die "$PYTHON's PyTorch was built without torch.distributed: there is no DDP to compare with"
 "$PYTHON" -c "import torch.distributed as d; import sys; sys.exit(0 if d.is_gloo_available() else 1)" >/dev/null 2>&1 ||
   die "$PYTHON's torch.distributed has no gloo backend: there is no DDP (gloo) to compare with"
-positive() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
 for b in $BATCHES; do
   positive "$b" && (( b % 2 == 0 && 4096 % b == 0 )) || die "global batch size '$b' must be even and divide 4096"
 done
@@ -85,16 +77,7 @@ for v in STEPS WARMUP REPETITIONS ROUNDS RUN_TIMEOUT BUILD_JOBS; do positive "${
 (( WARMUP + STEPS <= 512 )) || die "WARMUP + STEPS must be at most 512"
 
 # --- f2d2n's program and the launcher ---
-if [[ ! -f "$BUILD_DIR/CMakeCache.txt" ]]; then
-  echo "# configuring $BUILD_DIR (Release, benchmarks only)"
-  cmake -S "$repo_root" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DF2D2N_BUILD_BENCH=ON \
-    -DF2D2N_BUILD_TESTS=OFF -DF2D2N_BUILD_EXAMPLES=OFF >/dev/null
-fi
-build_type="$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt")"
-[[ "$build_type" == "Release" ]] ||
-  echo "# warning: $BUILD_DIR is a '$build_type' build, not Release: f2d2n's numbers are not representative" >&2
-cmake --build "$BUILD_DIR" --target f2d2n_launch ddp_bench -j"$BUILD_JOBS" >"$BUILD_DIR/ddp_vs_f2d2n.build.log" 2>&1 ||
-  { tail -n 30 "$BUILD_DIR/ddp_vs_f2d2n.build.log" >&2; die "building f2d2n_launch and ddp_bench in $BUILD_DIR failed"; }
+build_benchmarks "$BUILD_JOBS" f2d2n_launch ddp_bench
 launch="$BUILD_DIR/tools/f2d2n_launch"
 bench="$BUILD_DIR/bench/ddp_bench"
 for x in "$launch" "$bench"; do [[ -x "$x" ]] || die "$x was not built (is F2D2N_BUILD_BENCH ON in $BUILD_DIR?)"; done
@@ -110,18 +93,7 @@ for b in $BATCHES; do py_args+=(--batch "$b"); done
 run() {
   local side="$1" r="$2"
   shift 2
-  local attempt
-  for attempt in 1 2 3; do
-    timeout -k 10 "$RUN_TIMEOUT" "$@" >"$tmp/log" 2>&1 && break
-    # f2d2n_launch and pytorch_ddp.py pick free ports and release them before binding them again:
-    # another program may take one in between. That is no failure of the benchmark: again.
-    if (( attempt < 3 )) && grep -qE 'Address already in use|EADDRINUSE' "$tmp/log"; then
-      echo "# $side: a port was taken before it could be listened on; starting again" >&2
-      continue
-    fi
-    tail -n 20 "$tmp/log" >&2
-    die "$side failed or ran past ${RUN_TIMEOUT}s: $*"
-  done
+  run_retrying "$side" "$tmp/log" "$@"
   if (( r == 1 )); then sed -n 's/^\(\[0\] \)\{0,1\}#/#/p' "$tmp/log"; fi
   sed -n 's/^\(\[0\] \)\{0,1\}\(ddp_bench\|pytorch_ddp\) /\2 /p' "$tmp/log" | sed "s/^/$side r=$r /" >>"$tmp/results"
 }

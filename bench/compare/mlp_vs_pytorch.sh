@@ -25,22 +25,15 @@
 #   PYTHON       the Python that has Debian's python3-torch (default /usr/bin/python3)
 set -euo pipefail
 
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$repo_root"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+compare_init mlp_vs_pytorch.sh
 
 BUILD_DIR="${BUILD_DIR:-build}"
 BATCHES="${BATCHES:-64 256}"
 MIN_TIME="${MIN_TIME:-0.5}"
 ROUNDS="${ROUNDS:-3}"
-if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x /usr/bin/python3 ]]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
-fi
+pick_python
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
-
-die() {
-  echo "mlp_vs_pytorch.sh: $*" >&2
-  exit 1
-}
 
 # --- PyTorch first: no point building when it cannot run ---
 if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
@@ -52,15 +45,7 @@ done
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 
 # --- f2d2n's benchmark ---
-if [[ ! -f "$BUILD_DIR/CMakeCache.txt" ]]; then
-  echo "# configuring $BUILD_DIR (Release, benchmarks only)"
-  cmake -S "$repo_root" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DF2D2N_BUILD_BENCH=ON \
-    -DF2D2N_BUILD_TESTS=OFF -DF2D2N_BUILD_EXAMPLES=OFF >/dev/null
-fi
-build_type="$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt")"
-[[ "$build_type" == "Release" ]] ||
-  echo "# warning: $BUILD_DIR is a '$build_type' build, not Release: f2d2n's numbers are not representative" >&2
-cmake --build "$BUILD_DIR" --target train_step_bench -j2 >/dev/null || die "building train_step_bench in $BUILD_DIR failed"
+build_benchmarks 2 train_step_bench
 bench="$BUILD_DIR/bench/train_step_bench"
 [[ -x "$bench" ]] || die "$bench was not built (is F2D2N_BUILD_BENCH ON in $BUILD_DIR?)"
 
