@@ -1,4 +1,4 @@
-// f2d2n/plan/distribute.hpp: a model and its distribution as one type.
+// f2d2n/plan/distribute.hpp: a model and its distribution as one type (docs/plan.md).
 //
 //   using plan = f2d2n::distribute<mlp, f2d2n::data_parallel<2>, f2d2n::tensor_parallel<2>>;
 //   static_assert(plan::world_size == 4);
@@ -7,18 +7,23 @@
 // Policies (each at most once, in any order):
 //   data_parallel<R>                 R replicas of the model, each on its share of every batch;
 //                                    gradients summed by a ring all-reduce among the replicas.
+//   pipeline<P, microbatches<M>, gpipe | one_f_one_b, balanced_by_parameters | stage_starts<...>>
+//                                    the layers in P consecutive stages on different units, each
+//                                    replica's rows in M micro-batches under the schedule.
 //   tensor_parallel<S, Split, split_layer<I, Split>...>
-//                                    every dense layer spread over S shards: by_outputs (each shard
-//                                    owns a block of neurons; activations all-gathered), by_inputs
-//                                    (each shard owns a block of input features and the matching
-//                                    weight columns, F2D2N's input units; partial pre-activations
-//                                    summed) or replicated; split_layer<I, ...> overrides layer I.
-// Units are numbered replica by replica, shards of one replica next to each other:
-// rank = replica * S + shard. Everything below is constexpr: the world size, each unit's
-// coordinates, its layer partitions (as values and as types), its parameter count, the bytes it
-// sends per step for a given batch, and the plan's 64-bit fingerprint (exchanged in the handshake).
-// A plan that cannot work (more shards than neurons or input features, a split named for a layer
-// without weights) is a static_assert whose instantiation line names the layer index.
+//                                    every dense layer of a stage spread over S shards: by_outputs
+//                                    (each shard owns a block of neurons; activations all-gathered),
+//                                    by_inputs (a block of input features and the matching weight
+//                                    columns, F2D2N's input units; partial pre-activations summed),
+//                                    by_grid<Out, In> (DistDL's 2-D affine layer) or replicated;
+//                                    split_layer<I, ...> overrides layer I.
+// rank = (replica * P + stage) * S + shard. Everything below is constexpr: the world size, each
+// unit's coordinates, the stages' layers, each unit's layer partitions (as values and as types),
+// its parameter count, the bytes it sends per step for a given batch, and the plan's 64-bit
+// fingerprint (exchanged in the handshake). A plan that cannot work (more shards than neurons or
+// input features, a grid that does not cover the shards, more stages than layers, a split named
+// for a layer without weights, a schedule that would deadlock) is a static_assert whose
+// instantiation line names the layer index or the pipeline.
 #pragma once
 
 #include <f2d2n/comm/partition.hpp>

@@ -4,25 +4,28 @@
 //   using plan = nn::distribute<mlp, nn::data_parallel<2>, nn::tensor_parallel<2>>;
 //   nn::tcp_transport t(config.rank, config.peers, plan::fingerprint);
 //   nn::distributed_network<plan, nn::tcp_transport> net(t, /*seed=*/1);
-//   nn::trainer<decltype(net), nn::adam> train(net, nn::adam{});
-//   train.fit(data, options);            // every unit calls it with the same data and options
+//   nn::trainer train(net, nn::adam{});   // every unit calls fit with the same data and options
+//   train.fit(data, options);
 //
 // trains the unit's partition. Every unit gets the whole batch and computes its replica's share of
-// the rows (balanced split); split layers communicate inside the replica (tensor_parallel group:
-// the units of one replica), gradients are summed among the replicas (data_parallel group: the
-// units of one shard). Each collective of a step carries the layer's message id and the unit's
-// step counter, so a unit out of step with the others gets a protocol_error, not wrong numbers.
+// the rows (balanced split), micro-batch by micro-batch under the pipeline's schedule. Split layers
+// communicate among the units of one stage of one replica; stages pass activations forward and
+// gradients back to their neighbours; gradients are summed among the replicas (the units with the
+// same stage and shard). Each message of a step carries its layer's or micro-batch's id and the
+// unit's step counter, so a unit out of step with the others gets a protocol_error, never wrong
+// numbers.
 //
-// What a layer does on a unit (y = x W^T + b, batch rows x features):
-//   replicated / no weights   as in the serial network, on every unit of the replica
-//   by_outputs                y_s = x W_s^T + b_s; y = all_gather(y_s);    backward: dW_s = dy_s^T x,
-//                             db_s = sum dy_s, dx = all_reduce(dy_s W_s)  (the adjoint of the
-//                             broadcast of x to the shards)
-//   by_inputs                 y = all_reduce(x_s W_s^T) + b;              backward: dW_s = dy^T x_s,
-//                             db = sum dy, dx = all_gather(dy W_s)        (dx_s belongs to shard s)
-// The loss is computed on every unit of a replica on the whole logits; its gradient is scaled by
-// rows / batch so that the sum over replicas is the serial mean. The sum of the loss and of the
-// correct predictions travel with the gradients, at the end of the same all-reduce.
+// What a split layer does on unit (a, b) of its grid (by_outputs: S x 1, by_inputs: 1 x S,
+// by_grid<Out, In>), with y = x W^T + b over a batch's rows:
+//   forward    y_a = sum over the grid's row of x_b W_ab^T, + b_a;   y = all_gather over the column
+//   backward   dW_ab = dy_a^T x_b, db_a = sum dy_a;   dx_b = sum over the column of dy_a W_ab;
+//              dx = all_gather over the row
+// A collective over a group of one unit sends nothing, and in a chain (by_outputs into by_inputs,
+// plan::chained) the units keep their blocks instead of gathering. Layers without weights and
+// replicated layers run as in the serial network. The loss is computed on every unit of the last
+// stage, on the whole logits; its gradient is scaled by rows / batch so that the sum over the
+// replicas is the serial mean. The step's loss and correct count travel at the end of the gradient
+// all-reduce (after a 2-value all-reduce among the stages, which only the last one knows them).
 #pragma once
 
 #include <f2d2n/comm/primitives.hpp>
@@ -84,22 +87,23 @@ class stopwatch {
 inline constexpr std::uint32_t gradient_message = 1;
 inline constexpr std::uint32_t evaluation_message = 2;
 inline constexpr std::uint32_t statistics_message = 3;
-inline constexpr std::uint32_t activation_message(std::size_t microbatch) { return static_cast<std::uint32_t>(0x100000 + microbatch); }
-inline constexpr std::uint32_t gradient_message_of(std::size_t microbatch) { return static_cast<std::uint32_t>(0x200000 + microbatch); }
-inline constexpr std::uint32_t forward_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 1); }
-inline constexpr std::uint32_t backward_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 2); }
-inline constexpr std::uint32_t forward_gather_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 3); }
-inline constexpr std::uint32_t backward_gather_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 4); }
-}  // namespace detail
+constexpr std::uint32_t pipeline_activation_message(std::size_t microbatch) {
+  return static_cast<std::uint32_t>(0x100000 + microbatch);
+}
+constexpr std::uint32_t pipeline_gradient_message(std::size_t microbatch) {
+  return static_cast<std::uint32_t>(0x200000 + microbatch);
+}
+constexpr std::uint32_t forward_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 1); }
+constexpr std::uint32_t backward_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 2); }
+constexpr std::uint32_t forward_gather_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 3); }
+constexpr std::uint32_t backward_gather_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 4); }
 
-namespace detail {
 /// One layer as a unit runs it: its partition, extents, and the serial kernels.
 template <class S>
 struct unit_layer {
   layer_partition part;
   std::size_t in = 0, out = 0;     ///< features in and out of the whole layer
   std::size_t serial_offset = 0;   ///< where the whole layer's parameters start in the serial layout
-  std::size_t serial_count = 0;
   layer_ops<S> ops;                ///< the serial layer's kernels (forward, backward, initialise)
   double (*limit)(std::size_t, std::size_t) = nullptr;  ///< a dense layer's initialiser limit
   /// A split layer's units: those with this unit's neurons (they sum partial outputs; a row of
@@ -357,7 +361,7 @@ class unit_engine {
       ensure(inputs_[m], rows, d_.layers[d_.first].in);
       {
         const stopwatch timing(times_.wait);
-        receive_tensor(t_, d_.previous, activation_message(m), step_,
+        receive_tensor(t_, d_.previous, pipeline_activation_message(m), step_,
                        std::span<Scalar>(inputs_[m].data(), static_cast<std::size_t>(inputs_[m].size())),
                        clock::now() + options_.timeout);
       }
@@ -368,7 +372,7 @@ class unit_engine {
     const auto out = acts_[m][d_.end - 1].topRows(rows);
     if (!last_stage) {
       const stopwatch timing(times_.communication);
-      send_tensor(t_, d_.next, activation_message(m), step_,
+      send_tensor(t_, d_.next, pipeline_activation_message(m), step_,
                   std::span<const Scalar>(out.data(), static_cast<std::size_t>(out.size())),
                   clock::now() + options_.timeout);
       return;
@@ -392,7 +396,7 @@ class unit_engine {
       dy = dlogits_[m];
     } else {
       const stopwatch timing(times_.wait);
-      receive_tensor(t_, d_.next, gradient_message_of(m), step_,
+      receive_tensor(t_, d_.next, pipeline_gradient_message(m), step_,
                      std::span<Scalar>(dy.data(), static_cast<std::size_t>(dy.size())), clock::now() + options_.timeout);
     }
     const std::size_t last_buffer = backward(
@@ -401,7 +405,7 @@ class unit_engine {
     if (!first_stage) {
       const auto dx = gradient_buffer(last_buffer, rows, d_.layers[d_.first].in);
       const stopwatch timing(times_.communication);
-      send_tensor(t_, d_.previous, gradient_message_of(m), step_,
+      send_tensor(t_, d_.previous, pipeline_gradient_message(m), step_,
                   std::span<const Scalar>(dx.data(), static_cast<std::size_t>(dx.size())),
                   clock::now() + options_.timeout);
     }
@@ -547,7 +551,6 @@ unit_description<Scalar> describe_unit(unit_id rank) {
     l.in = Net::input_extents[i].size();
     l.out = Net::output_extents[i].size();
     l.serial_offset = Net::parameter_offsets[i];
-    l.serial_count = Net::parameter_counts[i];
     l.ops = ops[i];
     l.limit = limits[i];
     const auto& p = l.part;
