@@ -169,6 +169,46 @@ TEST_CASE("a batch smaller than the number of replicas is refused") {
   });
 }
 
+TEST_CASE("micro-batches that do not split a replica's rows are refused, naming the policy") {
+  const auto data = plan_data<float>();
+  nn::local_cluster cluster(2, plan_pp2_1f1b::fingerprint);  // 3 micro-batches
+  cluster.run([&](nn::local_transport& t) {
+    nn::distributed_network<plan_pp2_1f1b, nn::local_transport> net(t);
+    CHECK_THROWS_WITH_AS(net.compute_gradients(data.samples.topRows(10), std::span<const std::int32_t>(data.labels).first(10)),
+                         doctest::Contains("microbatches<3>> needs every replica's rows to split into 3"),
+                         nn::configuration_error);
+  });
+}
+
+TEST_CASE("trainer(unit, options) trains the unit's engine: one trainer for every plan") {
+  using engine = nn::detail::unit_engine<nn::local_transport, float>;
+  nn::local_cluster cluster(2, plan_dp2::fingerprint);
+  cluster.run([&](nn::local_transport& t) {
+    nn::distributed_network<plan_dp2, nn::local_transport> net(t);
+    nn::trainer train(net, plan_sgd());
+    static_assert(std::is_same_v<decltype(train), nn::trainer<engine, nn::sgd>>);
+    CHECK(&train.network() == static_cast<engine*>(&net));
+  });
+}
+
+TEST_CASE("a pipeline stage whose neighbour leaves gets a typed error, not a hang") {
+  const auto data = plan_data<float>();
+  nn::local_cluster cluster(2, plan_pp2_gpipe::fingerprint);
+  std::atomic<int> typed{0};
+  cluster.run_collect([&](nn::local_transport& t) {
+    if (t.rank() == 0) return;  // stage 0 leaves: stage 1 waits for its activations in vain
+    nn::distributed_options o;
+    o.timeout = std::chrono::milliseconds(2000);
+    nn::distributed_network<plan_pp2_gpipe, nn::local_transport> net(t, 0, o);
+    try {
+      net.compute_gradients(data.samples.topRows(12), std::span<const std::int32_t>(data.labels).first(12));
+    } catch (const nn::comm_error&) {
+      ++typed;
+    }
+  });
+  CHECK(typed == 1);
+}
+
 TEST_CASE("a unit whose peer leaves gets a typed error, not a hang") {
   const auto data = plan_data<float>();
   nn::local_cluster cluster(2, plan_tp2::fingerprint);
