@@ -76,6 +76,20 @@ static_assert(nn::distribute<mlp, nn::data_parallel<2>>::bytes_sent_per_step<flo
 static_assert(hybrid::bytes_sent_per_step(3, 64) == 544668);
 static_assert(hybrid::activation_bytes_of<float>(0, 64) == 32 * (256 + 256 + 128 + 128 + 10) * sizeof(float));
 
+// The messages of a step, at compile time: DP2 x TP2, unit 0, batch 64 (32 rows per replica).
+constexpr nn::step_message first_message_of_hybrid = [] {
+  nn::step_message found{};
+  bool done = false;
+  hybrid::for_each_message(0, 64, [&](const nn::step_message& m) {
+    if (!done) found = m, done = true;
+  });
+  return found;
+}();
+// Layer 1's outputs gathered over its 2 shards: 32 x 256, this unit sends the other's 32 x 128.
+static_assert(first_message_of_hybrid == nn::step_message{nn::message_kind::all_gather, false, 1, 0, 32, 256, 2, 0, 32 * 128});
+// Gathers after layers 1, 3, 5; input-gradient sums of layers 3 and 5; the gradients among replicas.
+static_assert(hybrid::message_count(0, 64) == 6);
+
 // Pipelines: stages, balanced placement, schedules.
 using piped = nn::distribute<mlp, nn::data_parallel<2>, nn::pipeline<2, nn::microbatches<4>, nn::one_f_one_b>,
                              nn::tensor_parallel<2>>;
@@ -99,6 +113,10 @@ static_assert(nn::detail::schedule_op(2, 4, 0, 4, 2).forward && nn::detail::sche
 static_assert(nn::detail::schedule_op(2, 4, 0, 4, 4).forward == false && nn::detail::schedule_op(2, 4, 0, 4, 4).microbatch == 0);
 static_assert(nn::detail::schedule_op(2, 4, 3, 4, 1).forward == false && nn::detail::schedule_op(2, 4, 3, 4, 1).microbatch == 0);
 static_assert(nn::detail::schedule_completes(1, 8, 16) && nn::detail::schedule_completes(2, 8, 3));
+// Unit 2 (replica 0, stage 1, shard 0), 4 micro-batches of 8 rows: per micro-batch its input's
+// gradient back to stage 0, gathers after layers 3 and 5, input-gradient sums of both; then the
+// step's statistics among the stages and the gradients among the replicas.
+static_assert(piped::message_count(2, 64) == 4 * 5 + 2);
 // Per micro-batch: each stage passes its activations on and its input's gradient back.
 static_assert(piped::bytes_sent_per_step(0, 64) >
               nn::distribute<mlp, nn::data_parallel<2>, nn::tensor_parallel<2>>::bytes_sent_per_step(0, 64) / 2);

@@ -430,6 +430,30 @@ struct dense_block {
   static constexpr std::size_t parameter_count = (RowEnd - RowBegin) * (ColEnd - ColBegin) + (RowEnd - RowBegin);
 };
 
+/// What a message of a training step is.
+enum class message_kind : std::uint8_t {
+  all_gather,  ///< the blocks of a split layer's output (forward) or input gradient (backward)
+  all_reduce,  ///< partial sums of a split layer; the gradients and the step's loss among replicas
+  activation,  ///< a micro-batch's activation, to the next pipeline stage
+  gradient,    ///< a micro-batch's input gradient, back to the previous stage
+  statistics,  ///< the step's loss and correct count, among the stages
+};
+
+/// One message of a unit's training step, as the plan knows it at compile time: which tensor
+/// (layer, pass, micro-batch), its shape, with whom, and how many elements this unit sends for it.
+struct step_message {
+  message_kind kind = message_kind::all_reduce;
+  bool backward = false;         ///< part of the backward pass
+  std::size_t layer = 0;         ///< the layer it belongs to (0 for the gradients and statistics)
+  std::size_t microbatch = 0;
+  std::size_t rows = 0;          ///< the tensor: rows x columns (the whole vector, for collectives)
+  std::size_t columns = 0;
+  std::size_t group = 0;         ///< collectives: the units taking part; sends: 2 (this unit and peer)
+  unit_id peer = 0;              ///< sends: the unit it goes to
+  std::size_t sent = 0;          ///< elements this unit sends for it (ring collectives: exact)
+  friend constexpr bool operator==(const step_message&, const step_message&) = default;
+};
+
 template <class T>
 inline constexpr bool is_plan_v = false;
 
@@ -676,33 +700,63 @@ struct distribute {
     return rows_of(rank, batch) * width * sizeof(Scalar);
   }
 
-  /// Payload bytes unit `rank` sends in one training step on a batch of `batch` samples (frame
-  /// headers not included; the replica's rows must split into the micro-batches evenly): the
-  /// all-gathers and all-reduces of its split layers, forward and backward; the activations and
-  /// gradients it passes to the next and previous stage; the step's loss and correct count among
-  /// the stages; and the all-reduce of the gradients (with that loss and count) among replicas.
-  template <class Scalar = float>
-  static constexpr std::size_t bytes_sent_per_step(std::size_t rank, std::size_t batch) noexcept {
+  /// Calls f(step_message) for every message of unit `rank`'s training step on a batch of `batch`
+  /// samples, in the order the unit meets them within each micro-batch (the replica's rows must
+  /// split into the micro-batches evenly). A collective over a group of one unit is no message.
+  template <class F>
+  static constexpr void for_each_message(std::size_t rank, std::size_t batch, F&& f) {
     const auto c = coordinates_of(rank);
     const std::size_t m = microbatch_count, rows = rows_of(rank, batch) / m;  // rows per micro-batch
-    std::size_t elements = 0;
     const std::size_t first = stage_begin[c.stage], end = stage_begin[c.stage + 1];
-    for (std::size_t i = first; i < end; ++i) {
-      const std::size_t in = Net::input_extents[i].size(), out = Net::output_extents[i].size();
-      const auto p = partition_of(rank, i);
-      if (p.split != split_kind::outputs && p.split != split_kind::inputs && p.split != split_kind::grid) continue;
-      // forward: sum the partial outputs over the inputs' parts, gather the neurons' parts
-      elements += m * ring_reduce_sends(rows * p.count, p.in_parts, p.in_index);
-      if (!p.sharded_output) elements += m * ring_gather_sends(out, p.out_parts, p.out_index, rows);
-      if (i > 1) {  // backward: sum the partial input gradients over the neurons' parts, gather the inputs' parts
-        elements += m * ring_reduce_sends(rows * p.input_count, p.out_parts, p.out_index);
-        if (!p.sharded_input) elements += m * ring_gather_sends(in, p.in_parts, p.in_index, rows);
+    auto collective = [&](message_kind kind, bool backward, std::size_t layer, std::size_t mb, std::size_t r,
+                          std::size_t columns, std::size_t group, std::size_t sent) {
+      if (group > 1) f(step_message{kind, backward, layer, mb, r, columns, group, 0, sent});
+    };
+    for (std::size_t mb = 0; mb < m; ++mb) {
+      if (c.stage > 0)
+        f(step_message{message_kind::gradient, true, first, mb, rows, Net::input_extents[first].size(), 2,
+                       rank_of({c.replica, c.stage - 1, c.shard}), rows * Net::input_extents[first].size()});
+      if (c.stage + 1 < stages)
+        f(step_message{message_kind::activation, false, end - 1, mb, rows, Net::output_extents[end - 1].size(), 2,
+                       rank_of({c.replica, c.stage + 1, c.shard}), rows * Net::output_extents[end - 1].size()});
+      for (std::size_t i = first; i < end; ++i) {
+        const std::size_t in = Net::input_extents[i].size(), out = Net::output_extents[i].size();
+        const auto p = partition_of(rank, i);
+        if (p.split != split_kind::outputs && p.split != split_kind::inputs && p.split != split_kind::grid) continue;
+        // forward: sum the partial outputs over the grid's row, gather the neurons' blocks over its column
+        collective(message_kind::all_reduce, false, i, mb, rows, p.count, p.in_parts,
+                   ring_reduce_sends(rows * p.count, p.in_parts, p.in_index));
+        if (!p.sharded_output)
+          collective(message_kind::all_gather, false, i, mb, rows, out, p.out_parts,
+                     ring_gather_sends(out, p.out_parts, p.out_index, rows));
+        if (i > 1) {  // backward: sum the partial input gradients over the column, gather over the row
+          collective(message_kind::all_reduce, true, i, mb, rows, p.input_count, p.out_parts,
+                     ring_reduce_sends(rows * p.input_count, p.out_parts, p.out_index));
+          if (!p.sharded_input)
+            collective(message_kind::all_gather, true, i, mb, rows, in, p.in_parts,
+                       ring_gather_sends(in, p.in_parts, p.in_index, rows));
+        }
       }
     }
-    if (c.stage + 1 < stages) elements += m * rows * Net::output_extents[end - 1].size();
-    if (c.stage > 0) elements += m * rows * Net::input_extents[first].size();
-    elements += ring_reduce_sends(2, stages, c.stage);
-    elements += ring_reduce_sends(parameter_count_of(rank) + 2, replicas, c.replica);
+    collective(message_kind::statistics, true, 0, 0, 1, 2, stages, ring_reduce_sends(2, stages, c.stage));
+    const std::size_t gradients = parameter_count_of(rank) + 2;
+    collective(message_kind::all_reduce, true, 0, 0, 1, gradients, replicas,
+               ring_reduce_sends(gradients, replicas, c.replica));
+  }
+
+  /// The number of messages of unit `rank`'s training step (see for_each_message).
+  static constexpr std::size_t message_count(std::size_t rank, std::size_t batch) noexcept {
+    std::size_t n = 0;
+    for_each_message(rank, batch, [&](const step_message&) { ++n; });
+    return n;
+  }
+
+  /// Payload bytes unit `rank` sends in one training step on a batch of `batch` samples (frame
+  /// headers not included): the sum over its messages (for_each_message).
+  template <class Scalar = float>
+  static constexpr std::size_t bytes_sent_per_step(std::size_t rank, std::size_t batch) noexcept {
+    std::size_t elements = 0;
+    for_each_message(rank, batch, [&](const step_message& msg) { elements += msg.sent; });
     return elements * sizeof(Scalar);
   }
 
