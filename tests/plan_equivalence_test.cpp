@@ -20,13 +20,14 @@ void expect_equivalent(double tolerance) {
     for (const auto& f : failures[r]) FAIL_CHECK("unit " << r << ": " << f);
 }
 
-TEST_CASE_TEMPLATE("every plan trains to the serial weights (float32, 1e-5)", Plan, plan_dp2, plan_dp4, plan_tp2,
+TEST_CASE_TEMPLATE("every plan trains to the serial weights (float32, 1e-5)", Plan, plan_dp2, plan_dp4,
+                   plan_dp3_buckets, plan_dp2_pp2_buckets, plan_tp2,
                    plan_tp2_inputs, plan_tp3_mixed, plan_tp2x2, plan_tp2_chain, plan_dp2_tp2, plan_pp2_gpipe, plan_pp2_1f1b,
                    plan_pp4, plan_dp2_pp2_tp2) {
   expect_equivalent<Plan, float>(1e-5);
 }
 
-TEST_CASE_TEMPLATE("every plan trains to the serial weights (float64, 1e-12)", Plan, plan_dp4, plan_tp3_mixed,
+TEST_CASE_TEMPLATE("every plan trains to the serial weights (float64, 1e-12)", Plan, plan_dp4, plan_dp3_buckets, plan_tp3_mixed,
                    plan_tp2x2, plan_tp2_chain, plan_dp2_tp2, plan_pp4, plan_dp2_pp2_tp2) {
   expect_equivalent<Plan, double>(1e-12);
 }

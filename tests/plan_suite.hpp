@@ -29,6 +29,10 @@ using plan_tp2x2 = distribute<plan_mlp, tensor_parallel<4, by_grid<2, 2>>>;
 /// Megatron's pairing: layer 1 by outputs, chained through relu into layer 3 by inputs.
 using plan_tp2_chain = distribute<plan_mlp, tensor_parallel<2, by_outputs, split_layer<3, by_inputs>>>;
 using plan_dp2_tp2 = distribute<plan_mlp, tensor_parallel<2>, data_parallel<2>>;
+/// Gradient buckets of 64 values: the layers' gradients are summed in 3 all-reduces, started during
+/// the backward pass on the unit's summing thread.
+using plan_dp3_buckets = distribute<plan_mlp, data_parallel<3, 64>>;
+using plan_dp2_pp2_buckets = distribute<plan_mlp, data_parallel<2, 32>, pipeline<2, microbatches<2>, gpipe>>;
 using plan_pp2_gpipe = distribute<plan_mlp, pipeline<2, microbatches<2>, gpipe>>;
 using plan_pp2_1f1b = distribute<plan_mlp, pipeline<2, microbatches<3>, one_f_one_b, stage_starts<3>>>;
 using plan_pp4 = distribute<plan_mlp, pipeline<4, microbatches<4>, one_f_one_b>>;

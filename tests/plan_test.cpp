@@ -8,6 +8,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <array>
 #include <atomic>
 #include <type_traits>
 
@@ -144,7 +145,8 @@ struct counting_transport {
 static_assert(nn::transport<counting_transport>);
 }  // namespace
 
-TEST_CASE_TEMPLATE("a step sends exactly the bytes the plan states", Plan, plan_dp4, plan_tp2, plan_tp2_inputs,
+TEST_CASE_TEMPLATE("a step sends exactly the bytes the plan states", Plan, plan_dp4, plan_dp3_buckets,
+                   plan_dp2_pp2_buckets, plan_tp2, plan_tp2_inputs,
                    plan_tp3_mixed, plan_tp2x2, plan_tp2_chain, plan_dp2_tp2, plan_pp2_1f1b, plan_dp2_pp2_tp2) {
   const auto data = plan_data<float>();
   nn::local_cluster cluster(static_cast<nn::unit_id>(Plan::world_size), Plan::fingerprint);
@@ -160,6 +162,30 @@ TEST_CASE_TEMPLATE("a step sends exactly the bytes the plan states", Plan, plan_
     CHECK(sent[r] == Plan::template bytes_sent_per_step<float>(r, 12));
     CHECK(sent[r] > 0);
   }
+}
+
+TEST_CASE("gradient buckets summed on the unit's second thread give the bits of summing them in line") {
+  // Buckets close at layers 3 and 1 and at the end (the loss and count): 117, 140 and 2 values.
+  std::vector<std::array<std::size_t, 3>> buckets;
+  plan_dp3_buckets::for_each_gradient_bucket(0, [&](std::size_t layer, std::size_t begin, std::size_t size) {
+    buckets.push_back({layer, begin, size});
+  });
+  CHECK(buckets == std::vector<std::array<std::size_t, 3>>{{3, 142, 117}, {1, 2, 140}, {0, 0, 2}});
+  const auto data = plan_data<float>();
+  std::vector<std::vector<float>> weights[2];
+  for (int overlap = 0; overlap < 2; ++overlap) {
+    nn::local_cluster cluster(3, plan_dp3_buckets::fingerprint);
+    weights[overlap].resize(3);
+    cluster.run([&](nn::local_transport& t) {
+      nn::distributed_options o;
+      o.overlap = overlap == 1;
+      nn::distributed_network<plan_dp3_buckets, nn::local_transport> net(t, 5, o);
+      nn::trainer train(net, plan_sgd());
+      train.fit(data, plan_fit<plan_dp3_buckets>());
+      weights[overlap][t.rank()].assign(net.parameters().begin(), net.parameters().end());
+    });
+  }
+  CHECK(weights[0] == weights[1]);
 }
 
 // ---- what a unit refuses ---------------------------------------------------------------------

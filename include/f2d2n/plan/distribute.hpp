@@ -49,10 +49,13 @@ namespace f2d2n {
 // Policies
 
 /// R replicas of the model, each trained on its share of every batch (balanced split of the rows).
-template <std::size_t Replicas>
+/// The gradients are summed in buckets of at least BucketElements values, each started as soon as
+/// the backward pass has finished its layers (0: one all-reduce after the backward pass).
+template <std::size_t Replicas, std::size_t BucketElements = (std::size_t{1} << 18)>
 struct data_parallel {
   static_assert(Replicas >= 1, "f2d2n: data_parallel<R> needs at least one replica");
   static constexpr std::size_t replicas = Replicas;
+  static constexpr std::size_t bucket_elements = BucketElements;
 };
 
 /// How a dense layer is spread over the shards of tensor_parallel.
@@ -284,8 +287,8 @@ struct schedule_check {
 namespace detail {
 template <class T>
 inline constexpr bool is_data_parallel_v = false;
-template <std::size_t R>
-inline constexpr bool is_data_parallel_v<data_parallel<R>> = true;
+template <std::size_t R, std::size_t B>
+inline constexpr bool is_data_parallel_v<data_parallel<R, B>> = true;
 template <class T>
 inline constexpr bool is_tensor_parallel_v = false;
 template <std::size_t S, class D, class... O>
@@ -479,6 +482,7 @@ struct distribute {
   using pipeline_policy = detail::policy_or<policies, detail::is_pipeline, pipeline<1>>;
 
   static constexpr std::size_t replicas = data_policy::replicas;
+  static constexpr std::size_t bucket_elements = data_policy::bucket_elements;
   static constexpr std::size_t stages = pipeline_policy::stages;
   static constexpr std::size_t shards = tensor_policy::shards;
   static constexpr std::size_t microbatch_count = pipeline_policy::microbatch_count;
@@ -739,9 +743,30 @@ struct distribute {
       }
     }
     collective(message_kind::statistics, true, 0, 0, 1, 2, stages, ring_reduce_sends(2, stages, c.stage));
-    const std::size_t gradients = parameter_count_of(rank) + 2;
-    collective(message_kind::all_reduce, true, 0, 0, 1, gradients, replicas,
-               ring_reduce_sends(gradients, replicas, c.replica));
+    for_each_gradient_bucket(rank, [&](std::size_t first_layer, std::size_t, std::size_t size) {
+      collective(message_kind::all_reduce, true, first_layer, 0, 1, size, replicas,
+                 ring_reduce_sends(size, replicas, c.replica));
+    });
+  }
+
+  /// Calls f(layer, begin, size) for each bucket of unit `rank`'s gradient all-reduce, in the
+  /// order they are summed. The buffer is the step's loss and correct count, then the unit's
+  /// gradients; walking the backward pass (last layer first), a bucket closes as soon as it holds
+  /// bucket_elements values, at the layer named; the rest, with the loss and count, is the last.
+  template <class F>
+  static constexpr void for_each_gradient_bucket(std::size_t rank, F&& f) {
+    std::size_t end = parameter_count_of(rank) + 2;
+    if (bucket_elements > 0 && replicas > 1)
+      for (std::size_t i = layer_count - 1; i > 0; --i) {
+        const auto p = partition_of(rank, i);
+        if (!p.held || p.parameter_count == 0) continue;
+        const std::size_t begin = 2 + p.parameter_offset;
+        if (end - begin >= bucket_elements) {
+          f(i, begin, end - begin);
+          end = begin;
+        }
+      }
+    f(std::size_t{0}, std::size_t{0}, end);
   }
 
   /// The number of messages of unit `rank`'s training step (see for_each_message).
@@ -845,6 +870,7 @@ struct distribute {
     h.text("f2d2n plan");
     h.number(wire::wire_version);
     h.number(replicas);
+    h.number(bucket_elements);
     h.number(stages);
     h.number(shards);
     h.number(microbatch_count);
