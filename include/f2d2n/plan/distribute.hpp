@@ -749,18 +749,23 @@ struct distribute {
     });
   }
 
+  /// Values before a unit's gradients in the buffer its replicas sum: the step's loss and correct
+  /// count, then zeros up to 64 bytes of double, so that the gradients keep the buffer's alignment
+  /// (Eigen's vectorised kernels round alike only on alike-aligned operands).
+  static constexpr std::size_t gradient_header = 16;
+
   /// Calls f(layer, begin, size) for each bucket of unit `rank`'s gradient all-reduce, in the
-  /// order they are summed. The buffer is the step's loss and correct count, then the unit's
-  /// gradients; walking the backward pass (last layer first), a bucket closes as soon as it holds
+  /// order they are summed. The buffer is gradient_header values (the step's loss and correct
+  /// count first), then the unit's gradients; walking the backward pass (last layer first), a bucket closes as soon as it holds
   /// bucket_elements values, at the layer named; the rest, with the loss and count, is the last.
   template <class F>
   static constexpr void for_each_gradient_bucket(std::size_t rank, F&& f) {
-    std::size_t end = parameter_count_of(rank) + 2;
+    std::size_t end = gradient_header + parameter_count_of(rank);
     if (bucket_elements > 0 && replicas > 1)
       for (std::size_t i = layer_count - 1; i > 0; --i) {
         const auto p = partition_of(rank, i);
         if (!p.held || p.parameter_count == 0) continue;
-        const std::size_t begin = 2 + p.parameter_offset;
+        const std::size_t begin = gradient_header + p.parameter_offset;
         if (end - begin >= bucket_elements) {
           f(i, begin, end - begin);
           end = begin;

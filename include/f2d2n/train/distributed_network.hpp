@@ -143,6 +143,7 @@ struct unit_description {
   unit_id previous = 0, next = 0;  ///< the units of the stages before and after (same replica and shard)
   group tensor_group, data_group, pipeline_group;
   std::vector<gradient_bucket> buckets;  ///< in the order they are summed (plan::for_each_gradient_bucket)
+  std::size_t header = 2;                ///< values before the gradients: loss, correct count, padding
 };
 
 /// The unit's forward, backward, initialisation and collectives over its description.
@@ -156,7 +157,7 @@ class unit_engine {
         dlogits_(d_.microbatches) {
     for (auto& a : acts_) a.resize(d_.layers.size());
     params_.assign(d_.parameters, Scalar(0));
-    grads_.assign(2 + d_.parameters, Scalar(0));  // the step's loss sum and correct count, then the gradients
+    grads_.assign(d_.header + d_.parameters, Scalar(0));  // the step's loss and correct count, padding, the gradients
     if (options_.overlap && d_.replicas > 1 && d_.buckets.size() > 1)
       summer_ = std::thread([this] { sum_buckets(); });
   }
@@ -180,8 +181,10 @@ class unit_engine {
   [[nodiscard]] std::size_t parameter_count() const noexcept { return params_.size(); }
   [[nodiscard]] std::span<Scalar> parameters() noexcept { return params_; }
   [[nodiscard]] std::span<const Scalar> parameters() const noexcept { return params_; }
-  [[nodiscard]] std::span<Scalar> gradients() noexcept { return std::span<Scalar>(grads_).subspan(2); }
-  [[nodiscard]] std::span<const Scalar> gradients() const noexcept { return std::span<const Scalar>(grads_).subspan(2); }
+  [[nodiscard]] std::span<Scalar> gradients() noexcept { return std::span<Scalar>(grads_).subspan(d_.header); }
+  [[nodiscard]] std::span<const Scalar> gradients() const noexcept {
+    return std::span<const Scalar>(grads_).subspan(d_.header);
+  }
   /// Where this unit's time in compute_gradients went since the last call (communication and wait;
   /// the trainer counts the rest of the step as compute), and starts counting again.
   time_split take_time_split() noexcept { return std::exchange(times_, time_split{}); }
@@ -225,7 +228,7 @@ class unit_engine {
     const auto sh = share_of(x, labels, true);
     const std::size_t m = d_.microbatches;
     accumulate_ = m > 1;
-    if (accumulate_) std::fill(grads_.begin() + 2, grads_.end(), Scalar(0));
+    if (accumulate_) std::fill(grads_.begin() + static_cast<std::ptrdiff_t>(d_.header), grads_.end(), Scalar(0));
     loss_sum_ = 0;
     correct_ = 0;
     next_bucket_ = 0;
@@ -493,7 +496,7 @@ class unit_engine {
       const Scalar* w = params_.data() + p.parameter_offset;
       // Micro-batches add up their gradients: the kernels write theirs into scratch first.
       if (accumulate_ && scratch_.size() < p.parameter_count) scratch_.resize(p.parameter_count);
-      Scalar* g = accumulate_ ? scratch_.data() : grads_.data() + 2 + p.parameter_offset;
+      Scalar* g = accumulate_ ? scratch_.data() : grads_.data() + d_.header + p.parameter_offset;
       auto dy = gradient_buffer(current, rows, p.output_width);
       auto dx = gradient_buffer(1 - current, rows, p.input_width);
       const bool want_dx = i > 1;
@@ -522,7 +525,7 @@ class unit_engine {
         l.ops.backward(w, g, in, acts_[m][i].topRows(rows), dy, dx, want_dx);
       }
       if (accumulate_) {
-        Scalar* to = grads_.data() + 2 + p.parameter_offset;
+        Scalar* to = grads_.data() + d_.header + p.parameter_offset;
         for (std::size_t k = 0; k < p.parameter_count; ++k) to[k] += g[k];
       }
       // This layer's gradients are final: start the buckets that close here.
@@ -704,6 +707,7 @@ unit_description<Scalar> describe_unit(unit_id rank) {
   if (c.stage + 1 < Plan::stages) d.next = Plan::rank_of({c.replica, c.stage + 1, c.shard});
   for (std::size_t s = 0; s < Plan::shards; ++s) d.tensor_group.units.push_back(Plan::rank_of({c.replica, c.stage, s}));
   for (std::size_t r = 0; r < Plan::replicas; ++r) d.data_group.units.push_back(Plan::rank_of({r, c.stage, c.shard}));
+  d.header = Plan::gradient_header;
   Plan::for_each_gradient_bucket(rank, [&](std::size_t layer, std::size_t begin, std::size_t size) {
     d.buckets.push_back({layer, begin, size});
   });
