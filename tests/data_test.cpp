@@ -889,6 +889,29 @@ TEST_CASE("batcher: 10 samples in batches of 4 are 4, 4, 2, each sample once per
   }
 }
 
+TEST_CASE("batcher: a part of each batch is those rows of the whole batch, and only what it asks for") {
+  const auto d = numbered_dataset(10);
+  f2d2n::batcher<float> whole(d, 4, true, 7), parts(d, 4, true, 7);
+  while (!whole.done()) {
+    const std::size_t n = parts.next_size();
+    const auto all = whole.next();
+    REQUIRE(static_cast<std::size_t>(all.samples.rows()) == n);
+    const std::size_t first = n / 2, count = n - n / 2;  // the second half (a second replica's rows)
+    const auto part = parts.next(f2d2n::batch_part{n, first, count, true, true});
+    REQUIRE(static_cast<std::size_t>(part.samples.rows()) == count);
+    CHECK(part.samples == all.samples.middleRows(static_cast<Eigen::Index>(first), static_cast<Eigen::Index>(count)));
+    CHECK(std::equal(part.labels.begin(), part.labels.end(), all.labels.begin() + static_cast<std::ptrdiff_t>(first)));
+  }
+  CHECK(parts.done());
+  parts.start_epoch(1);
+  const std::size_t n = parts.next_size();
+  const auto labels_only = parts.next(f2d2n::batch_part{n, 0, n, false, true});
+  CHECK(labels_only.samples.rows() == 0);
+  CHECK(labels_only.labels.size() == n);
+  CHECK_THROWS_AS(parts.next(f2d2n::batch_part{n + 1, 0, 1, true, true}), f2d2n::configuration_error);
+  CHECK_THROWS_AS(parts.next(f2d2n::batch_part{n, n - 1, 2, true, true}), f2d2n::configuration_error);
+}
+
 TEST_CASE("batcher: batches() and batch sizes for other sizes") {
   struct row {
     std::size_t n, batch;

@@ -235,6 +235,31 @@ TEST_CASE("trainer(unit, options) trains the unit's engine: one trainer for ever
   });
 }
 
+TEST_CASE("each unit copies only its part of a batch: its replica's rows, samples on the first stage, labels on the last") {
+  nn::local_cluster cluster(4, plan_pp4::fingerprint);
+  std::vector<nn::batch_part> parts(4);
+  cluster.run([&](nn::local_transport& t) {
+    nn::distributed_network<plan_pp4, nn::local_transport> net(t);
+    parts[t.rank()] = net.part_of_batch(12);
+    // Another unit's part is refused.
+    auto other = parts[t.rank()];
+    other.samples = !other.samples;
+    const nn::matrix<float> none(0, 13);
+    CHECK_THROWS_AS(net.compute_gradients(none, {}, other), nn::configuration_error);
+  });
+  CHECK(parts[0] == nn::batch_part{12, 0, 12, true, false});
+  CHECK(parts[1] == nn::batch_part{12, 0, 12, false, false});
+  CHECK(parts[2] == nn::batch_part{12, 0, 12, false, false});
+  CHECK(parts[3] == nn::batch_part{12, 0, 12, false, true});
+  nn::local_cluster four(4, plan_dp4::fingerprint);
+  four.run([&](nn::local_transport& t) {
+    nn::distributed_network<plan_dp4, nn::local_transport> net(t);
+    parts[t.rank()] = net.part_of_batch(10);
+  });
+  CHECK(parts[1] == nn::batch_part{10, 3, 3, true, true});
+  CHECK(parts[3] == nn::batch_part{10, 8, 2, true, true});
+}
+
 TEST_CASE("a pipeline stage whose neighbour leaves gets a typed error, not a hang") {
   const auto data = plan_data<float>();
   nn::local_cluster cluster(2, plan_pp2_gpipe::fingerprint);

@@ -150,6 +150,16 @@ struct batch {
   std::span<const std::int32_t> labels;
 };
 
+/// The part of a batch one processing unit needs: rows [first, first + count) of a batch of
+/// `batch` samples, and whether it needs their samples and their labels (a middle pipeline stage
+/// needs neither; the first needs the samples, the last the labels).
+struct batch_part {
+  std::size_t batch = 0;
+  std::size_t first = 0, count = 0;
+  bool samples = true, labels = true;
+  friend constexpr bool operator==(const batch_part&, const batch_part&) = default;
+};
+
 /// Walks a dataset in batches of `batch_size`, the last one partial, in a seeded random order that
 /// is the same on every platform (shuffle(mix64(seed) + epoch)), or in file order without shuffling.
 template <class Scalar>
@@ -179,16 +189,28 @@ class batcher {
   /// The sample indices of the current epoch, in order.
   [[nodiscard]] std::span<const std::size_t> order() const noexcept { return order_; }
 
+  /// The number of samples in the next batch (the last one of an epoch may be partial).
+  [[nodiscard]] std::size_t next_size() const noexcept { return std::min(batch_size_, data_->size() - position_); }
+
   /// The next batch (valid until the next call). Precondition: !done().
-  batch<Scalar> next() {
-    const std::size_t n = std::min(batch_size_, data_->size() - position_);
-    for (std::size_t r = 0; r < n; ++r) {
-      const std::size_t i = order_[position_ + r];
-      buffer_.row(static_cast<Eigen::Index>(r)) = data_->samples.row(static_cast<Eigen::Index>(i));
-      labels_[r] = data_->labels[i];
+  batch<Scalar> next() { return next({next_size(), 0, next_size(), true, true}); }
+
+  /// Only `part` of the next batch (part.batch must be next_size()): the rows it names, with their
+  /// samples and labels as it asks (empty otherwise); the batcher moves past the whole batch.
+  batch<Scalar> next(const batch_part& part) {
+    const std::size_t n = next_size();
+    if (part.batch != n || part.first > n || part.count > n - part.first)
+      throw configuration_error("f2d2n: rows " + std::to_string(part.first) + " + " + std::to_string(part.count) +
+                                " of a batch of " + std::to_string(part.batch) + " asked of a batch of " +
+                                std::to_string(n));
+    for (std::size_t r = 0; r < part.count; ++r) {
+      const std::size_t i = order_[position_ + part.first + r];
+      if (part.samples) buffer_.row(static_cast<Eigen::Index>(r)) = data_->samples.row(static_cast<Eigen::Index>(i));
+      if (part.labels) labels_[r] = data_->labels[i];
     }
     position_ += n;
-    return {buffer_.topRows(static_cast<Eigen::Index>(n)), std::span<const std::int32_t>(labels_.data(), n)};
+    return {buffer_.topRows(static_cast<Eigen::Index>(part.samples ? part.count : 0)),
+            std::span<const std::int32_t>(labels_.data(), part.labels ? part.count : 0)};
   }
 
  private:

@@ -225,7 +225,42 @@ class unit_engine {
   /// part of d(mean loss)/d(params) over the whole batch. Returns the loss and correct predictions
   /// of the whole batch. Every unit must call it with the same batch.
   batch_result compute_gradients(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels) {
-    const auto sh = share_of(x, labels, true);
+    return step(x, labels, share_of(x, labels, true));
+  }
+
+  /// The rows of a batch of `batch` samples this unit computes, and whether it needs their samples
+  /// (the first stage) and labels (the last stage).
+  [[nodiscard]] batch_part part_of_batch(std::size_t batch) const {
+    if (batch < d_.replicas)
+      throw configuration_error("f2d2n: data_parallel<" + std::to_string(d_.replicas) + "> needs at least " +
+                                std::to_string(d_.replicas) + " samples per batch; this batch has " +
+                                std::to_string(batch));
+    const std::size_t replica = d_.coordinates.replica;
+    return {batch, part_begin(batch, d_.replicas, replica), part_size(batch, d_.replicas, replica),
+            d_.coordinates.stage == 0, d_.coordinates.stage + 1 == d_.stages};
+  }
+
+  /// compute_gradients given only this unit's part of the batch (part_of_batch): `x` holds the
+  /// part's rows when part.samples, `labels` its labels when part.labels (both empty otherwise).
+  batch_result compute_gradients(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels,
+                                 const batch_part& part) {
+    if (part != part_of_batch(part.batch))
+      throw configuration_error("f2d2n: compute_gradients was given another unit's part of the batch");
+    if (part.samples && (static_cast<std::size_t>(x.rows()) != part.count ||
+                         static_cast<std::size_t>(x.cols()) != d_.input_size))
+      throw configuration_error("f2d2n: the part of the batch has " + std::to_string(x.rows()) + " x " +
+                                std::to_string(x.cols()) + " samples, this unit needs " + std::to_string(part.count) +
+                                " x " + std::to_string(d_.input_size));
+    if (part.labels && labels.size() != part.count)
+      throw configuration_error("f2d2n: the part of the batch has " + std::to_string(labels.size()) +
+                                " labels, this unit needs " + std::to_string(part.count));
+    check_labels(labels);
+    return step(x, labels, share_of_part(part));
+  }
+
+ private:
+  struct share;
+  batch_result step(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels, const share& sh) {
     const std::size_t m = d_.microbatches;
     accumulate_ = m > 1;
     if (accumulate_) std::fill(grads_.begin() + static_cast<std::ptrdiff_t>(d_.header), grads_.end(), Scalar(0));
@@ -262,6 +297,9 @@ class unit_engine {
     return r;
   }
 
+
+
+ public:
   /// Loss and correct predictions over one batch, without touching the gradients (the replica's
   /// rows pass the stages as one micro-batch). Every unit must call it with the same batch.
   batch_result evaluate_batch(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels) {
@@ -306,19 +344,34 @@ class unit_engine {
       throw configuration_error("f2d2n: data_parallel<" + std::to_string(d_.replicas) + "> needs at least " +
                                 std::to_string(d_.replicas) + " samples per batch; this batch has " +
                                 std::to_string(batch));
+    check_labels(labels);
+    const std::size_t replica = d_.coordinates.replica, rows = part_size(batch, d_.replicas, replica);
+    const std::size_t m = training ? d_.microbatches : 1;
+    check_microbatches(batch, rows, m);
+    return {static_cast<Eigen::Index>(part_begin(batch, d_.replicas, replica)), static_cast<Eigen::Index>(rows),
+            static_cast<Eigen::Index>(batch), static_cast<Eigen::Index>(rows / m)};
+  }
+
+  /// The share of a part given alone: its rows start at 0.
+  share share_of_part(const batch_part& part) const {
+    check_microbatches(part.batch, part.count, d_.microbatches);
+    return {0, static_cast<Eigen::Index>(part.count), static_cast<Eigen::Index>(part.batch),
+            static_cast<Eigen::Index>(part.count / d_.microbatches)};
+  }
+
+  void check_labels(std::span<const std::int32_t> labels) const {
     for (auto l : labels)
       if (l < 0 || static_cast<std::size_t>(l) >= d_.output_size)
         throw configuration_error("f2d2n: label " + std::to_string(l) + " is outside the model's " +
                                   std::to_string(d_.output_size) + " outputs");
-    const std::size_t replica = d_.coordinates.replica, rows = part_size(batch, d_.replicas, replica);
-    const std::size_t m = training ? d_.microbatches : 1;
+  }
+
+  void check_microbatches(std::size_t batch, std::size_t rows, std::size_t m) const {
     if (rows % m != 0)
       throw configuration_error("f2d2n: pipeline<..., microbatches<" + std::to_string(m) +
                                 ">> needs every replica's rows to split into " + std::to_string(m) +
                                 " equal micro-batches; a batch of " + std::to_string(batch) + " gives replica " +
-                                std::to_string(replica) + " " + std::to_string(rows) + " rows");
-    return {static_cast<Eigen::Index>(part_begin(batch, d_.replicas, replica)), static_cast<Eigen::Index>(rows),
-            static_cast<Eigen::Index>(batch), static_cast<Eigen::Index>(rows / m)};
+                                std::to_string(d_.coordinates.replica) + " " + std::to_string(rows) + " rows");
   }
 
   [[nodiscard]] collective call(std::uint32_t message) const {

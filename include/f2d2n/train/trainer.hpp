@@ -75,9 +75,19 @@ class trainer {
       double loss_sum = 0;
       std::size_t correct = 0;
       for (std::size_t step = 0; step < steps && !batches.done(); ++step) {
-        const auto b = batches.next();
-        const auto step_start = std::chrono::steady_clock::now();
-        const batch_result r = net_.compute_gradients(b.samples, b.labels);
+        batch_result r;
+        auto step_start = std::chrono::steady_clock::now();
+        if constexpr (requires { net_.part_of_batch(std::size_t{}); }) {
+          // A distributed unit: copy only the rows (samples, labels) it computes.
+          const auto part = net_.part_of_batch(batches.next_size());
+          const auto b = batches.next(part);
+          step_start = std::chrono::steady_clock::now();
+          r = net_.compute_gradients(b.samples, b.labels, part);
+        } else {
+          const auto b = batches.next();
+          step_start = std::chrono::steady_clock::now();
+          r = net_.compute_gradients(b.samples, b.labels);
+        }
         optimizer_.step(net_.parameters(), net_.gradients());
         time_split t;
         if constexpr (requires { net_.take_time_split(); }) t = net_.take_time_split();
