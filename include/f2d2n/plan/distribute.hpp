@@ -282,9 +282,7 @@ struct schedule_check {
                 "would deadlock or leave a message unreceived");
   static constexpr bool ok = Completes;
 };
-}  // namespace detail
 
-namespace detail {
 template <class T>
 inline constexpr bool is_data_parallel_v = false;
 template <std::size_t R, std::size_t B>
