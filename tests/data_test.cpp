@@ -5,6 +5,8 @@
 // normalisation, slicing, seeded shuffling and batching. Every test file is written here, in a
 // temporary directory per test that is removed afterwards.
 
+#include "temp_dir.hpp"
+
 #include <f2d2n/core/error.hpp>
 #include <f2d2n/core/random.hpp>
 #include <f2d2n/data.hpp>
@@ -39,30 +41,9 @@ using bytes = std::vector<std::uint8_t>;
 
 namespace {
 
-/// A fresh directory under the system's temporary directory, removed (with its contents) on scope exit.
-class temp_dir {
- public:
-  temp_dir() {
-    static std::atomic<unsigned> counter{0};
-    const auto stamp = static_cast<unsigned long long>(
-        std::chrono::steady_clock::now().time_since_epoch().count());
-    path_ = fs::temp_directory_path() /
-            ("f2d2n-data-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-" +
-             std::to_string(stamp));
-    fs::create_directories(path_);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  temp_dir(const temp_dir&) = delete;
-  temp_dir& operator=(const temp_dir&) = delete;
-
-  [[nodiscard]] std::string file(const std::string& name) const { return (path_ / name).string(); }
-  [[nodiscard]] std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
+/// A fresh directory for this test's files (tests/temp_dir.hpp).
+struct temp_dir : f2d2n::testing::temp_dir {
+  temp_dir() : f2d2n::testing::temp_dir("f2d2n-data-test") {}
 };
 
 /// An IDX file's bytes: 0, 0, element type, rank, big-endian extents, then `data`.

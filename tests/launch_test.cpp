@@ -6,6 +6,8 @@
 // processes (/bin/sh -c ...): prefixes, environment, failures, signals, grace period, timeout.
 // Deadlines below are bounds against hangs, not speed measurements.
 
+#include "temp_dir.hpp"
+
 #include <f2d2n/core/error.hpp>
 #include <f2d2n/launch.hpp>
 
@@ -34,26 +36,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-/// A fresh directory under the system's temporary directory, removed (with its contents) on scope exit.
-class temp_dir {
- public:
-  temp_dir() {
-    static std::atomic<unsigned> counter{0};
-    path_ = fs::temp_directory_path() /
-            ("f2d2n-launch-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::create_directories(path_);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  temp_dir(const temp_dir&) = delete;
-  temp_dir& operator=(const temp_dir&) = delete;
-  [[nodiscard]] const fs::path& path() const { return path_; }
-  [[nodiscard]] std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
+/// A fresh directory for this test's files (tests/temp_dir.hpp).
+struct temp_dir : f2d2n::testing::temp_dir {
+  temp_dir() : f2d2n::testing::temp_dir("f2d2n-launch-test") {}
 };
 
 /// Sets (or unsets, for nullopt) environment variables for its lifetime, then restores them.
@@ -170,7 +155,7 @@ f2d2n::launch_options units(f2d2n::unit_id n, std::chrono::milliseconds grace = 
 std::vector<pid_t> pids_in(const temp_dir& dir, const std::string& prefix, int ranks) {
   std::vector<pid_t> pids;
   for (int r = 0; r < ranks; ++r) {
-    const std::string text = read_file(dir / (prefix + std::to_string(r)));
+    const std::string text = read_file(dir.file(prefix + std::to_string(r)));
     if (!text.empty()) pids.push_back(static_cast<pid_t>(std::stol(text)));
   }
   return pids;
@@ -374,18 +359,18 @@ TEST_CASE("hosts: every problem is a configuration_error naming the source and t
 
 TEST_CASE("hosts files: read from disk; a missing file or a directory is a configuration_error") {
   temp_dir dir;
-  const std::string path = dir / "hosts";
+  const std::string path = dir.file("hosts");
   std::ofstream(path) << "127.0.0.1 2 30000\n127.0.0.2 1\n";
   const auto c = f2d2n::config_from_hosts_file(path, 2);
   CHECK(c.world_size == 3);
   CHECK(c.self() == endpoint{"127.0.0.2", 29500});
 
-  std::ofstream(dir / "bad") << "127.0.0.1 2\n127.0.0.1 two\n";
-  auto e = config_error([&] { (void)f2d2n::config_from_hosts_file(dir / "bad", 0); });
-  CHECK(contains(e, dir / "bad" + ":2: the number of units 'two'"));
+  std::ofstream(dir.file("bad")) << "127.0.0.1 2\n127.0.0.1 two\n";
+  auto e = config_error([&] { (void)f2d2n::config_from_hosts_file(dir.file("bad"), 0); });
+  CHECK(contains(e, dir.file("bad") + ":2: the number of units 'two'"));
 
-  e = config_error([&] { (void)f2d2n::config_from_hosts_file(dir / "missing", 0); });
-  CHECK(contains(e, "hosts file '" + dir / "missing" + "' cannot be opened: No such file or directory"));
+  e = config_error([&] { (void)f2d2n::config_from_hosts_file(dir.file("missing"), 0); });
+  CHECK(contains(e, "hosts file '" + dir.file("missing") + "' cannot be opened: No such file or directory"));
   e = config_error([&] { (void)f2d2n::config_from_hosts_file(dir.path().string(), 0); });
   CHECK(contains(e, "is a directory"));
 }
@@ -459,7 +444,7 @@ TEST_CASE("launch: base port, ordered output in bulk, stdin is /dev/null, script
   CHECK(r.out.empty());
 
   temp_dir dir;
-  const std::string script = dir / "unit-script";
+  const std::string script = dir.file("unit-script");
   std::ofstream(script) << "echo script-ran $F2D2N_RANK \"$1\"\n";
   fs::permissions(script, fs::perms::owner_all);
   r = run(units(2), {script, "arg one"});
@@ -521,7 +506,7 @@ TEST_CASE("launch: a unit that ignores SIGTERM is killed after the grace period"
   CHECK(r.seconds >= 0.3);
   CHECK(r.seconds < 10);
   CHECK(contains(r.err, "[launch] rank 1 did not end within 300 ms of SIGTERM: sending SIGKILL"));
-  const std::string pid = read_file(dir / "pid");
+  const std::string pid = read_file(dir.file("pid"));
   REQUIRE(!pid.empty());
   CHECK(ends_within(static_cast<pid_t>(std::stol(pid)), 3000ms));
 }
@@ -536,7 +521,7 @@ TEST_CASE("launch: a program that cannot be run gives 127 and says why") {
   CHECK(contains(r.err, "cannot run 'f2d2n-no-such-program-on-path': No such file or directory"));
 
   temp_dir dir;
-  const std::string not_executable = dir / "data.txt";
+  const std::string not_executable = dir.file("data.txt");
   std::ofstream(not_executable) << "echo hi\n";
   fs::permissions(not_executable, fs::perms::owner_read | fs::perms::owner_write);
   r = run(units(1), {not_executable});
