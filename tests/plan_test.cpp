@@ -260,38 +260,32 @@ TEST_CASE("each unit copies only its part of a batch: its replica's rows, sample
   CHECK(parts[3] == nn::batch_part{10, 8, 2, true, true});
 }
 
-TEST_CASE("a pipeline stage whose neighbour leaves gets a typed error, not a hang") {
+/// Unit `leaving` of a 2-unit Plan leaves at once; the other must end its step on a batch of
+/// `batch` in a comm_error (within the 2 s deadline), not hang.
+template <class Plan>
+int typed_errors_when_a_unit_leaves(nn::unit_id leaving, std::size_t batch) {
   const auto data = plan_data<float>();
-  nn::local_cluster cluster(2, plan_pp2_gpipe::fingerprint);
+  nn::local_cluster cluster(2, Plan::fingerprint);
   std::atomic<int> typed{0};
   cluster.run_collect([&](nn::local_transport& t) {
-    if (t.rank() == 0) return;  // stage 0 leaves: stage 1 waits for its activations in vain
+    if (t.rank() == leaving) return;
     nn::distributed_options o;
     o.timeout = std::chrono::milliseconds(2000);
-    nn::distributed_network<plan_pp2_gpipe, nn::local_transport> net(t, 0, o);
+    nn::distributed_network<Plan, nn::local_transport> net(t, 0, o);
     try {
-      net.compute_gradients(data.samples.topRows(12), std::span<const std::int32_t>(data.labels).first(12));
+      net.compute_gradients(data.samples.topRows(static_cast<Eigen::Index>(batch)),
+                            std::span<const std::int32_t>(data.labels).first(batch));
     } catch (const nn::comm_error&) {
       ++typed;
     }
   });
-  CHECK(typed == 1);
+  return typed;
+}
+
+TEST_CASE("a pipeline stage whose neighbour leaves gets a typed error, not a hang") {
+  CHECK(typed_errors_when_a_unit_leaves<plan_pp2_gpipe>(0, 12) == 1);  // stage 1 waits for activations in vain
 }
 
 TEST_CASE("a unit whose peer leaves gets a typed error, not a hang") {
-  const auto data = plan_data<float>();
-  nn::local_cluster cluster(2, plan_tp2::fingerprint);
-  std::atomic<int> typed{0};
-  cluster.run_collect([&](nn::local_transport& t) {
-    if (t.rank() == 1) return;  // leaves at once: unit 0 waits for its shard in vain
-    nn::distributed_options o;
-    o.timeout = std::chrono::milliseconds(2000);
-    nn::distributed_network<plan_tp2, nn::local_transport> net(t, 0, o);
-    try {
-      net.compute_gradients(data.samples.topRows(10), std::span<const std::int32_t>(data.labels).first(10));
-    } catch (const nn::comm_error&) {
-      ++typed;
-    }
-  });
-  CHECK(typed == 1);
+  CHECK(typed_errors_when_a_unit_leaves<plan_tp2>(1, 10) == 1);  // unit 0 waits for its shard in vain
 }
