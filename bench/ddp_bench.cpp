@@ -41,6 +41,9 @@
 //   --warmup N          untimed steps first (default 32)
 //   --repetitions N     runs per batch size, each from a fresh network; the median run is printed (default 3)
 //   --timeout-ms N      collective::timeout in DP2 (default 60000)
+//   --buckets           DP2 sums the gradients in buckets of 32768 values (data_parallel<2, 32768>:
+//                       the last layers' first, then the first layer's) instead of in one all-reduce
+//   --overlap           with --buckets: on a second thread of each unit (distributed_options::overlap)
 #include <f2d2n/comm/primitives.hpp>
 #include <f2d2n/core/denormals.hpp>
 #include <f2d2n/core/random.hpp>
@@ -73,6 +76,7 @@ namespace nn = f2d2n;
 using mlp = nn::sequential<nn::input<784>, nn::dense<256>, nn::relu, nn::dense<128>, nn::relu, nn::dense<10>,
                            nn::softmax_cross_entropy>;
 using plan = nn::distribute<mlp, nn::data_parallel<2>>;
+using bucketed_plan = nn::distribute<mlp, nn::data_parallel<2, 32768>>;
 using clock_type = std::chrono::steady_clock;
 
 static_assert(plan::world_size == 2);
@@ -83,12 +87,15 @@ constexpr Eigen::Index pool_samples = 4096;
 constexpr Eigen::Index features = 784;
 constexpr std::size_t steps_per_model = 512;
 constexpr nn::sgd sgd_options{.learning_rate = 0.01, .momentum = 0.9};
-// Message ids of this program's own collectives (the network uses 1, 2 and 16 * layer + 1 or 2).
+// Message ids of this program's own collectives (the network's are in detail:: of
+// train/distributed_network.hpp: small ones, 16 * layer + k, and 0x100000 upwards).
 constexpr std::uint32_t line_up_message = 1001;
 constexpr std::uint32_t lone_allreduce_message = 1002;
 
 struct options {
   bool serial = false;
+  bool buckets = false;
+  bool overlap = false;
   std::vector<std::size_t> batches{64, 128};
   std::size_t steps = 480;
   std::size_t warmup = 32;
@@ -99,7 +106,7 @@ struct options {
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "ddp_bench: %s\nusage: ddp_bench [--serial] [--batches 64,128] [--steps N] [--warmup N] "
-               "[--repetitions N] [--timeout-ms N]\n  DP2: f2d2n_launch -n 2 -- ddp_bench ...\n",
+               "[--repetitions N] [--timeout-ms N] [--buckets [--overlap]]\n  DP2: f2d2n_launch -n 2 -- ddp_bench ...\n",
                why.c_str());
   std::exit(2);
 }
@@ -116,8 +123,8 @@ options parse(int argc, char** argv) {
   options o;
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
-    if (a == "--serial") {
-      o.serial = true;
+    if (a == "--serial" || a == "--buckets" || a == "--overlap") {
+      (a == "--serial" ? o.serial : a == "--buckets" ? o.buckets : o.overlap) = true;
       continue;
     }
     if (a == "--help" || a == "-h") usage("training steps of the MLP, DP2 over TCP or serial");
@@ -145,6 +152,7 @@ options parse(int argc, char** argv) {
       usage("unknown option " + std::string(a));
     }
   }
+  if (o.overlap && !o.buckets) usage("--overlap needs --buckets: one bucket leaves nothing to overlap");
   if (o.steps + o.warmup > steps_per_model)
     usage("--warmup + --steps must be at most " + std::to_string(steps_per_model) + " (one model, no subnormal trap)");
   return o;
@@ -241,12 +249,13 @@ int run_serial(const options& o, const synthetic_pool& pool) {
   return 0;
 }
 
+template <class Plan>
 int run_dp2(const options& o, const synthetic_pool& pool) {
   const nn::cluster_config cfg = nn::config_from_environment();
-  if (cfg.world_size != plan::world_size)
+  if (cfg.world_size != Plan::world_size)
     usage("DP2 needs 2 units (f2d2n_launch -n 2), this cluster has " + std::to_string(cfg.world_size));
-  nn::tcp_transport t(cfg.rank, cfg.peers, plan::fingerprint);
-  const nn::distributed_options dopts{.timeout = std::chrono::milliseconds(o.timeout_ms)};
+  nn::tcp_transport t(cfg.rank, cfg.peers, Plan::fingerprint);
+  const nn::distributed_options dopts{.timeout = std::chrono::milliseconds(o.timeout_ms), .overlap = o.overlap};
   const nn::group world = nn::group::world(cfg.world_size);
   std::uint64_t step = 0;  // this program's own collectives: their own ids and steps
   auto call = [&](std::uint32_t message) {
@@ -257,20 +266,22 @@ int run_dp2(const options& o, const synthetic_pool& pool) {
 
   const nn::flush_denormals ftz;
   if (cfg.rank == 0)
-    std::printf("# f2d2n DP2: distribute<mlp, data_parallel<2>> over tcp_transport (loopback), 2 processes, one "
-                "thread of compute each; %zu bytes sent per unit and step at batch %zu; warmup %zu, %zu timed steps, %zu run(s) per batch size\n",
-                static_cast<std::size_t>(plan::bytes_sent_per_step(0, o.batches.front())), o.batches.front(), o.warmup,
+    std::printf("# f2d2n DP2: distribute<mlp, data_parallel<2%s>> over tcp_transport (loopback), 2 processes, one "
+                "thread of compute each%s; %zu bytes sent per unit and step at batch %zu; warmup %zu, %zu timed steps, %zu run(s) per batch size\n",
+                o.buckets ? ", 32768" : "", o.overlap ? " and one summing the gradient buckets" : "",
+                static_cast<std::size_t>(Plan::bytes_sent_per_step(0, o.batches.front())), o.batches.front(), o.warmup,
                 o.steps, o.repetitions);
   for (const std::size_t batch : o.batches) {
     std::vector<timing> runs;
     for (std::size_t r = 0; r < o.repetitions; ++r) {
-      nn::distributed_network<plan, nn::tcp_transport> net(t, /*seed=*/1, dopts);
+      nn::distributed_network<Plan, nn::tcp_transport> net(t, /*seed=*/1, dopts);
       line_up();
       runs.push_back(run_steps(net, pool, batch, o));
     }
     const timing tm = median_run(std::move(runs));  // unit 0's runs (unit 1's differ by the last step's wait)
-    // The step's all-reduce alone: the gradient buffer plus the loss sum and correct count.
-    std::vector<float, Eigen::aligned_allocator<float>> grads(plan::parameter_count_of(cfg.rank) + 2, 1e-3f);
+    // The step's all-reduce alone: the loss sum, correct count and padding, then the gradients.
+    std::vector<float, Eigen::aligned_allocator<float>> grads(Plan::gradient_header + Plan::parameter_count_of(cfg.rank),
+                                                              1e-3f);
     std::vector<double> lone;
     for (int k = 0; k < 30; ++k) {
       line_up();
@@ -295,7 +306,7 @@ int main(int argc, char** argv) {
     if (!std::getenv(nn::world_size_variable))
       usage(std::string("no cluster configuration (") + nn::world_size_variable +
             " is not set): start it with f2d2n_launch -n 2, or pass --serial");
-    return run_dp2(o, pool);
+    return o.buckets ? run_dp2<bucketed_plan>(o, pool) : run_dp2<plan>(o, pool);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "ddp_bench: %s\n", e.what());
     return 1;

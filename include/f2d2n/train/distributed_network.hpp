@@ -63,9 +63,9 @@ struct distributed_options {
   /// pass goes on (the thread sleeps while it waits). Off by default: one compute thread per unit;
   /// then each bucket is summed in the compute thread as soon as it is complete. The messages and
   /// the results are the same either way. On the 2-core development machine, with 2 units and
-  /// buckets of 32768 values, overlapping made the MLP's DP2 step slower (58k against 85-90k
-  /// samples/s): the second thread competes with the compute threads for the cores. It pays where
-  /// a unit has a core to spare.
+  /// buckets of 32768 values, overlapping made the MLP's DP2 step slower (47-58k against 88k
+  /// samples/s with one bucket; bench/ddp_bench.cpp --buckets --overlap): the second thread
+  /// competes with the compute threads for the cores. It pays where a unit has a core to spare.
   bool overlap = false;
 };
 
