@@ -573,3 +573,122 @@ TEST_CASE("launch: bad options are configuration_errors") {
   o.timeout = std::chrono::seconds(0);
   CHECK(contains(config_error([&] { (void)run(o, {"true"}); }), "timeout must be at least 1 s"));
 }
+
+// ------------------------------------------------------------------------------------------------
+// Restarts (max_restarts)
+// ------------------------------------------------------------------------------------------------
+
+TEST_CASE("launch restarts: rank 1 fails on the first attempt only; all units restart and succeed") {
+  scoped_environment env;
+  env.set("F2D2N_RESTART", "7");  // the launcher's own variable must not leak into the units
+  temp_dir dir;
+  const std::string d = dir.path().string();
+  // Every unit records each F2D2N_RESTART it sees. On attempt 0 rank 1 waits (bounded) until ranks 0
+  // and 2 have recorded theirs, then exits 5; ranks 0 and 2 wait to be ended. Attempt 1 succeeds.
+  const std::string script =
+      "R=$F2D2N_RANK; A=$F2D2N_RESTART; D='" + d + "'; echo \"$A\" >> \"$D/seen$R\"; : > \"$D/ready$R.$A\"; "
+      "if [ \"$A\" = 0 ]; then if [ $R = 1 ]; then i=0; while [ $i -lt 400 ] && "
+      "{ [ ! -e \"$D/ready0.0\" ] || [ ! -e \"$D/ready2.0\" ]; }; do sleep 0.02; i=$((i+1)); done; "
+      "echo failing; exit 5; fi; exec sleep 30; fi; echo \"done $A $F2D2N_PEERS\"";
+  auto o = units(3, 500ms);
+  o.max_restarts = 1;
+  const auto r = run_sh(o, script);
+  INFO("out:\n" << r.out << "err:\n" << r.err);
+  CHECK(r.code == 0);
+  CHECK(r.seconds < 10);
+  CHECK(count_lines(r.out, "[1] failing") == 1);
+  CHECK(count_lines(r.err, "[launch] rank 1 exited with code 5; ending the other units, then restarting all units "
+                           "(restart 1 of 1)") == 1);
+  CHECK(lines_of(r.err).size() == 1);  // SIGTERM was enough; nothing else to say
+  for (int rank = 0; rank < 3; ++rank) {
+    CAPTURE(rank);
+    CHECK(read_file(dir.file("seen" + std::to_string(rank))) == "0\n1\n");
+    std::string start(1, '[');  // appended: GCC 12 warns falsely on "[" + std::string (PR 105651)
+    start.append(std::to_string(rank)).append("] done 1 ");
+    std::size_t done = 0;
+    for (const auto& line : lines_of(r.out))
+      if (line.rfind(start, 0) == 0) {
+        ++done;
+        CHECK(f2d2n::parse_peers(line.substr(line.rfind(' ') + 1)).size() == 3);  // fresh, valid ports
+      }
+    CHECK(done == 1);
+  }
+}
+
+TEST_CASE("launch restarts: a unit that always fails uses up the restarts; the launcher returns its code") {
+  temp_dir dir;
+  const std::string d = dir.path().string();
+  auto o = units(2, 300ms);
+  o.max_restarts = 2;
+  const auto r = run_sh(o, "if [ $F2D2N_RANK = 0 ]; then echo \"$F2D2N_RESTART\" >> '" + d +
+                               "/attempts'; exit 3; fi; exec sleep 30");
+  INFO("err:\n" << r.err);
+  CHECK(r.code == 3);
+  CHECK(r.seconds < 10);
+  CHECK(read_file(dir.file("attempts")) == "0\n1\n2\n");  // 3 attempts in all
+  CHECK(count_lines(r.err, "[launch] rank 0 exited with code 3; ending the other units, then restarting all units "
+                           "(restart 1 of 2)") == 1);
+  CHECK(count_lines(r.err, "[launch] rank 0 exited with code 3; ending the other units, then restarting all units "
+                           "(restart 2 of 2)") == 1);
+  CHECK(count_lines(r.err, "[launch] rank 0 exited with code 3; ending the other units") == 1);  // the last
+  CHECK(lines_of(r.err).size() == 3);
+}
+
+TEST_CASE("launch restarts: a unit killed by SIGKILL is restarted") {
+  auto o = units(2, 300ms);
+  o.max_restarts = 1;
+  const auto r = run_sh(o, "if [ $F2D2N_RANK = 0 ] && [ $F2D2N_RESTART = 0 ]; then kill -KILL $$; fi; "
+                           "echo \"ok $F2D2N_RESTART\"");
+  INFO("out:\n" << r.out << "err:\n" << r.err);
+  CHECK(r.code == 0);
+  CHECK(r.seconds < 10);
+  CHECK(count_lines(r.err, "[launch] rank 0 was killed by SIGKILL (exit code 137); ending the other units, then "
+                           "restarting all units (restart 1 of 1)") == 1);
+  CHECK(count_lines(r.out, "[0] ok 1") == 1);
+  CHECK(count_lines(r.out, "[1] ok 1") == 1);
+  CHECK(count_lines(r.out, "[0] ok 0") == 0);
+
+  o = units(1, 300ms);  // one unit: no others to end
+  o.max_restarts = 1;
+  const auto one = run_sh(o, "[ $F2D2N_RESTART = 0 ] && kill -KILL $$; exit 0");
+  CHECK(one.code == 0);
+  CHECK(contains(one.err, "[launch] rank 0 was killed by SIGKILL (exit code 137); restarting it (restart 1 of 1)\n"));
+}
+
+TEST_CASE("launch restarts: max_restarts 0 behaves as before; no restart of what cannot run, nor on a signal") {
+  temp_dir dir;
+  const std::string d = dir.path().string();
+  auto o = units(2, 300ms);
+  REQUIRE(o.max_restarts == 0);
+  auto r = run_sh(o, "if [ $F2D2N_RANK = 0 ]; then echo \"$F2D2N_RESTART\" >> '" + d +
+                         "/attempts'; exit 3; fi; exec sleep 30");
+  INFO("err:\n" << r.err);
+  CHECK(r.code == 3);
+  CHECK(read_file(dir.file("attempts")) == "0\n");
+  CHECK(r.err == "[launch] rank 0 exited with code 3; ending the other units\n");
+
+  // A program that cannot be started is not restarted.
+  o.max_restarts = 3;
+  r = run(o, {"/nonexistent/f2d2n-no-such-program"});
+  CHECK(r.code == 127);
+  CHECK(!contains(r.err, "restart"));
+
+  // SIGINT to the launcher ends the run without a restart.
+  r = run_sh(o, "if [ $F2D2N_RANK = 0 ]; then kill -INT $PPID; fi; exec sleep 30");
+  CHECK(r.code == 128 + SIGINT);
+  CHECK(r.seconds < 10);
+  CHECK(!contains(r.err, "restart"));
+}
+
+TEST_CASE("launch restarts: the timeout covers every attempt together") {
+  auto o = units(2, 200ms);
+  o.max_restarts = 1000;
+  o.timeout = std::chrono::seconds(1);
+  const auto r = run_sh(o, "if [ $F2D2N_RANK = 0 ]; then sleep 0.2; exit 1; fi; exec sleep 30");
+  INFO("err:\n" << r.err);
+  CHECK(r.code == f2d2n::launch_timeout_exit_code);
+  CHECK(r.seconds >= 1.0);
+  CHECK(r.seconds < 10);
+  CHECK(contains(r.err, "[launch] the run did not end within 1 s; "));
+  CHECK(contains(r.err, "(restart 2 of 1000)"));
+}

@@ -4,6 +4,7 @@
 //
 //   f2d2n_launch -n 4 -- ./train --epochs 3
 //   f2d2n_launch -n 2 --base-port 29500 --timeout 600 -- python3 unit.py
+//   f2d2n_launch -n 4 --max-restarts 3 -- ./train --resume   # F2D2N_RESTART tells a restart
 //   f2d2n_launch --help
 #include <f2d2n/launch.hpp>
 
@@ -21,13 +22,17 @@ namespace po = boost::program_options;
 namespace {
 
 constexpr const char* usage =
-    "usage: f2d2n_launch -n N [--host H] [--base-port P] [--grace-ms G] [--timeout S] -- PROGRAM [ARGS...]\n"
+    "usage: f2d2n_launch -n N [--host H] [--base-port P] [--grace-ms G] [--timeout S] [--max-restarts K]\n"
+    "                    -- PROGRAM [ARGS...]\n"
     "\n"
     "Starts N processes of PROGRAM on this machine with F2D2N_RANK (0..N-1), F2D2N_WORLD_SIZE (N),\n"
     "F2D2N_PEERS (host:port of every unit, in rank order), F2D2N_LOCAL_RANK and F2D2N_LOCAL_WORLD_SIZE\n"
     "set, and prefixes each line they print with '[rank] '. Exits 0 when every unit exits 0; as soon as\n"
     "one fails, ends the others (SIGTERM, then SIGKILL after the grace period) and exits with its code\n"
-    "(128 + signal number for a signal, 127 when PROGRAM cannot be run, 124 after --timeout).\n";
+    "(128 + signal number for a signal, 127 when PROGRAM cannot be run, 124 after --timeout).\n"
+    "With --max-restarts K, a failure instead ends the others and starts all N units again, up to K\n"
+    "times, with F2D2N_RESTART set to the number of restarts so far (0 at the first start); --timeout\n"
+    "covers all attempts together.\n";
 
 /// A whole number within [low, high] from an option's text; a po::error naming the option otherwise.
 std::int64_t in_range(const po::variables_map& vm, const char* name, std::int64_t low, std::int64_t high) {
@@ -60,7 +65,9 @@ int main(int argc, char** argv) try {
         "process between the pick and the unit's bind: pass a base port where that matters)")
     ("grace-ms", po::value<std::int64_t>()->default_value(2000),
         "milliseconds between SIGTERM and SIGKILL when the units are ended")
-    ("timeout", po::value<std::int64_t>(), "end every unit after this many seconds and exit 124");
+    ("timeout", po::value<std::int64_t>(), "end every unit after this many seconds and exit 124")
+    ("max-restarts", po::value<std::int64_t>()->default_value(0),
+        "when a unit fails, end the others and start all units again, up to this many times (0..1000)");
   // clang-format on
   po::variables_map vm;
   po::store(po::command_line_parser(split, argv).options(opts).run(), vm);
@@ -78,6 +85,7 @@ int main(int argc, char** argv) try {
   options.host = vm["host"].as<std::string>();
   options.base_port = static_cast<std::uint16_t>(in_range(vm, "base-port", 0, 65535));
   options.grace = std::chrono::milliseconds(in_range(vm, "grace-ms", 0, 24 * 3600 * 1000));
+  options.max_restarts = static_cast<unsigned>(in_range(vm, "max-restarts", 0, 1000));
   if (vm.count("timeout")) options.timeout = std::chrono::seconds(in_range(vm, "timeout", 1, 365LL * 24 * 3600));
   return f2d2n::launch(options, command, std::cout, std::cerr);
 } catch (const po::error& e) {

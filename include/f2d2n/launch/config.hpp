@@ -68,6 +68,8 @@ inline constexpr const char* world_size_variable = "F2D2N_WORLD_SIZE";
 inline constexpr const char* peers_variable = "F2D2N_PEERS";
 inline constexpr const char* local_rank_variable = "F2D2N_LOCAL_RANK";
 inline constexpr const char* local_world_size_variable = "F2D2N_LOCAL_WORLD_SIZE";
+/// Set by the launcher: how many times it has restarted the units (0 at the first start).
+inline constexpr const char* restart_variable = "F2D2N_RESTART";
 
 /// One line of a hosts file: `units` units on `host`, listening on `port`, `port + 1`, ...
 struct hosts_entry {

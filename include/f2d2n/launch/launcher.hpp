@@ -3,8 +3,9 @@
 //
 //   f2d2n::launch({.processes = 4}, {"./train", "--epochs", "3"}, std::cout, std::cerr);
 //
-// starts 4 processes of ./train with F2D2N_RANK, F2D2N_WORLD_SIZE, F2D2N_PEERS, F2D2N_LOCAL_RANK and
-// F2D2N_LOCAL_WORLD_SIZE set (see config.hpp), each listening on its own free loopback port, and
+// starts 4 processes of ./train with F2D2N_RANK, F2D2N_WORLD_SIZE, F2D2N_PEERS, F2D2N_LOCAL_RANK,
+// F2D2N_LOCAL_WORLD_SIZE and F2D2N_RESTART set (see config.hpp), each listening on its own free
+// loopback port, and
 //
 // - forwards every line a unit writes to its stdout to `out` and to its stderr to `err`, prefixed
 //   with `[rank] ` (a last line without newline is flushed when the unit ends; a line longer than
@@ -17,6 +18,14 @@
 // - on SIGINT or SIGTERM to the launcher, passes the signal on to the units, ends them the same way
 //   and returns 128 + the signal's number (a second signal sends SIGKILL at once);
 // - after `timeout`, if one is set, ends the units the same way and returns 124 (as timeout(1)).
+//
+// Restarts (max_restarts > 0): when a unit fails and fewer than max_restarts restarts have been
+// made, the launcher says so on `err`, ends the other units as above, waits for all of them, and
+// starts all units again (on free ports picked again when base_port is 0), with F2D2N_RESTART set
+// to the number of restarts so far (0 at the first start), so that a program can resume, e.g. from
+// its latest checkpoint. When the restarts are used up, a failure ends the run as above. A program
+// that cannot be started is not restarted; a signal to the launcher, or the timeout, during the
+// ending cancels the restart; the timeout covers every attempt together.
 //
 // Each unit runs in a process group of its own, so that signals reach what the unit started too
 // (a shell and its children); when the run is ended, whatever is left in those groups is killed.
@@ -82,6 +91,7 @@ struct launch_options {
   std::uint16_t base_port = 0;             ///< unit r listens on base_port + r; 0: free ports on host
   std::chrono::milliseconds grace{2000};   ///< SIGTERM to SIGKILL
   std::optional<std::chrono::seconds> timeout{};  ///< whole-run deadline: end every unit, return 124
+  unsigned max_restarts = 0;               ///< times every unit is started again after a unit fails
 };
 
 /// What launch() returns when the whole-run timeout ends the units.
@@ -345,8 +355,8 @@ class signal_scope {
 
 /// This process's environment without the variables the launcher sets.
 [[nodiscard]] inline std::vector<std::string> inherited_environment() {
-  const std::string_view ours[] = {rank_variable, world_size_variable, peers_variable, local_rank_variable,
-                                   local_world_size_variable};
+  const std::string_view ours[] = {rank_variable,       world_size_variable,       peers_variable,
+                                   local_rank_variable, local_world_size_variable, restart_variable};
   std::vector<std::string> env;
   for (char** e = ::environ; e != nullptr && *e != nullptr; ++e) {
     const std::string_view entry(*e);
@@ -593,17 +603,6 @@ inline int launch(const launch_options& options, const std::vector<std::string>&
   proc::signal_scope signals;
   const int signals_seen_before = proc::signal_count.load();
 
-  std::vector<std::uint16_t> ports;
-  std::vector<proc::file> reserved;
-  if (options.base_port == 0) {
-    reserved = proc::reserve_ports(host, n, ports);
-  } else {
-    for (unit_id r = 0; r < n; ++r) ports.push_back(static_cast<std::uint16_t>(options.base_port + r));
-  }
-  std::vector<endpoint> peers;
-  for (const auto port : ports) peers.push_back(endpoint{host, port});
-  const std::string peers_text = to_peers_string(peers);
-
   const std::string program = proc::resolve_program(command.front());
   std::vector<std::string> arguments = command;
   auto argv = proc::pointers_to(arguments);
@@ -615,31 +614,49 @@ inline int launch(const launch_options& options, const std::vector<std::string>&
   proc::file devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   if (!devnull.open()) throw launch_error(proc::system_message("launch: cannot open /dev/null", errno));
 
-  // Release every reserved port before the first fork: a child holds copies of the launcher's
-  // sockets from fork until exec (CLOEXEC acts at exec), so a reservation still open then could
-  // keep the next unit from binding its port (seen under load: "Address already in use").
-  reserved.clear();
-
   proc::unit_set set(signals);
   auto& units = set.units;
-  units.resize(n);
-  for (unit_id r = 0; r < n; ++r) {
-    std::vector<std::string> env = inherited;
-    env.push_back(std::string(rank_variable) + "=" + std::to_string(r));
-    env.push_back(std::string(world_size_variable) + "=" + std::to_string(n));
-    env.push_back(std::string(peers_variable) + "=" + peers_text);
-    env.push_back(std::string(local_rank_variable) + "=" + std::to_string(r));
-    env.push_back(std::string(local_world_size_variable) + "=" + std::to_string(n));
-    auto envp = proc::pointers_to(env);
-    units[r].rank = r;
-    proc::start_unit(units[r], program, argv, sh_argv, envp, devnull.get());
-  }
-  devnull.close();
+  unsigned restarts = 0;  // how many times every unit was started again
+
+  // Starts attempt `restarts`: every unit, on ports picked again when base_port is 0.
+  auto start_units = [&] {
+    std::vector<std::uint16_t> ports;
+    std::vector<proc::file> reserved;
+    if (options.base_port == 0) {
+      reserved = proc::reserve_ports(host, n, ports);
+    } else {
+      for (unit_id r = 0; r < n; ++r) ports.push_back(static_cast<std::uint16_t>(options.base_port + r));
+    }
+    std::vector<endpoint> peers;
+    for (const auto port : ports) peers.push_back(endpoint{host, port});
+    const std::string peers_text = to_peers_string(peers);
+
+    // Release every reserved port before the first fork: a child holds copies of the launcher's
+    // sockets from fork until exec (CLOEXEC acts at exec), so a reservation still open then could
+    // keep the next unit from binding its port (seen under load: "Address already in use").
+    reserved.clear();
+
+    units.clear();
+    units.resize(n);
+    for (unit_id r = 0; r < n; ++r) {
+      std::vector<std::string> env = inherited;
+      env.push_back(std::string(rank_variable) + "=" + std::to_string(r));
+      env.push_back(std::string(world_size_variable) + "=" + std::to_string(n));
+      env.push_back(std::string(peers_variable) + "=" + peers_text);
+      env.push_back(std::string(local_rank_variable) + "=" + std::to_string(r));
+      env.push_back(std::string(local_world_size_variable) + "=" + std::to_string(n));
+      env.push_back(std::string(restart_variable) + "=" + std::to_string(restarts));
+      auto envp = proc::pointers_to(env);
+      units[r].rank = r;
+      proc::start_unit(units[r], program, argv, sh_argv, envp, devnull.get());
+    }
+  };
 
   // --- supervise ---
   enum class phase { running, terminating, killing };
   phase state = phase::running;
   int result = 0;
+  bool restart_pending = false;  // a unit failed and the units are being ended to start them again
   int signals_handled = signals_seen_before;
   const auto start = clock::now();
   const std::optional<clock::time_point> run_deadline =
@@ -669,110 +686,147 @@ inline int launch(const launch_options& options, const std::vector<std::string>&
 
   std::vector<pollfd> fds;
   std::vector<std::pair<std::size_t, int>> sources;  // fds[i + 1] belongs to units[first], stream second
-  while (true) {
-    // Units that have exited: their output is complete in the pipes; drain it, then report.
-    for (auto& u : units) {
-      if (u.exited || !proc::check_exit(u)) continue;
-      proc::read_stream(u.out, prefix(u.rank), out, true);
-      proc::read_stream(u.err, prefix(u.rank), err, true);
-      proc::emit(u.out, prefix(u.rank), out, true);
-      proc::emit(u.err, prefix(u.rank), err, true);
-      u.out.pipe.close();  // a process the unit left behind may hold the pipe; stop listening to it
-      u.err.pipe.close();
-      if (u.exec_status.open()) proc::read_exec_status(u);
-      if (state != phase::running || (u.signal == 0 && u.exit_code == 0)) continue;
-      if (u.exec_errno) {
-        say("rank " + std::to_string(u.rank) + " cannot run '" + command.front() + "': " +
-            std::strerror(*u.exec_errno) + " (exit code 127)" + others);
-        result = launch_cannot_run_exit_code;
-      } else if (u.signal != 0) {
-        say("rank " + std::to_string(u.rank) + " was killed by " + proc::signal_name(u.signal) + " (exit code " +
-            std::to_string(128 + u.signal) + ")" + others);
-        result = 128 + u.signal;
-      } else {
-        say("rank " + std::to_string(u.rank) + " exited with code " + std::to_string(u.exit_code) + others);
-        result = u.exit_code;
-      }
-      if (result == 0) result = 1;
-      end_units(SIGTERM);
-    }
-    if (std::all_of(units.begin(), units.end(), [](const auto& u) { return u.exited; })) break;
+  while (true) {  // one pass per attempt: the first start and each restart
+    start_units();
+    state = phase::running;
+    result = 0;
+    restart_pending = false;
 
-    // Signals to the launcher: pass the first on, answer a second with SIGKILL.
-    if (const int count = proc::signal_count.load(); count != signals_handled) {
-      signals_handled = count;
-      const int sig = proc::last_signal.load();
-      if (state == phase::running) {
-        say("received " + proc::signal_name(sig) + ": passing it on to the units");
-        result = 128 + sig;
-        end_units(sig);
-      } else if (state == phase::terminating) {
-        say("received " + proc::signal_name(sig) + " again: killing the units");
-        end_units(SIGKILL);
-      }
-    }
-
-    // Deadlines.
-    const auto now = clock::now();
-    if (state == phase::running && run_deadline && now >= *run_deadline) {
-      say("the run did not end within " + std::to_string(options.timeout->count()) + " s; ending the units");
-      result = launch_timeout_exit_code;
-      end_units(SIGTERM);
-    } else if (state == phase::terminating && now >= phase_deadline) {
-      for (const auto& u : units)
-        if (!u.exited)
-          say("rank " + std::to_string(u.rank) + " did not end within " + std::to_string(options.grace.count()) +
-              " ms of " + proc::signal_name(sent_signal) + ": sending SIGKILL");
-      end_units(SIGKILL);
-    } else if (state == phase::killing && now >= phase_deadline) {
-      for (const auto& u : units)
-        if (!u.exited)
-          say("rank " + std::to_string(u.rank) + " (pid " + std::to_string(u.pid) + ") did not end " +
-              std::to_string(proc::kill_wait.count()) + " s after SIGKILL; leaving it");
-      break;
-    }
-
-    // Wait for output, an exec report, a signal (SIGCHLD included), or the next deadline.
-    std::optional<clock::time_point> next;
-    if (state == phase::running) next = run_deadline;
-    else next = phase_deadline;
-    int wait_ms = -1;
-    if (next) {
-      const auto ms = std::chrono::ceil<std::chrono::milliseconds>(*next - clock::now()).count();
-      wait_ms = static_cast<int>(std::clamp<long long>(ms, 0, INT_MAX));
-    }
-    fds.clear();
-    sources.clear();
-    fds.push_back(pollfd{signals.wake_fd_to_poll(), POLLIN, 0});
-    for (std::size_t k = 0; k < units.size(); ++k) {
-      const int streams[3] = {units[k].out.pipe.get(), units[k].err.pipe.get(), units[k].exec_status.get()};
-      for (int which = 0; which < 3; ++which)
-        if (streams[which] >= 0) {
-          fds.push_back(pollfd{streams[which], POLLIN, 0});
-          sources.emplace_back(k, which);
+    while (true) {
+      // Units that have exited: their output is complete in the pipes; drain it, then report.
+      for (auto& u : units) {
+        if (u.exited || !proc::check_exit(u)) continue;
+        proc::read_stream(u.out, prefix(u.rank), out, true);
+        proc::read_stream(u.err, prefix(u.rank), err, true);
+        proc::emit(u.out, prefix(u.rank), out, true);
+        proc::emit(u.err, prefix(u.rank), err, true);
+        u.out.pipe.close();  // a process the unit left behind may hold the pipe; stop listening to it
+        u.err.pipe.close();
+        if (u.exec_status.open()) proc::read_exec_status(u);
+        if (state != phase::running || (u.signal == 0 && u.exit_code == 0)) continue;
+        // A failure restarts every unit while restarts are left, unless the program cannot be run.
+        restart_pending = restarts < options.max_restarts && !u.exec_errno;
+        const std::string then =
+            !restart_pending ? others
+            : n > 1 ? others + ", then restarting all units (restart " + std::to_string(restarts + 1) + " of " +
+                          std::to_string(options.max_restarts) + ")"
+                    : "; restarting it (restart " + std::to_string(restarts + 1) + " of " +
+                          std::to_string(options.max_restarts) + ")";
+        if (u.exec_errno) {
+          say("rank " + std::to_string(u.rank) + " cannot run '" + command.front() + "': " +
+              std::strerror(*u.exec_errno) + " (exit code 127)" + then);
+          result = launch_cannot_run_exit_code;
+        } else if (u.signal != 0) {
+          say("rank " + std::to_string(u.rank) + " was killed by " + proc::signal_name(u.signal) + " (exit code " +
+              std::to_string(128 + u.signal) + ")" + then);
+          result = 128 + u.signal;
+        } else {
+          say("rank " + std::to_string(u.rank) + " exited with code " + std::to_string(u.exit_code) + then);
+          result = u.exit_code;
         }
-    }
-    const int ready = ::poll(fds.data(), static_cast<nfds_t>(fds.size()), wait_ms);
-    if (ready < 0 && errno != EINTR) throw launch_error(proc::system_message("launch: poll failed", errno));
-    if (ready <= 0) continue;
-    if (fds[0].revents != 0) signals.drain();
-    for (std::size_t i = 0; i < sources.size(); ++i) {
-      if ((fds[i + 1].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
-      auto& u = units[sources[i].first];
-      switch (sources[i].second) {
-        case 0: proc::read_stream(u.out, prefix(u.rank), out, false); break;
-        case 1: proc::read_stream(u.err, prefix(u.rank), err, false); break;
-        default: proc::read_exec_status(u); break;
+        if (result == 0) result = 1;
+        end_units(SIGTERM);
+      }
+      if (std::all_of(units.begin(), units.end(), [](const auto& u) { return u.exited; })) break;
+
+      // Signals to the launcher: pass the first on, answer a second with SIGKILL. One that comes
+      // while the units are being ended for a restart cancels the restart.
+      if (const int count = proc::signal_count.load(); count != signals_handled) {
+        signals_handled = count;
+        const int sig = proc::last_signal.load();
+        if (state == phase::running) {
+          say("received " + proc::signal_name(sig) + ": passing it on to the units");
+          result = 128 + sig;
+          end_units(sig);
+        } else if (restart_pending) {
+          say("received " + proc::signal_name(sig) + ": not restarting");
+          restart_pending = false;
+        } else if (state == phase::terminating) {
+          say("received " + proc::signal_name(sig) + " again: killing the units");
+          end_units(SIGKILL);
+        }
+      }
+
+      // Deadlines. The whole-run timeout covers every attempt, and the ending before a restart too.
+      const auto now = clock::now();
+      if (restart_pending && run_deadline && now >= *run_deadline) {
+        say("the run did not end within " + std::to_string(options.timeout->count()) + " s; not restarting");
+        result = launch_timeout_exit_code;
+        restart_pending = false;
+      }
+      if (state == phase::running && run_deadline && now >= *run_deadline) {
+        say("the run did not end within " + std::to_string(options.timeout->count()) + " s; ending the units");
+        result = launch_timeout_exit_code;
+        end_units(SIGTERM);
+      } else if (state == phase::terminating && now >= phase_deadline) {
+        for (const auto& u : units)
+          if (!u.exited)
+            say("rank " + std::to_string(u.rank) + " did not end within " + std::to_string(options.grace.count()) +
+                " ms of " + proc::signal_name(sent_signal) + ": sending SIGKILL");
+        end_units(SIGKILL);
+      } else if (state == phase::killing && now >= phase_deadline) {
+        for (const auto& u : units)
+          if (!u.exited)
+            say("rank " + std::to_string(u.rank) + " (pid " + std::to_string(u.pid) + ") did not end " +
+                std::to_string(proc::kill_wait.count()) + " s after SIGKILL; leaving it" +
+                (restart_pending ? " and not restarting" : ""));
+        restart_pending = false;
+        break;
+      }
+
+      // Wait for output, an exec report, a signal (SIGCHLD included), or the next deadline.
+      std::optional<clock::time_point> next;
+      if (state == phase::running) next = run_deadline;
+      else if (restart_pending && run_deadline) next = std::min(phase_deadline, *run_deadline);
+      else next = phase_deadline;
+      int wait_ms = -1;
+      if (next) {
+        const auto ms = std::chrono::ceil<std::chrono::milliseconds>(*next - clock::now()).count();
+        wait_ms = static_cast<int>(std::clamp<long long>(ms, 0, INT_MAX));
+      }
+      fds.clear();
+      sources.clear();
+      fds.push_back(pollfd{signals.wake_fd_to_poll(), POLLIN, 0});
+      for (std::size_t k = 0; k < units.size(); ++k) {
+        const int streams[3] = {units[k].out.pipe.get(), units[k].err.pipe.get(), units[k].exec_status.get()};
+        for (int which = 0; which < 3; ++which)
+          if (streams[which] >= 0) {
+            fds.push_back(pollfd{streams[which], POLLIN, 0});
+            sources.emplace_back(k, which);
+          }
+      }
+      const int ready = ::poll(fds.data(), static_cast<nfds_t>(fds.size()), wait_ms);
+      if (ready < 0 && errno != EINTR) throw launch_error(proc::system_message("launch: poll failed", errno));
+      if (ready <= 0) continue;
+      if (fds[0].revents != 0) signals.drain();
+      for (std::size_t i = 0; i < sources.size(); ++i) {
+        if ((fds[i + 1].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
+        auto& u = units[sources[i].first];
+        switch (sources[i].second) {
+          case 0: proc::read_stream(u.out, prefix(u.rank), out, false); break;
+          case 1: proc::read_stream(u.err, prefix(u.rank), err, false); break;
+          default: proc::read_exec_status(u); break;
+        }
       }
     }
-  }
 
-  // The run is over. When it was ended, kill whatever the units left in their process groups (each
-  // unit is still a zombie, so its group id cannot have been reused); then reap the units.
-  if (state != phase::running)
-    for (auto& u : units) proc::signal_unit(u, SIGKILL);
-  for (auto& u : units) proc::reap(u);
-  return result;
+    // The attempt is over. When it was ended, kill whatever the units left in their process groups
+    // (each unit is still a zombie, so its group id cannot have been reused); then reap the units.
+    if (state != phase::running)
+      for (auto& u : units) proc::signal_unit(u, SIGKILL);
+    for (auto& u : units) proc::reap(u);
+    // A signal or the timeout that came as the last units ended still cancels the restart.
+    if (restart_pending && proc::signal_count.load() != signals_handled) {
+      say("received " + proc::signal_name(proc::last_signal.load()) + ": not restarting");
+      restart_pending = false;
+    } else if (restart_pending && run_deadline && clock::now() >= *run_deadline) {
+      say("the run did not end within " + std::to_string(options.timeout->count()) + " s; not restarting");
+      result = launch_timeout_exit_code;
+      restart_pending = false;
+    }
+    if (!restart_pending) return result;
+    ++restarts;
+  }
 }
 
 }  // namespace f2d2n
