@@ -13,13 +13,15 @@ packages=(
   libeigen3-dev                        # Eigen 3.4
   zlib1g-dev                           # gzipped IDX files
   libxxhash-dev                        # frame checksums (XXH3, header-only)
+  nlohmann-json3-dev                   # JSON: safetensors headers, checkpoint manifests
   doctest-dev                          # tests
   libbenchmark-dev                     # bench/
   dataset-fashion-mnist                # the data: /usr/share/datasets/fashion-mnist
+  python3-numpy                        # tests/torch_peer.py: the safetensors peer (PyTorch's, else numpy's)
 )
 for arg in "$@"; do
   case "$arg" in
-    --compare) packages+=(python3-torch python3-numpy libopenblas0-openmp openmpi-bin libopenmpi-dev) ;;  # OpenBLAS: else PyTorch runs the reference BLAS
+    --compare) packages+=(python3-torch libopenblas0-openmp openmpi-bin libopenmpi-dev) ;;  # OpenBLAS: else PyTorch runs the reference BLAS
     --plot) packages+=(gnuplot-nox) ;;
     *) echo "deps.sh: unknown option '$arg' (use --compare or --plot)" >&2; exit 2 ;;
   esac

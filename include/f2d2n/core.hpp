@@ -6,3 +6,4 @@
 #include <f2d2n/core/random.hpp>
 #include <f2d2n/core/shape.hpp>
 #include <f2d2n/core/unit.hpp>
+#include <f2d2n/core/version.hpp>

@@ -5,4 +5,5 @@
 #include <f2d2n/model/layers.hpp>
 #include <f2d2n/model/network.hpp>
 #include <f2d2n/model/sequential.hpp>
+#include <f2d2n/model/summary.hpp>
 #include <f2d2n/model/tensor.hpp>

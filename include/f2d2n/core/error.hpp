@@ -63,6 +63,46 @@ class data_error : public error {
   data_problem problem_;
 };
 
+/// What is wrong with stored model data (a safetensors file, a checkpoint, an archive).
+enum class storage_problem {
+  missing,         ///< the file, object or checkpoint does not exist or cannot be opened
+  io,              ///< the system refused a read, write, sync or rename
+  truncated,       ///< the data ends before what its header or manifest announces
+  corrupt,         ///< a checksum does not match, or the header is not well formed
+  bad_format,      ///< not this format, or a version this build does not read
+  model_mismatch,  ///< the stored model (layers, extents, scalar type, optimizer) is not the one loading it
+  incomplete,      ///< the stored chunks do not cover a tensor, or overlap
+};
+
+/// Text naming a storage_problem ("corrupt", ...).
+[[nodiscard]] constexpr const char* to_string(storage_problem p) noexcept {
+  switch (p) {
+    case storage_problem::missing: return "missing";
+    case storage_problem::io: return "i/o error";
+    case storage_problem::truncated: return "truncated";
+    case storage_problem::corrupt: return "corrupt";
+    case storage_problem::bad_format: return "bad format";
+    case storage_problem::model_mismatch: return "model mismatch";
+    case storage_problem::incomplete: return "incomplete";
+  }
+  return "unknown";
+}
+
+/// Stored model data that cannot be written or used; names where it is and the problem. Nothing
+/// of what was being loaded has been changed when it is thrown.
+class storage_error : public error {
+ public:
+  storage_error(std::string where, storage_problem problem, const std::string& detail)
+      : error(where + ": " + to_string(problem) + ": " + detail), where_(std::move(where)), problem_(problem) {}
+
+  [[nodiscard]] const std::string& where() const noexcept { return where_; }
+  [[nodiscard]] storage_problem problem() const noexcept { return problem_; }
+
+ private:
+  std::string where_;
+  storage_problem problem_;
+};
+
 /// Where a communication failed: this unit, the peer, the message and the step it was about.
 struct comm_context {
   unit_id unit = 0;              ///< the unit that reports the error

@@ -192,6 +192,11 @@ class batcher {
   /// The number of samples in the next batch (the last one of an epoch may be partial).
   [[nodiscard]] std::size_t next_size() const noexcept { return std::min(batch_size_, data_->size() - position_); }
 
+  /// Moves past the next `count` batches without copying them (a resumed run continues here).
+  void skip(std::size_t count) noexcept {
+    for (std::size_t k = 0; k < count && !done(); ++k) position_ += next_size();
+  }
+
   /// The next batch (valid until the next call). Precondition: !done().
   batch<Scalar> next() { return next({next_size(), 0, next_size(), true, true}); }
 

@@ -1,14 +1,23 @@
 // f2d2n/model/network.hpp: a sequential<...> made concrete: one flat parameter buffer, one flat
-// gradient buffer, activation buffers, forward and backward passes.
+// gradient buffer, activation buffers, forward and backward passes; Boost.Serialization of the
+// parameters (the archive types are the user's choice: this header includes only the light
+// serialization headers that serialize() needs).
 #pragma once
 
 #include <f2d2n/core/error.hpp>
 #include <f2d2n/model/layers.hpp>
 #include <f2d2n/model/sequential.hpp>
+#include <f2d2n/model/summary.hpp>
 #include <f2d2n/model/tensor.hpp>
 
 #include <boost/mp11/algorithm.hpp>
+#include <boost/serialization/array_wrapper.hpp>
+#include <boost/serialization/nvp.hpp>
+#include <boost/serialization/split_member.hpp>
+#include <boost/serialization/string.hpp>
+#include <boost/serialization/version.hpp>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <span>
@@ -163,7 +172,62 @@ class network {
     return r;
   }
 
+  /// The class version Boost.Serialization archives record (raise it when serialize changes).
+  static constexpr unsigned serialization_version = 1;
+
  private:
+  friend class boost::serialization::access;
+
+  /// Boost.Serialization (text, XML, binary archives): the scalar's size, the model's description
+  /// and fingerprint, the parameter count and the parameters (not gradients or activations).
+  /// Loading checks the model before it reads the parameters into a temporary, and copies them
+  /// only when all is read: storage_error (model_mismatch, naming the first differing layer) for
+  /// another model or scalar type, and the network unchanged on any error.
+  template <class Archive>
+  void serialize(Archive& ar, const unsigned int version) {
+    boost::serialization::split_member(ar, *this, version);
+  }
+
+  template <class Archive>
+  void save(Archive& ar, const unsigned int /*version*/) const {
+    using boost::serialization::make_nvp;
+    const model_summary& model = summary_of<Net>();
+    const std::uint32_t scalar_size = sizeof(Scalar);
+    const std::uint64_t fingerprint = model.fingerprint, count = parameter_count;
+    ar << make_nvp("scalar_size", scalar_size) << make_nvp("model", model.description)
+       << make_nvp("fingerprint", fingerprint) << make_nvp("parameter_count", count)
+       << make_nvp("parameters", boost::serialization::make_array(params_.data(), parameter_count));
+  }
+
+  template <class Archive>
+  void load(Archive& ar, const unsigned int version) {
+    using boost::serialization::make_nvp;
+    static constexpr const char* where = "Boost.Serialization archive of a network";
+    if (version != serialization_version)
+      throw storage_error(where, storage_problem::bad_format,
+                          "class version " + std::to_string(version) + ", this build reads version " +
+                              std::to_string(serialization_version));
+    std::uint32_t scalar_size = 0;
+    std::string description;
+    std::uint64_t fingerprint = 0, count = 0;
+    ar >> make_nvp("scalar_size", scalar_size) >> make_nvp("model", description) >> make_nvp("fingerprint", fingerprint) >>
+        make_nvp("parameter_count", count);
+    const model_summary& model = summary_of<Net>();
+    if (description != model.description)
+      throw storage_error(where, storage_problem::model_mismatch,
+                          "the archive holds another model: " + describe_difference(model.description, description));
+    if (scalar_size != sizeof(Scalar))
+      throw storage_error(where, storage_problem::model_mismatch,
+                          "the archive's parameters are " + std::to_string(scalar_size) + "-byte scalars, this network's " +
+                              std::to_string(sizeof(Scalar)) + "-byte");
+    if (fingerprint != model.fingerprint || count != parameter_count)
+      throw storage_error(where, storage_problem::corrupt,
+                          "the model's fingerprint or parameter count does not match its description");
+    std::vector<Scalar> loaded(parameter_count);
+    ar >> make_nvp("parameters", boost::serialization::make_array(loaded.data(), parameter_count));
+    std::copy(loaded.begin(), loaded.end(), params_.data());
+  }
+
   void check_batch(const_matrix_ref<Scalar> x) const {
     if (static_cast<std::size_t>(x.cols()) != input_size)
       throw configuration_error("f2d2n: network input has " + std::to_string(x.cols()) +
@@ -229,3 +293,12 @@ class network {
 };
 
 }  // namespace f2d2n
+
+/// Archives record network<Net, Scalar>'s class version (a class template: a partial
+/// specialization, as BOOST_CLASS_VERSION cannot name one).
+template <f2d2n::network_type Net, class Scalar>
+struct boost::serialization::version<f2d2n::network<Net, Scalar>> {
+  using tag = boost::mpl::integral_c_tag;
+  using type = boost::mpl::int_<f2d2n::network<Net, Scalar>::serialization_version>;
+  static constexpr int value = type::value;
+};

@@ -10,6 +10,7 @@
 
 #include <array>
 #include <cstddef>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 
@@ -24,6 +25,18 @@ concept layer = requires(extents e) {
 };
 
 namespace detail {
+
+template <class L>
+/// A layer's short name (part of fingerprints and stored model descriptions).
+constexpr std::string_view name_of() {
+  if constexpr (requires { L::name; }) {
+    return L::name;
+  } else {
+    // A user's layer without a name: the compiler's spelling of its type (so units built by
+    // different compilers disagree on the fingerprint of a plan that uses it; give it a name).
+    return std::string_view(__PRETTY_FUNCTION__);
+  }
+}
 
 template <std::size_t Size>
 struct sequential_layout {

@@ -41,6 +41,7 @@
 #include <string_view>
 #include <type_traits>
 #include <utility>
+#include <string>
 #include <vector>
 
 namespace f2d2n {
@@ -310,17 +311,6 @@ template <class L>
 constexpr std::size_t neurons_of() {
   if constexpr (is_dense_v<L>) return L::neurons;
   else return 0;
-}
-
-template <class L>
-constexpr std::string_view name_of() {
-  if constexpr (requires { L::name; }) {
-    return L::name;
-  } else {
-    // A user's layer without a name: the compiler's spelling of its type (so units built by
-    // different compilers disagree on the fingerprint of a plan that uses it; give it a name).
-    return std::string_view(__PRETTY_FUNCTION__);
-  }
 }
 
 /// FNV-1a, 64 bits: the fingerprint's hash (a plan is a few hundred bytes of description).
@@ -895,6 +885,25 @@ struct distribute {
 
 template <class Net, class... P>
 inline constexpr bool is_plan_v<distribute<Net, P...>> = true;
+
+/// A plan in words, for checkpoints and messages, e.g. "data_parallel<2> pipeline<2, microbatches<4>,
+/// one_f_one_b, stages at layers 1 4> tensor_parallel<2>, layers 1:outputs[2x1] 3:outputs[2x1] 5:outputs[2x1]".
+template <class Plan>
+std::string plan_description() {
+  std::string s = "data_parallel<" + std::to_string(Plan::replicas) + "> pipeline<" + std::to_string(Plan::stages) +
+                  ", microbatches<" + std::to_string(Plan::microbatch_count) + ">, " +
+                  (Plan::schedule_id == gpipe::id ? "gpipe" : "one_f_one_b") + ", stages at layers";
+  for (std::size_t k = 0; k < Plan::stages; ++k) s += " " + std::to_string(Plan::stage_begin[k]);
+  s += "> tensor_parallel<" + std::to_string(Plan::shards) + ">, layers";
+  static constexpr const char* kinds[] = {"none", "replicated", "outputs", "inputs", "grid"};
+  for (std::size_t i = 0; i < Plan::layer_count; ++i) {
+    const auto p = Plan::partition_of(0, i);
+    if (Plan::splits[i] == split_kind::none) continue;
+    s += " " + std::to_string(i) + ":" + kinds[static_cast<std::size_t>(Plan::splits[i])] + "[" +
+         std::to_string(p.out_parts) + "x" + std::to_string(p.in_parts) + "]";
+  }
+  return s;
+}
 
 /// A distribute<...> type.
 template <class T>

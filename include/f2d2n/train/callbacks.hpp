@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <iomanip>
@@ -76,6 +77,19 @@ struct epoch_end {
   double learning_rate = 0;       ///< the rate used during the epoch
   std::size_t steps = 0;          ///< optimisation steps in the epoch
   time_split time;                ///< where this unit's training time went in the epoch
+};
+
+/// Where a run stands: what a resumed run needs to continue the same data order.
+struct training_position {
+  std::uint64_t epoch = 0;        ///< the epoch under way (0-based)
+  std::uint64_t step = 0;         ///< steps done in that epoch
+  std::uint64_t global_step = 0;  ///< optimisation steps done in all
+  // The data order's parameters (a resumed fit must use the same ones):
+  std::uint64_t batch_size = 0;
+  std::uint64_t seed = 0;
+  bool shuffle = true;
+  std::uint64_t max_steps_per_epoch = 0;
+  friend bool operator==(const training_position&, const training_position&) = default;
 };
 
 /// Receives a trainer's reports. Every member has an empty default.

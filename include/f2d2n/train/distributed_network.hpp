@@ -32,6 +32,7 @@
 #include <f2d2n/core/error.hpp>
 #include <f2d2n/core/random.hpp>
 #include <f2d2n/model/network.hpp>
+#include <f2d2n/model/summary.hpp>
 #include <f2d2n/plan/distribute.hpp>
 #include <f2d2n/train/callbacks.hpp>
 #include <f2d2n/train/trainer.hpp>
@@ -99,6 +100,7 @@ class stopwatch {
 /// id and step; a pair of units shares at most one group, the ids keep the calls apart anyway).
 inline constexpr std::uint32_t evaluation_message = 2;
 inline constexpr std::uint32_t statistics_message = 3;
+inline constexpr std::uint32_t checkpoint_message = 4;
 constexpr std::uint32_t pipeline_activation_message(std::size_t microbatch) {
   return static_cast<std::uint32_t>(0x100000 + microbatch);
 }
@@ -144,6 +146,11 @@ struct unit_description {
   group tensor_group, data_group, pipeline_group;
   std::vector<gradient_bucket> buckets;  ///< in the order they are summed (plan::for_each_gradient_bucket)
   std::size_t header = 2;                ///< values before the gradients: loss, correct count, padding
+  // What checkpoints record and check (train/checkpoint.hpp):
+  const model_summary* model = nullptr;  ///< the whole model
+  std::string plan;                      ///< the plan in words (plan_description)
+  std::uint64_t plan_fingerprint = 0;
+  std::size_t world_size = 1;
 };
 
 /// The unit's forward, backward, initialisation and collectives over its description.
@@ -191,6 +198,18 @@ class unit_engine {
 
   /// Steps (training and evaluation) this unit has taken part in: the step of its next frames.
   [[nodiscard]] std::uint64_t steps() const noexcept { return step_; }
+
+  /// What this unit runs: its layers' partitions, its groups, its model and plan.
+  [[nodiscard]] const unit_description<Scalar>& description() const noexcept { return d_; }
+
+  /// Sums `values` over every unit of the cluster (how the units of a checkpoint agree that all
+  /// wrote their part). Every unit must call it together, as a step of its own.
+  void agree(std::span<double> values) {
+    group everyone;
+    for (std::size_t r = 0; r < d_.world_size; ++r) everyone.units.push_back(static_cast<unit_id>(r));
+    if (everyone.size() > 1) all_reduce(t_, everyone, values, call(checkpoint_message));
+    ++step_;
+  }
 
   /// Re-initialises this unit's parameters: the serial network's values for its part.
   void initialize(std::uint64_t seed) {
@@ -765,6 +784,10 @@ unit_description<Scalar> describe_unit(unit_id rank) {
     d.buckets.push_back({layer, begin, size});
   });
   for (std::size_t s = 0; s < Plan::stages; ++s) d.pipeline_group.units.push_back(Plan::rank_of({c.replica, s, c.shard}));
+  d.model = &summary_of<Net>();
+  d.plan = plan_description<Plan>();
+  d.plan_fingerprint = Plan::fingerprint;
+  d.world_size = Plan::world_size;
   return d;
 }
 

@@ -15,6 +15,8 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
+#include <utility>
 #include <vector>
 
 namespace f2d2n {
@@ -46,7 +48,8 @@ class trainer {
   }
 
   /// Trains on `data`; when `validation` is given, evaluates on it after every epoch.
-  /// Returns the last epoch's report.
+  /// Returns the last epoch's report. After resume(position), starts where that position says
+  /// (the rest of its epoch, then the following ones), in the same data order.
   epoch_end fit(const dataset<scalar>& data, const fit_options& options, const dataset<scalar>* validation = nullptr) {
     check_fits(data, inputs(), outputs());
     if (validation) check_fits(*validation, inputs(), outputs());
@@ -60,21 +63,34 @@ class trainer {
       steps = options.max_steps_per_epoch;
       samples_per_epoch = steps * options.batch_size;
     }
+    training_position start;
+    start.batch_size = options.batch_size;
+    start.seed = options.seed;
+    start.shuffle = options.shuffle;
+    start.max_steps_per_epoch = options.max_steps_per_epoch;
+    if (resume_) {
+      check_resumable(*resume_, start, steps);
+      start = *std::exchange(resume_, std::nullopt);
+    }
+    position_ = start;
     const fit_begin begin{options.epochs, steps, samples_per_epoch, options.batch_size};
     for (auto* cb : callbacks_) cb->on_fit_begin(begin);
 
     epoch_end report;
-    for (std::size_t epoch = 0; epoch < options.epochs; ++epoch) {
+    for (std::size_t epoch = start.epoch; epoch < options.epochs; ++epoch) {
       batches.start_epoch(epoch);
-      const auto start = std::chrono::steady_clock::now();
+      const std::size_t first_step = epoch == start.epoch ? start.step : 0;
+      batches.skip(first_step);
+      const auto start_time = std::chrono::steady_clock::now();
       step_end s{};
       s.epoch = epoch + 1;
       s.epochs = options.epochs;
       s.steps_per_epoch = steps;
       s.samples_per_epoch = samples_per_epoch;
+      s.step = first_step;
       double loss_sum = 0;
       std::size_t correct = 0;
-      for (std::size_t step = 0; step < steps && !batches.done(); ++step) {
+      for (std::size_t step = first_step; step < steps && !batches.done(); ++step) {
         batch_result r;
         auto step_start = std::chrono::steady_clock::now();
         if constexpr (requires { net_.part_of_batch(std::size_t{}); }) {
@@ -89,6 +105,8 @@ class trainer {
           r = net_.compute_gradients(b.samples, b.labels);
         }
         optimizer_.step(net_.parameters(), net_.gradients());
+        position_.step = step + 1;
+        ++position_.global_step;
         time_split t;
         if constexpr (requires { net_.take_time_split(); }) t = net_.take_time_split();
         t.compute = std::max(0.0, seconds_since(step_start) - t.communication - t.wait);
@@ -99,26 +117,39 @@ class trainer {
         s.samples += r.samples;
         s.loss = loss_sum / static_cast<double>(s.samples);
         s.accuracy = static_cast<double>(correct) / static_cast<double>(s.samples);
-        s.seconds = seconds_since(start);
+        s.seconds = seconds_since(start_time);
         for (auto* cb : callbacks_) cb->on_step_end(s);
       }
       report = epoch_end{};
       report.epoch = epoch + 1;
       report.epochs = options.epochs;
       report.train = {s.loss, s.accuracy, s.samples};
-      report.seconds = seconds_since(start);
-      report.samples_per_second = static_cast<double>(s.samples) / report.seconds;
+      report.seconds = seconds_since(start_time);
+      report.samples_per_second = s.samples > 0 ? static_cast<double>(s.samples) / report.seconds : 0;
       report.learning_rate = optimizer_.options().learning_rate;
-      report.steps = s.step;
+      report.steps = s.step - first_step;
       report.time = s.time;
       if (validation) report.validation = evaluate(*validation);
-      for (auto* cb : callbacks_) cb->on_epoch_end(report);
+      // The epoch is over: the next one's rate, and the position a checkpoint taken now resumes at.
       if (options.learning_rate_decay != 1.0)
         optimizer_.set_learning_rate(optimizer_.options().learning_rate * options.learning_rate_decay);
+      position_.epoch = epoch + 1;
+      position_.step = 0;
+      for (auto* cb : callbacks_) cb->on_epoch_end(report);
     }
     for (auto* cb : callbacks_) cb->on_fit_end();
     return report;
   }
+
+  /// Makes the next fit continue a run from `position` (a checkpoint's: see train/checkpoint.hpp):
+  /// the optimizer's state and learning rate must already be the run's at that position. fit
+  /// throws configuration_error when its batch size, seed, shuffling or step limit differ from the
+  /// run's (another data order), or when the position is past its epoch's steps.
+  void resume(const training_position& position) { resume_ = position; }
+
+  /// Where the current (or last) fit stands: after step `step` of epoch `epoch` (0-based), or at
+  /// the start of epoch `epoch` when `step` is 0; what a checkpoint records.
+  [[nodiscard]] const training_position& position() const noexcept { return position_; }
 
   /// Mean loss and accuracy over `data`, in batches of `batch_size`; the model is not changed.
   /// Runs with subnormals flushed, as fit does.
@@ -158,6 +189,21 @@ class trainer {
     else return Network::output_size;
   }
 
+  static void check_resumable(const training_position& p, const training_position& now, std::size_t steps) {
+    auto differs = [](const char* what, std::uint64_t was, std::uint64_t is) {
+      return configuration_error(std::string("f2d2n: cannot resume: the run used ") + what + " " + std::to_string(was) +
+                                 ", this fit uses " + std::to_string(is) + " (the data order would differ)");
+    };
+    if (p.batch_size != now.batch_size) throw differs("batch size", p.batch_size, now.batch_size);
+    if (p.seed != now.seed) throw differs("seed", p.seed, now.seed);
+    if (p.shuffle != now.shuffle) throw differs("shuffling", p.shuffle, now.shuffle);
+    if (p.max_steps_per_epoch != now.max_steps_per_epoch)
+      throw differs("max_steps_per_epoch", p.max_steps_per_epoch, now.max_steps_per_epoch);
+    if (p.step > steps)
+      throw configuration_error("f2d2n: cannot resume at step " + std::to_string(p.step) + " of an epoch of " +
+                                std::to_string(steps) + " steps");
+  }
+
   static double seconds_since(std::chrono::steady_clock::time_point start) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
@@ -165,6 +211,8 @@ class trainer {
   Network& net_;
   optimizer<scalar, Options> optimizer_;
   std::vector<callback*> callbacks_;
+  training_position position_;
+  std::optional<training_position> resume_;
 };
 
 }  // namespace f2d2n

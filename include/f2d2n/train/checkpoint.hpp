@@ -1,0 +1,224 @@
+// f2d2n/train/checkpoint.hpp: checkpoints of a training run (store/checkpoint.hpp is the format),
+// and resuming from them, for one network or for a distributed unit of any plan.
+//
+//   nn::directory_backend store("checkpoints");
+//   nn::trainer t(net, nn::adam{});
+//   nn::checkpointer ck(t, store, {.every_steps = 500, .keep = 3});  // and after every epoch
+//   t.add(ck);
+//   ck.resume();                       // the newest committed checkpoint, if there is one
+//   t.fit(data, options, &test);       // continues its data order; bitwise the uninterrupted run
+//
+// Every unit of a cluster runs the same calls: each writes its own blocks, unit 0 commits the
+// manifest, and a checkpoint of one plan loads into any plan of the same model.
+#pragma once
+
+#include <f2d2n/core/error.hpp>
+#include <f2d2n/model/network.hpp>
+#include <f2d2n/model/summary.hpp>
+#include <f2d2n/store/backend.hpp>
+#include <f2d2n/store/checkpoint.hpp>
+#include <f2d2n/train/callbacks.hpp>
+#include <f2d2n/train/distributed_network.hpp>
+#include <f2d2n/train/optimizers.hpp>
+#include <f2d2n/train/trainer.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace f2d2n {
+
+/// The layout of a whole network: every tensor whole, at its place in the flat buffer.
+template <network_type Net, class S>
+checkpoint_layout layout_of(const network<Net, S>&) {
+  return serial_layout(summary_of<Net>());
+}
+
+/// The layout of a distributed unit: the blocks of its partition (plan/distribute.hpp's
+/// layer_partition). Replica 0 owns what it holds; a block that several shards hold whole (a
+/// replicated layer, the biases of a layer split by inputs) is owned by the first of them.
+template <class T, class S>
+checkpoint_layout layout_of(const detail::unit_engine<T, S>& unit) {
+  const auto& d = unit.description();
+  checkpoint_layout l;
+  l.model = d.model;
+  l.size = d.parameters;
+  l.rank = unit.rank();
+  l.world_size = d.world_size;
+  l.plan = d.plan;
+  l.plan_fingerprint = d.plan_fingerprint;
+  const bool first_replica = d.coordinates.replica == 0;
+  for (std::size_t i = 0; i < d.layers.size(); ++i) {
+    const auto& layer = d.layers[i];
+    const auto& p = layer.part;
+    if (!p.held || p.parameter_count == 0) continue;
+    const bool split = p.split == split_kind::outputs || p.split == split_kind::inputs || p.split == split_kind::grid;
+    for (std::size_t t = 0; t < d.model->tensors.size(); ++t) {
+      const auto& tensor = d.model->tensors[t];
+      if (tensor.layer != i) continue;
+      if (!split) {
+        l.blocks.push_back({t, 0, tensor.rows(), 0, tensor.columns(),
+                            p.parameter_offset + (tensor.offset - layer.serial_offset),
+                            first_replica && d.coordinates.shard == 0});
+      } else if (tensor.shape.size() == 2) {  // the weights: this unit's block of the grid
+        l.blocks.push_back({t, p.begin, p.count, p.input_begin, p.input_count, p.parameter_offset, first_replica});
+      } else {  // the biases of its neurons, which the grid's row shares
+        l.blocks.push_back({t, p.begin, p.count, 0, 1, p.parameter_offset + p.count * p.input_count,
+                            first_replica && p.in_index == 0});
+      }
+    }
+  }
+  return l;
+}
+
+namespace detail {
+inline nlohmann::json options_json(const sgd& o) {
+  return {{"learning_rate", o.learning_rate}, {"momentum", o.momentum}, {"weight_decay", o.weight_decay}};
+}
+inline nlohmann::json options_json(const adam& o) {
+  return {{"learning_rate", o.learning_rate}, {"beta1", o.beta1},           {"beta2", o.beta2},
+          {"epsilon", o.epsilon},             {"weight_decay", o.weight_decay}};
+}
+
+template <class Network>
+agree_function agreement(Network& net) {
+  if constexpr (requires(std::span<double> v) { net.agree(v); }) return [&net](std::span<double> v) { net.agree(v); };
+  else return {};
+}
+}  // namespace detail
+
+/// Writes a checkpoint of the trainer's network, optimizer and position into folder `name` of
+/// `store` (every unit of a cluster calls it together); see write_checkpoint.
+template <class Network, class Options>
+void save_checkpoint(trainer<Network, Options>& t, storage_backend& store, const std::string& name, std::size_t keep = 0,
+                     const checkpoint_hook& hook = {}) {
+  using S = typename Network::scalar;
+  auto& net = t.network();
+  auto& opt = t.optimizer_state();
+  const auto layout = layout_of(net);
+  unit_state<S> state;
+  state.parameters = std::span<const S>(net.parameters());
+  state.optimizer = Options::name;
+  for (std::size_t k = 0; k < opt.state_names.size(); ++k) {
+    state.state_names.push_back(opt.state_names[k]);
+    state.state.push_back(std::as_const(opt).state(k));
+  }
+  state.optimizer_steps = opt.steps();
+  state.learning_rate = opt.options().learning_rate;
+  state.optimizer_options = detail::options_json(opt.options());
+  state.position = t.position();
+  write_checkpoint(store, name, layout, state, detail::agreement(net), keep, hook);
+}
+
+/// Loads checkpoint `name` into the trainer: the network's parameters, the optimizer's state, step
+/// count and learning rate, and the position its next fit resumes at. The checkpoint may come from
+/// any plan of the same model. Everything is read and checked before anything changes (the values
+/// are then read again straight into the network and optimizer: a file changed in between is a
+/// storage_error with the trainer partly loaded).
+template <class Network, class Options>
+checkpoint_info load_checkpoint(trainer<Network, Options>& t, const storage_backend& store, const std::string& name) {
+  using S = typename Network::scalar;
+  auto& net = t.network();
+  auto& opt = t.optimizer_state();
+  const auto layout = layout_of(net);
+  const std::vector<std::string_view> names(opt.state_names.begin(), opt.state_names.end());
+  checkpoint_reader<S> reader(store, name, layout, Options::name, names);
+  std::size_t held = 0;
+  for (std::size_t k = 0; k < names.size(); ++k) held += reader.has_state(k);
+  if (held != 0 && held != names.size())
+    throw storage_error(store.location() + "/" + name, storage_problem::model_mismatch,
+                        "the checkpoint holds only part of the optimizer's state (another configuration of it)");
+  auto options = opt.options();
+  options.learning_rate = reader.info().learning_rate;
+  detail::validate(options);
+  reader.verify();
+  // Checked: now change the unit.
+  opt.reset_state(held != 0 ? layout.size : 0);
+  std::vector<std::span<S>> state;
+  if (opt.has_state())
+    for (std::size_t k = 0; k < names.size(); ++k) state.push_back(opt.state(k));
+  reader.read_into(net.parameters(), state);
+  opt.set_steps(reader.info().optimizer_steps);
+  opt.set_learning_rate(reader.info().learning_rate);
+  t.resume(reader.info().position);
+  return reader.info();
+}
+
+/// Loads only the parameters of checkpoint `name` (from any plan of the same model) into a network
+/// or a distributed unit: for evaluation, export or fine-tuning. Checked before anything changes,
+/// as load_checkpoint.
+template <class Network>
+checkpoint_info load_parameters(Network& net, const storage_backend& store, const std::string& name) {
+  using S = typename Network::scalar;
+  const auto layout = layout_of(net);
+  checkpoint_reader<S> reader(store, name, layout);
+  reader.verify();
+  reader.read_into(net.parameters(), {});
+  return reader.info();
+}
+
+/// When a checkpointer writes.
+struct checkpoint_options {
+  std::size_t every_steps = 0;  ///< every this many optimisation steps (0: not by steps)
+  bool every_epoch = true;      ///< after every epoch (after its evaluation and learning-rate decay)
+  std::size_t keep = 3;         ///< the newest committed checkpoints kept (0: all of them)
+  checkpoint_hook hook{};       ///< called at each phase of each write (progress, fault-injection tests)
+};
+
+/// A trainer callback that writes checkpoints as it trains and resumes from the newest one.
+template <class Trainer>
+class checkpointer : public callback {
+ public:
+  checkpointer(Trainer& t, storage_backend& store, checkpoint_options options = {})
+      : trainer_(t), store_(store), options_(std::move(options)) {}
+
+  /// Writes a checkpoint now (every unit of a cluster together), named by the global step.
+  void save() {
+    const auto name = detail::checkpoint_name(trainer_.position().global_step);
+    save_checkpoint(trainer_, store_, name, options_.keep, options_.hook);
+    last_saved_ = trainer_.position();
+  }
+
+  /// Loads the newest committed checkpoint, if there is one, so that the next fit continues from
+  /// it; returns what it loaded. The units of a cluster must see the same newest checkpoint
+  /// (storage_error otherwise).
+  std::optional<checkpoint_info> resume() {
+    const auto latest = latest_checkpoint(store_);
+    const double mine = latest ? static_cast<double>(*detail::step_of_name(*latest)) : -1.0;
+    auto agree = detail::agreement(trainer_.network());
+    if (agree) {
+      double v[2] = {mine, 1.0};
+      agree(v);
+      if (v[0] != mine * v[1])
+        throw storage_error(store_.location(), storage_problem::incomplete,
+                            "the units see different newest checkpoints (this one: " + (latest ? *latest : "none") + ")");
+    }
+    if (!latest) return std::nullopt;
+    auto info = load_checkpoint(trainer_, store_, *latest);
+    last_saved_ = info.position;
+    return info;
+  }
+
+  void on_step_end(const step_end& s) override {
+    if (options_.every_steps == 0 || trainer_.position().global_step % options_.every_steps != 0) return;
+    if (options_.every_epoch && s.step == s.steps_per_epoch) return;  // the epoch's checkpoint follows
+    save();
+  }
+  void on_epoch_end(const epoch_end&) override {
+    if (options_.every_epoch && !(last_saved_ && *last_saved_ == trainer_.position())) save();
+  }
+
+ private:
+  Trainer& trainer_;
+  storage_backend& store_;
+  checkpoint_options options_;
+  std::optional<training_position> last_saved_;
+};
+
+}  // namespace f2d2n
