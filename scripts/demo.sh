@@ -4,6 +4,8 @@
 # by f2d2n_launch. Arguments go to the example (scripts/demo.sh --help lists them), e.g.
 #   scripts/demo.sh --plan dp2_tp2        (the default; dp2, dp4, tp2, tp2_inputs, pp2, dp2_pp2 also run)
 #   scripts/demo.sh --serial              the same training in one process (examples/fashion_mnist)
+#   scripts/demo.sh --max-restarts 3      checkpoints after every epoch; when a unit dies, every unit
+#                                         restarts and resumes from the newest one
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build="${F2D2N_BUILD_DIR:-build}"
@@ -14,16 +16,35 @@ if [[ "${1:-}" == "--serial" ]]; then
 fi
 scripts/configure.sh fashion_mnist_cluster f2d2n_launch >/dev/null
 units=4
-args=("$@")
-for ((i = 0; i < ${#args[@]}; ++i)); do
-  case "${args[i]}" in
+args=()
+launch=()
+restarts=""
+has_dir=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
     --help|-h) exec "$build/examples/fashion_mnist_cluster" --help ;;
-    --plan=*) plan="${args[i]#--plan=}" ;;
-    --plan) plan="${args[i+1]:-}" ;;
+    --plan=*) plan="${1#--plan=}" ;;
+    --plan) plan="${2:-}" ;;
+    --checkpoint-dir|--checkpoint-dir=*) has_dir=1 ;;
+    --max-restarts) restarts="${2:?--max-restarts needs a number}"; shift 2; continue ;;
+    --max-restarts=*) restarts="${1#--max-restarts=}"; shift; continue ;;
   esac
+  args+=("$1")
+  shift
 done
 case "${plan:-dp2_tp2}" in
   dp2|tp2|tp2_inputs|pp2) units=2 ;;
   dp4|dp2_tp2|dp2_pp2) units=4 ;;
 esac
-exec "$build/tools/f2d2n_launch" -n "$units" -- "$build/examples/fashion_mnist_cluster" "$@"
+if [[ -n "$restarts" ]]; then
+  # A unit that dies restarts every unit, which resume from the newest checkpoint of this run
+  # (a folder of its own unless --checkpoint-dir names one).
+  launch+=(--max-restarts "$restarts")
+  if [[ -z "$has_dir" ]]; then
+    dir="$build/checkpoints/demo-$(date +%Y%m%d-%H%M%S)-$$"
+    echo "checkpoints in $dir" >&2
+    args+=(--checkpoint-dir "$dir")
+  fi
+  args+=(--resume)
+fi
+exec "$build/tools/f2d2n_launch" -n "$units" "${launch[@]}" -- "$build/examples/fashion_mnist_cluster" "${args[@]}"

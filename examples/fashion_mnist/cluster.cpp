@@ -6,6 +6,8 @@
 //   f2d2n_launch -n 2 -- fashion_mnist_cluster --plan tp2_inputs  F2D2N's input units (split by input features)
 //   fashion_mnist_cluster --help
 //   f2d2n_launch -n 2 -- fashion_mnist_cluster --plan pp2         2 pipeline stages, 4 micro-batches, 1F1B
+//   f2d2n_launch -n 4 --max-restarts 3 -- fashion_mnist_cluster --checkpoint-dir ck --resume
+//                                  checkpoints after every epoch; a unit that dies restarts them all from the newest
 // Unit 0 draws the progress bar and prints the result. Plans: dp2, dp4, tp2, tp2_inputs, dp2_tp2,
 // pp2, dp2_pp2.
 #include "settings.hpp"
@@ -14,6 +16,12 @@
 #include <f2d2n/transport/tcp.hpp>
 
 #include <cstdlib>
+
+namespace example {
+/// Trains a unit as the settings say (train_unit.cpp: compiled apart from the plans).
+int train_unit(f2d2n::detail::unit_engine<f2d2n::tcp_transport, float>& unit, const settings& s, const data& d,
+               bool report, const std::string& metrics);
+}  // namespace example
 
 namespace {
 
@@ -43,7 +51,7 @@ int run(const example::settings& s, const nn::cluster_config& c) {
     const auto at = dot != std::string::npos && (slash == std::string::npos || dot > slash) ? dot : metrics.size();
     metrics.insert(at, ".unit" + std::to_string(c.rank));
   }
-  const int code = example::train_and_report(net, s, d, report, metrics);
+  const int code = example::train_unit(net, s, d, report, metrics);
   t.shutdown();
   return code;
 }
@@ -60,6 +68,11 @@ int main(int argc, char** argv) try {
   if (const auto stop = example::parse(argc, argv, s, opts)) return *stop;
   if (s.preset != "mlp") {
     std::cerr << "fashion_mnist_cluster: only the mlp preset runs on a cluster here (fashion_mnist runs f2d2n's)\n";
+    return 2;
+  }
+  if (!s.save_model.empty() && s.checkpoint_dir.empty()) {
+    std::cerr << "fashion_mnist_cluster: --save-model needs --checkpoint-dir on a cluster (the model is saved from "
+                 "the run's last checkpoint, which holds every unit's part)\n";
     return 2;
   }
   if (!std::getenv(nn::world_size_variable)) {

@@ -4,7 +4,7 @@
 //   fashion_mnist --preset f2d2n        the F2D2N prototype: 784-30-10 sigmoid, softmax, SGD + L2, batch 30
 //   fashion_mnist --help
 // cluster.cpp trains the same models on a cluster of units under a plan.
-#include "settings.hpp"
+#include "train.hpp"
 
 namespace {
 

@@ -1,5 +1,6 @@
 // Shared by the Fashion-MNIST examples (main.cpp: one process; cluster.cpp: a plan's units):
-// the command line, the data, and the training report.
+// the command line and the data. train.hpp trains and reports (with checkpoints and the model's
+// export: heavier to compile, so the cluster's plans and its training are in separate files).
 #pragma once
 
 #include <f2d2n/f2d2n.hpp>
@@ -40,6 +41,11 @@ struct settings {
   std::string optimizer;
   std::string normalize;
   std::string plan;  // cluster.cpp only
+  std::string checkpoint_dir;
+  std::size_t checkpoint_every = 0;
+  std::size_t checkpoint_keep = 3;
+  bool resume = false;
+  std::string save_model;
 };
 
 /// The options both examples take; `extra` adds a program's own.
@@ -65,7 +71,16 @@ inline po::options_description options(settings& s, const char* title) {
     ("metrics", po::value(&s.metrics),
         "write per-epoch metrics (with this unit's compute / communication / wait time per step) to this CSV "
         "file; on a cluster each unit writes its own, with .unit<rank> before the extension")
-    ("train-limit", po::value(&s.train_limit)->default_value(0), "use only the first N training samples (0: all)");
+    ("train-limit", po::value(&s.train_limit)->default_value(0), "use only the first N training samples (0: all)")
+    ("checkpoint-dir", po::value(&s.checkpoint_dir),
+        "write a checkpoint into this directory after every epoch (and every --checkpoint-every steps); on a "
+        "cluster every unit writes its own part of each")
+    ("checkpoint-every", po::value(&s.checkpoint_every)->default_value(0), "also checkpoint every N steps (0: only after epochs)")
+    ("checkpoint-keep", po::value(&s.checkpoint_keep)->default_value(3), "keep the newest N checkpoints (0: all)")
+    ("resume", po::bool_switch(&s.resume),
+        "first resume from the newest checkpoint in --checkpoint-dir, if there is one (from any plan of the model)")
+    ("save-model", po::value(&s.save_model),
+        "after training, save the model to this safetensors file (PyTorch's state_dict names)");
   // clang-format on
   return opts;
 }
@@ -80,6 +95,10 @@ inline std::optional<int> parse(int argc, char** argv, settings& s, const po::op
     return 0;
   }
   po::notify(vm);
+  if (s.resume && s.checkpoint_dir.empty()) {
+    std::cerr << argv[0] << ": --resume needs --checkpoint-dir\n";
+    return 2;
+  }
   const bool proto = s.preset == "f2d2n";
   if (!proto && s.preset != "mlp") {
     std::cerr << argv[0] << ": unknown preset '" << s.preset << "' (use mlp or f2d2n)\n";
@@ -126,29 +145,6 @@ inline void describe(const settings& s) {
   if (s.optimizer == "sgd") std::cout << ", momentum " << s.momentum;
   std::cout << ", weight decay " << s.weight_decay << ", decay per epoch " << s.decay << "; batch " << s.batch_size << ", "
             << s.epochs << " epochs, seed " << s.seed << ", inputs " << s.normalize << std::endl;
-}
-
-/// Trains with the optimizer the settings name; `report`: this process draws the progress bar and
-/// prints the result (one unit of a cluster does). `metrics` is the CSV file this process writes.
-template <class Net>
-int train_and_report(Net& net, const settings& s, const data& d, bool report, const std::string& metrics) {
-  auto go = [&](auto t) {
-    nn::progress_bar bar;
-    std::optional<nn::csv_logger> csv;
-    if (report) t.add(bar);
-    if (!metrics.empty()) t.add(csv.emplace(metrics));
-    const auto start = std::chrono::steady_clock::now();
-    t.fit(d.train, {.epochs = s.epochs, .batch_size = s.batch_size, .seed = s.seed, .learning_rate_decay = s.decay},
-          &d.test);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const auto result = t.evaluate(d.test);
-    if (report)
-      std::printf("test accuracy %.2f%% (loss %.4f) after %zu epochs in %.1f s\n", 100 * result.accuracy, result.loss,
-                  s.epochs, seconds);
-    return 0;
-  };
-  if (s.optimizer == "adam") return go(nn::trainer(net, nn::adam{.learning_rate = s.learning_rate, .weight_decay = s.weight_decay}));
-  return go(nn::trainer(net, nn::sgd{.learning_rate = s.learning_rate, .momentum = s.momentum, .weight_decay = s.weight_decay}));
 }
 
 }  // namespace example
