@@ -1,7 +1,18 @@
-// A downstream program: one include, one model type, a few training steps on synthetic data.
+// A downstream program: one include per part, one model type, a few training steps on synthetic
+// data, then the model through safetensors, a Boost archive and a checkpoint it resumes from.
 #include <f2d2n/f2d2n.hpp>
+#include <f2d2n/store.hpp>
+#include <f2d2n/train/checkpoint.hpp>
 
+#include <boost/archive/text_iarchive.hpp>
+#include <boost/archive/text_oarchive.hpp>
+
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <sstream>
 
 namespace nn = f2d2n;
 
@@ -16,9 +27,33 @@ int main() {
   nn::network<net_t> net(1);
   nn::trainer t(net, nn::sgd{.learning_rate = 0.5, .momentum = 0.5});
   const auto before = t.evaluate(data);
+  const auto dir = std::filesystem::temp_directory_path() / ("f2d2n_consumer_" + std::to_string(::getpid()));
+  nn::directory_backend store(dir / "checkpoints");
+  nn::checkpointer ck(t, store);
+  t.add(ck);
   t.fit(data, {.epochs = 20, .batch_size = 16});
   const auto after = t.evaluate(data);
-  std::printf("f2d2n %d.%d.%d consumer: loss %.4f -> %.4f\n", nn::version_major, nn::version_minor, nn::version_patch,
-              before.loss, after.loss);
-  return after.loss < before.loss ? 0 : 1;
+  auto same = [&](const nn::network<net_t>& other) {
+    return std::equal(net.parameters().begin(), net.parameters().end(), other.parameters().begin());
+  };
+
+  nn::save_safetensors(net, dir / "model.safetensors");
+  nn::network<net_t> from_file(2);
+  nn::load_safetensors(from_file, dir / "model.safetensors");
+
+  std::stringstream archive;
+  boost::archive::text_oarchive(archive) << net;
+  nn::network<net_t> from_archive(3);
+  boost::archive::text_iarchive(archive) >> from_archive;
+
+  nn::network<net_t> resumed(4);
+  nn::trainer t2(resumed, nn::sgd{.learning_rate = 0.5, .momentum = 0.5});
+  nn::checkpointer ck2(t2, store);
+  const bool found = ck2.resume().has_value();
+  std::filesystem::remove_all(dir);
+
+  const bool ok = after.loss < before.loss && same(from_file) && same(from_archive) && found && same(resumed);
+  std::printf("f2d2n %d.%d.%d consumer: loss %.4f -> %.4f; safetensors, archive and checkpoint %s\n", nn::version_major,
+              nn::version_minor, nn::version_patch, before.loss, after.loss, ok ? "round-trip" : "FAILED");
+  return ok ? 0 : 1;
 }
