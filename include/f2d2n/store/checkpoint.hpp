@@ -251,6 +251,10 @@ inline std::string file_token() {
 }
 }  // namespace detail
 
+/// The largest manifest a reader accepts (about a million chunks), so that a damaged or hostile
+/// store cannot make it read an unbounded file into memory.
+inline constexpr std::uint64_t max_manifest_bytes = std::uint64_t{256} << 20;
+
 /// What a checkpoint holds besides the tensors (what load_checkpoint returns).
 struct checkpoint_info {
   std::string name;  ///< the folder: "step-000000000120"
@@ -469,8 +473,13 @@ class checkpoint_reader {
         state_names_(state_names.begin(), state_names.end()) {
     const auto& model = *layout.model;
     const std::string& where = where_;
-    if (!store.size(name + "/manifest.json"))
+    const auto manifest_size = store.size(name + "/manifest.json");
+    if (!manifest_size)
       throw storage_error(store.location() + "/" + name, storage_problem::missing, "no committed checkpoint of that name");
+    if (*manifest_size > max_manifest_bytes)
+      throw storage_error(where, storage_problem::corrupt,
+                          "the manifest has " + std::to_string(*manifest_size) + " bytes, more than the " +
+                              std::to_string(max_manifest_bytes) + " a reader accepts");
     const auto m = detail::unwrap_manifest(store.get(name + "/manifest.json"), where);
     if (detail::field<std::string>(m, "format", where) != "f2d2n.checkpoint")
       throw storage_error(where, storage_problem::bad_format, "not an f2d2n checkpoint manifest");
