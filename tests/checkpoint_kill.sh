@@ -11,14 +11,14 @@ rm -rf "$work"
 mkdir -p "$work"
 "$launch" -n "$units" --timeout 120 -- "$worker" train "$plan" "$work/whole"
 
-# One kill per attempt, at increasing steps (so that each is reached after the resume before it):
-# attempt a kills in steps 7a+1 .. 7a+7; checkpoint phases only where a checkpoint is written
-# (every 2 steps and at the end of every epoch of 5).
+# One kill per attempt, at increasing steps (so that each is reached after the resume before it,
+# which is at most the step of the kill before): attempt a kills in steps 7a+1 .. 7a+7, checkpoint
+# phases only where a checkpoint is written (every 2 steps, and at the end of every epoch of 5).
 phases=(step data agreed committed)
 kills=()
 for a in 0 1 2 3; do
   phase=${phases[RANDOM % 4]}
-  step=$((7 * a + 1 + RANDOM % 7))
+  step=$((7 * a + 1 + RANDOM % 6))  # 7a+1 .. 7a+6, then 7a+7 at most
   if [[ $phase != step ]] && ((step % 2 != 0 && step % 5 != 0)); then step=$((step + 1)); fi
   kills+=("$a:$((RANDOM % units)):$step:$phase")
 done
