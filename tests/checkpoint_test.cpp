@@ -340,3 +340,56 @@ TEST_CASE("a checkpoint that a unit fails to write is never committed, on any un
   CHECK(!nn::latest_checkpoint(store));
   CHECK(!store.list("step-").empty());
 }
+
+TEST_CASE("resume passes over a damaged newest checkpoint, on every unit alike") {
+  SUBCASE("one network: the run still ends bitwise equal to the uninterrupted one") {
+    const auto uninterrupted = serial_weights(4, plan_sgd());
+    nn::testing::temp_dir dir;
+    nn::directory_backend store(dir.path());
+    train_and_checkpoint<void>(store, 3);  // steps 5, 10, 15
+    const auto newest = *nn::latest_checkpoint(store);
+    flip(dir.path() / store.list(newest + "/unit-").front(), 3);
+    serial_net net(5);
+    nn::trainer t(net, plan_sgd());
+    nn::checkpointer ck(t, store);
+    const auto info = ck.resume();
+    REQUIRE(info);
+    CHECK(info->name == "step-000000000010");
+    REQUIRE(info->skipped.size() == 1);
+    CHECK(info->skipped[0].find("step-000000000015: ") == 0);
+    CHECK(info->skipped[0].find("checksum does not match") != std::string::npos);
+    t.fit(plan_data<float>(), fit_for(4));
+    CHECK(std::equal(uninterrupted.begin(), uninterrupted.end(), net.parameters().begin()));
+  }
+  SUBCASE("DP2xTP2: a chunk that only some units read") {
+    nn::testing::temp_dir dir;
+    nn::directory_backend store(dir.path());
+    train_and_checkpoint<plan_dp2_tp2>(store, 2);  // steps 5, 10
+    // Unit 1 wrote shard 1's blocks: only the units of shard 1 read them.
+    const auto newest = *nn::latest_checkpoint(store);
+    flip(dir.path() / store.list(newest + "/unit-1-").front(), 0);
+    std::vector<std::string> names(4);
+    std::vector<std::size_t> skipped(4);
+    on_units<plan_dp2_tp2>([&](nn::local_transport& tr) {
+      nn::distributed_network<plan_dp2_tp2, nn::local_transport> net(tr, 99);
+      nn::trainer t(net, plan_sgd());
+      nn::checkpointer ck(t, store);
+      const auto info = ck.resume();
+      names[tr.rank()] = info ? info->name : "none";
+      skipped[tr.rank()] = info ? info->skipped.size() : 0;
+    });
+    CHECK(names == std::vector<std::string>(4, "step-000000000005"));
+    CHECK(skipped == std::vector<std::size_t>(4, 1));
+  }
+  SUBCASE("none loads: a storage_error naming the newest problem") {
+    nn::testing::temp_dir dir;
+    nn::directory_backend store(dir.path());
+    train_and_checkpoint<void>(store, 2);
+    for (const auto& name : nn::list_checkpoints(store)) flip(dir.path() / name / "manifest.json", 40);
+    serial_net net(5);
+    nn::trainer t(net, plan_sgd());
+    nn::checkpointer ck(t, store);
+    CHECK_THROWS_WITH_AS(ck.resume(), doctest::Contains("no checkpoint could be loaded; the newest: step-000000000010"),
+                         nn::storage_error);
+  }
+}

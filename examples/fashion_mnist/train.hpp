@@ -36,6 +36,8 @@ int train_and_report(Net& net, const settings& s, const data& d, bool report, co
       if (s.resume) {
         const auto info = checkpoints->resume();
         if (report && info)
+          for (const auto& why : info->skipped) std::printf("passed over the damaged checkpoint %s\n", why.c_str());
+        if (report && info)
           std::printf("resumed from %s/%s: epoch %llu, step %llu (%llu steps done; written by %s)\n", s.checkpoint_dir.c_str(),
                       info->name.c_str(), static_cast<unsigned long long>(info->position.epoch + 1),
                       static_cast<unsigned long long>(info->position.step),

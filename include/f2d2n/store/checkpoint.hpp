@@ -265,6 +265,8 @@ struct checkpoint_info {
   std::string plan;
   std::uint64_t plan_fingerprint = 0;
   std::size_t world_size = 0;
+  /// Newer checkpoints passed over by a resume, each with the reason (checkpointer::resume).
+  std::vector<std::string> skipped;
 };
 
 /// Called at each phase of writing a checkpoint ("data written", "parts agreed", "manifest

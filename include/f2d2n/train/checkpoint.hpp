@@ -116,6 +116,45 @@ void save_checkpoint(trainer<Network, Options>& t, storage_backend& store, const
   write_checkpoint(store, name, layout, state, detail::agreement(net), keep, hook);
 }
 
+namespace detail {
+/// What load_checkpoint checks before it changes anything: the state the checkpoint holds (all
+/// of the optimizer's buffers or none), the learning rate, and every chunk (reader.verify()).
+/// Returns whether the checkpoint holds the optimizer's state.
+template <class Network, class Options, class S>
+bool check_loadable(trainer<Network, Options>& t, checkpoint_reader<S>& reader, const storage_backend& store) {
+  auto& opt = t.optimizer_state();
+  std::size_t held = 0;
+  for (std::size_t k = 0; k < opt.state_names.size(); ++k) held += reader.has_state(k);
+  if (held != 0 && held != opt.state_names.size())
+    throw storage_error(store.location() + "/" + reader.info().name, storage_problem::model_mismatch,
+                        "the checkpoint holds only part of the optimizer's state (another configuration of it)");
+  auto options = opt.options();
+  options.learning_rate = reader.info().learning_rate;
+  validate(options);
+  reader.verify();
+  return held != 0;
+}
+
+/// Changes the trainer to the checked checkpoint of `reader` (see check_loadable).
+template <class Network, class Options, class S>
+void apply_checkpoint(trainer<Network, Options>& t, checkpoint_reader<S>& reader, std::size_t size, bool has_state) {
+  auto& opt = t.optimizer_state();
+  opt.reset_state(has_state ? size : 0);
+  std::vector<std::span<S>> state;
+  if (opt.has_state())
+    for (std::size_t k = 0; k < opt.state_names.size(); ++k) state.push_back(opt.state(k));
+  reader.read_into(t.network().parameters(), state);
+  opt.set_steps(reader.info().optimizer_steps);
+  opt.set_learning_rate(reader.info().learning_rate);
+  t.resume(reader.info().position);
+}
+
+template <class Optimizer>
+std::vector<std::string_view> state_names_of(const Optimizer& opt) {
+  return {opt.state_names.begin(), opt.state_names.end()};
+}
+}  // namespace detail
+
 /// Loads checkpoint `name` into the trainer: the network's parameters, the optimizer's state, step
 /// count and learning rate, and the position its next fit resumes at. The checkpoint may come from
 /// any plan of the same model. Everything is read and checked before anything changes (the values
@@ -124,29 +163,11 @@ void save_checkpoint(trainer<Network, Options>& t, storage_backend& store, const
 template <class Network, class Options>
 checkpoint_info load_checkpoint(trainer<Network, Options>& t, const storage_backend& store, const std::string& name) {
   using S = typename Network::scalar;
-  auto& net = t.network();
-  auto& opt = t.optimizer_state();
-  const auto layout = layout_of(net);
-  const std::vector<std::string_view> names(opt.state_names.begin(), opt.state_names.end());
+  const auto layout = layout_of(t.network());
+  const auto names = detail::state_names_of(t.optimizer_state());
   checkpoint_reader<S> reader(store, name, layout, Options::name, names);
-  std::size_t held = 0;
-  for (std::size_t k = 0; k < names.size(); ++k) held += reader.has_state(k);
-  if (held != 0 && held != names.size())
-    throw storage_error(store.location() + "/" + name, storage_problem::model_mismatch,
-                        "the checkpoint holds only part of the optimizer's state (another configuration of it)");
-  auto options = opt.options();
-  options.learning_rate = reader.info().learning_rate;
-  detail::validate(options);
-  reader.verify();
-  // Checked: now change the unit.
-  opt.reset_state(held != 0 ? layout.size : 0);
-  std::vector<std::span<S>> state;
-  if (opt.has_state())
-    for (std::size_t k = 0; k < names.size(); ++k) state.push_back(opt.state(k));
-  reader.read_into(net.parameters(), state);
-  opt.set_steps(reader.info().optimizer_steps);
-  opt.set_learning_rate(reader.info().learning_rate);
-  t.resume(reader.info().position);
+  const bool has_state = detail::check_loadable(t, reader, store);
+  detail::apply_checkpoint(t, reader, layout.size, has_state);
   return reader.info();
 }
 
@@ -185,24 +206,51 @@ class checkpointer : public callback {
     last_saved_ = trainer_.position();
   }
 
-  /// Loads the newest committed checkpoint, if there is one, so that the next fit continues from
-  /// it; returns what it loaded. The units of a cluster must see the same newest checkpoint
-  /// (storage_error otherwise).
+  /// Loads the newest committed checkpoint that every unit can read and check, so that the next
+  /// fit continues from it; returns what it loaded (with, in `skipped`, the newer checkpoints that
+  /// failed their checks on some unit, and why), or nothing when the store holds no checkpoint.
+  /// The units of a cluster must see the same checkpoints, and agree on each candidate (one
+  /// unit's damaged chunk makes every unit skip that checkpoint). storage_error when none loads.
   std::optional<checkpoint_info> resume() {
-    const auto latest = latest_checkpoint(store_);
-    const double mine = latest ? static_cast<double>(*detail::step_of_name(*latest)) : -1.0;
+    using S = typename Trainer::scalar;
+    const auto all = list_checkpoints(store_);
+    const double newest = all.empty() ? -1.0 : static_cast<double>(*detail::step_of_name(all.back()));
     auto agree = detail::agreement(trainer_.network());
     if (agree) {
-      double v[2] = {mine, 1.0};
+      double v[2] = {newest, 1.0};
       agree(v);
-      if (v[0] != mine * v[1])
+      if (v[0] != newest * v[1])
         throw storage_error(store_.location(), storage_problem::incomplete,
-                            "the units see different newest checkpoints (this one: " + (latest ? *latest : "none") + ")");
+                            "the units see different newest checkpoints (this one: " +
+                                (all.empty() ? std::string("none") : all.back()) + ")");
     }
-    if (!latest) return std::nullopt;
-    auto info = load_checkpoint(trainer_, store_, *latest);
-    last_saved_ = info.position;
-    return info;
+    if (all.empty()) return std::nullopt;
+    const auto layout = layout_of(trainer_.network());
+    const auto names = detail::state_names_of(trainer_.optimizer_state());
+    std::vector<std::string> skipped;
+    for (auto it = all.rbegin(); it != all.rend(); ++it) {
+      std::optional<checkpoint_reader<S>> reader;
+      bool has_state = false;
+      std::string why;
+      try {
+        reader.emplace(store_, *it, layout, Trainer::options_type::name, names);
+        has_state = detail::check_loadable(trainer_, *reader, store_);
+      } catch (const error& e) {  // a damaged or foreign checkpoint (storage_error, or a bad learning rate)
+        why = e.what();
+      }
+      double failed[1] = {why.empty() ? 0.0 : 1.0};
+      if (agree) agree(failed);
+      if (failed[0] == 0) {
+        detail::apply_checkpoint(trainer_, *reader, layout.size, has_state);
+        checkpoint_info info = reader->info();
+        info.skipped = std::move(skipped);
+        last_saved_ = info.position;
+        return info;
+      }
+      skipped.push_back(*it + ": " + (why.empty() ? "another unit could not read or check it" : why));
+    }
+    throw storage_error(store_.location(), storage_problem::corrupt,
+                        "no checkpoint could be loaded; the newest: " + skipped.front());
   }
 
   void on_step_end(const step_end& s) override {

@@ -38,6 +38,7 @@ template <class Network, class Options>
 class trainer {
  public:
   using scalar = typename Network::scalar;
+  using options_type = Options;
 
   trainer(Network& net, Options options) : net_(net), optimizer_(options) {}
 
