@@ -22,7 +22,7 @@
 #include <f2d2n/core/unit.hpp>
 
 #ifndef XXH_INLINE_ALL
-#define XXH_INLINE_ALL  // xxHash used header-only (Debian: libxxhash-dev); see DESIGN.md's measured facts
+#define XXH_INLINE_ALL  // xxHash used header-only (Debian: libxxhash-dev); see docs/design.md's measured facts
 #endif
 #include <xxhash.h>
 
