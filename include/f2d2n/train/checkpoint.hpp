@@ -17,6 +17,7 @@
 #include <f2d2n/model/summary.hpp>
 #include <f2d2n/store/backend.hpp>
 #include <f2d2n/store/checkpoint.hpp>
+#include <f2d2n/store/checkpoint_reader.hpp>
 #include <f2d2n/train/callbacks.hpp>
 #include <f2d2n/train/distributed_network.hpp>
 #include <f2d2n/train/optimizers.hpp>

@@ -1,0 +1,179 @@
+// f2d2n/train/detail/unit_description.hpp: what one unit of a plan runs, as plain data (the
+// engine in unit_engine.hpp works from it, whatever the plan), and how it is made from a plan.
+#pragma once
+
+#include <f2d2n/comm/primitives.hpp>
+#include <f2d2n/core/error.hpp>
+#include <f2d2n/core/random.hpp>
+#include <f2d2n/model/network.hpp>
+#include <f2d2n/model/summary.hpp>
+#include <f2d2n/plan/distribute.hpp>
+#include <f2d2n/train/callbacks.hpp>
+#include <f2d2n/train/trainer.hpp>
+#include <f2d2n/transport/concept.hpp>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace f2d2n::detail {
+
+/// The initialiser's limit of each dense layer (null for the others), resolved as the serial
+/// network resolves it, so that a shard draws the serial layer's values.
+template <class L, class Next>
+constexpr auto limit_of() -> double (*)(std::size_t, std::size_t) {
+  if constexpr (is_dense_v<L>) return &resolved_initializer<L, Next>::limit;
+  else return nullptr;
+}
+template <class... L, class... Next>
+constexpr auto limit_table(boost::mp11::mp_list<L...>, boost::mp11::mp_list<Next...>) {
+  return std::array<double (*)(std::size_t, std::size_t), sizeof...(L)>{limit_of<L, Next>()...};
+}
+
+/// Adds the time from its construction to its end to `into`.
+class stopwatch {
+ public:
+  explicit stopwatch(double& into) : into_(into), start_(clock::now()) {}
+  stopwatch(const stopwatch&) = delete;
+  stopwatch& operator=(const stopwatch&) = delete;
+  ~stopwatch() { into_ += std::chrono::duration<double>(clock::now() - start_).count(); }
+
+ private:
+  double& into_;
+  clock::time_point start_;
+};
+
+/// Message ids of a distributed network's collectives (frames between two units are matched by
+/// id and step; a pair of units shares at most one group, the ids keep the calls apart anyway).
+inline constexpr std::uint32_t evaluation_message = 2;
+inline constexpr std::uint32_t statistics_message = 3;
+inline constexpr std::uint32_t checkpoint_message = 4;
+constexpr std::uint32_t pipeline_activation_message(std::size_t microbatch) {
+  return static_cast<std::uint32_t>(0x100000 + microbatch);
+}
+constexpr std::uint32_t pipeline_gradient_message(std::size_t microbatch) {
+  return static_cast<std::uint32_t>(0x200000 + microbatch);
+}
+constexpr std::uint32_t bucket_message(std::size_t bucket) { return static_cast<std::uint32_t>(0x300000 + bucket); }
+constexpr std::uint32_t forward_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 1); }
+constexpr std::uint32_t backward_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 2); }
+constexpr std::uint32_t forward_gather_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 3); }
+constexpr std::uint32_t backward_gather_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 4); }
+
+/// One layer as a unit runs it: its partition, extents, and the serial kernels.
+template <class S>
+struct unit_layer {
+  layer_partition part;
+  std::size_t in = 0, out = 0;     ///< features in and out of the whole layer
+  std::size_t serial_offset = 0;   ///< where the whole layer's parameters start in the serial layout
+  layer_ops<S> ops;                ///< the serial layer's kernels (forward, backward, initialise)
+  double (*limit)(std::size_t, std::size_t) = nullptr;  ///< a dense layer's initialiser limit
+  /// A split layer's units: those with this unit's neurons (they sum partial outputs; a row of
+  /// the grid) and those with its input features (they sum partial input gradients; a column).
+  group row_group, column_group;
+};
+
+/// One bucket of the gradient all-reduce: posted when the backward pass has finished `layer`
+/// (0: at the end of the step), over [begin, begin + size) of the buffer (loss, count, gradients).
+struct gradient_bucket {
+  std::size_t layer = 0, begin = 0, size = 0;
+};
+
+/// What a unit runs, as plain data: the part of distributed_network that does not depend on the
+/// plan's type, so that every plan over one transport and scalar shares one instantiation of it.
+template <class S>
+struct unit_description {
+  std::vector<unit_layer<S>> layers;
+  S (*loss)(const_matrix_ref<S>, std::span<const std::int32_t>, matrix_ref<S>) = nullptr;
+  std::size_t input_size = 0, output_size = 0, max_width = 0, serial_parameters = 0, parameters = 0;
+  std::size_t replicas = 1, stages = 1, microbatches = 1, schedule = gpipe::id;
+  std::size_t first = 1, end = 1;  ///< the hidden layers of this unit's stage: [first, end)
+  unit_coordinates coordinates;
+  unit_id previous = 0, next = 0;  ///< the units of the stages before and after (same replica and shard)
+  group tensor_group, data_group, pipeline_group;
+  std::vector<gradient_bucket> buckets;  ///< in the order they are summed (plan::for_each_gradient_bucket)
+  std::size_t header = 2;                ///< values before the gradients: loss, correct count, padding
+  // What checkpoints record and check (train/checkpoint.hpp):
+  const model_summary* model = nullptr;  ///< the whole model
+  std::string plan;                      ///< the plan in words (plan_description)
+  std::uint64_t plan_fingerprint = 0;
+  std::size_t world_size = 1;
+};
+
+/// The description of unit `rank` of Plan.
+template <class Plan, class Scalar>
+unit_description<Scalar> describe_unit(unit_id rank) {
+  using Net = typename Plan::model;
+  static constexpr auto ops = ops_table<Scalar>(typename Net::layers{}, next_layers<typename Net::layers>{});
+  static constexpr auto limits = limit_table(typename Net::layers{}, next_layers<typename Net::layers>{});
+  unit_description<Scalar> d;
+  d.coordinates = Plan::coordinates_of(rank);
+  const auto c = d.coordinates;
+  for (std::size_t i = 0; i < Net::size; ++i) {
+    unit_layer<Scalar> l;
+    l.part = Plan::partition_of(rank, i);
+    l.in = Net::input_extents[i].size();
+    l.out = Net::output_extents[i].size();
+    l.serial_offset = Net::parameter_offsets[i];
+    l.ops = ops[i];
+    l.limit = limits[i];
+    const auto& p = l.part;
+    for (std::size_t b = 0; b < p.in_parts; ++b)
+      l.row_group.units.push_back(Plan::rank_of({c.replica, c.stage, p.out_index * p.in_parts + b}));
+    for (std::size_t a = 0; a < p.out_parts; ++a)
+      l.column_group.units.push_back(Plan::rank_of({c.replica, c.stage, a * p.in_parts + p.in_index}));
+    d.layers.push_back(l);
+  }
+  d.loss = &Net::template layer_at<Net::size - 1>::template loss<Scalar>;
+  d.input_size = Net::input_size;
+  d.output_size = Net::output_size;
+  d.max_width = Net::max_width;
+  d.serial_parameters = Net::parameter_count;
+  d.parameters = Plan::parameter_count_of(rank);
+  d.replicas = Plan::replicas;
+  d.stages = Plan::stages;
+  d.microbatches = Plan::microbatch_count;
+  d.schedule = Plan::schedule_id;
+  d.first = Plan::stage_begin[c.stage];
+  d.end = Plan::stage_begin[c.stage + 1];
+  if (c.stage > 0) d.previous = Plan::rank_of({c.replica, c.stage - 1, c.shard});
+  if (c.stage + 1 < Plan::stages) d.next = Plan::rank_of({c.replica, c.stage + 1, c.shard});
+  for (std::size_t s = 0; s < Plan::shards; ++s) d.tensor_group.units.push_back(Plan::rank_of({c.replica, c.stage, s}));
+  for (std::size_t r = 0; r < Plan::replicas; ++r) d.data_group.units.push_back(Plan::rank_of({r, c.stage, c.shard}));
+  d.header = Plan::gradient_header;
+  Plan::for_each_gradient_bucket(rank, [&](std::size_t layer, std::size_t begin, std::size_t size) {
+    d.buckets.push_back({layer, begin, size});
+  });
+  for (std::size_t s = 0; s < Plan::stages; ++s) d.pipeline_group.units.push_back(Plan::rank_of({c.replica, s, c.shard}));
+  d.model = &summary_of<Net>();
+  d.plan = plan_description<Plan>();
+  d.plan_fingerprint = Plan::fingerprint;
+  d.world_size = Plan::world_size;
+  return d;
+}
+
+/// Refuses a transport that cannot carry Plan.
+template <class Plan, class Transport>
+const Transport& check_transport(const Transport& t) {
+  if (t.world_size() != Plan::world_size)
+    throw configuration_error("f2d2n: the plan has " + std::to_string(Plan::world_size) + " units (" +
+                              std::to_string(Plan::replicas) + " replicas x " + std::to_string(Plan::shards) +
+                              " shards) but the transport's cluster has " + std::to_string(t.world_size()));
+  if (t.fingerprint() != Plan::fingerprint)
+    throw configuration_error("f2d2n: the transport was created with fingerprint " + std::to_string(t.fingerprint()) +
+                              ", the plan's is " + std::to_string(Plan::fingerprint) +
+                              ": create it with plan::fingerprint, so that units of another plan are refused");
+  return t;
+}
+
+}  // namespace f2d2n::detail

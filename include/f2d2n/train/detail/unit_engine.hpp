@@ -1,0 +1,455 @@
+// f2d2n/train/detail/unit_engine.hpp: the plan-independent engine of a distributed unit (see
+// train/distributed_network.hpp for what it does); the passes through a stage are defined in
+// train/impl/unit_engine.hpp.
+#pragma once
+
+#include <f2d2n/train/detail/unit_description.hpp>
+#include <f2d2n/train/distributed_options.hpp>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace f2d2n::detail {
+
+/// The unit's forward, backward, initialisation and collectives over its description.
+template <transport Transport, class Scalar>
+class unit_engine {
+ public:
+  using scalar = Scalar;
+
+  unit_engine(Transport& t, unit_description<Scalar> d, distributed_options options)
+      : t_(t), d_(std::move(d)), options_(options), acts_(d_.microbatches), inputs_(d_.microbatches),
+        dlogits_(d_.microbatches) {
+    for (auto& a : acts_) a.resize(d_.layers.size());
+    params_.assign(d_.parameters, Scalar(0));
+    grads_.assign(d_.header + d_.parameters, Scalar(0));  // the step's loss and correct count, padding, the gradients
+    if (options_.overlap && d_.replicas > 1 && d_.buckets.size() > 1)
+      summer_ = std::thread([this] { sum_buckets(); });
+  }
+  unit_engine(const unit_engine&) = delete;
+  unit_engine& operator=(const unit_engine&) = delete;
+  ~unit_engine() {
+    if (!summer_.joinable()) return;
+    {
+      const std::lock_guard lock(jobs_m_);
+      stop_ = true;
+    }
+    jobs_cv_.notify_all();
+    summer_.join();  // a bucket in flight ends by itself: every collective has a deadline
+  }
+
+  [[nodiscard]] unit_id rank() const noexcept { return t_.rank(); }
+  [[nodiscard]] unit_coordinates coordinates() const noexcept { return d_.coordinates; }
+  /// Features of a sample and classes of the model (what the trainer checks data against).
+  [[nodiscard]] std::size_t features() const noexcept { return d_.input_size; }
+  [[nodiscard]] std::size_t classes() const noexcept { return d_.output_size; }
+  [[nodiscard]] std::size_t parameter_count() const noexcept { return params_.size(); }
+  [[nodiscard]] std::span<Scalar> parameters() noexcept { return params_; }
+  [[nodiscard]] std::span<const Scalar> parameters() const noexcept { return params_; }
+  [[nodiscard]] std::span<Scalar> gradients() noexcept { return std::span<Scalar>(grads_).subspan(d_.header); }
+  [[nodiscard]] std::span<const Scalar> gradients() const noexcept {
+    return std::span<const Scalar>(grads_).subspan(d_.header);
+  }
+  /// Where this unit's time in compute_gradients went since the last call (communication and wait;
+  /// the trainer counts the rest of the step as compute), and starts counting again.
+  time_split take_time_split() noexcept { return std::exchange(times_, time_split{}); }
+
+  /// Steps (training and evaluation) this unit has taken part in: the step of its next frames.
+  [[nodiscard]] std::uint64_t steps() const noexcept { return step_; }
+
+  /// What this unit runs: its layers' partitions, its groups, its model and plan.
+  [[nodiscard]] const unit_description<Scalar>& description() const noexcept { return d_; }
+
+  /// Sums `values` over every unit of the cluster (how the units of a checkpoint agree that all
+  /// wrote their part). Every unit must call it together, as a step of its own.
+  void agree(std::span<double> values) {
+    group everyone;
+    for (std::size_t r = 0; r < d_.world_size; ++r) everyone.units.push_back(static_cast<unit_id>(r));
+    if (everyone.size() > 1) all_reduce(t_, everyone, values, call(checkpoint_message));
+    ++step_;
+  }
+
+  /// Re-initialises this unit's parameters: the serial network's values for its part.
+  void initialize(std::uint64_t seed) {
+    for (std::size_t i = 0; i < d_.layers.size(); ++i) {
+      const auto& l = d_.layers[i];
+      if (!l.part.held || l.part.parameter_count == 0) continue;
+      auto w = layer_parameters(i);
+      if (split(l.part))
+        dense_kernels::initialize_block(w, l.in, l.part.begin, l.part.count, l.part.input_begin, l.part.input_count,
+                                        l.limit(l.in, l.out), seed, i);
+      else if (l.ops.initialize)
+        l.ops.initialize(w, l.in, seed, i);
+    }
+  }
+
+  /// Writes this unit's parameters into their places in a buffer laid out as the serial
+  /// network's (network<model>::parameters()); the rest of `serial` is left as it is.
+  void export_parameters(std::span<Scalar> serial) const {
+    for_each_piece(serial.size(), [&](std::size_t at, std::size_t local, std::size_t n) {
+      std::copy_n(params_.data() + local, n, serial.data() + at);
+    });
+  }
+  /// Reads this unit's parameters from a buffer laid out as the serial network's.
+  void import_parameters(std::span<const Scalar> serial) {
+    for_each_piece(serial.size(), [&](std::size_t at, std::size_t local, std::size_t n) {
+      std::copy_n(serial.data() + at, n, params_.data() + local);
+    });
+  }
+
+  /// Forward, loss and backward for one batch (the whole batch; this unit computes its replica's
+  /// rows, micro-batch by micro-batch under the plan's schedule); gradients() becomes this unit's
+  /// part of d(mean loss)/d(params) over the whole batch. Returns the loss and correct predictions
+  /// of the whole batch. Every unit must call it with the same batch.
+  batch_result compute_gradients(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels) {
+    return step(x, labels, share_of(x, labels, true));
+  }
+
+  /// The rows of a batch of `batch` samples this unit computes, and whether it needs their samples
+  /// (the first stage) and labels (the last stage).
+  [[nodiscard]] batch_part part_of_batch(std::size_t batch) const {
+    if (batch < d_.replicas)
+      throw configuration_error("f2d2n: data_parallel<" + std::to_string(d_.replicas) + "> needs at least " +
+                                std::to_string(d_.replicas) + " samples per batch; this batch has " +
+                                std::to_string(batch));
+    const std::size_t replica = d_.coordinates.replica;
+    return {batch, part_begin(batch, d_.replicas, replica), part_size(batch, d_.replicas, replica),
+            d_.coordinates.stage == 0, d_.coordinates.stage + 1 == d_.stages};
+  }
+
+  /// compute_gradients given only this unit's part of the batch (part_of_batch): `x` holds the
+  /// part's rows when part.samples, `labels` its labels when part.labels (both empty otherwise).
+  batch_result compute_gradients(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels,
+                                 const batch_part& part) {
+    if (part != part_of_batch(part.batch))
+      throw configuration_error("f2d2n: compute_gradients was given another unit's part of the batch");
+    if (part.samples && (static_cast<std::size_t>(x.rows()) != part.count ||
+                         static_cast<std::size_t>(x.cols()) != d_.input_size))
+      throw configuration_error("f2d2n: the part of the batch has " + std::to_string(x.rows()) + " x " +
+                                std::to_string(x.cols()) + " samples, this unit needs " + std::to_string(part.count) +
+                                " x " + std::to_string(d_.input_size));
+    if (part.labels && labels.size() != part.count)
+      throw configuration_error("f2d2n: the part of the batch has " + std::to_string(labels.size()) +
+                                " labels, this unit needs " + std::to_string(part.count));
+    check_labels(labels);
+    return step(x, labels, share_of_part(part));
+  }
+
+ private:
+  struct share;
+  batch_result step(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels, const share& sh) {
+    const std::size_t m = d_.microbatches;
+    accumulate_ = m > 1;
+    if (accumulate_) std::fill(grads_.begin() + static_cast<std::ptrdiff_t>(d_.header), grads_.end(), Scalar(0));
+    loss_sum_ = 0;
+    correct_ = 0;
+    next_bucket_ = 0;
+    if (summer_.joinable()) {
+      const std::lock_guard lock(jobs_m_);
+      failure_seen_ = false;  // a new step: its buckets are sent
+    }
+    const drain_on_exit drain{*this};  // no bucket outlives the step, even when it fails
+    for (std::size_t k = 0; k < 2 * m; ++k) {
+      const auto op = schedule_op(d_.schedule, d_.stages, d_.coordinates.stage, m, k);
+      last_backward_ = k + 1 == 2 * m;  // the gradients become final in the step's last backward
+      if (op.forward) forward_micro(x, labels, sh, op.microbatch, true);
+      else backward_micro(x, sh, op.microbatch);
+    }
+    grads_[0] = static_cast<Scalar>(loss_sum_);
+    grads_[1] = static_cast<Scalar>(correct_);
+    if (d_.stages > 1) {  // the loss is known on the last stage: every stage learns it
+      const stopwatch timing(times_.communication);
+      all_reduce(t_, d_.pipeline_group, std::span<Scalar>(grads_).first(2), call(statistics_message));
+    }
+    while (next_bucket_ < d_.buckets.size()) post_bucket();  // the last one holds the loss and count
+    {
+      const stopwatch timing(times_.communication);  // with overlap: the part the backward did not hide
+      wait_for_buckets();
+    }
+    ++step_;
+    batch_result r;
+    r.samples = static_cast<std::size_t>(sh.batch);
+    r.loss = static_cast<double>(grads_[0]) / static_cast<double>(sh.batch);
+    r.correct = static_cast<std::size_t>(grads_[1]);
+    return r;
+  }
+
+
+
+ public:
+  /// Loss and correct predictions over one batch, without touching the gradients (the replica's
+  /// rows pass the stages as one micro-batch). Every unit must call it with the same batch.
+  batch_result evaluate_batch(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels) {
+    const auto sh = share_of(x, labels, false);
+    const time_split kept = times_;  // evaluation is not a training step's time
+    loss_sum_ = 0;
+    correct_ = 0;
+    forward_micro(x, labels, sh, 0, false);
+    std::array<double, 2> sums{loss_sum_, static_cast<double>(correct_)};
+    if (d_.stages > 1) {
+      const stopwatch timing(times_.communication);
+      all_reduce(t_, d_.pipeline_group, std::span<double>(sums), call(statistics_message));
+    }
+    {
+      const stopwatch timing(times_.communication);
+      all_reduce(t_, d_.data_group, std::span<double>(sums), call(evaluation_message));
+    }
+    ++step_;
+    batch_result r;
+    r.samples = static_cast<std::size_t>(sh.batch);
+    r.loss = sums[0] / static_cast<double>(sh.batch);
+    r.correct = static_cast<std::size_t>(sums[1]);
+    times_ = kept;
+    return r;
+  }
+
+ private:
+  /// The replica's rows of a batch, and how they split into micro-batches.
+  struct share {
+    Eigen::Index first, rows, batch, micro_rows;
+  };
+
+  share share_of(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels, bool training) const {
+    if (static_cast<std::size_t>(x.cols()) != d_.input_size)
+      throw configuration_error("f2d2n: network input has " + std::to_string(x.cols()) +
+                                " features per sample, the model expects " + std::to_string(d_.input_size));
+    if (labels.size() != static_cast<std::size_t>(x.rows()))
+      throw configuration_error("f2d2n: batch has " + std::to_string(x.rows()) + " samples but " +
+                                std::to_string(labels.size()) + " labels");
+    const auto batch = static_cast<std::size_t>(x.rows());
+    if (batch < d_.replicas)
+      throw configuration_error("f2d2n: data_parallel<" + std::to_string(d_.replicas) + "> needs at least " +
+                                std::to_string(d_.replicas) + " samples per batch; this batch has " +
+                                std::to_string(batch));
+    check_labels(labels);
+    const std::size_t replica = d_.coordinates.replica, rows = part_size(batch, d_.replicas, replica);
+    const std::size_t m = training ? d_.microbatches : 1;
+    check_microbatches(batch, rows, m);
+    return {static_cast<Eigen::Index>(part_begin(batch, d_.replicas, replica)), static_cast<Eigen::Index>(rows),
+            static_cast<Eigen::Index>(batch), static_cast<Eigen::Index>(rows / m)};
+  }
+
+  /// The share of a part given alone: its rows start at 0.
+  share share_of_part(const batch_part& part) const {
+    check_microbatches(part.batch, part.count, d_.microbatches);
+    return {0, static_cast<Eigen::Index>(part.count), static_cast<Eigen::Index>(part.batch),
+            static_cast<Eigen::Index>(part.count / d_.microbatches)};
+  }
+
+  void check_labels(std::span<const std::int32_t> labels) const {
+    for (auto l : labels)
+      if (l < 0 || static_cast<std::size_t>(l) >= d_.output_size)
+        throw configuration_error("f2d2n: label " + std::to_string(l) + " is outside the model's " +
+                                  std::to_string(d_.output_size) + " outputs");
+  }
+
+  void check_microbatches(std::size_t batch, std::size_t rows, std::size_t m) const {
+    if (rows % m != 0)
+      throw configuration_error("f2d2n: pipeline<..., microbatches<" + std::to_string(m) +
+                                ">> needs every replica's rows to split into " + std::to_string(m) +
+                                " equal micro-batches; a batch of " + std::to_string(batch) + " gives replica " +
+                                std::to_string(d_.coordinates.replica) + " " + std::to_string(rows) + " rows");
+  }
+
+  [[nodiscard]] collective call(std::uint32_t message) const {
+    collective c;
+    c.message_id = message;
+    c.step = step_;
+    c.timeout = options_.timeout;
+    c.chunk_bytes = options_.chunk_bytes;
+    return c;
+  }
+
+  std::span<Scalar> layer_parameters(std::size_t i) {
+    return std::span<Scalar>(params_).subspan(d_.layers[i].part.parameter_offset, d_.layers[i].part.parameter_count);
+  }
+
+  /// Layer i's output for micro-batch m, `rows` rows (grown on demand, never shrunk).
+  matrix_ref<Scalar> output(std::size_t m, std::size_t i, Eigen::Index rows) {
+    auto& a = acts_[m][i];
+    const auto cols = static_cast<Eigen::Index>(d_.layers[i].part.output_width);
+    if (a.rows() < rows || a.cols() != cols) a.resize(rows, cols);
+    return a.topRows(rows);
+  }
+  /// The input of layer i for micro-batch m: the stage's input for its first layer.
+  const_matrix_ref<Scalar> input_of(std::size_t m, std::size_t i, const_matrix_ref<Scalar> stage_input) const {
+    if (i == d_.first) return stage_input;
+    return acts_[m][i - 1].topRows(stage_input.rows());
+  }
+  matrix_map<Scalar> gradient_buffer(std::size_t which, Eigen::Index rows, std::size_t cols) {
+    auto& g = dgrad_[which];
+    if (g.rows() < rows || static_cast<std::size_t>(g.cols()) < d_.max_width)
+      g.resize(rows, static_cast<Eigen::Index>(d_.max_width));
+    return matrix_map<Scalar>(g.data(), rows, static_cast<Eigen::Index>(cols));
+  }
+  /// Room for a whole rows x cols activation, stored shard after shard (all-gathers by blocks).
+  std::span<Scalar> gather_buffer(std::size_t size) {
+    if (gather_.size() < size) gather_.resize(size);
+    return std::span<Scalar>(gather_).first(size);
+  }
+  static void ensure(matrix<Scalar>& a, Eigen::Index rows, std::size_t cols) {
+    if (a.rows() != rows || static_cast<std::size_t>(a.cols()) != cols) a.resize(rows, static_cast<Eigen::Index>(cols));
+  }
+
+  /// A layer spread over units (by_outputs, by_inputs, by_grid: all blocks of a grid over W).
+  static bool split(const layer_partition& p) {
+    return p.split == split_kind::outputs || p.split == split_kind::inputs || p.split == split_kind::grid;
+  }
+
+  /// Gathers the column blocks of a rows x cols matrix over group g (member k's block holds part k
+  /// of the columns; blocks are stored member after member, this unit's, number `me`, in place)
+  /// into `out`.
+  void gather_columns(std::span<Scalar> blocks, Eigen::Index rows, std::size_t cols, matrix_ref<Scalar> out,
+                      const group& g, std::size_t me, std::uint32_t message) {
+    const std::size_t p = g.size(), r = static_cast<std::size_t>(rows);
+    if (p > 1) {
+      const auto mine = blocks.subspan(part_begin(cols, p, me) * r, part_size(cols, p, me) * r);
+      const stopwatch timing(times_.communication);
+      all_gather(t_, g, std::span<const Scalar>(mine), blocks, call(message), r);
+    }
+    for (std::size_t s = 0; s < p; ++s) {
+      const auto b = static_cast<Eigen::Index>(part_begin(cols, p, s));
+      const auto n = static_cast<Eigen::Index>(part_size(cols, p, s));
+      out.middleCols(b, n) = const_matrix_map<Scalar>(blocks.data() + static_cast<std::size_t>(b) * r, rows, n);
+    }
+  }
+
+  /// Sums a contiguous rows x cols block over group g (in place) when g has more than this unit.
+  template <class Block>
+  void sum_over(const group& g, Block&& m, std::uint32_t message) {
+    if (g.size() < 2) return;
+    const stopwatch timing(times_.communication);
+    all_reduce(t_, g, std::span<Scalar>(m.data(), static_cast<std::size_t>(m.size())), call(message));
+  }
+
+  /// Micro-batch m forward through this unit's stage: its input from the batch (first stage) or
+  /// from the stage before; its output to the stage after, or into the loss (last stage).
+  void forward_micro(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels, const share& sh,
+                     std::size_t m, bool training);
+
+  /// Micro-batch m backward through this unit's stage: the loss gradient (last stage) or the
+  /// gradient from the stage after; the gradient of the stage's input to the stage before.
+  void backward_micro(const_matrix_ref<Scalar> x, const share& sh, std::size_t m);
+
+  void forward(std::size_t m, const_matrix_ref<Scalar> stage_input);
+
+  /// Walks the stage's layers from last to first; the gradient of the stage's output is in
+  /// dgrad_[0] on entry. Returns which dgrad_ buffer holds the gradient of the stage's input.
+  std::size_t backward(std::size_t m, const_matrix_ref<Scalar> stage_input, Eigen::Index rows);
+
+  /// Starts the next bucket of the gradient all-reduce: on the summing thread when there is one,
+  /// otherwise here.
+  void post_bucket() {
+    const auto& b = d_.buckets[next_bucket_];
+    collective c = call(bucket_message(next_bucket_));
+    ++next_bucket_;
+    if (d_.replicas < 2) return;
+    const std::span<Scalar> part = std::span<Scalar>(grads_).subspan(b.begin, b.size);
+    if (!summer_.joinable()) {
+      const stopwatch timing(times_.communication);
+      all_reduce(t_, d_.data_group, part, c);
+      return;
+    }
+    {
+      const std::lock_guard lock(jobs_m_);
+      jobs_.push_back({part, c});
+      ++pending_;
+    }
+    jobs_cv_.notify_all();
+  }
+
+  /// Waits until every posted bucket is summed; rethrows the first failure of one.
+  void wait_for_buckets() {
+    if (!summer_.joinable()) return;
+    std::unique_lock lock(jobs_m_);
+    done_cv_.wait(lock, [this] { return pending_ == 0; });
+    if (auto e = std::exchange(failure_, nullptr)) std::rethrow_exception(e);
+  }
+
+  /// On the way out of compute_gradients, by return or by exception: the summing thread must not
+  /// be writing the gradients when the step is over.
+  struct drain_on_exit {
+    unit_engine& e;
+    ~drain_on_exit() {
+      if (!e.summer_.joinable()) return;
+      std::unique_lock lock(e.jobs_m_);
+      e.done_cv_.wait(lock, [this] { return e.pending_ == 0; });
+      e.failure_ = nullptr;  // after a failed step only the step's own exception is reported
+    }
+  };
+
+  /// The summing thread: one bucket after another, in the order posted; sleeps while it waits.
+  void sum_buckets();
+
+  /// Calls f(serial offset, local offset, count) for each contiguous piece of this unit's
+  /// parameters in the serial layout.
+  template <class F>
+  void for_each_piece(std::size_t serial_size, F f) const {
+    if (serial_size != d_.serial_parameters)
+      throw configuration_error("f2d2n: a serial parameter buffer of this model has " +
+                                std::to_string(d_.serial_parameters) + " values, not " + std::to_string(serial_size));
+    for (const auto& l : d_.layers) {
+      const auto& p = l.part;
+      if (!p.held || p.parameter_count == 0) continue;
+      const std::size_t at = l.serial_offset, local = p.parameter_offset;
+      if (split(p)) {
+        if (p.input_count == l.in) {
+          f(at + p.begin * l.in, local, p.count * l.in);  // whole rows of W: one piece
+        } else {
+          for (std::size_t j = 0; j < p.count; ++j)
+            f(at + (p.begin + j) * l.in + p.input_begin, local + j * p.input_count, p.input_count);
+        }
+        f(at + l.out * l.in + p.begin, local + p.count * p.input_count, p.count);  // the rows' biases
+      } else {
+        f(at, local, p.parameter_count);
+      }
+    }
+  }
+
+  Transport& t_;
+  unit_description<Scalar> d_;
+  distributed_options options_;
+  // Eigen's alignment for every buffer a kernel reads: Eigen peels unaligned heads off its
+  // vectorised reductions, so the alignment of an operand decides the order of a sum. With
+  // malloc's alignment, two runs of one plan differed in the last bit.
+  using buffer_type = std::vector<Scalar, Eigen::aligned_allocator<Scalar>>;
+  buffer_type params_, grads_, scratch_, gather_;
+  std::vector<std::vector<matrix<Scalar>>> acts_;  // [micro-batch][layer]: each layer's output
+  std::vector<matrix<Scalar>> inputs_;             // [micro-batch]: what the stage before sent
+  std::vector<matrix<Scalar>> dlogits_;            // [micro-batch]: the loss gradient (last stage)
+  matrix<Scalar> dgrad_[2];
+  bool accumulate_ = false;
+  bool last_backward_ = false;
+  std::size_t next_bucket_ = 0;
+  time_split times_;
+  // The summing thread and its queue (only when overlapping a data-parallel all-reduce).
+  struct job {
+    std::span<Scalar> part;
+    collective call;
+  };
+  std::mutex jobs_m_;
+  std::condition_variable jobs_cv_, done_cv_;
+  std::deque<job> jobs_;
+  std::size_t pending_ = 0;
+  bool stop_ = false, failure_seen_ = false;
+  std::exception_ptr failure_;
+  std::thread summer_;  // last: started when everything it uses exists, joined first
+  double loss_sum_ = 0;
+  std::size_t correct_ = 0;
+  std::uint64_t step_ = 0;
+};
+
+}  // namespace f2d2n::detail
+
+#include <f2d2n/train/impl/unit_engine.hpp>

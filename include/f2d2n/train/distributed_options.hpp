@@ -1,0 +1,27 @@
+// f2d2n/train/distributed_options.hpp: how a distributed network communicates.
+#pragma once
+
+#include <f2d2n/comm/primitives.hpp>
+
+#include <chrono>
+#include <cstddef>
+
+namespace f2d2n {
+
+/// How a distributed network communicates.
+struct distributed_options {
+  /// How long a unit waits in one collective before timeout_error (a dead or silent peer).
+  std::chrono::milliseconds timeout{60000};
+  /// Largest piece a ring step sends at once (collective::chunk_bytes).
+  std::size_t chunk_bytes = collective{}.chunk_bytes;
+  /// Sum the gradient buckets of data_parallel on a second thread of the unit while the backward
+  /// pass goes on (the thread sleeps while it waits). Off by default: one compute thread per unit;
+  /// then each bucket is summed in the compute thread as soon as it is complete. The messages and
+  /// the results are the same either way. On the 2-core development machine, with 2 units and
+  /// buckets of 32768 values, overlapping made the MLP's DP2 step slower (47-58k against 88k
+  /// samples/s with one bucket; bench/ddp_bench.cpp --buckets --overlap): the second thread
+  /// competes with the compute threads for the cores. It pays where a unit has a core to spare.
+  bool overlap = false;
+};
+
+}  // namespace f2d2n

@@ -1,0 +1,185 @@
+// f2d2n/train/impl/unit_engine.hpp: a unit's passes through its stage (forward and backward of a
+// micro-batch, of its layers) and the gradient-summing thread; declared in train/detail/unit_engine.hpp.
+#pragma once
+
+#include <f2d2n/train/detail/unit_engine.hpp>
+
+namespace f2d2n::detail {
+
+template <transport Transport, class Scalar>
+void unit_engine<Transport, Scalar>::forward_micro(
+    const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels, const share& sh, std::size_t m,
+    bool training) {
+  const Eigen::Index rows = training ? sh.micro_rows : sh.rows;
+  const Eigen::Index first_row = sh.first + static_cast<Eigen::Index>(m) * rows;
+  const bool first_stage = d_.coordinates.stage == 0, last_stage = d_.coordinates.stage + 1 == d_.stages;
+  if (!first_stage) {
+    ensure(inputs_[m], rows, d_.layers[d_.first].in);
+    {
+      const stopwatch timing(times_.wait);
+      receive_tensor(t_, d_.previous, pipeline_activation_message(m), step_,
+                     std::span<Scalar>(inputs_[m].data(), static_cast<std::size_t>(inputs_[m].size())),
+                     clock::now() + options_.timeout);
+    }
+  }
+  const_matrix_ref<Scalar> in = first_stage ? const_matrix_ref<Scalar>(x.middleRows(first_row, rows))
+                                            : const_matrix_ref<Scalar>(inputs_[m]);
+  forward(m, in);
+  const auto out = acts_[m][d_.end - 1].topRows(rows);
+  if (!last_stage) {
+    const stopwatch timing(times_.communication);
+    send_tensor(t_, d_.next, pipeline_activation_message(m), step_,
+                std::span<const Scalar>(out.data(), static_cast<std::size_t>(out.size())),
+                clock::now() + options_.timeout);
+    return;
+  }
+  const auto my_labels = labels.subspan(static_cast<std::size_t>(first_row), static_cast<std::size_t>(rows));
+  ensure(dlogits_[m], rows, d_.output_size);
+  const Scalar loss = d_.loss(out, my_labels, dlogits_[m]);
+  loss_sum_ += static_cast<double>(loss) * static_cast<double>(rows);
+  correct_ += count_correct<Scalar>(out, my_labels);
+  if (training) dlogits_[m] *= static_cast<Scalar>(rows) / static_cast<Scalar>(sh.batch);  // replicas' sum = serial mean
+}
+
+template <transport Transport, class Scalar>
+void unit_engine<Transport, Scalar>::backward_micro(const_matrix_ref<Scalar> x, const share& sh, std::size_t m) {
+  const Eigen::Index rows = sh.micro_rows;
+  const Eigen::Index first_row = sh.first + static_cast<Eigen::Index>(m) * rows;
+  const bool first_stage = d_.coordinates.stage == 0, last_stage = d_.coordinates.stage + 1 == d_.stages;
+  auto dy = gradient_buffer(0, rows, d_.layers[d_.end - 1].part.output_width);
+  if (last_stage) {
+    dy = dlogits_[m];
+  } else {
+    const stopwatch timing(times_.wait);
+    receive_tensor(t_, d_.next, pipeline_gradient_message(m), step_,
+                   std::span<Scalar>(dy.data(), static_cast<std::size_t>(dy.size())), clock::now() + options_.timeout);
+  }
+  const std::size_t last_buffer = backward(
+      m, first_stage ? const_matrix_ref<Scalar>(x.middleRows(first_row, rows)) : const_matrix_ref<Scalar>(inputs_[m]),
+      rows);
+  if (!first_stage) {
+    const auto dx = gradient_buffer(last_buffer, rows, d_.layers[d_.first].in);
+    const stopwatch timing(times_.communication);
+    send_tensor(t_, d_.previous, pipeline_gradient_message(m), step_,
+                std::span<const Scalar>(dx.data(), static_cast<std::size_t>(dx.size())),
+                clock::now() + options_.timeout);
+  }
+}
+
+template <transport Transport, class Scalar>
+void unit_engine<Transport, Scalar>::forward(std::size_t m, const_matrix_ref<Scalar> stage_input) {
+  const Eigen::Index rows = stage_input.rows();
+  for (std::size_t i = d_.first; i < d_.end; ++i) {
+    const auto& l = d_.layers[i];
+    const auto& p = l.part;
+    const Scalar* w = params_.data() + p.parameter_offset;
+    const auto in = input_of(m, i, stage_input);
+    auto y = output(m, i, rows);
+    if (split(p)) {
+      // y_a = sum over the row's units of x_b W_ab^T, + b_a; then y = the column's blocks, gathered
+      // (in a chain this unit keeps its block y_a). A chained input is this unit's columns only.
+      const auto rows_n = static_cast<Eigen::Index>(p.count), cols = static_cast<Eigen::Index>(p.input_count);
+      const auto x = in.middleCols(p.sharded_input ? 0 : static_cast<Eigen::Index>(p.input_begin), cols);
+      const_matrix_map<Scalar> ws(w, rows_n, cols);
+      Eigen::Map<const vector<Scalar>> b(w + p.count * p.input_count, rows_n);
+      if (p.sharded_output) {
+        y.noalias() = x * ws.transpose();
+        sum_over(l.row_group, y, forward_message(i));
+        y.rowwise() += b.transpose();
+      } else {
+        const auto blocks = gather_buffer(static_cast<std::size_t>(rows) * l.out);
+        matrix_map<Scalar> mine(blocks.data() + p.begin * static_cast<std::size_t>(rows), rows, rows_n);
+        mine.noalias() = x * ws.transpose();
+        sum_over(l.row_group, mine, forward_message(i));
+        mine.rowwise() += b.transpose();
+        gather_columns(blocks, rows, l.out, y, l.column_group, p.out_index, forward_gather_message(i));
+      }
+    } else {
+      l.ops.forward(w, in, y);
+    }
+  }
+}
+
+template <transport Transport, class Scalar>
+std::size_t unit_engine<Transport, Scalar>::backward(
+    std::size_t m, const_matrix_ref<Scalar> stage_input, Eigen::Index rows) {
+  std::size_t current = 0;
+  for (std::size_t i = d_.end - 1; i >= d_.first; --i) {
+    const auto& l = d_.layers[i];
+    const auto& p = l.part;
+    const Scalar* w = params_.data() + p.parameter_offset;
+    // Micro-batches add up their gradients: the kernels write theirs into scratch first.
+    if (accumulate_ && scratch_.size() < p.parameter_count) scratch_.resize(p.parameter_count);
+    Scalar* g = accumulate_ ? scratch_.data() : grads_.data() + d_.header + p.parameter_offset;
+    auto dy = gradient_buffer(current, rows, p.output_width);
+    auto dx = gradient_buffer(1 - current, rows, p.input_width);
+    const bool want_dx = i > 1;
+    const auto in = input_of(m, i, stage_input);
+    if (split(p)) {
+      // dW_ab = dy_a^T x_b, db_a = sum dy_a; dx_b = sum over the column's units of dy_a W_ab; then
+      // dx = the row's blocks, gathered.
+      const auto rows_n = static_cast<Eigen::Index>(p.count), cols = static_cast<Eigen::Index>(p.input_count);
+      const auto dys = dy.middleCols(p.sharded_output ? 0 : static_cast<Eigen::Index>(p.begin), rows_n);
+      const_matrix_map<Scalar> ws(w, rows_n, cols);
+      matrix_map<Scalar> dws(g, rows_n, cols);
+      Eigen::Map<vector<Scalar>> db(g + p.count * p.input_count, rows_n);
+      dws.noalias() = dys.transpose() * in.middleCols(p.sharded_input ? 0 : static_cast<Eigen::Index>(p.input_begin), cols);
+      db.noalias() = dys.colwise().sum().transpose();
+      if (want_dx && p.sharded_input) {  // the chain's units keep their own columns of dx
+        dx.noalias() = dys * ws;
+        sum_over(l.column_group, dx, backward_message(i));
+      } else if (want_dx) {
+        const auto blocks = gather_buffer(static_cast<std::size_t>(rows) * l.in);
+        matrix_map<Scalar> mine(blocks.data() + p.input_begin * static_cast<std::size_t>(rows), rows, cols);
+        mine.noalias() = dys * ws;
+        sum_over(l.column_group, mine, backward_message(i));
+        gather_columns(blocks, rows, l.in, dx, l.row_group, p.in_index, backward_gather_message(i));
+      }
+    } else {
+      l.ops.backward(w, g, in, acts_[m][i].topRows(rows), dy, dx, want_dx);
+    }
+    if (accumulate_) {
+      Scalar* to = grads_.data() + d_.header + p.parameter_offset;
+      for (std::size_t k = 0; k < p.parameter_count; ++k) to[k] += g[k];
+    }
+    // This layer's gradients are final: start the buckets that close here.
+    while (last_backward_ && next_bucket_ + 1 < d_.buckets.size() && d_.buckets[next_bucket_].layer == i)
+      post_bucket();
+    current = 1 - current;
+    if (i == d_.first) break;
+  }
+  return current;
+}
+
+template <transport Transport, class Scalar>
+void unit_engine<Transport, Scalar>::sum_buckets() {
+  for (;;) {
+    job j;
+    {
+      std::unique_lock lock(jobs_m_);
+      jobs_cv_.wait(lock, [this] { return stop_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;
+      j = jobs_.front();
+      jobs_.pop_front();
+    }
+    std::exception_ptr failed;
+    if (!failure_seen_) {
+      try {
+        all_reduce(t_, d_.data_group, j.part, j.call);
+      } catch (...) {
+        failed = std::current_exception();
+      }
+    }
+    {
+      const std::lock_guard lock(jobs_m_);
+      if (failed) {
+        failure_seen_ = true;  // the ring is out of step: the later buckets of this step are not sent
+        if (!failure_) failure_ = failed;
+      }
+      --pending_;
+    }
+    done_cv_.notify_all();
+  }
+}
+
+}  // namespace f2d2n::detail
