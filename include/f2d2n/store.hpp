@@ -6,4 +6,5 @@
 #include <f2d2n/store/checkpoint.hpp>
 #include <f2d2n/store/checkpoint_reader.hpp>
 #include <f2d2n/store/checksum.hpp>
+#include <f2d2n/store/dtype.hpp>
 #include <f2d2n/store/safetensors.hpp>

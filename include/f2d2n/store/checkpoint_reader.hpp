@@ -48,9 +48,10 @@ class checkpoint_reader {
     if (detail::field<std::uint64_t>(m, "version", where) != 1)
       throw storage_error(where, storage_problem::bad_format, "manifest version " + m["version"].dump() + " (this build reads 1)");
     const auto dtype = detail::field<std::string>(m, "dtype", where);
-    if (dtype != detail::dtype_of<S>())
+    if (dtype != safetensors_dtype<S>())
       throw storage_error(where, storage_problem::model_mismatch,
-                          std::string("the checkpoint holds ") + dtype + " values, this network " + detail::dtype_of<S>());
+                          "the checkpoint holds " + dtype + " values, this network " +
+                              std::string(safetensors_dtype<S>()));
     const auto& mm = detail::object_field(m, "model", where);
     const auto description = detail::field<std::string>(mm, "description", where);
     if (description != model.description)

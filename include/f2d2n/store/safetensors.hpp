@@ -20,6 +20,7 @@
 #include <f2d2n/model/summary.hpp>
 #include <f2d2n/store/backend.hpp>
 #include <f2d2n/store/checksum.hpp>
+#include <f2d2n/store/dtype.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -49,14 +50,6 @@ namespace f2d2n {
 /// The largest JSON header a load accepts (the reference implementation's limit is 100 MB): a
 /// damaged or foreign length is refused before anything is allocated for it.
 inline constexpr std::uint64_t safetensors_max_header = std::uint64_t{100} << 20;
-
-/// The safetensors dtype of a scalar type: "F32" for float, "F64" for double.
-template <class S>
-constexpr std::string_view safetensors_dtype() {
-  static_assert(std::is_same_v<S, float> || std::is_same_v<S, double>,
-                "f2d2n: safetensors files hold float (F32) or double (F64) parameters");
-  return std::is_same_v<S, float> ? "F32" : "F64";
-}
 
 namespace detail::safetensors {
 

@@ -5,6 +5,7 @@
 #include <f2d2n/core/error.hpp>
 #include <f2d2n/model/summary.hpp>
 #include <f2d2n/store/checksum.hpp>
+#include <f2d2n/store/dtype.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -24,11 +25,6 @@
 namespace f2d2n {
 
 namespace detail {
-template <class S>
-constexpr const char* dtype_of() {
-  static_assert(std::is_same_v<S, float> || std::is_same_v<S, double>, "f2d2n: checkpoints store float or double");
-  return std::is_same_v<S, float> ? "F32" : "F64";
-}
 constexpr std::string_view manifest_prefix = "{\"xxh3\":\"";
 constexpr std::string_view manifest_middle = "\",\"manifest\":";
 constexpr std::string_view manifest_suffix = "}\n";

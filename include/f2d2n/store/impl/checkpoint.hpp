@@ -92,7 +92,7 @@ void write_checkpoint(storage_backend& store, const std::string& name, const che
           {"format", "f2d2n.checkpoint"},
           {"version", 1},
           {"library", version_string()},
-          {"dtype", detail::dtype_of<S>()},
+          {"dtype", std::string(safetensors_dtype<S>())},
           {"model", {{"description", model.description}, {"fingerprint", to_hex(model.fingerprint)}}},
           {"plan", {{"description", layout.plan}, {"fingerprint", to_hex(layout.plan_fingerprint)}, {"world_size", layout.world_size}}},
           {"position",
