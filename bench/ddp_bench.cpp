@@ -280,7 +280,7 @@ int run_dp2(const options& o, const synthetic_pool& pool) {
     }
     const timing tm = median_run(std::move(runs));  // unit 0's runs (unit 1's differ by the last step's wait)
     // The step's all-reduce alone: the loss sum, correct count and padding, then the gradients.
-    std::vector<float, Eigen::aligned_allocator<float>> grads(Plan::gradient_header + Plan::parameter_count_of(cfg.rank),
+    std::vector<float, Eigen::aligned_allocator<float>> grads(Plan::gradient_offset + Plan::parameter_count_of(cfg.rank),
                                                               1e-3f);
     std::vector<double> lone;
     for (int k = 0; k < 30; ++k) {

@@ -6,6 +6,9 @@
 
 #include <doctest/doctest.h>
 
+#include <bit>
+#include <cstdint>
+
 namespace nn = f2d2n;
 using namespace f2d2n::testing;
 
@@ -32,3 +35,63 @@ TEST_CASE_TEMPLATE("every plan trains to the serial weights (float64, 1e-12)", P
   expect_equivalent<Plan, double>(1e-12);
 }
 
+
+// ---- one model, whichever unit is read -------------------------------------------------------
+
+/// Wider than plan_mlp, with odd widths: copies of a bias lie at differently aligned offsets on
+/// different units, where Eigen's vectorised column sums gave them different last bits.
+using copy_mlp = nn::sequential<nn::input<37>, nn::dense<29>, nn::relu, nn::dense<23>, nn::tanh, nn::dense<5>,
+                                nn::softmax_cross_entropy>;
+
+/// Trains Plan with Adam on every unit and returns each unit's parameters in the serial layout.
+template <class Plan>
+std::vector<std::vector<float>> trained_copies() {
+  nn::dataset<float> data;
+  data.samples.resize(60, 37);
+  for (Eigen::Index r = 0; r < 60; ++r)
+    for (Eigen::Index c = 0; c < 37; ++c)
+      data.samples(r, c) = static_cast<float>(nn::random_symmetric(5, static_cast<std::uint64_t>(r), static_cast<std::uint64_t>(c)));
+  for (std::int32_t r = 0; r < 60; ++r) data.labels.push_back((r * 7 + r / 3) % 5);
+  data.sample_shape = nn::flat(37);
+  data.classes = 5;
+  std::vector<std::vector<float>> units(Plan::world_size);
+  nn::local_cluster cluster(static_cast<nn::unit_id>(Plan::world_size), Plan::fingerprint);
+  cluster.run([&](nn::local_transport& t) {
+    nn::distributed_network<Plan, nn::local_transport> net(t, 4);
+    nn::trainer train(net, nn::adam{.learning_rate = 0.01});
+    train.fit(data, plan_fit<Plan>());
+    units[t.rank()] = exported(net);
+  });
+  return units;
+}
+
+template <class... P>
+using copies_of = nn::distribute<copy_mlp, P...>;
+
+// Biases of by_inputs layers, row biases of by_grid, replicated layers and the replicas' copies:
+// every copy of a value has the same bits on every unit that holds it, after 20 Adam steps.
+TEST_CASE_TEMPLATE("every copy of a parameter is bitwise the same on every unit", Plan,
+                   copies_of<nn::data_parallel<3>>, copies_of<nn::tensor_parallel<2, nn::by_inputs>>,
+                   copies_of<nn::tensor_parallel<3, nn::by_inputs, nn::split_layer<3, nn::by_outputs>,
+                                                 nn::split_layer<5, nn::replicated>>>,
+                   copies_of<nn::tensor_parallel<4, nn::by_grid<2, 2>>>, copies_of<nn::tensor_parallel<6, nn::by_grid<2, 3>>>,
+                   copies_of<nn::tensor_parallel<2, nn::by_outputs, nn::split_layer<3, nn::by_inputs>>>,
+                   copies_of<nn::data_parallel<3>, nn::tensor_parallel<2, nn::by_inputs>>,
+                   copies_of<nn::data_parallel<2>, nn::pipeline<2, nn::microbatches<2>>, nn::tensor_parallel<2, nn::by_inputs>>) {
+  const auto units = trained_copies<Plan>();
+  std::size_t copies = 0, differing = 0;
+  for (std::size_t k = 0; k < copy_mlp::parameter_count; ++k) {
+    const float* first = nullptr;
+    for (const auto& u : units) {
+      if (std::isnan(u[k])) continue;
+      if (!first) {
+        first = &u[k];
+        continue;
+      }
+      ++copies;
+      if (std::bit_cast<std::uint32_t>(u[k]) != std::bit_cast<std::uint32_t>(*first)) ++differing;
+    }
+  }
+  CHECK(copies > 0);
+  CHECK(differing == 0);
+}

@@ -9,6 +9,7 @@
 #include <doctest/doctest.h>
 
 #include <array>
+#include <map>
 #include <atomic>
 #include <type_traits>
 
@@ -87,7 +88,8 @@ constexpr nn::step_message first_message_of_hybrid = [] {
   return found;
 }();
 // Layer 1's outputs gathered over its 2 shards: 32 x 256, this unit sends the other's 32 x 128.
-static_assert(first_message_of_hybrid == nn::step_message{nn::message_kind::all_gather, false, 1, 0, 32, 256, 2, 0, 32 * 128});
+static_assert(first_message_of_hybrid == nn::step_message{nn::message_kind::all_gather, false, 1, 0, 32, 256, 2, 0, 32 * 128,
+                                                          nn::message_id(nn::message_kind::all_gather, false, 1, 0)});
 // Gathers after layers 1, 3, 5; input-gradient sums of layers 3 and 5; the gradients among replicas.
 static_assert(hybrid::message_count(0, 64) == 6);
 
@@ -125,15 +127,17 @@ static_assert(piped::bytes_sent_per_step(0, 64) >
 // ---- bytes on the wire -----------------------------------------------------------------------
 
 namespace {
-/// A transport that counts the payload bytes its unit sends.
+/// A transport that counts the payload bytes its unit sends, in all and per message id.
 struct counting_transport {
   nn::local_transport& t;
   std::size_t sent = 0;
+  std::map<std::uint32_t, std::size_t> by_id;
   [[nodiscard]] nn::unit_id rank() const noexcept { return t.rank(); }
   [[nodiscard]] nn::unit_id world_size() const noexcept { return t.world_size(); }
   [[nodiscard]] std::uint64_t fingerprint() const noexcept { return t.fingerprint(); }
   void send(nn::unit_id peer, const nn::wire::frame_header& h, std::span<const std::byte> payload, nn::deadline until) {
     sent += payload.size();
+    by_id[h.message_id] += payload.size();
     t.send(peer, h, payload, until);
   }
   nn::wire::frame_header receive(nn::unit_id peer, const nn::wire::expectation& e, std::span<std::byte> out,
@@ -145,24 +149,47 @@ struct counting_transport {
 static_assert(nn::transport<counting_transport>);
 }  // namespace
 
-TEST_CASE_TEMPLATE("a step sends exactly the bytes the plan states", Plan, plan_dp4, plan_dp3_buckets,
-                   plan_dp2_pp2_buckets, plan_tp2, plan_tp2_inputs,
-                   plan_tp3_mixed, plan_tp2x2, plan_tp2_chain, plan_dp2_tp2, plan_pp2_1f1b, plan_dp2_pp2_tp2) {
+TEST_CASE_TEMPLATE("a step sends exactly the messages and bytes the plan's schema states", Plan, plan_dp4,
+                   plan_dp3_buckets, plan_dp2_pp2_buckets, plan_tp2, plan_tp2_inputs, plan_tp3_mixed, plan_tp2x2,
+                   plan_tp2_chain, plan_dp2_tp2, plan_pp2_gpipe, plan_pp2_1f1b, plan_pp4, plan_dp2_pp2_tp2) {
   const auto data = plan_data<float>();
   nn::local_cluster cluster(static_cast<nn::unit_id>(Plan::world_size), Plan::fingerprint);
   std::vector<std::size_t> sent(Plan::world_size);
+  std::vector<std::map<std::uint32_t, std::size_t>> by_id(Plan::world_size);
   cluster.run([&](nn::local_transport& lt) {
-    counting_transport t{lt};
+    counting_transport t{lt, 0, {}};
     nn::distributed_network<Plan, counting_transport> net(t, 1);
     net.compute_gradients(data.samples.topRows(12), std::span<const std::int32_t>(data.labels).first(12));
     sent[t.rank()] = t.sent;
+    by_id[t.rank()] = t.by_id;
   });
   for (std::size_t r = 0; r < Plan::world_size; ++r) {
     CAPTURE(r);
     CHECK(sent[r] == Plan::template bytes_sent_per_step<float>(r, 12));
     CHECK(sent[r] > 0);
+    // Message by message: the ids on the wire are the schema's, each with the bytes it states.
+    std::map<std::uint32_t, std::size_t> stated;
+    Plan::for_each_message(r, 12, [&](const nn::step_message& m) {
+      if (m.sent > 0) stated[m.id] += m.sent * sizeof(float);
+    });
+    CHECK(by_id[r] == stated);
   }
 }
+
+// Schema ids are distinct within a unit's step, and decode to their fields.
+static_assert([] {
+  std::array<std::uint32_t, 64> ids{};
+  std::size_t n = 0;
+  plan_dp2_pp2_tp2::for_each_message(2, 12, [&](const nn::step_message& m) { ids[n++] = m.id; });
+  for (std::size_t a = 0; a < n; ++a)
+    for (std::size_t b = a + 1; b < n; ++b)
+      if (ids[a] == ids[b]) return false;
+  return n > 4;
+}());
+static_assert(nn::message_id(nn::message_kind::activation, false, 3, 1) !=
+              nn::message_id(nn::message_kind::activation, false, 3, 2));
+static_assert(nn::message_id(nn::message_kind::all_reduce, true, 5, 0) !=
+              nn::message_id(nn::message_kind::all_reduce, false, 5, 0));
 
 TEST_CASE("gradient buckets summed on the unit's second thread give the bits of summing them in line") {
   // Buckets close at layers 3 and 1 and at the end (the loss, count and padding): 117, 140 and 16 values.

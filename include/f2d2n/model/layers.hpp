@@ -76,6 +76,20 @@ struct dense_kernels {
     y.rowwise() += b.transpose();
   }
 
+  /// db = the sums of dy's columns, each added row after row. Every bit of it is set by dy's
+  /// values alone: Eigen's colwise().sum() peels the columns before db's first aligned address
+  /// off its vectorised loop, so two units holding copies of one bias at different offsets got
+  /// different last bits.
+  template <class Dy, class Db>
+  static void bias_gradient(const Dy& dy, Db& db) {
+    if (dy.rows() == 0) {
+      db.setZero();
+      return;
+    }
+    db = dy.row(0).transpose();
+    for (Eigen::Index r = 1; r < dy.rows(); ++r) db += dy.row(r).transpose();
+  }
+
   /// Writes (not adds) this layer's gradients; computes dx only when want_dx.
   template <class S>
   static void backward(const S* params, S* grads, const_matrix_ref<S> x, const_matrix_ref<S> /*y*/,
@@ -85,7 +99,7 @@ struct dense_kernels {
     matrix_map<S> dw(grads, n, in);
     Eigen::Map<vector<S>> db(grads + n * in, n);
     dw.noalias() = dy.transpose() * x;
-    db.noalias() = dy.colwise().sum().transpose();
+    bias_gradient(dy, db);
     if (want_dx) dx.noalias() = dy * w;
   }
 

@@ -296,68 +296,91 @@ struct distribute {
     return rows_of(rank, batch) * width * sizeof(Scalar);
   }
 
-  /// Calls f(step_message) for every message of unit `rank`'s training step on a batch of `batch`
-  /// samples, in the order the unit meets them within each micro-batch (the replica's rows must
-  /// split into the micro-batches evenly). A collective over a group of one unit is no message.
+  /// Calls f(step_message) for every message unit `rank` sends in its training step on a batch of
+  /// `batch` samples, in the order the unit meets them within each micro-batch (the replica's rows
+  /// must split into the micro-batches evenly). A collective over a group of one unit is no
+  /// message. Each carries its wire id (plan/messages.hpp): the units' engines send exactly these.
   template <class F>
   static constexpr void for_each_message(std::size_t rank, std::size_t batch, F&& f) {
     const auto c = coordinates_of(rank);
     const std::size_t m = microbatch_count, rows = rows_of(rank, batch) / m;  // rows per micro-batch
     const std::size_t first = stage_begin[c.stage], end = stage_begin[c.stage + 1];
-    auto collective = [&](message_kind kind, bool backward, std::size_t layer, std::size_t mb, std::size_t r,
-                          std::size_t columns, std::size_t group, std::size_t sent) {
-      if (group > 1) f(step_message{kind, backward, layer, mb, r, columns, group, 0, sent});
+    auto message = [&](message_kind kind, bool backward, std::size_t layer, std::size_t index, std::size_t r,
+                       std::size_t columns, std::size_t group, unit_id peer, std::size_t sent) {
+      if (group > 1)
+        f(step_message{kind, backward, layer, index, r, columns, group, peer, sent,
+                       message_id(kind, backward, layer, index)});
     };
     for (std::size_t mb = 0; mb < m; ++mb) {
-      if (c.stage > 0)
-        f(step_message{message_kind::gradient, true, first, mb, rows, Net::input_extents[first].size(), 2,
-                       rank_of({c.replica, c.stage - 1, c.shard}), rows * Net::input_extents[first].size()});
-      if (c.stage + 1 < stages)
-        f(step_message{message_kind::activation, false, end - 1, mb, rows, Net::output_extents[end - 1].size(), 2,
-                       rank_of({c.replica, c.stage + 1, c.shard}), rows * Net::output_extents[end - 1].size()});
+      const std::size_t in_first = Net::input_extents[first].size();
+      if (c.stage > 0)  // the gradient of this stage's input, back to the stage before
+        message(message_kind::gradient, true, first, mb, rows, in_first, 2, rank_of({c.replica, c.stage - 1, c.shard}),
+                rows * in_first);
+      if (c.stage + 1 < stages)  // the activation entering the next stage's first layer
+        message(message_kind::activation, false, end, mb, rows, Net::input_extents[end].size(), 2,
+                rank_of({c.replica, c.stage + 1, c.shard}), rows * Net::input_extents[end].size());
       for (std::size_t i = first; i < end; ++i) {
         const std::size_t in = Net::input_extents[i].size(), out = Net::output_extents[i].size();
         const auto p = partition_of(rank, i);
         if (p.split != split_kind::outputs && p.split != split_kind::inputs && p.split != split_kind::grid) continue;
         // forward: sum the partial outputs over the grid's row, gather the neurons' blocks over its column
-        collective(message_kind::all_reduce, false, i, mb, rows, p.count, p.in_parts,
-                   ring_reduce_sends(rows * p.count, p.in_parts, p.in_index));
+        message(message_kind::all_reduce, false, i, mb, rows, p.count, p.in_parts, 0,
+                ring_reduce_sends(rows * p.count, p.in_parts, p.in_index));
         if (!p.sharded_output)
-          collective(message_kind::all_gather, false, i, mb, rows, out, p.out_parts,
-                     ring_gather_sends(out, p.out_parts, p.out_index, rows));
+          message(message_kind::all_gather, false, i, mb, rows, out, p.out_parts, 0,
+                  ring_gather_sends(out, p.out_parts, p.out_index, rows));
         if (i > 1) {  // backward: sum the partial input gradients over the column, gather over the row
-          collective(message_kind::all_reduce, true, i, mb, rows, p.input_count, p.out_parts,
-                     ring_reduce_sends(rows * p.input_count, p.out_parts, p.out_index));
+          message(message_kind::all_reduce, true, i, mb, rows, p.input_count, p.out_parts, 0,
+                  ring_reduce_sends(rows * p.input_count, p.out_parts, p.out_index));
           if (!p.sharded_input)
-            collective(message_kind::all_gather, true, i, mb, rows, in, p.in_parts,
-                       ring_gather_sends(in, p.in_parts, p.in_index, rows));
+            message(message_kind::all_gather, true, i, mb, rows, in, p.in_parts, 0,
+                    ring_gather_sends(in, p.in_parts, p.in_index, rows));
         }
       }
     }
-    collective(message_kind::statistics, true, 0, 0, 1, 2, stages, ring_reduce_sends(2, stages, c.stage));
+    message(message_kind::statistics, true, 0, 0, 1, 2, stages, 0, ring_reduce_sends(2, stages, c.stage));
+    std::size_t bucket = 0;
     for_each_gradient_bucket(rank, [&](std::size_t first_layer, std::size_t, std::size_t size) {
-      collective(message_kind::all_reduce, true, first_layer, 0, 1, size, replicas,
-                 ring_reduce_sends(size, replicas, c.replica));
+      message(message_kind::gradients, true, first_layer, bucket++, 1, size, replicas, 0,
+              ring_reduce_sends(size, replicas, c.replica));
     });
+  }
+
+  /// Calls f(step_message) for every message unit `rank` receives from a neighbouring stage in
+  /// its training step: the activations and gradients its neighbours' schemas send to it, with
+  /// `peer` the unit it comes from.
+  template <class F>
+  static constexpr void for_each_received(std::size_t rank, std::size_t batch, F&& f) {
+    const auto c = coordinates_of(rank);
+    auto from = [&](std::size_t stage) {
+      const unit_id sender = rank_of({c.replica, stage, c.shard});
+      for_each_message(sender, batch, [&](step_message msg) {
+        if ((msg.kind != message_kind::activation && msg.kind != message_kind::gradient) || msg.peer != rank) return;
+        msg.peer = sender;
+        f(msg);
+      });
+    };
+    if (c.stage > 0) from(c.stage - 1);
+    if (c.stage + 1 < stages) from(c.stage + 1);
   }
 
   /// Values before a unit's gradients in the buffer its replicas sum: the step's loss and correct
   /// count, then zeros up to 64 bytes of double, so that the gradients keep the buffer's alignment
   /// (Eigen's vectorised kernels round alike only on alike-aligned operands).
-  static constexpr std::size_t gradient_header = 16;
+  static constexpr std::size_t gradient_offset = 16;
 
   /// Calls f(layer, begin, size) for each bucket of unit `rank`'s gradient all-reduce, in the
-  /// order they are summed. The buffer is gradient_header values (the step's loss and correct
+  /// order they are summed. The buffer is gradient_offset values (the step's loss and correct
   /// count first), then the unit's gradients; walking the backward pass (last layer first), a bucket closes as soon as it holds
   /// bucket_elements values, at the layer named; the rest, with the loss and count, is the last.
   template <class F>
   static constexpr void for_each_gradient_bucket(std::size_t rank, F&& f) {
-    std::size_t end = gradient_header + parameter_count_of(rank);
+    std::size_t end = gradient_offset + parameter_count_of(rank);
     if (bucket_elements > 0 && replicas > 1)
       for (std::size_t i = layer_count - 1; i > 0; --i) {
         const auto p = partition_of(rank, i);
         if (!p.held || p.parameter_count == 0) continue;
-        const std::size_t begin = gradient_header + p.parameter_offset;
+        const std::size_t begin = gradient_offset + p.parameter_offset;
         if (end - begin >= bucket_elements) {
           f(i, begin, end - begin);
           end = begin;

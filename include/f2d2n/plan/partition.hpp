@@ -1,8 +1,9 @@
-// f2d2n/plan/partition.hpp: what a plan says of one unit, as values and types: its coordinates,
-// each layer's partition on it, and the messages of its training step.
+// f2d2n/plan/partition.hpp: what a plan says of one unit, as values and types: its coordinates
+// and each layer's partition on it (the messages of its step are in plan/messages.hpp).
 #pragma once
 
 #include <f2d2n/core/unit.hpp>
+#include <f2d2n/plan/messages.hpp>
 #include <f2d2n/plan/policies.hpp>
 
 #include <cstddef>
@@ -59,30 +60,6 @@ template <std::size_t RowBegin, std::size_t RowEnd, std::size_t ColBegin, std::s
 struct dense_block {
   static constexpr std::size_t neuron_begin = RowBegin, neuron_end = RowEnd, input_begin = ColBegin, input_end = ColEnd;
   static constexpr std::size_t parameter_count = (RowEnd - RowBegin) * (ColEnd - ColBegin) + (RowEnd - RowBegin);
-};
-
-/// What a message of a training step is.
-enum class message_kind : std::uint8_t {
-  all_gather,  ///< the blocks of a split layer's output (forward) or input gradient (backward)
-  all_reduce,  ///< partial sums of a split layer; the gradients and the step's loss among replicas
-  activation,  ///< a micro-batch's activation, to the next pipeline stage
-  gradient,    ///< a micro-batch's input gradient, back to the previous stage
-  statistics,  ///< the step's loss and correct count, among the stages
-};
-
-/// One message of a unit's training step, as the plan knows it at compile time: which tensor
-/// (layer, pass, micro-batch), its shape, with whom, and how many elements this unit sends for it.
-struct step_message {
-  message_kind kind = message_kind::all_reduce;
-  bool backward = false;         ///< part of the backward pass
-  std::size_t layer = 0;         ///< the layer it belongs to (0 for the gradients and statistics)
-  std::size_t microbatch = 0;
-  std::size_t rows = 0;          ///< the tensor: rows x columns (the whole vector, for collectives)
-  std::size_t columns = 0;
-  std::size_t group = 0;         ///< collectives: the units taking part; sends: 2 (this unit and peer)
-  unit_id peer = 0;              ///< sends: the unit it goes to
-  std::size_t sent = 0;          ///< elements this unit sends for it (ring collectives: exact)
-  friend constexpr bool operator==(const step_message&, const step_message&) = default;
 };
 
 }  // namespace f2d2n

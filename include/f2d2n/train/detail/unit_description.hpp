@@ -20,6 +20,7 @@
 #include <deque>
 #include <exception>
 #include <mutex>
+#include <stdexcept>
 #include <span>
 #include <string>
 #include <thread>
@@ -53,22 +54,34 @@ class stopwatch {
   clock::time_point start_;
 };
 
-/// Message ids of a distributed network's collectives (frames between two units are matched by
-/// id and step; a pair of units shares at most one group, the ids keep the calls apart anyway).
-inline constexpr std::uint32_t evaluation_message = 2;
-inline constexpr std::uint32_t statistics_message = 3;
-inline constexpr std::uint32_t checkpoint_message = 4;
-constexpr std::uint32_t pipeline_activation_message(std::size_t microbatch) {
-  return static_cast<std::uint32_t>(0x100000 + microbatch);
-}
-constexpr std::uint32_t pipeline_gradient_message(std::size_t microbatch) {
-  return static_cast<std::uint32_t>(0x200000 + microbatch);
-}
-constexpr std::uint32_t bucket_message(std::size_t bucket) { return static_cast<std::uint32_t>(0x300000 + bucket); }
-constexpr std::uint32_t forward_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 1); }
-constexpr std::uint32_t backward_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 2); }
-constexpr std::uint32_t forward_gather_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 3); }
-constexpr std::uint32_t backward_gather_message(std::size_t layer) { return static_cast<std::uint32_t>(16 * layer + 4); }
+/// A message as the engine names it: the plan's schema (plan/messages.hpp) gives its id and peer.
+struct message_key {
+  message_kind kind = message_kind::all_reduce;
+  bool backward = false;
+  std::size_t layer = 0;
+  std::size_t index = 0;  ///< the micro-batch (gradients: the bucket)
+};
+
+/// The messages of a unit's training step as its plan states them: those it sends, and those its
+/// neighbouring stages send to it; sorted by id. The engine takes every id and pipeline peer it
+/// uses from here, and a message the schema does not state (or of another width or group) is a
+/// logic_error before anything is sent: the engine cannot drift from the plan unnoticed.
+struct message_schema {
+  std::vector<step_message> messages;
+
+  [[nodiscard]] const step_message& find(const message_key& k, std::size_t columns, std::size_t group_size) const {
+    const std::uint32_t id = message_id(k.kind, k.backward, k.layer, k.index);
+    const auto it = std::lower_bound(messages.begin(), messages.end(), id,
+                                     [](const step_message& m, std::uint32_t v) { return m.id < v; });
+    if (it == messages.end() || it->id != id || it->kind != k.kind || it->columns != columns ||
+        it->group != group_size)
+      throw std::logic_error("f2d2n: a unit's engine uses message (kind " + std::to_string(static_cast<int>(k.kind)) +
+                             ", layer " + std::to_string(k.layer) + ", index " + std::to_string(k.index) + ", " +
+                             std::to_string(columns) + " columns, group of " + std::to_string(group_size) +
+                             ") that its plan's schema does not state");
+    return *it;
+  }
+};
 
 /// One layer as a unit runs it: its partition, extents, and the serial kernels.
 template <class S>
@@ -99,10 +112,10 @@ struct unit_description {
   std::size_t replicas = 1, stages = 1, microbatches = 1, schedule = gpipe::id;
   std::size_t first = 1, end = 1;  ///< the hidden layers of this unit's stage: [first, end)
   unit_coordinates coordinates;
-  unit_id previous = 0, next = 0;  ///< the units of the stages before and after (same replica and shard)
   group tensor_group, data_group, pipeline_group;
   std::vector<gradient_bucket> buckets;  ///< in the order they are summed (plan::for_each_gradient_bucket)
   std::size_t header = 2;                ///< values before the gradients: loss, correct count, padding
+  message_schema schema;                 ///< every message of its step (plan::for_each_message)
   // What checkpoints record and check (train/checkpoint.hpp):
   const model_summary* model = nullptr;  ///< the whole model
   std::string plan;                      ///< the plan in words (plan_description)
@@ -146,11 +159,15 @@ unit_description<Scalar> describe_unit(unit_id rank) {
   d.schedule = Plan::schedule_id;
   d.first = Plan::stage_begin[c.stage];
   d.end = Plan::stage_begin[c.stage + 1];
-  if (c.stage > 0) d.previous = Plan::rank_of({c.replica, c.stage - 1, c.shard});
-  if (c.stage + 1 < Plan::stages) d.next = Plan::rank_of({c.replica, c.stage + 1, c.shard});
   for (std::size_t s = 0; s < Plan::shards; ++s) d.tensor_group.units.push_back(Plan::rank_of({c.replica, c.stage, s}));
   for (std::size_t r = 0; r < Plan::replicas; ++r) d.data_group.units.push_back(Plan::rank_of({r, c.stage, c.shard}));
-  d.header = Plan::gradient_header;
+  d.header = Plan::gradient_offset;
+  // The schema at one row per micro-batch: the engine checks widths, its rows follow the batch.
+  const std::size_t nominal = Plan::replicas * Plan::microbatch_count;
+  Plan::for_each_message(rank, nominal, [&](const step_message& m) { d.schema.messages.push_back(m); });
+  Plan::for_each_received(rank, nominal, [&](const step_message& m) { d.schema.messages.push_back(m); });
+  std::sort(d.schema.messages.begin(), d.schema.messages.end(),
+            [](const step_message& a, const step_message& b) { return a.id < b.id; });
   Plan::for_each_gradient_bucket(rank, [&](std::size_t layer, std::size_t begin, std::size_t size) {
     d.buckets.push_back({layer, begin, size});
   });

@@ -76,7 +76,7 @@ class unit_engine {
   void agree(std::span<double> values) {
     group everyone;
     for (std::size_t r = 0; r < d_.world_size; ++r) everyone.units.push_back(static_cast<unit_id>(r));
-    if (everyone.size() > 1) all_reduce(t_, everyone, values, call(checkpoint_message));
+    if (everyone.size() > 1) all_reduce(t_, everyone, values, call(message_id(message_kind::agreement, false, 0, 0)));
     ++step_;
   }
 
@@ -170,7 +170,7 @@ class unit_engine {
     grads_[1] = static_cast<Scalar>(correct_);
     if (d_.stages > 1) {  // the loss is known on the last stage: every stage learns it
       const stopwatch timing(times_.communication);
-      all_reduce(t_, d_.pipeline_group, std::span<Scalar>(grads_).first(2), call(statistics_message));
+      all_reduce(t_, d_.pipeline_group, std::span<Scalar>(grads_).first(2), call(statistics_id()));
     }
     while (next_bucket_ < d_.buckets.size()) post_bucket();  // the last one holds the loss and count
     {
@@ -199,11 +199,12 @@ class unit_engine {
     std::array<double, 2> sums{loss_sum_, static_cast<double>(correct_)};
     if (d_.stages > 1) {
       const stopwatch timing(times_.communication);
-      all_reduce(t_, d_.pipeline_group, std::span<double>(sums), call(statistics_message));
+      all_reduce(t_, d_.pipeline_group, std::span<double>(sums), call(statistics_id()));
     }
     {
       const stopwatch timing(times_.communication);
-      all_reduce(t_, d_.data_group, std::span<double>(sums), call(evaluation_message));
+      if (d_.data_group.size() > 1)
+        all_reduce(t_, d_.data_group, std::span<double>(sums), call(message_id(message_kind::evaluation, false, 0, 0)));
     }
     ++step_;
     batch_result r;
@@ -262,6 +263,14 @@ class unit_engine {
                                 std::to_string(d_.coordinates.replica) + " " + std::to_string(rows) + " rows");
   }
 
+  /// The schema's message for `k` over a group of `group_size` with rows of `columns` values.
+  [[nodiscard]] const step_message& message(const message_key& k, std::size_t columns, std::size_t group_size) const {
+    return d_.schema.find(k, columns, group_size);
+  }
+  [[nodiscard]] std::uint32_t statistics_id() const {
+    return message({message_kind::statistics, true, 0, 0}, 2, d_.stages).id;
+  }
+
   [[nodiscard]] collective call(std::uint32_t message) const {
     collective c;
     c.message_id = message;
@@ -311,12 +320,13 @@ class unit_engine {
   /// of the columns; blocks are stored member after member, this unit's, number `me`, in place)
   /// into `out`.
   void gather_columns(std::span<Scalar> blocks, Eigen::Index rows, std::size_t cols, matrix_ref<Scalar> out,
-                      const group& g, std::size_t me, std::uint32_t message) {
+                      const group& g, std::size_t me, const message_key& key) {
     const std::size_t p = g.size(), r = static_cast<std::size_t>(rows);
     if (p > 1) {
       const auto mine = blocks.subspan(part_begin(cols, p, me) * r, part_size(cols, p, me) * r);
+      const auto id = message(key, cols, p).id;
       const stopwatch timing(times_.communication);
-      all_gather(t_, g, std::span<const Scalar>(mine), blocks, call(message), r);
+      all_gather(t_, g, std::span<const Scalar>(mine), blocks, call(id), r);
     }
     for (std::size_t s = 0; s < p; ++s) {
       const auto b = static_cast<Eigen::Index>(part_begin(cols, p, s));
@@ -327,10 +337,11 @@ class unit_engine {
 
   /// Sums a contiguous rows x cols block over group g (in place) when g has more than this unit.
   template <class Block>
-  void sum_over(const group& g, Block&& m, std::uint32_t message) {
+  void sum_over(const group& g, Block&& m, const message_key& key) {
     if (g.size() < 2) return;
+    const auto id = message(key, static_cast<std::size_t>(m.cols()), g.size()).id;
     const stopwatch timing(times_.communication);
-    all_reduce(t_, g, std::span<Scalar>(m.data(), static_cast<std::size_t>(m.size())), call(message));
+    all_reduce(t_, g, std::span<Scalar>(m.data(), static_cast<std::size_t>(m.size())), call(id));
   }
 
   /// Micro-batch m forward through this unit's stage: its input from the batch (first stage) or
@@ -352,9 +363,9 @@ class unit_engine {
   /// otherwise here.
   void post_bucket() {
     const auto& b = d_.buckets[next_bucket_];
-    collective c = call(bucket_message(next_bucket_));
-    ++next_bucket_;
+    const std::size_t k = next_bucket_++;
     if (d_.replicas < 2) return;
+    collective c = call(message({message_kind::gradients, true, b.layer, k}, b.size, d_.replicas).id);
     const std::span<Scalar> part = std::span<Scalar>(grads_).subspan(b.begin, b.size);
     if (!summer_.joinable()) {
       const stopwatch timing(times_.communication);

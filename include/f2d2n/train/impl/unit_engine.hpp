@@ -15,9 +15,10 @@ void unit_engine<Transport, Scalar>::forward_micro(
   const bool first_stage = d_.coordinates.stage == 0, last_stage = d_.coordinates.stage + 1 == d_.stages;
   if (!first_stage) {
     ensure(inputs_[m], rows, d_.layers[d_.first].in);
+    const auto& msg = message({message_kind::activation, false, d_.first, m}, d_.layers[d_.first].in, 2);
     {
       const stopwatch timing(times_.wait);
-      receive_tensor(t_, d_.previous, pipeline_activation_message(m), step_,
+      receive_tensor(t_, msg.peer, msg.id, step_,
                      std::span<Scalar>(inputs_[m].data(), static_cast<std::size_t>(inputs_[m].size())),
                      clock::now() + options_.timeout);
     }
@@ -27,8 +28,9 @@ void unit_engine<Transport, Scalar>::forward_micro(
   forward(m, in);
   const auto out = acts_[m][d_.end - 1].topRows(rows);
   if (!last_stage) {
+    const auto& msg = message({message_kind::activation, false, d_.end, m}, d_.layers[d_.end].in, 2);
     const stopwatch timing(times_.communication);
-    send_tensor(t_, d_.next, pipeline_activation_message(m), step_,
+    send_tensor(t_, msg.peer, msg.id, step_,
                 std::span<const Scalar>(out.data(), static_cast<std::size_t>(out.size())),
                 clock::now() + options_.timeout);
     return;
@@ -50,8 +52,9 @@ void unit_engine<Transport, Scalar>::backward_micro(const_matrix_ref<Scalar> x, 
   if (last_stage) {
     dy = dlogits_[m];
   } else {
+    const auto& msg = message({message_kind::gradient, true, d_.end, m}, d_.layers[d_.end].in, 2);
     const stopwatch timing(times_.wait);
-    receive_tensor(t_, d_.next, pipeline_gradient_message(m), step_,
+    receive_tensor(t_, msg.peer, msg.id, step_,
                    std::span<Scalar>(dy.data(), static_cast<std::size_t>(dy.size())), clock::now() + options_.timeout);
   }
   const std::size_t last_buffer = backward(
@@ -59,8 +62,9 @@ void unit_engine<Transport, Scalar>::backward_micro(const_matrix_ref<Scalar> x, 
       rows);
   if (!first_stage) {
     const auto dx = gradient_buffer(last_buffer, rows, d_.layers[d_.first].in);
+    const auto& msg = message({message_kind::gradient, true, d_.first, m}, d_.layers[d_.first].in, 2);
     const stopwatch timing(times_.communication);
-    send_tensor(t_, d_.previous, pipeline_gradient_message(m), step_,
+    send_tensor(t_, msg.peer, msg.id, step_,
                 std::span<const Scalar>(dx.data(), static_cast<std::size_t>(dx.size())),
                 clock::now() + options_.timeout);
   }
@@ -84,15 +88,15 @@ void unit_engine<Transport, Scalar>::forward(std::size_t m, const_matrix_ref<Sca
       Eigen::Map<const vector<Scalar>> b(w + p.count * p.input_count, rows_n);
       if (p.sharded_output) {
         y.noalias() = x * ws.transpose();
-        sum_over(l.row_group, y, forward_message(i));
+        sum_over(l.row_group, y, {message_kind::all_reduce, false, i, m});
         y.rowwise() += b.transpose();
       } else {
         const auto blocks = gather_buffer(static_cast<std::size_t>(rows) * l.out);
         matrix_map<Scalar> mine(blocks.data() + p.begin * static_cast<std::size_t>(rows), rows, rows_n);
         mine.noalias() = x * ws.transpose();
-        sum_over(l.row_group, mine, forward_message(i));
+        sum_over(l.row_group, mine, {message_kind::all_reduce, false, i, m});
         mine.rowwise() += b.transpose();
-        gather_columns(blocks, rows, l.out, y, l.column_group, p.out_index, forward_gather_message(i));
+        gather_columns(blocks, rows, l.out, y, l.column_group, p.out_index, {message_kind::all_gather, false, i, m});
       }
     } else {
       l.ops.forward(w, in, y);
@@ -124,16 +128,16 @@ std::size_t unit_engine<Transport, Scalar>::backward(
       matrix_map<Scalar> dws(g, rows_n, cols);
       Eigen::Map<vector<Scalar>> db(g + p.count * p.input_count, rows_n);
       dws.noalias() = dys.transpose() * in.middleCols(p.sharded_input ? 0 : static_cast<Eigen::Index>(p.input_begin), cols);
-      db.noalias() = dys.colwise().sum().transpose();
+      dense_kernels::bias_gradient(dys, db);
       if (want_dx && p.sharded_input) {  // the chain's units keep their own columns of dx
         dx.noalias() = dys * ws;
-        sum_over(l.column_group, dx, backward_message(i));
+        sum_over(l.column_group, dx, {message_kind::all_reduce, true, i, m});
       } else if (want_dx) {
         const auto blocks = gather_buffer(static_cast<std::size_t>(rows) * l.in);
         matrix_map<Scalar> mine(blocks.data() + p.input_begin * static_cast<std::size_t>(rows), rows, cols);
         mine.noalias() = dys * ws;
-        sum_over(l.column_group, mine, backward_message(i));
-        gather_columns(blocks, rows, l.in, dx, l.row_group, p.in_index, backward_gather_message(i));
+        sum_over(l.column_group, mine, {message_kind::all_reduce, true, i, m});
+        gather_columns(blocks, rows, l.in, dx, l.row_group, p.in_index, {message_kind::all_gather, true, i, m});
       }
     } else {
       l.ops.backward(w, g, in, acts_[m][i].topRows(rows), dy, dx, want_dx);
