@@ -29,6 +29,7 @@ TEST_CASE("shapes and parameter counts are computed at compile time") {
   CHECK(mlp::input_extents[3] == nn::flat(256));
   CHECK(mlp::output_extents[3] == nn::flat(128));
   CHECK(nn::network<mlp>::parameter_count == expected);
+  static_assert(nn::network<mlp>::features() == 784 && nn::network<mlp>::classes() == 10);
 }
 
 TEST_CASE("multi-dimensional inputs flow through flatten, reshape and dense") {

@@ -11,7 +11,9 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <span>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -185,6 +187,216 @@ TEST_CASE("max_steps_per_epoch stops each epoch early") {
   t.fit(train, {.epochs = 2, .batch_size = 50, .max_steps_per_epoch = 3});
   CHECK(rec.steps.size() == 6);
   CHECK(rec.epochs[1].train.samples == 150);
+}
+
+namespace {
+/// Not trainable: no evaluate_batch.
+struct no_evaluation {
+  using scalar = float;
+  static std::size_t features() { return 8; }
+  static std::size_t classes() { return 3; }
+  std::span<float> parameters();
+  std::span<float> gradients();
+  nn::batch_result compute_gradients(nn::const_matrix_ref<float>, std::span<const std::int32_t>);
+};
+/// Not trainable: integer parameters, though it has every call.
+struct integer_scalar {
+  using scalar = int;
+  static std::size_t features() { return 8; }
+  static std::size_t classes() { return 3; }
+  std::span<int> parameters();
+  std::span<int> gradients();
+  nn::batch_result compute_gradients(nn::const_matrix_ref<int>, std::span<const std::int32_t>);
+  nn::batch_result evaluate_batch(nn::const_matrix_ref<int>, std::span<const std::int32_t>);
+};
+/// Its float twin is trainable (so integer_scalar fails on its scalar alone).
+struct float_scalar {
+  using scalar = float;
+  static std::size_t features() { return 8; }
+  static std::size_t classes() { return 3; }
+  std::span<float> parameters();
+  std::span<float> gradients();
+  nn::batch_result compute_gradients(nn::const_matrix_ref<float>, std::span<const std::int32_t>);
+  nn::batch_result evaluate_batch(nn::const_matrix_ref<float>, std::span<const std::int32_t>);
+};
+}  // namespace
+
+TEST_CASE("trainable_network states what the trainer needs; network<...> is one") {
+  static_assert(nn::trainable_network<nn::network<small_net>>);
+  static_assert(nn::trainable_network<nn::network<small_net, double>>);
+  static_assert(!nn::partial_batch_network<nn::network<small_net>>);  // takes the whole batch
+  static_assert(!nn::trainable_network<no_evaluation>);
+  static_assert(nn::trainable_network<float_scalar>);
+  static_assert(!nn::trainable_network<integer_scalar>);
+  static_assert(!nn::trainable_network<int>);
+  CHECK(nn::network<small_net>::features() == 8);
+  CHECK(nn::network<small_net>::classes() == 3);
+}
+
+TEST_CASE("drop_last drops each epoch's short last batch, and only that") {
+  const auto train = argmax_task(1000, 8, 3, 1);
+  SUBCASE("a batch size that divides the data: nothing to drop") {
+    nn::network<small_net> a(7), b(7);
+    nn::trainer ta(a, nn::sgd{.learning_rate = 0.1}), tb(b, nn::sgd{.learning_rate = 0.1});
+    recorder rec;
+    ta.add(rec);
+    ta.fit(train, {.epochs = 2, .batch_size = 50, .seed = 3, .drop_last = true});
+    tb.fit(train, {.epochs = 2, .batch_size = 50, .seed = 3});
+    REQUIRE(rec.begins.size() == 1);
+    CHECK(rec.begins[0].steps_per_epoch == 20);
+    CHECK(rec.begins[0].samples_per_epoch == 1000);
+    CHECK(rec.steps.size() == 2 * 20);
+    REQUIRE(rec.epochs.size() == 2);
+    CHECK(rec.epochs[1].steps == 20);
+    CHECK(rec.epochs[1].train.samples == 1000);
+    CHECK(ta.position().global_step == 40);
+    CHECK(std::memcmp(a.parameters().data(), b.parameters().data(), a.parameters().size_bytes()) == 0);
+  }
+  SUBCASE("a batch size that does not divide the data: the short batch is dropped") {
+    nn::network<small_net> net(7);
+    nn::trainer t(net, nn::sgd{.learning_rate = 0.1});
+    recorder rec;
+    t.add(rec);
+    t.fit(train, {.epochs = 2, .batch_size = 64, .seed = 3, .drop_last = true});
+    REQUIRE(rec.begins.size() == 1);
+    CHECK(rec.begins[0].steps_per_epoch == 15);  // 15 full batches of 64; the 40 left are dropped
+    CHECK(rec.begins[0].samples_per_epoch == 960);
+    REQUIRE(rec.steps.size() == 2 * 15);
+    for (const auto& s : rec.steps) CHECK(s.step_samples == 64);
+    CHECK(rec.steps[14].step == 15);
+    CHECK(rec.steps[14].samples == 960);
+    REQUIRE(rec.epochs.size() == 2);
+    CHECK(rec.epochs[0].steps == 15);
+    CHECK(rec.epochs[1].train.samples == 960);
+    CHECK(t.position().epoch == 2);
+    CHECK(t.position().step == 0);
+    CHECK(t.position().global_step == 30);
+    CHECK(t.position().drop_last);
+  }
+  SUBCASE("with max_steps_per_epoch, the smaller of the two") {
+    nn::network<small_net> net(7);
+    nn::trainer t(net, nn::sgd{.learning_rate = 0.1});
+    recorder rec;
+    t.add(rec);
+    t.fit(train, {.epochs = 1, .batch_size = 300, .max_steps_per_epoch = 4, .drop_last = true});
+    CHECK(rec.begins[0].steps_per_epoch == 3);
+    CHECK(rec.begins[0].samples_per_epoch == 900);
+    CHECK(rec.epochs[0].train.samples == 900);
+  }
+  SUBCASE("a data set smaller than one batch leaves nothing to train on: an error") {
+    nn::network<small_net> net(7);
+    nn::trainer t(net, nn::sgd{.learning_rate = 0.1});
+    CHECK_THROWS_WITH_AS(t.fit(argmax_task(10, 8, 3, 1), {.batch_size = 64, .drop_last = true}),
+                         doctest::Contains("drop_last leaves no batch"), nn::configuration_error);
+  }
+}
+
+TEST_CASE("a run with drop_last interrupted and resumed ends bitwise where the whole run ends") {
+  const auto train = argmax_task(1000, 8, 3, 1);
+  const nn::fit_options options{.epochs = 3, .batch_size = 64, .seed = 5, .drop_last = true};
+  nn::network<small_net> whole(7);
+  nn::trainer tw(whole, nn::adam{.learning_rate = 0.01});
+  tw.fit(train, options);
+  CHECK(tw.position().global_step == 45);
+
+  struct stop_at : nn::callback {
+    const nn::training_position* position = nullptr;
+    std::uint64_t at = 0;
+    void on_step_end(const nn::step_end&) override {
+      if (position->global_step == at) throw std::runtime_error("stopped");
+    }
+  };
+  for (const std::uint64_t at : {7u, 15u, 22u, 30u}) {  // inside an epoch and at an epoch's last step
+    CAPTURE(at);
+    nn::network<small_net> net(7);
+    nn::trainer t(net, nn::adam{.learning_rate = 0.01});
+    stop_at stop;
+    stop.position = &t.position();
+    stop.at = at;
+    t.add(stop);
+    CHECK_THROWS_AS(t.fit(train, options), std::runtime_error);
+    const auto position = t.position();
+    CHECK(position.global_step == at);
+    CHECK(position.step == (at - 1) % 15 + 1);
+    CHECK(position.drop_last);
+    stop.at = 0;
+    t.resume(position);
+    t.fit(train, options);
+    CHECK(t.position() == tw.position());
+    CHECK(std::memcmp(net.parameters().data(), whole.parameters().data(), net.parameters().size_bytes()) == 0);
+  }
+
+  // Resuming with drop_last changed would walk another data order; a position past the last
+  // whole batch (a run without drop_last, at its short batch) does not exist with it.
+  nn::network<small_net> net(7);
+  nn::trainer t(net, nn::adam{.learning_rate = 0.01});
+  auto position = tw.position();
+  position.epoch = 1;
+  position.step = 3;
+  position.drop_last = false;
+  t.resume(position);
+  CHECK_THROWS_WITH_AS(t.fit(train, options), doctest::Contains("the run used drop_last 0, this fit uses 1"),
+                       nn::configuration_error);
+  position.step = 16;  // the short batch of a run without drop_last
+  position.drop_last = true;
+  t.resume(position);
+  CHECK_THROWS_WITH_AS(t.fit(train, options), doctest::Contains("cannot resume at step 16 of an epoch of 15 steps"),
+                       nn::configuration_error);
+}
+
+TEST_CASE("each step reports its own loss as well as the epoch's running mean") {
+  const auto train = argmax_task(100, 8, 3, 1);
+  const std::size_t batch_size = 32;  // 3 batches of 32 and one of 4
+  nn::network<small_net> net(7);
+  nn::trainer t(net, nn::sgd{.learning_rate = 0.5, .momentum = 0.9});
+  // Without shuffling, step k's batch is rows [32 k, 32 k + 32): the probe evaluates the next
+  // step's batch after each step (and the first before fit), with the weights that step starts from.
+  struct probe : recorder {
+    const nn::dataset<float>* data = nullptr;
+    nn::network<small_net>* net = nullptr;
+    std::vector<double> expected;  // step k's loss, evaluated before its update
+    void evaluate_next() {
+      const std::size_t begin = (expected.size() % 4) * 32;  // 4 steps an epoch
+      const std::size_t n = std::min<std::size_t>(32, data->size() - begin);
+      expected.push_back(net->evaluate_batch(data->samples.middleRows(static_cast<Eigen::Index>(begin),
+                                                                      static_cast<Eigen::Index>(n)),
+                                             std::span<const std::int32_t>(data->labels).subspan(begin, n))
+                             .loss);
+    }
+    void on_step_end(const nn::step_end& s) override {
+      recorder::on_step_end(s);
+      evaluate_next();
+    }
+  } p;
+  p.data = &train;
+  p.net = &net;
+  {
+    const nn::flush_denormals ftz;  // as fit runs
+    p.evaluate_next();
+  }
+  t.add(p);
+  t.fit(train, {.epochs = 2, .batch_size = batch_size, .shuffle = false});
+  REQUIRE(p.steps.size() == 8);
+  double sum = 0;
+  std::size_t samples = 0;
+  for (std::size_t k = 0; k < p.steps.size(); ++k) {
+    CAPTURE(k);
+    const auto& s = p.steps[k];
+    CHECK(s.step_samples == (k % 4 == 3 ? 4 : 32));
+    CHECK(s.step_loss == p.expected[k]);  // the same forward pass on the same weights: bitwise
+    if (k % 4 == 0) {  // a new epoch
+      sum = 0;
+      samples = 0;
+    }
+    sum += s.step_loss * static_cast<double>(s.step_samples);
+    samples += s.step_samples;
+    CHECK(s.samples == samples);
+    CHECK(s.loss == doctest::Approx(sum / static_cast<double>(samples)).epsilon(1e-12));
+  }
+  // The steps' losses differ (the weights move), so the running mean is not the last step's loss.
+  CHECK(p.steps[1].step_loss != p.steps[0].step_loss);
+  CHECK(p.steps[1].loss != p.steps[1].step_loss);
+  CHECK(p.epochs[1].train.loss == doctest::Approx(p.steps[7].loss).epsilon(1e-15));
 }
 
 TEST_CASE("the same seeds give bitwise-identical weights; another seed does not") {

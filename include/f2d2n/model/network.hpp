@@ -87,10 +87,13 @@ std::size_t count_correct(const_matrix_ref<S> outputs, std::span<const std::int3
 }  // namespace detail
 
 /// The concrete model of a sequential<...> type in scalar type Scalar (float by default; double
-/// for gradient checks). Parameters and gradients each live in one flat buffer, layer after layer,
-/// in the order of sequential::parameter_offsets.
+/// for gradient checks; a floating-point type in any case). Parameters and gradients each live in
+/// one flat buffer, layer after layer, in the order of sequential::parameter_offsets.
 template <network_type Net, class Scalar = float>
 class network {
+  static_assert(std::is_floating_point_v<Scalar>,
+                "f2d2n: network<model, Scalar> needs a floating-point Scalar (float or double): with an integer "
+                "type every weight would round to zero and nothing would train");
   static_assert(Net::checked);
 
  public:
@@ -100,6 +103,11 @@ class network {
   static constexpr std::size_t parameter_count = Net::parameter_count;
   static constexpr std::size_t input_size = Net::input_size;
   static constexpr std::size_t output_size = Net::output_size;
+
+  /// Features of a sample and outputs of the model (the classes of softmax_cross_entropy): what
+  /// the trainer checks data against, as a distributed unit reports them.
+  [[nodiscard]] static constexpr std::size_t features() noexcept { return input_size; }
+  [[nodiscard]] static constexpr std::size_t classes() noexcept { return output_size; }
 
   /// A network initialised from `seed` (He or Xavier uniform weights, zero biases).
   explicit network(std::uint64_t seed = 0) : params_(parameter_count), grads_(parameter_count) {

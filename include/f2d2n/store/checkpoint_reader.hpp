@@ -66,6 +66,8 @@ class checkpoint_reader {
     info.position.batch_size = detail::field<std::uint64_t>(pos, "batch_size", where);
     info.position.seed = detail::field<std::uint64_t>(pos, "seed", where);
     info.position.shuffle = detail::field<bool>(pos, "shuffle", where);
+    // Written since drop_last exists; a manifest without it was written by a run that kept its short batches.
+    info.position.drop_last = pos.contains("drop_last") ? detail::field<bool>(pos, "drop_last", where) : false;
     info.position.max_steps_per_epoch = detail::field<std::uint64_t>(pos, "max_steps_per_epoch", where);
     const auto& opt = detail::object_field(m, "optimizer", where);
     info.optimizer = detail::field<std::string>(opt, "kind", where);

@@ -60,8 +60,10 @@ struct step_end {
   std::size_t steps_per_epoch = 0;
   std::size_t samples = 0;          ///< samples done in this epoch
   std::size_t samples_per_epoch = 0;
-  double loss = 0;                  ///< mean training loss so far in this epoch
-  double accuracy = 0;              ///< training accuracy so far in this epoch
+  double loss = 0;                  ///< running mean: the training loss over this epoch's samples so far
+  double accuracy = 0;              ///< running: the training accuracy over this epoch's samples so far
+  double step_loss = 0;             ///< this step's own loss: the mean over its batch, before its update
+  std::size_t step_samples = 0;     ///< the samples of this step's batch
   double seconds = 0;               ///< since the epoch started
   time_split time;                  ///< this unit's steps so far in this epoch
 };
@@ -89,6 +91,7 @@ struct training_position {
   std::uint64_t seed = 0;
   bool shuffle = true;
   std::uint64_t max_steps_per_epoch = 0;
+  bool drop_last = false;
   friend bool operator==(const training_position&, const training_position&) = default;
 };
 

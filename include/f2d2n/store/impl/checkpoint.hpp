@@ -102,6 +102,7 @@ void write_checkpoint(storage_backend& store, const std::string& name, const che
             {"batch_size", state.position.batch_size},
             {"seed", state.position.seed},
             {"shuffle", state.position.shuffle},
+            {"drop_last", state.position.drop_last},
             {"max_steps_per_epoch", state.position.max_steps_per_epoch}}},
           {"optimizer",
            {{"kind", state.optimizer},
