@@ -251,8 +251,48 @@ TEST_CASE("micro-batches that do not split a replica's rows are refused, naming 
   });
 }
 
+TEST_CASE("a batch one replica cannot split is refused on every unit, naming that replica") {
+  const auto data = plan_data<float>();
+  nn::local_cluster cluster(4, plan_dp2_pp2_buckets::fingerprint);  // 2 micro-batches per replica
+  std::atomic<int> refused{0};
+  cluster.run([&](nn::local_transport& t) {
+    nn::distributed_network<plan_dp2_pp2_buckets, nn::local_transport> net(t);
+    // 11 rows: replica 0 gets 6 (3 + 3), replica 1 gets 5; both replicas' units say so.
+    CHECK_THROWS_WITH_AS(net.compute_gradients(data.samples.topRows(11), std::span<const std::int32_t>(data.labels).first(11)),
+                         doctest::Contains("gives replica 1 5 rows"), nn::configuration_error);
+    ++refused;
+  });
+  CHECK(refused == 4);
+}
+
+TEST_CASE("drop_last drops the short last batch that data_parallel<5> cannot split") {
+  using plan_dp5 = nn::distribute<plan_mlp, nn::data_parallel<5>>;
+  const auto data = plan_data<float>();  // 60 samples in batches of 14: the fifth has 4 rows
+  nn::fit_options f;
+  f.batch_size = 14;
+  f.epochs = 1;
+  nn::local_cluster cluster(5, plan_dp5::fingerprint);
+  std::atomic<int> done{0};
+  cluster.run([&](nn::local_transport& t) {
+    nn::distributed_network<plan_dp5, nn::local_transport> net(t, 1);
+    nn::trainer train(net, plan_sgd());
+    CHECK_THROWS_WITH_AS(train.fit(data, f), doctest::Contains("set fit_options::drop_last"), nn::configuration_error);
+  });
+  f.drop_last = true;
+  nn::local_cluster again(5, plan_dp5::fingerprint);  // the refusal ended the first cluster's links
+  again.run([&](nn::local_transport& t) {
+    nn::distributed_network<plan_dp5, nn::local_transport> net(t, 1);
+    nn::trainer train(net, plan_sgd());
+    const auto report = train.fit(data, f);
+    CHECK(report.steps == 4);
+    CHECK(report.train.samples == 56);
+    ++done;
+  });
+  CHECK(done == 5);
+}
+
 TEST_CASE("trainer(unit, options) trains the unit's engine: one trainer for every plan") {
-  using engine = nn::detail::unit_engine<nn::local_transport, float>;
+  using engine = nn::processing_unit<nn::local_transport, float>;
   nn::local_cluster cluster(2, plan_dp2::fingerprint);
   cluster.run([&](nn::local_transport& t) {
     nn::distributed_network<plan_dp2, nn::local_transport> net(t);

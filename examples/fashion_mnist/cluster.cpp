@@ -19,7 +19,7 @@
 
 namespace example {
 /// Trains a unit as the settings say (train_unit.cpp: compiled apart from the plans).
-int train_unit(f2d2n::detail::unit_engine<f2d2n::tcp_transport, float>& unit, const settings& s, const data& d,
+int train_unit(f2d2n::processing_unit<f2d2n::tcp_transport, float>& unit, const settings& s, const data& d,
                bool report, const std::string& metrics);
 }  // namespace example
 

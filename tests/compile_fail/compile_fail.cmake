@@ -17,6 +17,14 @@ function(f2d2n_compile_fail name)
                    -DSOURCE=${CMAKE_CURRENT_SOURCE_DIR}/compile_fail/${name}.cpp -DEXPECT=${expect}
                    -P ${CMAKE_CURRENT_SOURCE_DIR}/compile_fail/run.cmake)
 endfunction()
+# As f2d2n_compile_fail, and the compiler reports exactly one error.
+function(f2d2n_plan_fail name)
+  list(JOIN ARGN "|" expect)
+  add_test(NAME compile_fail_${name}
+           COMMAND ${CMAKE_COMMAND} -DCXX=${CMAKE_CXX_COMPILER} -DFLAGS=${_cf_flags}
+                   -DSOURCE=${CMAKE_CURRENT_SOURCE_DIR}/compile_fail/${name}.cpp -DEXPECT=${expect} -DMAX_ERRORS=1
+                   -P ${CMAKE_CURRENT_SOURCE_DIR}/compile_fail/run.cmake)
+endfunction()
 
 f2d2n_compile_fail(dense_zero "dense<0>::at_layer<3," "dense<N> at the layer index named above has no neurons")
 f2d2n_compile_fail(loss_not_last "softmax_cross_entropy::at_layer<2," "is not the last layer: a loss must end the sequential")
@@ -27,16 +35,27 @@ f2d2n_compile_fail(reshape_mismatch "reshape<27, 28>::at_layer<1, false, 784>" "
 f2d2n_compile_fail(one_class "softmax_cross_entropy::at_layer<2, true, 1>" "needs at least 2 classes")
 f2d2n_compile_fail(not_a_layer "every argument of sequential<...> must be a layer")
 f2d2n_compile_fail(network_of_bad_model "dense<0>::at_layer<1," "has no neurons")
-f2d2n_compile_fail(plan_too_many_shards "split_check<3, f2d2n::split_kind::outputs, 4, 2, 8,"
-                   "splits the dense layer at the index named above by_outputs into more shards than it has neurons")
-f2d2n_compile_fail(plan_inputs_too_few "split_check<1, f2d2n::split_kind::inputs, 4, 8, 3,"
-                   "by_inputs into more shards than it has input features")
-f2d2n_compile_fail(plan_split_without_weights "override_check<2, 5, false>" "names a layer without weights")
-f2d2n_compile_fail(plan_twice "names data_parallel more than once")
-f2d2n_compile_fail(plan_unknown_policy "takes data_parallel<R>, pipeline<P, ...> and tensor_parallel<S, ...>")
-f2d2n_compile_fail(plan_too_many_stages "pipeline_check<4, 3," "has more stages than the model has hidden layers")
-f2d2n_compile_fail(plan_bad_stage_starts "pipeline_check<3, 5, true, 2, false>" "must be increasing layer indices")
-f2d2n_compile_fail(plan_grid_mismatch "split_check<1, f2d2n::split_kind::grid, 4, 8, 16, 2, 3>" "does not cover the shards")
+f2d2n_compile_fail(network_integer_scalar "network<f2d2n::sequential<.*>, int>"
+                   "network<model, Scalar> needs a floating-point Scalar")
+# A plan's mistake is one error, raised by any use of the plan (plan/detail/checks.hpp).
+f2d2n_plan_fail(plan_too_many_shards
+                "dense_split<f2d2n::plan_check::layer<3>, f2d2n::split_kind::outputs, f2d2n::plan_check::shards<4>, f2d2n::plan_check::neurons<2>"
+                "splits this dense layer by_outputs into more shards than it has neurons")
+f2d2n_plan_fail(plan_inputs_too_few
+                "layer<1>, f2d2n::split_kind::inputs, f2d2n::plan_check::shards<4>, f2d2n::plan_check::neurons<8>, f2d2n::plan_check::input_features<3>"
+                "by_inputs into more shards than it has input features")
+f2d2n_plan_fail(plan_split_without_weights
+                "split_override<f2d2n::plan_check::layer<2>, f2d2n::plan_check::layers<5>, f2d2n::plan_check::without_weights>"
+                "names a layer without weights")
+f2d2n_plan_fail(plan_twice "names data_parallel more than once")
+f2d2n_plan_fail(plan_unknown_policy "takes data_parallel<R>, pipeline<P, ...> and tensor_parallel<S, ...>")
+f2d2n_plan_fail(plan_too_many_stages "pipeline_stages<f2d2n::plan_check::stages<4>, f2d2n::plan_check::hidden_layers<3>"
+                "has more stages than the model has hidden layers")
+f2d2n_plan_fail(plan_bad_stage_starts
+                "pipeline_stage_starts<f2d2n::plan_check::stages<3>, f2d2n::plan_check::stage_starts_named<2>, f2d2n::plan_check::not_increasing_within_the_model>"
+                "must be increasing layer indices")
+f2d2n_plan_fail(plan_grid_mismatch "layer<1>, f2d2n::split_kind::grid, f2d2n::plan_check::shards<4>, .*grid<2, 3>"
+                "does not cover the shards")
 
 add_test(NAME compile_fail_control
          COMMAND ${CMAKE_COMMAND} -DCXX=${CMAKE_CXX_COMPILER} -DFLAGS=${_cf_flags}

@@ -1,5 +1,6 @@
 # Runs one compile-fail (or control) check. Variables: CXX, SOURCE, FLAGS (|-separated),
-# EXPECT (|-separated regular expressions that must all appear), SHOULD_COMPILE (ON for the control).
+# EXPECT (|-separated regular expressions that must all appear), MAX_ERRORS (the most "error:"
+# lines allowed), SHOULD_COMPILE (ON for the control).
 string(REPLACE "|" ";" flags "${FLAGS}")
 execute_process(COMMAND ${CXX} ${flags} -fsyntax-only ${SOURCE}
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
@@ -20,4 +21,11 @@ foreach(e IN LISTS expects)
     message(FATAL_ERROR "the compiler's output does not contain /${e}/:\n${text}")
   endif()
 endforeach()
+if(MAX_ERRORS)
+  string(REGEX MATCHALL "error:" errors "${text}")
+  list(LENGTH errors count)
+  if(count GREATER MAX_ERRORS)
+    message(FATAL_ERROR "${count} errors, at most ${MAX_ERRORS} expected (one mistake, one error):\n${text}")
+  endif()
+endif()
 message(STATUS "failed to compile with the expected message")

@@ -56,22 +56,22 @@ inline constexpr bool is_plan_v = false;
 template <class Net, class... Policies>
 struct distribute {
   static_assert(network_type<Net>, "f2d2n: the first argument of distribute<model, policies...> must be a sequential<...>");
-  static_assert(((detail::is_data_parallel_v<Policies> || detail::is_tensor_parallel_v<Policies> ||
-                  detail::is_pipeline_v<Policies>) && ...),
+  static_assert(((detail::is_a<Policies, detail::data_parallel_tag> ||
+                  detail::is_a<Policies, detail::tensor_parallel_tag> || detail::is_a<Policies, detail::pipeline_tag>) &&
+                 ...),
                 "f2d2n: distribute<model, policies...> takes data_parallel<R>, pipeline<P, ...> and "
                 "tensor_parallel<S, ...>");
   using policies = boost::mp11::mp_list<Policies...>;
-  static_assert(boost::mp11::mp_count_if<policies, detail::is_data_parallel>::value <= 1,
-                "f2d2n: distribute<...> names data_parallel more than once");
-  static_assert(boost::mp11::mp_count_if<policies, detail::is_tensor_parallel>::value <= 1,
-                "f2d2n: distribute<...> names tensor_parallel more than once");
-  static_assert(boost::mp11::mp_count_if<policies, detail::is_pipeline>::value <= 1,
-                "f2d2n: distribute<...> names pipeline more than once");
+  template <class Tag>
+  static constexpr std::size_t named = boost::mp11::mp_count_if_q<policies, detail::is_a_q<Tag>>::value;
+  static_assert(named<detail::data_parallel_tag> <= 1, "f2d2n: distribute<...> names data_parallel more than once");
+  static_assert(named<detail::tensor_parallel_tag> <= 1, "f2d2n: distribute<...> names tensor_parallel more than once");
+  static_assert(named<detail::pipeline_tag> <= 1, "f2d2n: distribute<...> names pipeline more than once");
 
   using model = Net;
-  using data_policy = detail::policy_or<policies, detail::is_data_parallel, data_parallel<1>>;
-  using tensor_policy = detail::policy_or<policies, detail::is_tensor_parallel, tensor_parallel<1>>;
-  using pipeline_policy = detail::policy_or<policies, detail::is_pipeline, pipeline<1>>;
+  using data_policy = detail::policy_or<policies, detail::data_parallel_tag, data_parallel<1>>;
+  using tensor_policy = detail::policy_or<policies, detail::tensor_parallel_tag, tensor_parallel<1>>;
+  using pipeline_policy = detail::policy_or<policies, detail::pipeline_tag, pipeline<1>>;
 
   static constexpr std::size_t replicas = data_policy::replicas;
   static constexpr std::size_t bucket_elements = data_policy::bucket_elements;
@@ -92,7 +92,10 @@ struct distribute {
     else return false;
   }
   template <class O>
-  using override_ok = std::bool_constant<detail::override_check<O::index, layer_count, dense_at<O>()>::ok>;
+  using override_ok = std::bool_constant<
+      plan_check::split_override<plan_check::layer<O::index>, plan_check::layers<layer_count>,
+                                 std::conditional_t<dense_at<O>(), plan_check::with_weights,
+                                                    plan_check::without_weights>>::ok>;
   static constexpr bool overrides_ok =
       boost::mp11::mp_all_of<typename tensor_policy::overrides, override_ok>::value;
 
@@ -142,7 +145,7 @@ struct distribute {
   }
 
   static constexpr std::size_t hidden_layers = layer_count >= 2 ? layer_count - 2 : 0;
-  using hand = detail::hand_placement<typename pipeline_policy::placement>;
+  using hand = typename pipeline_policy::placement;
   static constexpr bool starts_valid = [] {
     std::size_t previous = 1;
     for (auto first : hand::starts) {
@@ -151,8 +154,16 @@ struct distribute {
     }
     return true;
   }();
-  static constexpr bool pipeline_ok =
-      detail::pipeline_check<stages, hidden_layers, hand::by_hand, hand::starts.size(), starts_valid>::ok;
+  static constexpr bool pipeline_ok = [] {
+    if constexpr (!plan_check::pipeline_stages<plan_check::stages<stages>, plan_check::hidden_layers<hidden_layers>>::ok)
+      return false;
+    else if constexpr (hand::by_hand)
+      return plan_check::pipeline_stage_starts<plan_check::stages<stages>, plan_check::stage_starts_named<hand::starts.size()>,
+                                               std::conditional_t<starts_valid, plan_check::increasing_within_the_model,
+                                                                  plan_check::not_increasing_within_the_model>>::ok;
+    else
+      return true;
+  }();
 
  public:
   /// How each layer is spread over the shards (none for layers without weights).
@@ -241,22 +252,34 @@ struct distribute {
   }();
 
  private:
-  template <std::size_t... I>
-  static constexpr bool check_splits(std::index_sequence<I...>) {
-    constexpr bool results[] = {
-        detail::split_check<I, splits[I], shards, detail::neurons_of<layer_t<I>>(), Net::input_extents[I].size(),
-                            choices_[I].out_parts, choices_[I].in_parts>::ok...};
-    for (bool r : results)
-      if (!r) return false;
-    return true;
+  /// Checks the splits of layers I, I + 1, ... up to the first that fails (one error per plan).
+  template <std::size_t I = 0>
+  static constexpr bool check_splits() {
+    if constexpr (I == layer_count) {
+      return true;
+    } else {
+      constexpr bool ok = plan_check::dense_split<plan_check::layer<I>, splits[I], plan_check::shards<shards>,
+                                                  plan_check::neurons<detail::neurons_of<layer_t<I>>()>,
+                                                  plan_check::input_features<Net::input_extents[I].size()>,
+                                                  plan_check::grid<choices_[I].out_parts, choices_[I].in_parts>>::ok;
+      if constexpr (!ok) return false;
+      else return check_splits<I + 1>();
+    }
   }
 
+
  public:
-  /// True when every check passed (each failed check is a compile error first).
-  static constexpr bool checked =
-      Net::checked && overrides_ok && check_splits(std::make_index_sequence<layer_count>{}) && pipeline_ok &&
-      detail::schedule_check<schedule_id, stages, microbatch_count,
-                             detail::schedule_completes(schedule_id, stages, microbatch_count)>::ok;
+  /// True when every check passed. The checks run on any use of the plan (the static_assert
+  /// below evaluates this); each failed check is its own compile error, and the only one.
+  static constexpr bool checked = [] {
+    if constexpr (!Net::checked || !overrides_ok || !pipeline_ok) return false;
+    else
+      return check_splits() &&
+             plan_check::pipeline_schedule<typename pipeline_policy::schedule, plan_check::stages<stages>,
+                                           plan_check::micro_batches<microbatch_count>>::ok &&
+             plan_check::message_fields<plan_check::layers<layer_count>, plan_check::micro_batches<microbatch_count>>::ok;
+  }();
+  static_assert(detail::evaluated<checked>);
 
   /// The coordinates of unit `rank`: rank = (replica * stages + stage) * shards + shard.
   static constexpr unit_coordinates coordinates_of(std::size_t rank) noexcept {

@@ -45,7 +45,7 @@ checkpoint_layout layout_of(const network<Net, S>&) {
 /// layer_partition). Replica 0 owns what it holds; a block that several shards hold whole (a
 /// replicated layer, the biases of a layer split by inputs) is owned by the first of them.
 template <class T, class S>
-checkpoint_layout layout_of(const detail::unit_engine<T, S>& unit) {
+checkpoint_layout layout_of(const processing_unit<T, S>& unit) {
   const auto& d = unit.description();
   checkpoint_layout l;
   l.model = d.model;

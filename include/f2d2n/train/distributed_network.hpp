@@ -11,9 +11,9 @@
 // the rows (balanced split), micro-batch by micro-batch under the pipeline's schedule. Split layers
 // communicate among the units of one stage of one replica; stages pass activations forward and
 // gradients back to their neighbours; gradients are summed among the replicas (the units with the
-// same stage and shard). Each message of a step carries its layer's or micro-batch's id and the
-// unit's step counter, so a unit out of step with the others gets a protocol_error, never wrong
-// numbers.
+// same stage and shard). Every message is one of the plan's schema (plan/messages.hpp): it
+// carries the schema's id and the unit's step counter, so a unit out of step with the others gets
+// a protocol_error, never wrong numbers.
 //
 // What a split layer does on unit (a, b) of its grid (by_outputs: S x 1, by_inputs: 1 x S,
 // by_grid<Out, In>), with y = x W^T + b over a batch's rows:
@@ -24,13 +24,14 @@
 // plan::chained) the units keep their blocks instead of gathering. Layers without weights and
 // replicated layers run as in the serial network. The loss is computed on every unit of the last
 // stage, on the whole logits; its gradient is scaled by rows / batch so that the sum over the
-// replicas is the serial mean. The step's loss and correct count travel at the end of the gradient
-// all-reduce (after a 2-value all-reduce among the stages, which only the last one knows them).
+// replicas is the serial mean. The step's loss and correct count travel at the front of the
+// gradient all-reduce's buffer (after a 2-value all-reduce among the stages: only the last stage
+// knows them).
 #pragma once
 
 #include <f2d2n/plan/distribute.hpp>
-#include <f2d2n/train/detail/unit_engine.hpp>
 #include <f2d2n/train/distributed_options.hpp>
+#include <f2d2n/train/processing_unit.hpp>
 #include <f2d2n/train/trainer.hpp>
 #include <f2d2n/transport/concept.hpp>
 
@@ -39,13 +40,14 @@
 
 namespace f2d2n {
 
-/// One unit's partition of Plan in scalar type Scalar, communicating over Transport. It has the
-/// calls of network<...> that trainer<...> uses (see the top of this file); the work is done by
-/// a plan-independent engine, so that many plans cost little compile time.
+/// One unit's partition of Plan in scalar type Scalar, communicating over Transport: a
+/// processing_unit<Transport, Scalar> built from the plan (see the top of this file), with the
+/// calls of network<...> that the trainer uses. The work is done by the plan-independent
+/// processing_unit, so that many plans cost little compile time. (The plan's own checks run when
+/// Plan is first used; a failed one is the only error.)
 template <plan_type Plan, transport Transport, class Scalar = float>
-class distributed_network : public detail::unit_engine<Transport, Scalar> {
-  static_assert(Plan::checked);
-  using engine = detail::unit_engine<Transport, Scalar>;
+class distributed_network : public processing_unit<Transport, Scalar> {
+  using engine = processing_unit<Transport, Scalar>;
 
  public:
   using plan = Plan;
@@ -64,9 +66,9 @@ class distributed_network : public detail::unit_engine<Transport, Scalar> {
   }
 };
 
-/// trainer(unit, options) trains the unit's engine: one trainer type (and one instantiation of
-/// fit) per transport and scalar serves every plan.
+/// trainer(unit, options) trains the unit as a processing_unit: one trainer type (and one
+/// instantiation of fit) per transport and scalar serves every plan.
 template <class Plan, class Transport, class Scalar, class Options>
-trainer(distributed_network<Plan, Transport, Scalar>&, Options) -> trainer<detail::unit_engine<Transport, Scalar>, Options>;
+trainer(distributed_network<Plan, Transport, Scalar>&, Options) -> trainer<processing_unit<Transport, Scalar>, Options>;
 
 }  // namespace f2d2n

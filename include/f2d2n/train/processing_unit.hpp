@@ -1,6 +1,7 @@
-// f2d2n/train/detail/unit_engine.hpp: the plan-independent engine of a distributed unit (see
-// train/distributed_network.hpp for what it does); the passes through a stage are defined in
-// train/impl/unit_engine.hpp.
+// f2d2n/train/processing_unit.hpp: one processing unit of any plan over a transport: what the
+// trainer trains and checkpoints see (distributed_network<Plan, ...> is one, built from its
+// plan; see train/distributed_network.hpp for what it does). Its passes through a stage are in
+// train/impl/processing_unit.hpp.
 #pragma once
 
 #include <f2d2n/train/detail/unit_description.hpp>
@@ -17,18 +18,25 @@
 #include <span>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
-namespace f2d2n::detail {
+namespace f2d2n {
 
-/// The unit's forward, backward, initialisation and collectives over its description.
+/// One unit's part of a plan, in scalar type Scalar over Transport: its forward, backward,
+/// initialisation and collectives, run from the plan-independent description of the unit
+/// (detail::unit_description), so that every plan over one transport and scalar shares one
+/// instantiation of it (and of the trainer that trains it).
 template <transport Transport, class Scalar>
-class unit_engine {
+class processing_unit {
+  static_assert(std::is_floating_point_v<Scalar>,
+                "f2d2n: a processing unit (distributed_network<plan, transport, Scalar>) needs a floating-point "
+                "Scalar (float or double)");
  public:
   using scalar = Scalar;
 
-  unit_engine(Transport& t, unit_description<Scalar> d, distributed_options options)
+  processing_unit(Transport& t, detail::unit_description<Scalar> d, distributed_options options)
       : t_(t), d_(std::move(d)), options_(options), acts_(d_.microbatches), inputs_(d_.microbatches),
         dlogits_(d_.microbatches) {
     for (auto& a : acts_) a.resize(d_.layers.size());
@@ -37,9 +45,9 @@ class unit_engine {
     if (options_.overlap && d_.replicas > 1 && d_.buckets.size() > 1)
       summer_ = std::thread([this] { sum_buckets(); });
   }
-  unit_engine(const unit_engine&) = delete;
-  unit_engine& operator=(const unit_engine&) = delete;
-  ~unit_engine() {
+  processing_unit(const processing_unit&) = delete;
+  processing_unit& operator=(const processing_unit&) = delete;
+  ~processing_unit() {
     if (!summer_.joinable()) return;
     {
       const std::lock_guard lock(jobs_m_);
@@ -69,7 +77,7 @@ class unit_engine {
   [[nodiscard]] std::uint64_t steps() const noexcept { return step_; }
 
   /// What this unit runs: its layers' partitions, its groups, its model and plan.
-  [[nodiscard]] const unit_description<Scalar>& description() const noexcept { return d_; }
+  [[nodiscard]] const detail::unit_description<Scalar>& description() const noexcept { return d_; }
 
   /// Sums `values` over every unit of the cluster (how the units of a checkpoint agree that all
   /// wrote their part). Every unit must call it together, as a step of its own.
@@ -87,7 +95,7 @@ class unit_engine {
       if (!l.part.held || l.part.parameter_count == 0) continue;
       auto w = layer_parameters(i);
       if (split(l.part))
-        dense_kernels::initialize_block(w, l.in, l.part.begin, l.part.count, l.part.input_begin, l.part.input_count,
+        detail::dense_kernels::initialize_block(w, l.in, l.part.begin, l.part.count, l.part.input_begin, l.part.input_count,
                                         l.limit(l.in, l.out), seed, i);
       else if (l.ops.initialize)
         l.ops.initialize(w, l.in, seed, i);
@@ -122,7 +130,7 @@ class unit_engine {
     if (batch < d_.replicas)
       throw configuration_error("f2d2n: data_parallel<" + std::to_string(d_.replicas) + "> needs at least " +
                                 std::to_string(d_.replicas) + " samples per batch; this batch has " +
-                                std::to_string(batch));
+                                std::to_string(batch) + " (an epoch's short last batch? set fit_options::drop_last to drop it)");
     const std::size_t replica = d_.coordinates.replica;
     return {batch, part_begin(batch, d_.replicas, replica), part_size(batch, d_.replicas, replica),
             d_.coordinates.stage == 0, d_.coordinates.stage + 1 == d_.stages};
@@ -161,7 +169,7 @@ class unit_engine {
     }
     const drain_on_exit drain{*this};  // no bucket outlives the step, even when it fails
     for (std::size_t k = 0; k < 2 * m; ++k) {
-      const auto op = schedule_op(d_.schedule, d_.stages, d_.coordinates.stage, m, k);
+      const auto op = detail::schedule_op(d_.schedule, d_.stages, d_.coordinates.stage, m, k);
       last_backward_ = k + 1 == 2 * m;  // the gradients become final in the step's last backward
       if (op.forward) forward_micro(x, labels, sh, op.microbatch, true);
       else backward_micro(x, sh, op.microbatch);
@@ -169,12 +177,12 @@ class unit_engine {
     grads_[0] = static_cast<Scalar>(loss_sum_);
     grads_[1] = static_cast<Scalar>(correct_);
     if (d_.stages > 1) {  // the loss is known on the last stage: every stage learns it
-      const stopwatch timing(times_.communication);
+      const detail::stopwatch timing(times_.communication);
       all_reduce(t_, d_.pipeline_group, std::span<Scalar>(grads_).first(2), call(statistics_id()));
     }
     while (next_bucket_ < d_.buckets.size()) post_bucket();  // the last one holds the loss and count
     {
-      const stopwatch timing(times_.communication);  // with overlap: the part the backward did not hide
+      const detail::stopwatch timing(times_.communication);  // with overlap: the part the backward did not hide
       wait_for_buckets();
     }
     ++step_;
@@ -198,11 +206,11 @@ class unit_engine {
     forward_micro(x, labels, sh, 0, false);
     std::array<double, 2> sums{loss_sum_, static_cast<double>(correct_)};
     if (d_.stages > 1) {
-      const stopwatch timing(times_.communication);
+      const detail::stopwatch timing(times_.communication);
       all_reduce(t_, d_.pipeline_group, std::span<double>(sums), call(statistics_id()));
     }
     {
-      const stopwatch timing(times_.communication);
+      const detail::stopwatch timing(times_.communication);
       if (d_.data_group.size() > 1)
         all_reduce(t_, d_.data_group, std::span<double>(sums), call(message_id(message_kind::evaluation, false, 0, 0)));
     }
@@ -232,18 +240,18 @@ class unit_engine {
     if (batch < d_.replicas)
       throw configuration_error("f2d2n: data_parallel<" + std::to_string(d_.replicas) + "> needs at least " +
                                 std::to_string(d_.replicas) + " samples per batch; this batch has " +
-                                std::to_string(batch));
+                                std::to_string(batch) + " (an epoch's short last batch? set fit_options::drop_last to drop it)");
     check_labels(labels);
     const std::size_t replica = d_.coordinates.replica, rows = part_size(batch, d_.replicas, replica);
     const std::size_t m = training ? d_.microbatches : 1;
-    check_microbatches(batch, rows, m);
+    check_microbatches(batch, m);
     return {static_cast<Eigen::Index>(part_begin(batch, d_.replicas, replica)), static_cast<Eigen::Index>(rows),
             static_cast<Eigen::Index>(batch), static_cast<Eigen::Index>(rows / m)};
   }
 
   /// The share of a part given alone: its rows start at 0.
   share share_of_part(const batch_part& part) const {
-    check_microbatches(part.batch, part.count, d_.microbatches);
+    check_microbatches(part.batch, d_.microbatches);
     return {0, static_cast<Eigen::Index>(part.count), static_cast<Eigen::Index>(part.batch),
             static_cast<Eigen::Index>(part.count / d_.microbatches)};
   }
@@ -255,16 +263,22 @@ class unit_engine {
                                   std::to_string(d_.output_size) + " outputs");
   }
 
-  void check_microbatches(std::size_t batch, std::size_t rows, std::size_t m) const {
-    if (rows % m != 0)
-      throw configuration_error("f2d2n: pipeline<..., microbatches<" + std::to_string(m) +
-                                ">> needs every replica's rows to split into " + std::to_string(m) +
-                                " equal micro-batches; a batch of " + std::to_string(batch) + " gives replica " +
-                                std::to_string(d_.coordinates.replica) + " " + std::to_string(rows) + " rows");
+  /// Every unit checks every replica's rows, so that all of them report the cause (not "peer has
+  /// shut down" from the units of the replicas that could split theirs).
+  void check_microbatches(std::size_t batch, std::size_t m) const {
+    for (std::size_t replica = 0; replica < d_.replicas; ++replica) {
+      const std::size_t rows = part_size(batch, d_.replicas, replica);
+      if (rows % m != 0)
+        throw configuration_error("f2d2n: pipeline<..., microbatches<" + std::to_string(m) +
+                                  ">> needs every replica's rows to split into " + std::to_string(m) +
+                                  " equal micro-batches; a batch of " + std::to_string(batch) + " gives replica " +
+                                  std::to_string(replica) + " " + std::to_string(rows) +
+                                  " rows (if it is an epoch's short last batch, set fit_options::drop_last to drop it)");
+    }
   }
 
   /// The schema's message for `k` over a group of `group_size` with rows of `columns` values.
-  [[nodiscard]] const step_message& message(const message_key& k, std::size_t columns, std::size_t group_size) const {
+  [[nodiscard]] const step_message& message(const detail::message_key& k, std::size_t columns, std::size_t group_size) const {
     return d_.schema.find(k, columns, group_size);
   }
   [[nodiscard]] std::uint32_t statistics_id() const {
@@ -320,12 +334,12 @@ class unit_engine {
   /// of the columns; blocks are stored member after member, this unit's, number `me`, in place)
   /// into `out`.
   void gather_columns(std::span<Scalar> blocks, Eigen::Index rows, std::size_t cols, matrix_ref<Scalar> out,
-                      const group& g, std::size_t me, const message_key& key) {
+                      const group& g, std::size_t me, const detail::message_key& key) {
     const std::size_t p = g.size(), r = static_cast<std::size_t>(rows);
     if (p > 1) {
       const auto mine = blocks.subspan(part_begin(cols, p, me) * r, part_size(cols, p, me) * r);
       const auto id = message(key, cols, p).id;
-      const stopwatch timing(times_.communication);
+      const detail::stopwatch timing(times_.communication);
       all_gather(t_, g, std::span<const Scalar>(mine), blocks, call(id), r);
     }
     for (std::size_t s = 0; s < p; ++s) {
@@ -337,10 +351,10 @@ class unit_engine {
 
   /// Sums a contiguous rows x cols block over group g (in place) when g has more than this unit.
   template <class Block>
-  void sum_over(const group& g, Block&& m, const message_key& key) {
+  void sum_over(const group& g, Block&& m, const detail::message_key& key) {
     if (g.size() < 2) return;
     const auto id = message(key, static_cast<std::size_t>(m.cols()), g.size()).id;
-    const stopwatch timing(times_.communication);
+    const detail::stopwatch timing(times_.communication);
     all_reduce(t_, g, std::span<Scalar>(m.data(), static_cast<std::size_t>(m.size())), call(id));
   }
 
@@ -368,7 +382,7 @@ class unit_engine {
     collective c = call(message({message_kind::gradients, true, b.layer, k}, b.size, d_.replicas).id);
     const std::span<Scalar> part = std::span<Scalar>(grads_).subspan(b.begin, b.size);
     if (!summer_.joinable()) {
-      const stopwatch timing(times_.communication);
+      const detail::stopwatch timing(times_.communication);
       all_reduce(t_, d_.data_group, part, c);
       return;
     }
@@ -391,7 +405,7 @@ class unit_engine {
   /// On the way out of compute_gradients, by return or by exception: the summing thread must not
   /// be writing the gradients when the step is over.
   struct drain_on_exit {
-    unit_engine& e;
+    processing_unit& e;
     ~drain_on_exit() {
       if (!e.summer_.joinable()) return;
       std::unique_lock lock(e.jobs_m_);
@@ -429,7 +443,7 @@ class unit_engine {
   }
 
   Transport& t_;
-  unit_description<Scalar> d_;
+  detail::unit_description<Scalar> d_;
   distributed_options options_;
   // Eigen's alignment for every buffer a kernel reads: Eigen peels unaligned heads off its
   // vectorised reductions, so the alignment of an operand decides the order of a sum. With
@@ -461,6 +475,6 @@ class unit_engine {
   std::uint64_t step_ = 0;
 };
 
-}  // namespace f2d2n::detail
+}  // namespace f2d2n
 
-#include <f2d2n/train/impl/unit_engine.hpp>
+#include <f2d2n/train/impl/processing_unit.hpp>

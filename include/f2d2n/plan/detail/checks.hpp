@@ -1,8 +1,9 @@
-// f2d2n/plan/detail/checks.hpp: the compile-time checks of a plan (each a static_assert whose
-// instantiation line names what is wrong), the pipeline schedule's simulation, and the policy traits
-// distribute<...> is built from.
+// f2d2n/plan/detail/checks.hpp: the compile-time checks of a plan (plan_check::, each a
+// static_assert whose instantiation line names in words what is wrong), the pipeline schedule's
+// simulation, and how distribute<...> finds its policies.
 #pragma once
 
+#include <f2d2n/plan/messages.hpp>
 #include <f2d2n/plan/policies.hpp>
 
 #include <f2d2n/comm/partition.hpp>
@@ -24,40 +25,6 @@
 namespace f2d2n {
 
 namespace detail {
-template <class T>
-inline constexpr bool is_pipeline_v = false;
-template <std::size_t P, class M, class S, class L>
-inline constexpr bool is_pipeline_v<pipeline<P, M, S, L>> = true;
-template <class T>
-using is_pipeline = std::bool_constant<is_pipeline_v<T>>;
-
-template <class Placement>
-struct hand_placement {
-  static constexpr bool by_hand = false;
-  static constexpr std::array<std::size_t, 0> starts{};
-};
-template <std::size_t... First>
-struct hand_placement<stage_starts<First...>> {
-  static constexpr bool by_hand = true;
-  static constexpr std::array<std::size_t, sizeof...(First)> starts{First...};
-};
-
-/// The checks of a pipeline against the model (a failure's instantiation line names the stages
-/// and the model's hidden layers).
-template <std::size_t Stages, std::size_t HiddenLayers, bool ByHand, std::size_t Starts, bool StartsValid>
-struct pipeline_check {
-  static_assert(Stages <= HiddenLayers,
-                "f2d2n: pipeline<stages, ...> has more stages than the model has hidden layers (both named above): "
-                "every stage needs at least one layer");
-  static_assert(!ByHand || Starts + 1 == Stages,
-                "f2d2n: stage_starts<...> must name where each stage after the first begins: one layer index per "
-                "stage but the first");
-  static_assert(!ByHand || Starts + 1 != Stages || StartsValid,
-                "f2d2n: stage_starts<...> must be increasing layer indices between 2 and the last hidden layer, "
-                "so that every stage has at least one layer");
-  static constexpr bool ok = Stages <= HiddenLayers && (!ByHand || (Starts + 1 == Stages && StartsValid));
-};
-
 /// One pipeline stage's program for a step: forward (F) and backward (B) of micro-batches.
 struct pipeline_op {
   bool forward = true;
@@ -132,32 +99,15 @@ constexpr bool schedule_completes(std::size_t schedule, std::size_t stages, std:
   return true;
 }
 
-template <std::size_t Schedule, std::size_t Stages, std::size_t M, bool Completes>
-struct schedule_check {
-  static_assert(Completes,
-                "f2d2n: the pipeline schedule named above (1: gpipe, 2: one_f_one_b; stages, micro-batches) "
-                "would deadlock or leave a message unreceived");
-  static constexpr bool ok = Completes;
-};
+/// Always true: static_assert(evaluated<X>) makes the compiler evaluate X (and the checks in it).
+template <bool>
+inline constexpr bool evaluated = true;
 
-template <class T>
-inline constexpr bool is_data_parallel_v = false;
-template <std::size_t R, std::size_t B>
-inline constexpr bool is_data_parallel_v<data_parallel<R, B>> = true;
-template <class T>
-inline constexpr bool is_tensor_parallel_v = false;
-template <std::size_t S, class D, class... O>
-inline constexpr bool is_tensor_parallel_v<tensor_parallel<S, D, O...>> = true;
-
-template <class T>
-using is_data_parallel = std::bool_constant<is_data_parallel_v<T>>;
-template <class T>
-using is_tensor_parallel = std::bool_constant<is_tensor_parallel_v<T>>;
-
-/// The policy of a kind in the list, or the default when there is none.
-template <class Policies, template <class> class Is, class Default>
-using policy_or = boost::mp11::mp_eval_if_c<boost::mp11::mp_count_if<Policies, Is>::value == 0, Default,
-                                            boost::mp11::mp_at, Policies, boost::mp11::mp_find_if<Policies, Is>>;
+/// The policy of a kind (its tag) in the list, or the default when there is none.
+template <class Policies, class Tag, class Default>
+using policy_or = boost::mp11::mp_eval_if_c<boost::mp11::mp_count_if_q<Policies, is_a_q<Tag>>::value == 0, Default,
+                                            boost::mp11::mp_at, Policies,
+                                            boost::mp11::mp_find_if_q<Policies, is_a_q<Tag>>>;
 
 /// A layer with a dense layer's weights (N x in, then N biases) and kernels.
 template <class L>
@@ -185,42 +135,118 @@ struct fnv1a {
   }
 };
 
-/// The checks of a split, instantiated for each dense layer: a failure's instantiation line names
-/// the layer index, the split, the shards, the layer's neurons and input features, and the grid
-/// (parts of the neurons x parts of the inputs).
-template <std::size_t Index, split_kind Split, std::size_t Shards, std::size_t Neurons, std::size_t Inputs,
-          std::size_t OutParts, std::size_t InParts>
-struct split_check {
-  static_assert(Split != split_kind::outputs || Neurons >= Shards,
-                "f2d2n: tensor_parallel splits the dense layer at the index named above by_outputs into more "
-                "shards than it has neurons (shards and neurons are named above): use fewer shards, or "
-                "split_layer<index, by_inputs> or split_layer<index, replicated> for this layer");
-  static_assert(Split != split_kind::inputs || Inputs >= Shards,
-                "f2d2n: tensor_parallel splits the dense layer at the index named above by_inputs into more "
-                "shards than it has input features (shards and inputs are named above): use fewer shards, or "
-                "another split for this layer");
-  static_assert(Split != split_kind::grid || OutParts * InParts == Shards,
-                "f2d2n: by_grid<Out, In> at the layer index named above does not cover the shards: Out x In must "
-                "equal tensor_parallel's shard count (all named above)");
-  static_assert(Split != split_kind::grid || (Neurons >= OutParts && Inputs >= InParts),
-                "f2d2n: by_grid<Out, In> at the layer index named above has more parts than the layer has neurons "
-                "(Out) or input features (In)");
-  static constexpr bool ok = (Split != split_kind::outputs || Neurons >= Shards) &&
-                             (Split != split_kind::inputs || Inputs >= Shards) &&
-                             (Split != split_kind::grid || (OutParts * InParts == Shards && Neurons >= OutParts &&
-                                                            Inputs >= InParts));
+}  // namespace detail
+
+/// The checks of a plan. Each is a class template whose arguments say in words what it checks
+/// (layer<3>, shards<4>, neurons<2>, ...): a failed check's instantiation line names them, and
+/// its static_assert says what is wrong and what to do. distribute<...> runs them all on any use
+/// of the plan; each failure is one error, with no follow-on errors from the plan.
+namespace plan_check {
+template <std::size_t N>
+struct layer {};
+template <std::size_t N>
+struct layers {};
+template <std::size_t N>
+struct shards {};
+template <std::size_t N>
+struct neurons {};
+template <std::size_t N>
+struct input_features {};
+template <std::size_t Out, std::size_t In>
+struct grid {};
+template <std::size_t N>
+struct stages {};
+template <std::size_t N>
+struct hidden_layers {};
+template <std::size_t N>
+struct micro_batches {};
+template <std::size_t N>
+struct stage_starts_named {};
+struct with_weights {};
+struct without_weights {};
+struct increasing_within_the_model {};
+struct not_increasing_within_the_model {};
+
+/// A dense layer split over the shards of tensor_parallel.
+template <class Layer, split_kind Split, class Shards, class Neurons, class Inputs, class Grid>
+struct dense_split;
+template <std::size_t I, split_kind Split, std::size_t S, std::size_t N, std::size_t In, std::size_t Out, std::size_t P>
+struct dense_split<layer<I>, Split, shards<S>, neurons<N>, input_features<In>, grid<Out, P>> {
+  static_assert(Split != split_kind::outputs || N >= S,
+                "f2d2n: tensor_parallel splits this dense layer by_outputs into more shards than it has neurons "
+                "(layer, shards and neurons named above): use fewer shards, or split_layer<index, by_inputs> or "
+                "split_layer<index, replicated> for this layer");
+  static_assert(Split != split_kind::inputs || In >= S,
+                "f2d2n: tensor_parallel splits this dense layer by_inputs into more shards than it has input "
+                "features (layer, shards and input features named above): use fewer shards, or another split for "
+                "this layer");
+  static_assert(Split != split_kind::grid || Out * P == S,
+                "f2d2n: by_grid<Out, In> at this layer does not cover the shards: Out x In (the grid named above) "
+                "must equal tensor_parallel's shards");
+  static_assert(Split != split_kind::grid || Out * P != S || (N >= Out && In >= P),
+                "f2d2n: by_grid<Out, In> at this layer has more parts than the layer has neurons (Out) or input "
+                "features (In), all named above");
+  static constexpr bool ok = (Split != split_kind::outputs || N >= S) && (Split != split_kind::inputs || In >= S) &&
+                             (Split != split_kind::grid || (Out * P == S && N >= Out && In >= P));
 };
 
-/// The checks of one split_layer override against the model.
-template <std::size_t Index, std::size_t Layers, bool Dense>
-struct override_check {
-  static_assert(Index < Layers,
-                "f2d2n: split_layer<index, ...> names a layer past the end of the sequential (index named above)");
-  static_assert(Index >= Layers || Dense,
-                "f2d2n: split_layer<index, ...> names a layer without weights (index named above): only dense "
-                "layers can be split");
-  static constexpr bool ok = Index < Layers && Dense;
+/// A split_layer<index, ...> override of tensor_parallel, against the model.
+template <class Layer, class Layers, class Weights>
+struct split_override;
+template <std::size_t I, std::size_t L, class Weights>
+struct split_override<layer<I>, layers<L>, Weights> {
+  static_assert(I < L, "f2d2n: split_layer<index, ...> names a layer past the end of the model (layer and the "
+                       "model's layers named above)");
+  static_assert(I >= L || std::is_same_v<Weights, with_weights>,
+                "f2d2n: split_layer<index, ...> names a layer without weights (named above): only dense layers can "
+                "be split");
+  static constexpr bool ok = I < L && std::is_same_v<Weights, with_weights>;
 };
-}  // namespace detail
+
+/// The stages of a pipeline, against the model's hidden layers.
+template <class Stages, class Hidden>
+struct pipeline_stages;
+template <std::size_t P, std::size_t H>
+struct pipeline_stages<stages<P>, hidden_layers<H>> {
+  static_assert(P <= H, "f2d2n: pipeline<stages, ...> has more stages than the model has hidden layers (both named "
+                        "above): every stage needs at least one layer");
+  static constexpr bool ok = P <= H;
+};
+
+/// A pipeline placed by hand: stage_starts<...> against the stages and the model.
+template <class Stages, class Starts, class Order>
+struct pipeline_stage_starts;
+template <std::size_t P, std::size_t N, class Order>
+struct pipeline_stage_starts<stages<P>, stage_starts_named<N>, Order> {
+  static_assert(N + 1 == P, "f2d2n: stage_starts<...> must name where each stage after the first begins: one layer "
+                            "index per stage but the first (stages and indices named above)");
+  static_assert(N + 1 != P || std::is_same_v<Order, increasing_within_the_model>,
+                "f2d2n: stage_starts<...> must be increasing layer indices between 2 and the last hidden layer, so "
+                "that every stage has at least one layer");
+  static constexpr bool ok = N + 1 == P && std::is_same_v<Order, increasing_within_the_model>;
+};
+
+/// A pipeline schedule (gpipe or one_f_one_b) at its stages and micro-batches.
+template <class Schedule, class Stages, class Microbatches>
+struct pipeline_schedule;
+template <class Schedule, std::size_t P, std::size_t M>
+struct pipeline_schedule<Schedule, stages<P>, micro_batches<M>> {
+  static constexpr bool ok = detail::schedule_completes(Schedule::id, P, M);
+  static_assert(ok, "f2d2n: this pipeline schedule (schedule, stages and micro-batches named above) would deadlock "
+                    "or leave a message unreceived");
+};
+
+/// What a message id can hold (plan/messages.hpp): the model's layers and the micro-batches.
+template <class Layers, class Microbatches>
+struct message_fields;
+template <std::size_t L, std::size_t M>
+struct message_fields<layers<L>, micro_batches<M>> {
+  static_assert(L <= max_message_layers, "f2d2n: a distributed model has at most 2048 layers (its message ids hold "
+                                         "11 bits of layer; the model's layers named above)");
+  static_assert(M <= max_message_index, "f2d2n: a pipeline has at most 65536 micro-batches (its message ids hold 16 "
+                                        "bits of index; named above)");
+  static constexpr bool ok = L <= max_message_layers && M <= max_message_index;
+};
+}  // namespace plan_check
 
 }  // namespace f2d2n

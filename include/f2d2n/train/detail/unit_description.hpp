@@ -1,5 +1,5 @@
-// f2d2n/train/detail/unit_description.hpp: what one unit of a plan runs, as plain data (the
-// engine in unit_engine.hpp works from it, whatever the plan), and how it is made from a plan.
+// f2d2n/train/detail/unit_description.hpp: what one unit of a plan runs, as plain data
+// (train/processing_unit.hpp works from it, whatever the plan), and how it is made from a plan.
 #pragma once
 
 #include <f2d2n/comm/primitives.hpp>
@@ -184,7 +184,8 @@ template <class Plan, class Transport>
 const Transport& check_transport(const Transport& t) {
   if (t.world_size() != Plan::world_size)
     throw configuration_error("f2d2n: the plan has " + std::to_string(Plan::world_size) + " units (" +
-                              std::to_string(Plan::replicas) + " replicas x " + std::to_string(Plan::shards) +
+                              std::to_string(Plan::replicas) + " replicas x " + std::to_string(Plan::stages) +
+                              " stages x " + std::to_string(Plan::shards) +
                               " shards) but the transport's cluster has " + std::to_string(t.world_size()));
   if (t.fingerprint() != Plan::fingerprint)
     throw configuration_error("f2d2n: the transport was created with fingerprint " + std::to_string(t.fingerprint()) +

@@ -1,13 +1,13 @@
-// f2d2n/train/impl/unit_engine.hpp: a unit's passes through its stage (forward and backward of a
-// micro-batch, of its layers) and the gradient-summing thread; declared in train/detail/unit_engine.hpp.
+// f2d2n/train/impl/processing_unit.hpp: a unit's passes through its stage (forward and backward of a
+// micro-batch, of its layers) and the gradient-summing thread; declared in train/processing_unit.hpp.
 #pragma once
 
-#include <f2d2n/train/detail/unit_engine.hpp>
+#include <f2d2n/train/processing_unit.hpp>
 
-namespace f2d2n::detail {
+namespace f2d2n {
 
 template <transport Transport, class Scalar>
-void unit_engine<Transport, Scalar>::forward_micro(
+void processing_unit<Transport, Scalar>::forward_micro(
     const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels, const share& sh, std::size_t m,
     bool training) {
   const Eigen::Index rows = training ? sh.micro_rows : sh.rows;
@@ -17,7 +17,7 @@ void unit_engine<Transport, Scalar>::forward_micro(
     ensure(inputs_[m], rows, d_.layers[d_.first].in);
     const auto& msg = message({message_kind::activation, false, d_.first, m}, d_.layers[d_.first].in, 2);
     {
-      const stopwatch timing(times_.wait);
+      const detail::stopwatch timing(times_.wait);
       receive_tensor(t_, msg.peer, msg.id, step_,
                      std::span<Scalar>(inputs_[m].data(), static_cast<std::size_t>(inputs_[m].size())),
                      clock::now() + options_.timeout);
@@ -29,7 +29,7 @@ void unit_engine<Transport, Scalar>::forward_micro(
   const auto out = acts_[m][d_.end - 1].topRows(rows);
   if (!last_stage) {
     const auto& msg = message({message_kind::activation, false, d_.end, m}, d_.layers[d_.end].in, 2);
-    const stopwatch timing(times_.communication);
+    const detail::stopwatch timing(times_.communication);
     send_tensor(t_, msg.peer, msg.id, step_,
                 std::span<const Scalar>(out.data(), static_cast<std::size_t>(out.size())),
                 clock::now() + options_.timeout);
@@ -39,12 +39,12 @@ void unit_engine<Transport, Scalar>::forward_micro(
   ensure(dlogits_[m], rows, d_.output_size);
   const Scalar loss = d_.loss(out, my_labels, dlogits_[m]);
   loss_sum_ += static_cast<double>(loss) * static_cast<double>(rows);
-  correct_ += count_correct<Scalar>(out, my_labels);
+  correct_ += detail::count_correct<Scalar>(out, my_labels);
   if (training) dlogits_[m] *= static_cast<Scalar>(rows) / static_cast<Scalar>(sh.batch);  // replicas' sum = serial mean
 }
 
 template <transport Transport, class Scalar>
-void unit_engine<Transport, Scalar>::backward_micro(const_matrix_ref<Scalar> x, const share& sh, std::size_t m) {
+void processing_unit<Transport, Scalar>::backward_micro(const_matrix_ref<Scalar> x, const share& sh, std::size_t m) {
   const Eigen::Index rows = sh.micro_rows;
   const Eigen::Index first_row = sh.first + static_cast<Eigen::Index>(m) * rows;
   const bool first_stage = d_.coordinates.stage == 0, last_stage = d_.coordinates.stage + 1 == d_.stages;
@@ -53,7 +53,7 @@ void unit_engine<Transport, Scalar>::backward_micro(const_matrix_ref<Scalar> x, 
     dy = dlogits_[m];
   } else {
     const auto& msg = message({message_kind::gradient, true, d_.end, m}, d_.layers[d_.end].in, 2);
-    const stopwatch timing(times_.wait);
+    const detail::stopwatch timing(times_.wait);
     receive_tensor(t_, msg.peer, msg.id, step_,
                    std::span<Scalar>(dy.data(), static_cast<std::size_t>(dy.size())), clock::now() + options_.timeout);
   }
@@ -63,7 +63,7 @@ void unit_engine<Transport, Scalar>::backward_micro(const_matrix_ref<Scalar> x, 
   if (!first_stage) {
     const auto dx = gradient_buffer(last_buffer, rows, d_.layers[d_.first].in);
     const auto& msg = message({message_kind::gradient, true, d_.first, m}, d_.layers[d_.first].in, 2);
-    const stopwatch timing(times_.communication);
+    const detail::stopwatch timing(times_.communication);
     send_tensor(t_, msg.peer, msg.id, step_,
                 std::span<const Scalar>(dx.data(), static_cast<std::size_t>(dx.size())),
                 clock::now() + options_.timeout);
@@ -71,7 +71,7 @@ void unit_engine<Transport, Scalar>::backward_micro(const_matrix_ref<Scalar> x, 
 }
 
 template <transport Transport, class Scalar>
-void unit_engine<Transport, Scalar>::forward(std::size_t m, const_matrix_ref<Scalar> stage_input) {
+void processing_unit<Transport, Scalar>::forward(std::size_t m, const_matrix_ref<Scalar> stage_input) {
   const Eigen::Index rows = stage_input.rows();
   for (std::size_t i = d_.first; i < d_.end; ++i) {
     const auto& l = d_.layers[i];
@@ -105,7 +105,7 @@ void unit_engine<Transport, Scalar>::forward(std::size_t m, const_matrix_ref<Sca
 }
 
 template <transport Transport, class Scalar>
-std::size_t unit_engine<Transport, Scalar>::backward(
+std::size_t processing_unit<Transport, Scalar>::backward(
     std::size_t m, const_matrix_ref<Scalar> stage_input, Eigen::Index rows) {
   std::size_t current = 0;
   for (std::size_t i = d_.end - 1; i >= d_.first; --i) {
@@ -128,7 +128,7 @@ std::size_t unit_engine<Transport, Scalar>::backward(
       matrix_map<Scalar> dws(g, rows_n, cols);
       Eigen::Map<vector<Scalar>> db(g + p.count * p.input_count, rows_n);
       dws.noalias() = dys.transpose() * in.middleCols(p.sharded_input ? 0 : static_cast<Eigen::Index>(p.input_begin), cols);
-      dense_kernels::bias_gradient(dys, db);
+      detail::dense_kernels::bias_gradient(dys, db);
       if (want_dx && p.sharded_input) {  // the chain's units keep their own columns of dx
         dx.noalias() = dys * ws;
         sum_over(l.column_group, dx, {message_kind::all_reduce, true, i, m});
@@ -156,7 +156,7 @@ std::size_t unit_engine<Transport, Scalar>::backward(
 }
 
 template <transport Transport, class Scalar>
-void unit_engine<Transport, Scalar>::sum_buckets() {
+void processing_unit<Transport, Scalar>::sum_buckets() {
   for (;;) {
     job j;
     {
@@ -186,4 +186,4 @@ void unit_engine<Transport, Scalar>::sum_buckets() {
   }
 }
 
-}  // namespace f2d2n::detail
+}  // namespace f2d2n
