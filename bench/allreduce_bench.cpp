@@ -19,7 +19,7 @@
 //   --sizes-mib LIST    comma-separated sizes in MiB (default 1,4,16,64)
 //   --repetitions N     timed all-reduces per size (default: 512 MiB / size, within 5..50)
 //   --warmup N          untimed all-reduces per size first (default 2; at least 1 runs, checked)
-//   --chunk-bytes N     collective::chunk_bytes: the largest frame of a ring step (default the library's)
+//   --chunk-bytes N     call_options::chunk_bytes: the largest frame of a ring step (default the library's)
 //   --timeout-ms N      collective::timeout (default 60000)
 #include "allreduce_options.hpp"
 
@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
     } catch (const std::invalid_argument& e) {
       usage(e.what());
     }
-    if (o.chunk_bytes == 0) o.chunk_bytes = f2d2n::collective{}.chunk_bytes;
+    if (o.chunk_bytes == 0) o.chunk_bytes = f2d2n::call_options{}.chunk_bytes;
     const f2d2n::cluster_config cfg = f2d2n::config_from_environment();
     const std::size_t p = cfg.world_size;
     f2d2n::tcp_transport t(cfg.rank, cfg.peers, 0xa11'7ed0'ce00'0001ULL);
@@ -68,7 +68,7 @@ int main(int argc, char** argv) {
 
     std::uint64_t step = 0;  // every call of the run gets its own step; frames carry it
     auto call = [&](std::uint32_t message) {
-      return f2d2n::collective{.message_id = message,
+      return f2d2n::call_options{.message_id = message,
                                .step = step++,
                                .timeout = std::chrono::milliseconds(o.timeout_ms),
                                .chunk_bytes = o.chunk_bytes};

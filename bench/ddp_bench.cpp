@@ -259,7 +259,7 @@ int run_dp2(const options& o, const synthetic_pool& pool) {
   const nn::group world = nn::group::world(cfg.world_size);
   std::uint64_t step = 0;  // this program's own collectives: their own ids and steps
   auto call = [&](std::uint32_t message) {
-    return nn::collective{.message_id = message, .step = step++, .timeout = std::chrono::milliseconds(o.timeout_ms)};
+    return nn::call_options{.message_id = message, .step = step++, .timeout = std::chrono::milliseconds(o.timeout_ms)};
   };
   std::vector<float> token(cfg.world_size);
   auto line_up = [&] { nn::all_reduce(t, world, std::span<float>(token), call(line_up_message)); };

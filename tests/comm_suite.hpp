@@ -35,7 +35,7 @@ std::vector<std::string> adjoint_suite(T& t, std::chrono::milliseconds timeout =
   const auto me = t.rank();
   const group g = group::world(p);
   std::uint64_t step = 0;
-  auto call = [&] { return collective{.message_id = 11, .step = ++step, .timeout = timeout, .chunk_bytes = 64}; };
+  auto call = [&] { return call_options{.message_id = 11, .step = ++step, .timeout = timeout, .chunk_bytes = 64}; };
   std::vector<std::string> failures;
   auto total = [&](double local) {  // the sum over units of a per-unit value
     std::vector<double> v{local};

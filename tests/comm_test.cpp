@@ -42,7 +42,7 @@ void check_adjoint(double fx_y, double x_fty, double norm_fx, double norm_y) {
   CHECK(norm_fx * norm_y > 0);  // the test saw real data
 }
 
-const nn::collective call{.message_id = 7, .step = 3, .timeout = std::chrono::seconds(20), .chunk_bytes = 40};
+const nn::call_options call{.message_id = 7, .step = 3, .timeout = std::chrono::seconds(20), .chunk_bytes = 40};
 
 }  // namespace
 
@@ -287,7 +287,7 @@ TEST_CASE("a dead unit makes every other unit fail with a typed error, fast") {
 TEST_CASE("a silent unit is a timeout_error within the deadline plus a margin") {
   nn::local_cluster cluster(3);
   const auto timeout = std::chrono::milliseconds(300);
-  nn::collective c = call;
+  nn::call_options c = call;
   c.timeout = timeout;
   const auto start = nn::clock::now();
   auto errors = cluster.run_collect([&](nn::local_transport& t) {

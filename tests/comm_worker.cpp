@@ -64,7 +64,7 @@ int main(int argc, char** argv) try {
     try {
       std::vector<double> data(1000, 1.0);
       nn::all_reduce(t, nn::group::world(config.world_size), std::span<double>(data),
-                     nn::collective{.message_id = 3, .step = 42, .timeout = deadline_in_test});
+                     nn::call_options{.message_id = 3, .step = 42, .timeout = deadline_in_test});
       return report(config, mode.c_str(), false, "the all-reduce finished without unit 1");
     } catch (const nn::comm_error& e) {
       const auto took = nn::clock::now() - start;

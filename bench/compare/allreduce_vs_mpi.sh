@@ -28,7 +28,7 @@
 #   SIZES_MIB     buffer sizes in MiB of float32 (default "1 4 16 64")
 #   REPETITIONS   timed all-reduces per size (default: the programs' own, 512 MiB / size within 5..50)
 #   WARMUP        untimed all-reduces per size first (default 2)
-#   CHUNK_BYTES   f2d2n's collective::chunk_bytes (default: the library's)
+#   CHUNK_BYTES   f2d2n's call_options::chunk_bytes (default: the library's)
 #   ROUNDS        turns each side takes (default 1)
 #   RUN_TIMEOUT   seconds one run (one side, one P, every size) may take before it is killed (default 300)
 #   MPIRUN        the mpirun to use (default mpirun); MPICXX likewise (default mpicxx), for the check

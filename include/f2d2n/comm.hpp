@@ -3,6 +3,5 @@
 
 #include <f2d2n/comm/cartesian.hpp>
 #include <f2d2n/comm/halo.hpp>
-#include <f2d2n/comm/partition.hpp>
 #include <f2d2n/comm/primitives.hpp>
 #include <f2d2n/comm/repartition.hpp>

@@ -3,6 +3,7 @@
 
 #include <f2d2n/core/denormals.hpp>
 #include <f2d2n/core/error.hpp>
+#include <f2d2n/core/partition.hpp>
 #include <f2d2n/core/random.hpp>
 #include <f2d2n/core/shape.hpp>
 #include <f2d2n/core/unit.hpp>

@@ -7,7 +7,7 @@
 // type; cartesian_partition is the run-time value every primitive works on.
 #pragma once
 
-#include <f2d2n/comm/partition.hpp>
+#include <f2d2n/core/partition.hpp>
 #include <f2d2n/core/error.hpp>
 
 #include <array>

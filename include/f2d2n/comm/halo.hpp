@@ -86,7 +86,7 @@ inline box slab(const box& local, std::size_t k, std::size_t lo, std::size_t hi)
 /// `recv_region` from unit `from` (if any); `land` stores or adds what arrived.
 template <transport T, class S>
 void halo_shift(T& t, const group& g, std::span<S> local, const box& geo_local, const box& send_region, std::ptrdiff_t to,
-                const box& recv_region, std::ptrdiff_t from, bool add, const collective& c, deadline until) {
+                const box& recv_region, std::ptrdiff_t from, bool add, const call_options& c, deadline until) {
   std::vector<S> send_buf(to >= 0 ? send_region.volume() : 0), recv_buf(from >= 0 ? recv_region.volume() : 0);
   if (to >= 0) copy_region(send_region, local.data(), geo_local, send_buf.data(), send_region);
   if (to >= 0 && from >= 0)
@@ -111,7 +111,7 @@ void zero_region(std::span<S> local, const box& local_box, const box& region) {
 /// `local` is this unit's local array (halo_local_size elements). (Adjoint: halo_exchange_adjoint.)
 template <transport T, wire_scalar S>
 void halo_exchange(T& t, const group& g, const cartesian_partition& part, const halo_widths& h, std::span<S> local,
-                   const collective& c) {
+                   const call_options& c) {
   const std::size_t me = g.index_of(t.rank());
   if (me >= part.units()) return;  // a member without a box takes no part
   const auto geo = detail::halo_setup(part, h, me);
@@ -136,7 +136,7 @@ void halo_exchange(T& t, const group& g, const cartesian_partition& part, const 
 /// owned cell it mirrors, and zeroes it.
 template <transport T, wire_scalar S>
 void halo_exchange_adjoint(T& t, const group& g, const cartesian_partition& part, const halo_widths& h,
-                           std::span<S> local, const collective& c) {
+                           std::span<S> local, const call_options& c) {
   const std::size_t me = g.index_of(t.rank());
   if (me >= part.units()) return;
   const auto geo = detail::halo_setup(part, h, me);

@@ -11,13 +11,13 @@
 //   gather                            scatter
 //
 // A group is an ordered list of units; "index" means a position in it. Vectors are split over a
-// group by balanced decomposition (comm/partition.hpp): segment i is part i of p. Every frame of
+// group by balanced decomposition (core/partition.hpp): segment i is part i of p. Every frame of
 // one call carries the call's message id and step; frames between two units stay in order, so a
 // collective needs one id. Every receive has the call's deadline: a dead peer is a peer_error and a
 // silent one a timeout_error on every unit that waits for it, naming the message and the step.
 #pragma once
 
-#include <f2d2n/comm/partition.hpp>
+#include <f2d2n/core/partition.hpp>
 #include <f2d2n/core/error.hpp>
 #include <f2d2n/transport/concept.hpp>
 
@@ -54,7 +54,7 @@ struct group {
 };
 
 /// What identifies one collective call on the wire, and how long a unit waits in it.
-struct collective {
+struct call_options {
   std::uint32_t message_id = 0;
   std::uint64_t step = 0;
   std::chrono::milliseconds timeout{30000};
@@ -84,7 +84,7 @@ inline std::size_t relative(std::size_t index, std::size_t root, std::size_t p) 
 
 /// Broadcast: every member's `data` becomes the root's. (Adjoint: sum_reduce.)
 template <transport T, wire_scalar S>
-void broadcast(T& t, const group& g, std::size_t root, std::span<S> data, const collective& c) {
+void broadcast(T& t, const group& g, std::size_t root, std::span<S> data, const call_options& c) {
   detail::check_root(g, root);
   const std::size_t p = g.size(), me = g.index_of(t.rank()), rel = detail::relative(me, root, p);
   const deadline until = c.until();
@@ -104,7 +104,7 @@ void broadcast(T& t, const group& g, std::size_t root, std::span<S> data, const 
 /// Sum-reduce: the root's `data` becomes the sum of every member's `data`. Other members' `data`
 /// is used as scratch (it ends holding partial sums). (Adjoint: broadcast.)
 template <transport T, wire_scalar S>
-void sum_reduce(T& t, const group& g, std::size_t root, std::span<S> data, const collective& c) {
+void sum_reduce(T& t, const group& g, std::size_t root, std::span<S> data, const call_options& c) {
   detail::check_root(g, root);
   const std::size_t p = g.size(), me = g.index_of(t.rank()), rel = detail::relative(me, root, p);
   const deadline until = c.until();
@@ -131,7 +131,7 @@ namespace detail {
 struct direct_t {};
 template <transport T, class S, class Combine>
 void ring_step(T& t, const group& g, std::size_t me, std::span<const S> send_part, std::span<S> recv_part,
-               std::vector<S>& scratch, const collective& c, deadline until, Combine combine) {
+               std::vector<S>& scratch, const call_options& c, deadline until, Combine combine) {
   constexpr bool direct = std::is_same_v<Combine, direct_t>;
   const std::size_t p = g.size();
   const unit_id right = g[(me + 1) % p], left = g[(me + p - 1) % p];
@@ -163,7 +163,7 @@ namespace detail {
 /// right, receive segment me-2-s from the left and add it in. Segment me is then complete here;
 /// the others hold partial sums.
 template <transport T, class S>
-void ring_reduce_scatter_in_place(T& t, const group& g, std::size_t me, std::span<S> data, const collective& c,
+void ring_reduce_scatter_in_place(T& t, const group& g, std::size_t me, std::span<S> data, const call_options& c,
                                   std::size_t block = 1) {
   const std::size_t p = g.size(), n = data.size() / block;
   const deadline until = c.until();
@@ -193,7 +193,7 @@ std::size_t blocks_of(std::span<S> v, std::size_t block, const char* what) {
 /// elements), so that e.g. the column shards of a batch, stored shard after shard, stay whole.
 /// (Adjoint: all_gather with the same block.)
 template <transport T, wire_scalar S>
-void reduce_scatter(T& t, const group& g, std::span<const S> in, std::span<S> out, const collective& c,
+void reduce_scatter(T& t, const group& g, std::span<const S> in, std::span<S> out, const call_options& c,
                     std::size_t block = 1) {
   const std::size_t p = g.size(), me = g.index_of(t.rank()), n = detail::blocks_of(in, block, "reduce_scatter's input");
   detail::check_extent(out, part_size(n, p, me) * block, "reduce_scatter's output");
@@ -207,7 +207,7 @@ void reduce_scatter(T& t, const group& g, std::span<const S> in, std::span<S> ou
 /// contributes segment i of out's blocks of `block` elements split over the group).
 /// (Adjoint: reduce_scatter with the same block.)
 template <transport T, wire_scalar S>
-void all_gather(T& t, const group& g, std::span<const S> in, std::span<S> out, const collective& c,
+void all_gather(T& t, const group& g, std::span<const S> in, std::span<S> out, const call_options& c,
                 std::size_t block = 1) {
   const std::size_t p = g.size(), me = g.index_of(t.rank()), n = detail::blocks_of(out, block, "all_gather's output");
   detail::check_extent(in, part_size(n, p, me) * block, "all_gather's input");
@@ -227,12 +227,12 @@ void all_gather(T& t, const group& g, std::span<const S> in, std::span<S> out, c
 }
 
 /// All-reduce (sum): every member's `data` becomes the sum of every member's `data`. A ring:
-/// reduce-scatter then all-gather, each streaming in chunks of collective::chunk_bytes; every
+/// reduce-scatter then all-gather, each streaming in chunks of call_options::chunk_bytes; every
 /// unit sends and receives 2 (p-1)/p of the buffer. In place: partial sums accumulate in `data`
 /// and the all-gather receives straight into it (the only buffer is one chunk of scratch).
 /// Self-adjoint.
 template <transport T, wire_scalar S>
-void all_reduce(T& t, const group& g, std::span<S> data, const collective& c) {
+void all_reduce(T& t, const group& g, std::span<S> data, const call_options& c) {
   const std::size_t p = g.size(), me = g.index_of(t.rank()), n = data.size();
   if (p == 1) return;
   detail::ring_reduce_scatter_in_place(t, g, me, data, c);
@@ -246,7 +246,7 @@ void all_reduce(T& t, const group& g, std::span<S> data, const collective& c) {
 /// other members may pass an empty span). (Adjoint: gather.)
 template <transport T, wire_scalar S>
 void scatter(T& t, const group& g, std::size_t root, std::span<const S> in, std::span<S> out, std::size_t n,
-             const collective& c) {
+             const call_options& c) {
   detail::check_root(g, root);
   const std::size_t p = g.size(), me = g.index_of(t.rank());
   detail::check_extent(out, part_size(n, p, me), "scatter's output");
@@ -267,7 +267,7 @@ void scatter(T& t, const group& g, std::size_t root, std::span<const S> in, std:
 /// member i; out is written on the root only). (Adjoint: scatter.)
 template <transport T, wire_scalar S>
 void gather(T& t, const group& g, std::size_t root, std::span<const S> in, std::span<S> out, std::size_t n,
-            const collective& c) {
+            const call_options& c) {
   detail::check_root(g, root);
   const std::size_t p = g.size(), me = g.index_of(t.rank());
   detail::check_extent(in, part_size(n, p, me), "gather's input");

@@ -19,7 +19,7 @@ namespace f2d2n {
 /// from `to` back to `from`.)
 template <transport T, wire_scalar S>
 void repartition(T& t, const group& g, const cartesian_partition& from, const cartesian_partition& to,
-                 std::span<const S> in, std::span<S> out, const collective& c) {
+                 std::span<const S> in, std::span<S> out, const call_options& c) {
   if (from.extents != to.extents)
     throw configuration_error("f2d2n: repartition between partitions of different global extents");
   if (from.units() > g.size() || to.units() > g.size())

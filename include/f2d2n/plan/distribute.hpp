@@ -26,7 +26,7 @@
 // instantiation line names the layer index or the pipeline.
 #pragma once
 
-#include <f2d2n/comm/partition.hpp>
+#include <f2d2n/core/partition.hpp>
 #include <f2d2n/core/unit.hpp>
 #include <f2d2n/model/layers.hpp>
 #include <f2d2n/model/sequential.hpp>

@@ -47,7 +47,7 @@ namespace f2d2n {
 /// Plan is first used; a failed one is the only error.)
 template <plan_type Plan, transport Transport, class Scalar = float>
 class distributed_network : public processing_unit<Transport, Scalar> {
-  using engine = processing_unit<Transport, Scalar>;
+  using unit_type = processing_unit<Transport, Scalar>;
 
  public:
   using plan = Plan;
@@ -61,8 +61,8 @@ class distributed_network : public processing_unit<Transport, Scalar> {
   /// values for its part. Throws configuration_error when the transport's world size or
   /// fingerprint is not the plan's.
   explicit distributed_network(Transport& t, std::uint64_t seed = 0, distributed_options options = {})
-      : engine(t, detail::describe_unit<Plan, Scalar>(detail::check_transport<Plan>(t).rank()), options) {
-    engine::initialize(seed);
+      : unit_type(t, detail::describe_unit<Plan, Scalar>(detail::check_transport<Plan>(t).rank()), options) {
+    unit_type::initialize(seed);
   }
 };
 

@@ -12,8 +12,8 @@ namespace f2d2n {
 struct distributed_options {
   /// How long a unit waits in one collective before timeout_error (a dead or silent peer).
   std::chrono::milliseconds timeout{60000};
-  /// Largest piece a ring step sends at once (collective::chunk_bytes).
-  std::size_t chunk_bytes = collective{}.chunk_bytes;
+  /// Largest piece a ring step sends at once (call_options::chunk_bytes).
+  std::size_t chunk_bytes = call_options{}.chunk_bytes;
   /// Sum the gradient buckets of data_parallel on a second thread of the unit while the backward
   /// pass goes on (the thread sleeps while it waits). Off by default: one compute thread per unit;
   /// then each bucket is summed in the compute thread as soon as it is complete. The messages and

@@ -285,8 +285,8 @@ class processing_unit {
     return message({message_kind::statistics, true, 0, 0}, 2, d_.stages).id;
   }
 
-  [[nodiscard]] collective call(std::uint32_t message) const {
-    collective c;
+  [[nodiscard]] call_options call(std::uint32_t message) const {
+    call_options c;
     c.message_id = message;
     c.step = step_;
     c.timeout = options_.timeout;
@@ -379,7 +379,7 @@ class processing_unit {
     const auto& b = d_.buckets[next_bucket_];
     const std::size_t k = next_bucket_++;
     if (d_.replicas < 2) return;
-    collective c = call(message({message_kind::gradients, true, b.layer, k}, b.size, d_.replicas).id);
+    call_options c = call(message({message_kind::gradients, true, b.layer, k}, b.size, d_.replicas).id);
     const std::span<Scalar> part = std::span<Scalar>(grads_).subspan(b.begin, b.size);
     if (!summer_.joinable()) {
       const detail::stopwatch timing(times_.communication);
@@ -461,7 +461,7 @@ class processing_unit {
   // The summing thread and its queue (only when overlapping a data-parallel all-reduce).
   struct job {
     std::span<Scalar> part;
-    collective call;
+    call_options call;
   };
   std::mutex jobs_m_;
   std::condition_variable jobs_cv_, done_cv_;

@@ -6,7 +6,7 @@
 #include <f2d2n/plan/messages.hpp>
 #include <f2d2n/plan/policies.hpp>
 
-#include <f2d2n/comm/partition.hpp>
+#include <f2d2n/core/partition.hpp>
 #include <f2d2n/core/unit.hpp>
 #include <f2d2n/model/layers.hpp>
 #include <f2d2n/model/sequential.hpp>

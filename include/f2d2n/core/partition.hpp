@@ -1,4 +1,4 @@
-// f2d2n/comm/partition.hpp: balanced decomposition of an extent over parts.
+// f2d2n/core/partition.hpp: balanced decomposition of an extent over parts.
 //
 // Extent n over P parts gives part i the size n/P + (i < n%P): the first n%P parts get one more.
 #pragma once
