@@ -181,38 +181,11 @@ struct distribute {
     std::array<std::size_t, stages + 1> b{};
     b[0] = 1;
     b[stages] = layer_count - 1;
-    if (!pipeline_ok) return b;  // reported by pipeline_check
+    if (!pipeline_ok) return b;  // reported by plan_check::pipeline_stages
     if constexpr (hand::by_hand) {
       for (std::size_t k = 0; k + 1 < stages; ++k) b[k + 1] = hand::starts[k];
     } else {
-      // Greedy packing under a bound is exact for contiguous groups: find the smallest bound
-      // under which `stages` groups (each with at least one layer) suffice, by bisection.
-      auto pack = [&](std::size_t bound, std::array<std::size_t, stages + 1>& out) {
-        std::size_t i = 1;
-        for (std::size_t k = 0; k < stages; ++k) {
-          out[k] = i;
-          const std::size_t must_leave = stages - k - 1;  // layers the later stages need
-          std::size_t sum = 0, taken = 0;
-          while (i < layer_count - 1 && layer_count - 1 - i > must_leave) {
-            const std::size_t c = Net::parameter_counts[i];
-            if (sum + c > bound) break;
-            sum += c;
-            ++taken;
-            ++i;
-          }
-          if (taken == 0) return false;
-        }
-        out[stages] = layer_count - 1;
-        return i == layer_count - 1;
-      };
-      std::size_t lo = 0, hi = Net::parameter_count;
-      std::array<std::size_t, stages + 1> tmp{};
-      while (lo < hi) {
-        const std::size_t mid = lo + (hi - lo) / 2;
-        if (pack(mid, tmp)) hi = mid;
-        else lo = mid + 1;
-      }
-      pack(lo, b);
+      detail::balanced_stages(Net::parameter_counts, b);
     }
     return b;
   }();
@@ -535,25 +508,6 @@ struct distribute {
 
 template <class Net, class... P>
 inline constexpr bool is_plan_v<distribute<Net, P...>> = true;
-
-/// A plan in words, for checkpoints and messages, e.g. "data_parallel<2> pipeline<2, microbatches<4>,
-/// one_f_one_b, stages at layers 1 4> tensor_parallel<2>, layers 1:outputs[2x1] 3:outputs[2x1] 5:outputs[2x1]".
-template <class Plan>
-std::string plan_description() {
-  std::string s = "data_parallel<" + std::to_string(Plan::replicas) + "> pipeline<" + std::to_string(Plan::stages) +
-                  ", microbatches<" + std::to_string(Plan::microbatch_count) + ">, " +
-                  (Plan::schedule_id == gpipe::id ? "gpipe" : "one_f_one_b") + ", stages at layers";
-  for (std::size_t k = 0; k < Plan::stages; ++k) s += " " + std::to_string(Plan::stage_begin[k]);
-  s += "> tensor_parallel<" + std::to_string(Plan::shards) + ">, layers";
-  static constexpr const char* kinds[] = {"none", "replicated", "outputs", "inputs", "grid"};
-  for (std::size_t i = 0; i < Plan::layer_count; ++i) {
-    const auto p = Plan::partition_of(0, i);
-    if (Plan::splits[i] == split_kind::none) continue;
-    s += " " + std::to_string(i) + ":" + kinds[static_cast<std::size_t>(Plan::splits[i])] + "[" +
-         std::to_string(p.out_parts) + "x" + std::to_string(p.in_parts) + "]";
-  }
-  return s;
-}
 
 /// A distribute<...> type.
 template <class T>

@@ -99,6 +99,42 @@ constexpr bool schedule_completes(std::size_t schedule, std::size_t stages, std:
   return true;
 }
 
+/// Layers [1, counts.size() - 1) in stages.size() - 1 contiguous stages, the largest stage's
+/// parameter count as small as it can be, each stage as full as that bound allows: greedy packing
+/// under a bound is exact for contiguous groups, and the smallest bound is found by bisection.
+/// Writes stage k's first layer to stages[k] (stages[last] = the loss layer).
+template <std::size_t Layers, std::size_t StagesPlusOne>
+constexpr void balanced_stages(const std::array<std::size_t, Layers>& counts,
+                               std::array<std::size_t, StagesPlusOne>& stages) {
+  constexpr std::size_t n = StagesPlusOne - 1;
+  auto pack = [&](std::size_t bound, std::array<std::size_t, StagesPlusOne>& out) {
+    std::size_t i = 1;
+    for (std::size_t k = 0; k < n; ++k) {
+      out[k] = i;
+      const std::size_t must_leave = n - k - 1;  // layers the later stages need
+      std::size_t sum = 0, taken = 0;
+      while (i < Layers - 1 && Layers - 1 - i > must_leave) {
+        if (sum + counts[i] > bound) break;
+        sum += counts[i];
+        ++taken;
+        ++i;
+      }
+      if (taken == 0) return false;
+    }
+    out[n] = Layers - 1;
+    return i == Layers - 1;
+  };
+  std::size_t lo = 0, hi = 0;
+  for (auto c : counts) hi += c;
+  std::array<std::size_t, StagesPlusOne> tmp{};
+  while (lo < hi) {
+    const std::size_t mid = lo + (hi - lo) / 2;
+    if (pack(mid, tmp)) hi = mid;
+    else lo = mid + 1;
+  }
+  pack(lo, stages);
+}
+
 /// Always true: static_assert(evaluated<X>) makes the compiler evaluate X (and the checks in it).
 template <bool>
 inline constexpr bool evaluated = true;

@@ -7,6 +7,7 @@
 #include <f2d2n/core/random.hpp>
 #include <f2d2n/model/network.hpp>
 #include <f2d2n/model/summary.hpp>
+#include <f2d2n/plan/description.hpp>
 #include <f2d2n/plan/distribute.hpp>
 #include <f2d2n/train/callbacks.hpp>
 #include <f2d2n/train/trainer.hpp>
