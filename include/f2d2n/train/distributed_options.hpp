@@ -17,10 +17,8 @@ struct distributed_options {
   /// Sum the gradient buckets of data_parallel on a second thread of the unit while the backward
   /// pass goes on (the thread sleeps while it waits). Off by default: one compute thread per unit;
   /// then each bucket is summed in the compute thread as soon as it is complete. The messages and
-  /// the results are the same either way. On the 2-core development machine, with 2 units and
-  /// buckets of 32768 values, overlapping made the MLP's DP2 step slower (47-58k against 88k
-  /// samples/s with one bucket; bench/ddp_bench.cpp --buckets --overlap): the second thread
-  /// competes with the compute threads for the cores. It pays where a unit has a core to spare.
+  /// the results are the same either way. The second thread competes with the compute threads for
+  /// the cores: it pays where a unit has a core to spare (measurements: docs/plan.md).
   bool overlap = false;
 };
 

@@ -4,20 +4,18 @@
 // train/impl/processing_unit.hpp.
 #pragma once
 
+#include <f2d2n/train/detail/bucket_summer.hpp>
 #include <f2d2n/train/detail/unit_description.hpp>
 #include <f2d2n/train/distributed_options.hpp>
 
 #include <algorithm>
 #include <array>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <exception>
-#include <mutex>
+#include <optional>
 #include <span>
 #include <string>
-#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -42,20 +40,10 @@ class processing_unit {
     for (auto& a : acts_) a.resize(d_.layers.size());
     params_.assign(d_.parameters, Scalar(0));
     grads_.assign(d_.header + d_.parameters, Scalar(0));  // the step's loss and correct count, padding, the gradients
-    if (options_.overlap && d_.replicas > 1 && d_.buckets.size() > 1)
-      summer_ = std::thread([this] { sum_buckets(); });
+    if (options_.overlap && d_.replicas > 1 && d_.buckets.size() > 1) summer_.emplace(t_, d_.data_group);
   }
   processing_unit(const processing_unit&) = delete;
   processing_unit& operator=(const processing_unit&) = delete;
-  ~processing_unit() {
-    if (!summer_.joinable()) return;
-    {
-      const std::lock_guard lock(jobs_m_);
-      stop_ = true;
-    }
-    jobs_cv_.notify_all();
-    summer_.join();  // a bucket in flight ends by itself: every collective has a deadline
-  }
 
   [[nodiscard]] unit_id rank() const noexcept { return t_.rank(); }
   [[nodiscard]] unit_coordinates coordinates() const noexcept { return d_.coordinates; }
@@ -163,10 +151,7 @@ class processing_unit {
     loss_sum_ = 0;
     correct_ = 0;
     next_bucket_ = 0;
-    if (summer_.joinable()) {
-      const std::lock_guard lock(jobs_m_);
-      failure_seen_ = false;  // a new step: its buckets are sent
-    }
+    if (summer_) summer_->begin_step();
     const drain_on_exit drain{*this};  // no bucket outlives the step, even when it fails
     for (std::size_t k = 0; k < 2 * m; ++k) {
       const auto op = detail::schedule_op(d_.schedule, d_.stages, d_.coordinates.stage, m, k);
@@ -381,25 +366,17 @@ class processing_unit {
     if (d_.replicas < 2) return;
     call_options c = call(message({message_kind::gradients, true, b.layer, k}, b.size, d_.replicas).id);
     const std::span<Scalar> part = std::span<Scalar>(grads_).subspan(b.begin, b.size);
-    if (!summer_.joinable()) {
+    if (!summer_) {
       const detail::stopwatch timing(times_.communication);
       all_reduce(t_, d_.data_group, part, c);
       return;
     }
-    {
-      const std::lock_guard lock(jobs_m_);
-      jobs_.push_back({part, c});
-      ++pending_;
-    }
-    jobs_cv_.notify_all();
+    summer_->post(part, c);
   }
 
   /// Waits until every posted bucket is summed; rethrows the first failure of one.
   void wait_for_buckets() {
-    if (!summer_.joinable()) return;
-    std::unique_lock lock(jobs_m_);
-    done_cv_.wait(lock, [this] { return pending_ == 0; });
-    if (auto e = std::exchange(failure_, nullptr)) std::rethrow_exception(e);
+    if (summer_) summer_->wait();
   }
 
   /// On the way out of compute_gradients, by return or by exception: the summing thread must not
@@ -407,15 +384,9 @@ class processing_unit {
   struct drain_on_exit {
     processing_unit& e;
     ~drain_on_exit() {
-      if (!e.summer_.joinable()) return;
-      std::unique_lock lock(e.jobs_m_);
-      e.done_cv_.wait(lock, [this] { return e.pending_ == 0; });
-      e.failure_ = nullptr;  // after a failed step only the step's own exception is reported
+      if (e.summer_) e.summer_->drain();
     }
   };
-
-  /// The summing thread: one bucket after another, in the order posted; sleeps while it waits.
-  void sum_buckets();
 
   /// Calls f(serial offset, local offset, count) for each contiguous piece of this unit's
   /// parameters in the serial layout.
@@ -458,21 +429,12 @@ class processing_unit {
   bool last_backward_ = false;
   std::size_t next_bucket_ = 0;
   time_split times_;
-  // The summing thread and its queue (only when overlapping a data-parallel all-reduce).
-  struct job {
-    std::span<Scalar> part;
-    call_options call;
-  };
-  std::mutex jobs_m_;
-  std::condition_variable jobs_cv_, done_cv_;
-  std::deque<job> jobs_;
-  std::size_t pending_ = 0;
-  bool stop_ = false, failure_seen_ = false;
-  std::exception_ptr failure_;
-  std::thread summer_;  // last: started when everything it uses exists, joined first
   double loss_sum_ = 0;
   std::size_t correct_ = 0;
   std::uint64_t step_ = 0;
+  // The summing thread (only when overlapping a data-parallel all-reduce). Last: started when
+  // everything it uses exists, joined first.
+  std::optional<detail::bucket_summer<Transport, Scalar>> summer_;
 };
 
 }  // namespace f2d2n

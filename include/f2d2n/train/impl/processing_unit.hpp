@@ -1,5 +1,5 @@
 // f2d2n/train/impl/processing_unit.hpp: a unit's passes through its stage (forward and backward of a
-// micro-batch, of its layers) and the gradient-summing thread; declared in train/processing_unit.hpp.
+// micro-batch, of its layers); declared in train/processing_unit.hpp.
 #pragma once
 
 #include <f2d2n/train/processing_unit.hpp>
@@ -153,37 +153,6 @@ std::size_t processing_unit<Transport, Scalar>::backward(
     if (i == d_.first) break;
   }
   return current;
-}
-
-template <transport Transport, class Scalar>
-void processing_unit<Transport, Scalar>::sum_buckets() {
-  for (;;) {
-    job j;
-    {
-      std::unique_lock lock(jobs_m_);
-      jobs_cv_.wait(lock, [this] { return stop_ || !jobs_.empty(); });
-      if (jobs_.empty()) return;
-      j = jobs_.front();
-      jobs_.pop_front();
-    }
-    std::exception_ptr failed;
-    if (!failure_seen_) {
-      try {
-        all_reduce(t_, d_.data_group, j.part, j.call);
-      } catch (...) {
-        failed = std::current_exception();
-      }
-    }
-    {
-      const std::lock_guard lock(jobs_m_);
-      if (failed) {
-        failure_seen_ = true;  // the ring is out of step: the later buckets of this step are not sent
-        if (!failure_) failure_ = failed;
-      }
-      --pending_;
-    }
-    done_cv_.notify_all();
-  }
 }
 
 }  // namespace f2d2n
