@@ -1,0 +1,67 @@
+// f2d2n/transport/detail/tcp/link.hpp: the state of the connection to one peer: its socket and
+// strand, and per direction the queue of operations and who may use the socket there.
+#pragma once
+
+#include <f2d2n/core/unit.hpp>
+#include <f2d2n/transport/detail/tcp/asio.hpp>
+#include <f2d2n/transport/detail/tcp/operation.hpp>
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+namespace f2d2n::detail::tcp_impl {
+
+/// One direction of a link (sending, with send_op, or receiving, with receive_op).
+template <class Op>
+struct direction {
+  std::deque<std::shared_ptr<Op>> queue;  // operations in the order they were started
+  bool caller = false;   // a caller's thread moves a frame here: the strand moves none meanwhile
+  bool waiting = false;  // a waiter coroutine waits for the socket to be ready in this direction
+  std::string down;      // why frames can no longer move here ("" while they can)
+};
+
+/// The connection to one peer. Its strand runs the queued operations; everything below `m` is
+/// touched only with `m` held, by the strand or by a caller's thread on the fast path of a
+/// blocking call (recursive: completion handlers may run inline on the strand and start more).
+struct link {
+  link(asio::io_context& io, unit_id p, socket_type s)
+      : peer(p), strand(asio::make_strand(io)), socket(std::move(s)), fd(socket.native_handle()) {}
+  unit_id peer;
+  strand_type strand;
+  std::recursive_mutex m;
+  socket_type socket;
+  int fd;                       // the socket's descriptor, for poll() on a caller's thread
+  direction<send_op> tx;
+  direction<receive_op> rx;
+  std::uint64_t backlog = 0;    // bytes of tx's frames copied and not yet written
+  std::string goodbye_text;     // the payload of the peer's goodbye frame
+  bool closing = false;         // this unit is shutting the link down
+  bool close_deferred = false;  // shutdown() closed the link while a caller's thread held it
+
+  /// The direction that operations of type Op use.
+  template <class Op>
+  [[nodiscard]] direction<Op>& along() noexcept {
+    if constexpr (std::is_same_v<Op, send_op>)
+      return tx;
+    else
+      return rx;
+  }
+};
+
+[[nodiscard]] inline bool would_block(const error_code& ec) {
+  return ec == asio::error::would_block || ec == asio::error::try_again;
+}
+
+/// Why a link went down, in words, from the error of a socket operation.
+[[nodiscard]] inline std::string connection_failure(const error_code& ec) {
+  if (ec == asio::error::eof || ec == asio::error::broken_pipe || ec == asio::error::connection_reset)
+    return "the connection was closed by the peer (" + ec.message() + ")";
+  return "the connection failed: " + ec.message();
+}
+
+}  // namespace f2d2n::detail::tcp_impl
