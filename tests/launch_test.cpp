@@ -11,6 +11,8 @@
 #include <f2d2n/core/error.hpp>
 #include <f2d2n/launch.hpp>
 
+#include "launch/launcher.hpp"  // tools/launch/: the supervisor behind f2d2n_launch
+
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>

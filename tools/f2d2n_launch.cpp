@@ -6,7 +6,7 @@
 //   f2d2n_launch -n 2 --base-port 29500 --timeout 600 -- python3 unit.py
 //   f2d2n_launch -n 4 --max-restarts 3 -- ./train --resume   # F2D2N_RESTART tells a restart
 //   f2d2n_launch --help
-#include <f2d2n/launch.hpp>
+#include "launch/launcher.hpp"
 
 #include <boost/program_options.hpp>
 

@@ -1,6 +1,7 @@
 // A downstream program: one include per part, one model type, a few training steps on synthetic
 // data, then the model through safetensors, a Boost archive and a checkpoint it resumes from.
 #include <f2d2n/f2d2n.hpp>
+#include <f2d2n/launch.hpp>  // cluster configuration: what a unit started by f2d2n_launch reads
 #include <f2d2n/store.hpp>
 #include <f2d2n/train/checkpoint.hpp>
 
@@ -52,6 +53,7 @@ int main() {
   const bool found = ck2.resume().has_value();
   std::filesystem::remove_all(dir);
 
+  static_assert(nn::default_base_port == 29500);
   const bool ok = after.loss < before.loss && same(from_file) && same(from_archive) && found && same(resumed);
   std::printf("f2d2n %d.%d.%d consumer: loss %.4f -> %.4f; safetensors, archive and checkpoint %s\n", nn::version_major,
               nn::version_minor, nn::version_patch, before.loss, after.loss, ok ? "round-trip" : "FAILED");

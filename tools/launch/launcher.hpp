@@ -1,5 +1,7 @@
-// f2d2n/launch/launcher.hpp: start the units of a cluster as processes on this machine (what
-// torchrun or mpirun do for one machine), POSIX only.
+// tools/launch/launcher.hpp: start the units of a cluster as processes on this machine (what
+// torchrun or mpirun do for one machine), POSIX only. The supervisor behind the f2d2n_launch
+// program (tools/f2d2n_launch.cpp) and tests/launch_test.cpp; not one of the installed headers: a
+// unit needs only <f2d2n/launch/config.hpp>.
 //
 //   f2d2n::launch({.processes = 4}, {"./train", "--epochs", "3"}, std::cout, std::cerr);
 //
@@ -47,7 +49,8 @@
 #include <f2d2n/core/error.hpp>
 #include <f2d2n/core/unit.hpp>
 #include <f2d2n/launch/config.hpp>
-#include <f2d2n/launch/detail/process.hpp>
+
+#include "process.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-// f2d2n/launch/detail/process.hpp: what launch() (launch/launcher.hpp) is built from: file
+// tools/launch/process.hpp: what launch() (tools/launch/launcher.hpp) is built from: file
 // descriptors and pipes, process-wide signal handling, port reservation, starting, reading,
 // signalling and reaping unit processes.
 #pragma once
