@@ -69,9 +69,9 @@ int main(int argc, char** argv) {
     std::uint64_t step = 0;  // every call of the run gets its own step; frames carry it
     auto call = [&](std::uint32_t message) {
       return f2d2n::call_options{.message_id = message,
-                               .step = step++,
-                               .timeout = std::chrono::milliseconds(o.timeout_ms),
-                               .chunk_bytes = o.chunk_bytes};
+                                 .step = step++,
+                                 .timeout = std::chrono::milliseconds(o.timeout_ms),
+                                 .chunk_bytes = o.chunk_bytes};
     };
     std::vector<float> token(p);
     auto barrier = [&] { f2d2n::all_reduce(t, world, std::span<float>(token), call(1)); };
@@ -89,8 +89,8 @@ int main(int argc, char** argv) {
         barrier();
         f2d2n::all_reduce(t, world, std::span<float>(data), call(2));
         if (w == 0 && std::any_of(data.begin(), data.end(), [&](float x) { return x != expected; })) {
-          std::fprintf(stderr, "allreduce_bench: unit %u: wrong sum for %zu MiB (expected %g everywhere)\n", cfg.rank, mib,
-                       static_cast<double>(expected));
+          std::fprintf(stderr, "allreduce_bench: unit %u: wrong sum for %zu MiB (expected %g everywhere)\n", cfg.rank,
+                       mib, static_cast<double>(expected));
           return 1;
         }
       }
@@ -109,7 +109,8 @@ int main(int argc, char** argv) {
       }
       if (cfg.rank == 0) {
         const double s = allreduce_bench::median(seconds);
-        const double busbw = 2.0 * static_cast<double>(p - 1) / static_cast<double>(p) * static_cast<double>(bytes) / s / 1e9;
+        const double busbw =
+            2.0 * static_cast<double>(p - 1) / static_cast<double>(p) * static_cast<double>(bytes) / s / 1e9;
         std::printf("f2d2n allreduce p=%zu bytes=%zu seconds=%.6e busbw_GBps=%.3f\n", p, bytes, s, busbw);
         std::fflush(stdout);
       }

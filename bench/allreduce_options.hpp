@@ -17,7 +17,7 @@ struct options {
   std::vector<std::size_t> sizes_mib{1, 4, 16, 64};
   std::size_t repetitions = 0;  // 0: by size
   std::size_t warmup = 2;
-  std::size_t chunk_bytes = 0;  // 0: the library's default (f2d2n only)
+  std::size_t chunk_bytes = 0;     // 0: the library's default (f2d2n only)
   std::size_t timeout_ms = 60000;  // f2d2n only
 };
 
@@ -26,8 +26,8 @@ inline std::size_t number(std::string_view name, const std::string& text, std::s
   char* end = nullptr;
   const unsigned long long v = std::strtoull(text.c_str(), &end, 10);
   if (text.empty() || text[0] < '0' || text[0] > '9' || *end != '\0' || v < min)
-    throw std::invalid_argument(std::string(name) + " wants a whole number of at least " + std::to_string(min) + ", not '" +
-                                text + "'");
+    throw std::invalid_argument(std::string(name) + " wants a whole number of at least " + std::to_string(min) +
+                                ", not '" + text + "'");
   return static_cast<std::size_t>(v);
 }
 

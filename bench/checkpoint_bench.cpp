@@ -199,8 +199,10 @@ struct stepped {
     nn::dataset<float> d;
     d.samples = nn::matrix<float>(static_cast<Eigen::Index>(samples), static_cast<Eigen::Index>(Net::input_size));
     for (Eigen::Index k = 0; k < d.samples.size(); ++k)
-      d.samples.data()[k] = static_cast<float>(nn::random_bits(42, 0, static_cast<std::uint64_t>(k)) >> 40) * 0x1.0p-24f;
-    for (std::size_t i = 0; i < samples; ++i) d.labels.push_back(static_cast<std::int32_t>(nn::random_bits(42, 1, i) % 10));
+      d.samples.data()[k] =
+          static_cast<float>(nn::random_bits(42, 0, static_cast<std::uint64_t>(k)) >> 40) * 0x1.0p-24f;
+    for (std::size_t i = 0; i < samples; ++i)
+      d.labels.push_back(static_cast<std::int32_t>(nn::random_bits(42, 1, i) % 10));
     d.classes = 10;
     trainer.fit(d, {.epochs = 1, .batch_size = samples, .seed = 1});
   }
@@ -287,10 +289,11 @@ void write_and_load(const char* label, const fs::path& root, int write_reps, int
     raw_rates.push_back(mbps(bytes, raw));
     ckpt_rates.push_back(mbps(bytes, w.total));
     ratios.push_back(raw / w.total);
-    std::printf("write %-3s turn %d  raw %8.1f MB/s (%7.2f ms)  checkpoint %8.1f MB/s (%7.2f ms: data+part %.2f, "
-                "manifest %.2f, tidy %.2f)  ratio %.3f\n",
-                label, r, raw_rates.back(), raw * 1e3, ckpt_rates.back(), w.total * 1e3, w.data * 1e3,
-                w.manifest * 1e3, w.tidy * 1e3, ratios.back());
+    std::printf(
+        "write %-3s turn %d  raw %8.1f MB/s (%7.2f ms)  checkpoint %8.1f MB/s (%7.2f ms: data+part %.2f, "
+        "manifest %.2f, tidy %.2f)  ratio %.3f\n",
+        label, r, raw_rates.back(), raw * 1e3, ckpt_rates.back(), w.total * 1e3, w.data * 1e3, w.manifest * 1e3,
+        w.tidy * 1e3, ratios.back());
   }
   // The checksums alone, over the same bytes (part of the data+part phase).
   double sum_best = 1e9;
@@ -302,17 +305,20 @@ void write_and_load(const char* label, const fs::path& root, int write_reps, int
     if (x == 1) std::printf("#\n");  // keep x alive
   }
   const double ratio = median(ratios);
-  std::printf("write %-3s median  raw %8.1f MB/s  checkpoint %8.1f MB/s  ratio %.3f (best raw %.1f, best checkpoint "
-              "%.1f MB/s); XXH3 of the bytes alone %.2f ms (%.0f MB/s)\n",
-              label, median(raw_rates), median(ckpt_rates), ratio, *std::max_element(raw_rates.begin(), raw_rates.end()),
-              *std::max_element(ckpt_rates.begin(), ckpt_rates.end()), sum_best * 1e3, mbps(bytes, sum_best));
-  table.push_back({1, text_of("1 write %s (%.1f MB) / raw write+fsync", label, static_cast<double>(bytes) / 1e6),
-                   text_of("%.0f / %.0f MB/s, turns' median %.0f %%", median(ckpt_rates), median(raw_rates), 100 * ratio), ">= 80 %",
-                   ratio >= 0.8});
+  std::printf(
+      "write %-3s median  raw %8.1f MB/s  checkpoint %8.1f MB/s  ratio %.3f (best raw %.1f, best checkpoint "
+      "%.1f MB/s); XXH3 of the bytes alone %.2f ms (%.0f MB/s)\n",
+      label, median(raw_rates), median(ckpt_rates), ratio, *std::max_element(raw_rates.begin(), raw_rates.end()),
+      *std::max_element(ckpt_rates.begin(), ckpt_rates.end()), sum_best * 1e3, mbps(bytes, sum_best));
+  table.push_back(
+      {1, text_of("1 write %s (%.1f MB) / raw write+fsync", label, static_cast<double>(bytes) / 1e6),
+       text_of("%.0f / %.0f MB/s, turns' median %.0f %%", median(ckpt_rates), median(raw_rates), 100 * ratio),
+       ">= 80 %", ratio >= 0.8});
   if (dd_mbps > 0)
-    table.push_back({1, text_of("  (write %s / dd conv=fsync, cross-check)", label),
-                     text_of("%.0f / %.0f MB/s = %.0f %%", median(ckpt_rates), dd_mbps, 100 * median(ckpt_rates) / dd_mbps),
-                     "", std::nullopt});
+    table.push_back(
+        {1, text_of("  (write %s / dd conv=fsync, cross-check)", label),
+         text_of("%.0f / %.0f MB/s = %.0f %%", median(ckpt_rates), dd_mbps, 100 * median(ckpt_rates) / dd_mbps), "",
+         std::nullopt});
 
   // Target 2: loads of the newest checkpoint, its files in the page cache.
   const auto files = store.list(last + "/unit-");
@@ -329,16 +335,18 @@ void write_and_load(const char* label, const fs::path& root, int write_reps, int
     params_best = std::min(params_best, seconds_since(start));
   }
   const std::uint64_t param_bytes = bytes / adam_buffers;
-  std::printf("load  %-3s best of %d  pread %8.1f MB/s (%7.2f ms)  load_checkpoint %8.1f MB/s (%7.2f ms)  "
-              "load_parameters %8.1f MB/s (%7.2f ms for %.2f MB)\n",
-              label, load_reps, mbps(bytes, pread_best), pread_best * 1e3, mbps(bytes, ckpt_best), ckpt_best * 1e3,
-              mbps(param_bytes, params_best), params_best * 1e3, static_cast<double>(param_bytes) / 1e6);
-  table.push_back({2, text_of("2 load_checkpoint %s, warm", label), text_of("%.0f MB/s", mbps(bytes, ckpt_best)), ">= 1000 MB/s",
-                   mbps(bytes, ckpt_best) >= 1000});
-  table.push_back({2, text_of("2 load_parameters %s, warm", label), text_of("%.0f MB/s", mbps(param_bytes, params_best)),
-                   ">= 1000 MB/s", mbps(param_bytes, params_best) >= 1000});
-  table.push_back({2, text_of("  (pread of the data file %s, warm)", label), text_of("%.0f MB/s", mbps(bytes, pread_best)), "",
-                   std::nullopt});
+  std::printf(
+      "load  %-3s best of %d  pread %8.1f MB/s (%7.2f ms)  load_checkpoint %8.1f MB/s (%7.2f ms)  "
+      "load_parameters %8.1f MB/s (%7.2f ms for %.2f MB)\n",
+      label, load_reps, mbps(bytes, pread_best), pread_best * 1e3, mbps(bytes, ckpt_best), ckpt_best * 1e3,
+      mbps(param_bytes, params_best), params_best * 1e3, static_cast<double>(param_bytes) / 1e6);
+  table.push_back({2, text_of("2 load_checkpoint %s, warm", label), text_of("%.0f MB/s", mbps(bytes, ckpt_best)),
+                   ">= 1000 MB/s", mbps(bytes, ckpt_best) >= 1000});
+  table.push_back({2, text_of("2 load_parameters %s, warm", label),
+                   text_of("%.0f MB/s", mbps(param_bytes, params_best)), ">= 1000 MB/s",
+                   mbps(param_bytes, params_best) >= 1000});
+  table.push_back({2, text_of("  (pread of the data file %s, warm)", label),
+                   text_of("%.0f MB/s", mbps(bytes, pread_best)), "", std::nullopt});
   // What fresh memory costs here: the first touch of a new buffer of the checkpoint's size (a
   // loader that stages the values in new buffers pays it for each of them).
   double touch_best = 1e9;
@@ -363,27 +371,30 @@ void epoch_and_saves(const fs::path& root, const std::string& data_dir, int save
   nn::trainer t(net, nn::adam{.learning_rate = 0.001});
   const auto report = t.fit(train, {.epochs = 1, .batch_size = 64, .seed = 1});
   const double epoch = report.seconds;
-  std::printf("epoch mlp  %.3f s (%zu steps of 64, %.0f samples/s, loss %.4f, accuracy %.2f %%)\n", epoch,
-              report.steps, report.samples_per_second, report.train.loss, 100 * report.train.accuracy);
+  std::printf("epoch mlp  %.3f s (%zu steps of 64, %.0f samples/s, loss %.4f, accuracy %.2f %%)\n", epoch, report.steps,
+              report.samples_per_second, report.train.loss, 100 * report.train.accuracy);
   nn::directory_backend store(root / "store-epoch");
   std::vector<double> totals;
   for (int k = 0; k < saves; ++k) {
     // As checkpointer::on_epoch_end names and keeps them (keep 3: from the 4th on, one is removed).
-    const auto w = timed_save(t, store, nn::detail::checkpoint_name(t.position().global_step + static_cast<std::uint64_t>(k)), 3);
+    const auto w =
+        timed_save(t, store, nn::detail::checkpoint_name(t.position().global_step + static_cast<std::uint64_t>(k)), 3);
     totals.push_back(w.total);
     std::printf("save  mlp  %d  %7.2f ms (data+part %.2f, manifest %.2f, tidy %.2f) = %.3f %% of the epoch\n", k,
                 w.total * 1e3, w.data * 1e3, w.manifest * 1e3, w.tidy * 1e3, 100 * w.total / epoch);
   }
   const double m = median(totals), worst = *std::max_element(totals.begin(), totals.end());
-  table.push_back({3, "3 one save (mlp, keep 3) / one epoch",
-                   text_of("%.1f ms / %.2f s = %.2f %% (worst %.2f %%)", m * 1e3, epoch, 100 * m / epoch, 100 * worst / epoch),
-                   "< 5 %", m / epoch < 0.05});
+  table.push_back(
+      {3, "3 one save (mlp, keep 3) / one epoch",
+       text_of("%.1f ms / %.2f s = %.2f %% (worst %.2f %%)", m * 1e3, epoch, 100 * m / epoch, 100 * worst / epoch),
+       "< 5 %", m / epoch < 0.05});
 }
 
 int positive(const char* v, const char* what) {
   char* end = nullptr;
   const long n = std::strtol(v, &end, 10);
-  if (!end || *end || n <= 0 || n > 1000) throw std::invalid_argument(std::string(what) + " takes a whole number in 1..1000");
+  if (!end || *end || n <= 0 || n > 1000)
+    throw std::invalid_argument(std::string(what) + " takes a whole number in 1..1000");
   return static_cast<int>(n);
 }
 
@@ -414,9 +425,10 @@ settings parse(int argc, char** argv) {
       s.dd_mlp = std::stod(v.substr(0, comma));
       s.dd_big = std::stod(v.substr(comma + 1));
     } else if (a == "--help" || a == "-h") {
-      std::printf("checkpoint_bench [--dir DIR] [--data-dir DIR] [--write-reps N] [--big-write-reps N]\n"
-                  "                 [--load-reps N] [--epoch-saves N] [--no-big] [--no-epoch] [--dd-mbps MLP,BIG] [--sizes]\n"
-                  "(see the top of bench/checkpoint_bench.cpp)\n");
+      std::printf(
+          "checkpoint_bench [--dir DIR] [--data-dir DIR] [--write-reps N] [--big-write-reps N]\n"
+          "                 [--load-reps N] [--epoch-saves N] [--no-big] [--no-epoch] [--dd-mbps MLP,BIG] [--sizes]\n"
+          "(see the top of bench/checkpoint_bench.cpp)\n");
       std::exit(0);
     } else {
       throw std::invalid_argument("unknown option " + std::string(a) + " (see --help)");
@@ -448,7 +460,9 @@ int main(int argc, char** argv) try {
   std::printf("\n%-48s %-46s %-13s %s\n", "target", "figure", "goal", "verdict");
   for (const auto& v : table)
     std::printf("%-48s %-46s %-13s %s\n", v.target.c_str(), v.figure.c_str(), v.goal.c_str(),
-                !v.met ? "" : *v.met ? "met" : "NOT MET");
+                !v.met   ? ""
+                : *v.met ? "met"
+                         : "NOT MET");
   std::printf("# %.1f s in all\n", seconds_since(run_start));
   return 0;
 } catch (const std::exception& e) {

@@ -19,9 +19,9 @@
 // random_bits(42, 1, i) % 10); step s trains on samples [s*B, s*B + B) of the pool, cyclically.
 //
 // For each global batch size, `repetitions` runs, each: a fresh network (seed 1) and optimizer,
-// `warmup` untimed steps, then `steps` timed ones (the median run by samples/s is printed); warmup + steps is at most 512 (a fresh model every 512 steps keeps the
-// momentum of dead ReLU units out of subnormals on the PyTorch side, see train_step_bench.cpp).
-// In DP2 the clock starts when the last warm-up step returns (its all-reduce lines the units up)
+// `warmup` untimed steps, then `steps` timed ones (the median run by samples/s is printed); warmup + steps is at most
+// 512 (a fresh model every 512 steps keeps the momentum of dead ReLU units out of subnormals on the PyTorch side, see
+// train_step_bench.cpp). In DP2 the clock starts when the last warm-up step returns (its all-reduce lines the units up)
 // and stops when the last timed step's optimizer update is done. Unit 0 (the only process when
 // serial) prints one line per batch size:
 //
@@ -104,10 +104,11 @@ struct options {
 };
 
 [[noreturn]] void usage(const std::string& why) {
-  std::fprintf(stderr,
-               "ddp_bench: %s\nusage: ddp_bench [--serial] [--batches 64,128] [--steps N] [--warmup N] "
-               "[--repetitions N] [--timeout-ms N] [--buckets [--overlap]]\n  DP2: f2d2n_launch -n 2 -- ddp_bench ...\n",
-               why.c_str());
+  std::fprintf(
+      stderr,
+      "ddp_bench: %s\nusage: ddp_bench [--serial] [--batches 64,128] [--steps N] [--warmup N] "
+      "[--repetitions N] [--timeout-ms N] [--buckets [--overlap]]\n  DP2: f2d2n_launch -n 2 -- ddp_bench ...\n",
+      why.c_str());
   std::exit(2);
 }
 
@@ -223,10 +224,11 @@ timing median_run(std::vector<timing> runs) {
 }
 
 void report(const char* mode, std::size_t batch, const options& o, const timing& t, double allreduce_ms) {
-  std::printf("ddp_bench mode=%s batch=%zu steps=%zu seconds=%.6f samples/s=%.1f step_ms=%.4f grad_ms=%.4f "
-              "update_ms=%.4f",
-              mode, batch, o.steps, t.seconds, static_cast<double>(o.steps * batch) / t.seconds, median(t.step_ms),
-              median(t.grad_ms), median(t.update_ms));
+  std::printf(
+      "ddp_bench mode=%s batch=%zu steps=%zu seconds=%.6f samples/s=%.1f step_ms=%.4f grad_ms=%.4f "
+      "update_ms=%.4f",
+      mode, batch, o.steps, t.seconds, static_cast<double>(o.steps * batch) / t.seconds, median(t.step_ms),
+      median(t.grad_ms), median(t.update_ms));
   if (allreduce_ms >= 0) std::printf(" allreduce_ms=%.4f", allreduce_ms);
   std::printf("\n");
   std::fflush(stdout);
@@ -234,10 +236,11 @@ void report(const char* mode, std::size_t batch, const options& o, const timing&
 
 int run_serial(const options& o, const synthetic_pool& pool) {
   const nn::flush_denormals ftz;  // as trainer::fit runs its steps
-  std::printf("# f2d2n serial: network<mlp>, one process, one thread (Eigen %d.%d.%d, %s); synthetic pool of %ld; "
-              "warmup %zu, %zu timed steps, %zu run(s) per batch size\n",
-              EIGEN_WORLD_VERSION, EIGEN_MAJOR_VERSION, EIGEN_MINOR_VERSION, Eigen::SimdInstructionSetsInUse(),
-              static_cast<long>(pool_samples), o.warmup, o.steps, o.repetitions);
+  std::printf(
+      "# f2d2n serial: network<mlp>, one process, one thread (Eigen %d.%d.%d, %s); synthetic pool of %ld; "
+      "warmup %zu, %zu timed steps, %zu run(s) per batch size\n",
+      EIGEN_WORLD_VERSION, EIGEN_MAJOR_VERSION, EIGEN_MINOR_VERSION, Eigen::SimdInstructionSetsInUse(),
+      static_cast<long>(pool_samples), o.warmup, o.steps, o.repetitions);
   for (const std::size_t batch : o.batches) {
     std::vector<timing> runs;
     for (std::size_t r = 0; r < o.repetitions; ++r) {
@@ -266,11 +269,12 @@ int run_dp2(const options& o, const synthetic_pool& pool) {
 
   const nn::flush_denormals ftz;
   if (cfg.rank == 0)
-    std::printf("# f2d2n DP2: distribute<mlp, data_parallel<2%s>> over tcp_transport (loopback), 2 processes, one "
-                "thread of compute each%s; %zu bytes sent per unit and step at batch %zu; warmup %zu, %zu timed steps, %zu run(s) per batch size\n",
-                o.buckets ? ", 32768" : "", o.overlap ? " and one summing the gradient buckets" : "",
-                static_cast<std::size_t>(Plan::bytes_sent_per_step(0, o.batches.front())), o.batches.front(), o.warmup,
-                o.steps, o.repetitions);
+    std::printf(
+        "# f2d2n DP2: distribute<mlp, data_parallel<2%s>> over tcp_transport (loopback), 2 processes, one "
+        "thread of compute each%s; %zu bytes sent per unit and step at batch %zu; warmup %zu, %zu timed steps, %zu run(s) per batch size\n",
+        o.buckets ? ", 32768" : "", o.overlap ? " and one summing the gradient buckets" : "",
+        static_cast<std::size_t>(Plan::bytes_sent_per_step(0, o.batches.front())), o.batches.front(), o.warmup, o.steps,
+        o.repetitions);
   for (const std::size_t batch : o.batches) {
     std::vector<timing> runs;
     for (std::size_t r = 0; r < o.repetitions; ++r) {
@@ -280,7 +284,8 @@ int run_dp2(const options& o, const synthetic_pool& pool) {
     }
     const timing tm = median_run(std::move(runs));  // unit 0's runs (unit 1's differ by the last step's wait)
     // The step's all-reduce alone: the loss sum, correct count and padding, then the gradients.
-    std::vector<float, Eigen::aligned_allocator<float>> grads(Plan::gradient_offset + Plan::parameter_count_of(cfg.rank),
+    std::vector<float, Eigen::aligned_allocator<float>> grads(Plan::gradient_offset +
+                                                                  Plan::parameter_count_of(cfg.rank),
                                                               1e-3f);
     std::vector<double> lone;
     for (int k = 0; k < 30; ++k) {

@@ -132,7 +132,8 @@ void BM_train_step(benchmark::State& state) {
     }
     ++steps;
     r = net.compute_gradients(data.x.middleRows(start, batch),
-                              std::span<const std::int32_t>(data.labels.data() + start, static_cast<std::size_t>(batch)));
+                              std::span<const std::int32_t>(data.labels.data() + start,
+                                                            static_cast<std::size_t>(batch)));
     opt.step(net.parameters(), net.gradients());
     benchmark::DoNotOptimize(r);
     benchmark::ClobberMemory();
@@ -217,9 +218,8 @@ BENCHMARK(BM_sgd_update_subnormal_velocity)->ArgName("flushed")->Arg(0)->Arg(1)-
 }  // namespace
 
 int main(int argc, char** argv) {
-  benchmark::AddCustomContext("eigen", std::to_string(EIGEN_WORLD_VERSION) + "." +
-                                           std::to_string(EIGEN_MAJOR_VERSION) + "." +
-                                           std::to_string(EIGEN_MINOR_VERSION));
+  benchmark::AddCustomContext("eigen", std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) +
+                                           "." + std::to_string(EIGEN_MINOR_VERSION));
   benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
   benchmark::AddCustomContext("eigen_threads", std::to_string(Eigen::nbThreads()));
   benchmark::Initialize(&argc, argv);

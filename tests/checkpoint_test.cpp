@@ -98,7 +98,8 @@ void resume_and_compare(nn::storage_backend& store, std::size_t epochs) {
       nn::checkpointer ck(t, store, {.keep = 0});
       if (!ck.resume()) throw std::runtime_error("no checkpoint to resume from");
       t.fit(plan_data<float>(), fit_for(epochs));
-      compare_layers<plan_mlp>(exported(net), expected, net.parameter_count(), 1e-5, "after resuming", failures[tr.rank()]);
+      compare_layers<plan_mlp>(exported(net), expected, net.parameter_count(), 1e-5, "after resuming",
+                               failures[tr.rank()]);
     });
     for (std::size_t r = 0; r < failures.size(); ++r)
       for (const auto& f : failures[r]) FAIL_CHECK("unit " << r << ": " << f);
@@ -210,16 +211,16 @@ TEST_CASE("a checkpoint of another model is refused with the difference") {
     FAIL("loaded a checkpoint of another model");
   } catch (const nn::storage_error& e) {
     CHECK(e.problem() == nn::storage_problem::model_mismatch);
-    CHECK(std::string(e.what()).find("layer 3 is dense[10]->[6]:66 in the model, dense[10]->[7]:77 in the stored one") !=
-          std::string::npos);
+    CHECK(std::string(e.what()).find(
+              "layer 3 is dense[10]->[6]:66 in the model, dense[10]->[7]:77 in the stored one") != std::string::npos);
   }
   nn::network<plan_mlp, double> wide(1);
   CHECK_THROWS_WITH_AS(nn::load_parameters(wide, store, *nn::latest_checkpoint(store)),
                        doctest::Contains("holds F32 values, this network F64"), nn::storage_error);
 }
 
-TEST_CASE_TEMPLATE("each plan's checkpoint, loaded serially, equals serial training", Plan, plan_dp2_tp2, plan_tp3_mixed,
-                   plan_pp2_1f1b, plan_tp2x2, plan_dp2_pp2_tp2, plan_tp2_chain, plan_dp3_buckets) {
+TEST_CASE_TEMPLATE("each plan's checkpoint, loaded serially, equals serial training", Plan, plan_dp2_tp2,
+                   plan_tp3_mixed, plan_pp2_1f1b, plan_tp2x2, plan_dp2_pp2_tp2, plan_tp2_chain, plan_dp3_buckets) {
   nn::testing::temp_dir dir;
   nn::directory_backend store(dir.path());
   train_and_checkpoint<Plan>(store, 2);

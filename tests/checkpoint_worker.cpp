@@ -104,9 +104,9 @@ int train(Network& net, const settings& s, unsigned rank) {
   if (s.resume) {
     if (const auto info = ck.resume())
       std::printf("unit %u: resumed from %s (epoch %llu, step %llu)\n", rank, info->name.c_str(),
-                  static_cast<unsigned long long>(info->position.epoch), static_cast<unsigned long long>(info->position.step));
-    else
-      std::printf("unit %u: no checkpoint yet, starting\n", rank);
+                  static_cast<unsigned long long>(info->position.epoch),
+                  static_cast<unsigned long long>(info->position.step));
+    else std::printf("unit %u: no checkpoint yet, starting\n", rank);
   }
   t.fit(plan_data<float>(), fit());
   std::printf("unit %u: trained to step %llu\n", rank, static_cast<unsigned long long>(t.position().global_step));

@@ -108,7 +108,8 @@ std::vector<std::string> adjoint_suite(T& t, std::chrono::milliseconds timeout =
   {  // scatter / gather from unit 0
     const auto x = random_vector(n, 300);
     std::vector<double> sc(part_size(n, p, me));
-    scatter(t, g, 0, me == 0 ? std::span<const double>(x) : std::span<const double>(), std::span<double>(sc), n, call());
+    scatter(t, g, 0, me == 0 ? std::span<const double>(x) : std::span<const double>(), std::span<double>(sc), n,
+            call());
     const auto y = random_vector(sc.size(), 400 + me);
     std::vector<double> ga(me == 0 ? n : 0);
     gather(t, g, 0, std::span<const double>(y), std::span<double>(ga), n, call());

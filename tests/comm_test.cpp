@@ -217,8 +217,8 @@ TEST_CASE("scatter and gather are adjoint and move segments exactly") {
       const double fx_y = sum(on_cluster(p, [&](nn::local_transport& t) {
         std::vector<double> out(nn::part_size(n, p, t.rank()));
         const bool is_root = t.rank() == g[root];
-        nn::scatter(t, g, root, is_root ? std::span<const double>(x) : std::span<const double>(), std::span<double>(out), n,
-                    call);
+        nn::scatter(t, g, root, is_root ? std::span<const double>(x) : std::span<const double>(),
+                    std::span<double>(out), n, call);
         for (std::size_t k = 0; k < out.size(); ++k) CHECK(out[k] == x[nn::part_begin(n, p, t.rank()) + k]);
         return dot(out, random_vector(out.size(), 400 + t.rank()));
       }));
@@ -249,9 +249,9 @@ TEST_CASE("collectives run in a sub-group while other units do something else") 
   });
   nn::local_cluster other(2);
   CHECK_THROWS_AS(other.run([&](nn::local_transport& t) {
-                    std::vector<double> d(3);
-                    nn::all_reduce(t, nn::group{{0, 5}}, std::span<double>(d), call);
-                  }),
+    std::vector<double> d(3);
+    nn::all_reduce(t, nn::group{{0, 5}}, std::span<double>(d), call);
+  }),
                   nn::configuration_error);
 }
 
@@ -403,7 +403,8 @@ TEST_CASE("frame header: encode and decode round-trip, the checksum covers the h
   CHECK_THROWS_AS(nn::wire::verify(changed, payload, {}), nn::protocol_error);
   auto wrong_version = bytes;
   wrong_version[4] = std::byte{2};
-  CHECK_THROWS_WITH_AS((void)nn::wire::decode(wrong_version, {}), doctest::Contains("wire version 2"), nn::protocol_error);
+  CHECK_THROWS_WITH_AS((void)nn::wire::decode(wrong_version, {}), doctest::Contains("wire version 2"),
+                       nn::protocol_error);
 }
 
 // --- repartition and halo exchange ------------------------------------------------------------
@@ -439,8 +440,9 @@ struct repartition_case {
 
 TEST_CASE("repartition moves every element to its new owner and is adjoint to the reverse repartition") {
   const std::vector<repartition_case> cases{
-      {{10}, {3}, {5}},           {{10}, {1}, {7}},         {{7, 5}, {2, 3}, {3, 2}},    {{7, 5}, {6, 1}, {1, 6}},
-      {{9, 4}, {2, 2}, {4, 1}},   {{5, 6, 7}, {2, 2, 2}, {1, 4, 2}}, {{3, 3}, {1, 1}, {2, 2}}, {{8, 3}, {5, 1}, {1, 3}},
+      {{10}, {3}, {5}},         {{10}, {1}, {7}},         {{7, 5}, {2, 3}, {3, 2}},
+      {{7, 5}, {6, 1}, {1, 6}}, {{9, 4}, {2, 2}, {4, 1}}, {{5, 6, 7}, {2, 2, 2}, {1, 4, 2}},
+      {{3, 3}, {1, 1}, {2, 2}}, {{8, 3}, {5, 1}, {1, 3}},
   };
   for (const auto& rc : cases) {
     const nn::cartesian_partition from(rc.extents, rc.from), to(rc.extents, rc.to);
@@ -450,7 +452,8 @@ TEST_CASE("repartition moves every element to its new owner and is adjoint to th
     CAPTURE(to.units());
     const auto g = nn::group::world(p);
     auto own = [](const nn::cartesian_partition& part, unit_id r) {
-      return r < part.units() ? part.owned(r) : nn::box{std::vector<std::size_t>(part.dims()), std::vector<std::size_t>(part.dims())};
+      return r < part.units() ? part.owned(r)
+                              : nn::box{std::vector<std::size_t>(part.dims()), std::vector<std::size_t>(part.dims())};
     };
     // Exact: every unit ends with the reference tensor's values over its new box.
     on_cluster(p, [&](nn::local_transport& t) {
@@ -532,9 +535,8 @@ TEST_CASE("halo exchange fills ghosts (corners included) and is adjoint to halo_
         }
         return gpos;
       };
-      fill_box(local, sb, [&](const std::vector<std::size_t>& at) {
-        return is_owned(at) ? global_value(global_of(at)) : -1.0;
-      });
+      fill_box(local, sb,
+               [&](const std::vector<std::size_t>& at) { return is_owned(at) ? global_value(global_of(at)) : -1.0; });
       nn::halo_exchange(t, g, part, h, std::span<double>(local), call);
       std::vector<double> expected(local.size());
       fill_box(expected, sb, [&](const std::vector<std::size_t>& at) {
@@ -568,13 +570,14 @@ TEST_CASE("halo exchange fills ghosts (corners included) and is adjoint to halo_
 
 TEST_CASE("a halo wider than a unit's cells is a configuration error") {
   const nn::cartesian_partition part({4}, {4});
-  CHECK_THROWS_AS(on_cluster(4,
-                             [&](nn::local_transport& t) {
-                               std::vector<double> local(nn::halo_local_size(part, {{2}, {2}}, t.rank()));
-                               nn::halo_exchange(t, nn::group::world(4), part, {{2}, {2}}, std::span<double>(local), call);
-                               return 0.0;
-                             }),
-                  nn::configuration_error);
+  CHECK_THROWS_AS(
+      on_cluster(4,
+                 [&](nn::local_transport& t) {
+                   std::vector<double> local(nn::halo_local_size(part, {{2}, {2}}, t.rank()));
+                   nn::halo_exchange(t, nn::group::world(4), part, {{2}, {2}}, std::span<double>(local), call);
+                   return 0.0;
+                 }),
+      nn::configuration_error);
 }
 
 TEST_CASE("the transport-independent adjoint suite passes on local clusters of 1 to 8 units") {

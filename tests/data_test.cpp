@@ -296,10 +296,12 @@ TEST_CASE("read_idx honours custom idx_limits at their exact bounds") {
   write_plain(path, idx_bytes({10, 10}, pattern(100)));
 
   CHECK(f2d2n::read_idx(path, f2d2n::idx_limits{2, 100}).data.size() == 100);  // exactly at both limits
-  expect_data_error([&] { (void)f2d2n::read_idx(path, f2d2n::idx_limits{2, 99}); }, data_problem::bad_dimensions,
-                    path);
-  expect_data_error([&] { (void)f2d2n::read_idx(path, f2d2n::idx_limits{1, 100}); }, data_problem::bad_dimensions,
-                    path);
+  expect_data_error([&] { (void)f2d2n::read_idx(path, f2d2n::idx_limits{2, 99}); }, data_problem::bad_dimensions, path);
+  expect_data_error(
+      [&] {
+        (void)f2d2n::read_idx(path, f2d2n::idx_limits{1, 100});
+      },
+      data_problem::bad_dimensions, path);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -506,7 +508,8 @@ TEST_CASE("read_idx: an unsupported element type is named in hexadecimal") {
   const auto e = expect_data_error([&] { (void)f2d2n::read_idx(path); }, data_problem::bad_magic, path);
   REQUIRE(e);
   std::string what = e->what();
-  std::transform(what.begin(), what.end(), what.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+  std::transform(what.begin(), what.end(), what.begin(),
+                 [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
   CHECK_MESSAGE(contains(what, "0x0d"), what);
 }
 
@@ -524,8 +527,8 @@ TEST_CASE("read_idx: a directory is reported as missing, not as a corrupt stream
 
 TEST_CASE("load_idx builds a dataset with the default normalisation (byte / 255)") {
   temp_dir dir;
-  const bytes images{0, 51, 255, 102, 1, 254,  //
-                     7, 8, 9, 10, 11, 12};      // two 2 x 3 images
+  const bytes images{0, 51, 255, 102, 1,  254,  //
+                     7, 8,  9,   10,  11, 12};  // two 2 x 3 images
   const bytes labels{3, 9};
   for (const bool gz : {false, true}) {
     CAPTURE(gz);
@@ -596,7 +599,8 @@ TEST_CASE("load_idx: images and labels counts differ (count_mismatch naming both
   const std::string images = dir.file("images"), labels = dir.file("labels.gz");
   write_plain(images, idx_bytes({5, 2, 2}, pattern(20)));
   write_gz(labels, idx_bytes({4}, {0, 1, 2, 3}));
-  const auto e = expect_data_error([&] { (void)f2d2n::load_idx(images, labels); }, data_problem::count_mismatch, labels);
+  const auto e =
+      expect_data_error([&] { (void)f2d2n::load_idx(images, labels); }, data_problem::count_mismatch, labels);
   REQUIRE(e);
   CHECK_MESSAGE(contains(e->what(), images), std::string(e->what()));
   CHECK_MESSAGE(contains(e->what(), "5"), std::string(e->what()));
@@ -629,8 +633,8 @@ TEST_CASE("load_idx: a label not below the class count (bad_label naming the lab
   temp_dir dir;
   SUBCASE("label 10 of 10 classes") {
     const auto p = write_pair(dir, "ten", 3, 1, 2, pattern(6), {9, 10, 0});
-    const auto e = expect_data_error([&] { (void)f2d2n::load_idx(p.images, p.labels); }, data_problem::bad_label,
-                                     p.labels);
+    const auto e =
+        expect_data_error([&] { (void)f2d2n::load_idx(p.images, p.labels); }, data_problem::bad_label, p.labels);
     REQUIRE(e);
     CHECK_MESSAGE(contains(e->what(), "label 10"), std::string(e->what()));
     CHECK_MESSAGE(contains(e->what(), "sample 1"), std::string(e->what()));
@@ -730,8 +734,7 @@ TEST_CASE("load_mnist on a directory without the files: missing, with a hint at 
   SUBCASE("images present, labels absent") {
     write_gz(dir.file("t10k-images-idx3-ubyte.gz"), idx_bytes({1, 2, 2}, pattern(4)));
     const std::string expected = dir.file("t10k-labels-idx1-ubyte");
-    expect_data_error([&] { (void)f2d2n::load_mnist(dir.str(), f2d2n::split::test); }, data_problem::missing,
-                      expected);
+    expect_data_error([&] { (void)f2d2n::load_mnist(dir.str(), f2d2n::split::test); }, data_problem::missing, expected);
   }
   SUBCASE("a directory where a file should be is not a file") {
     write_gz(dir.file("train-labels-idx1-ubyte.gz"), idx_bytes({1}, {3}));
@@ -898,8 +901,8 @@ TEST_CASE("batcher: batches() and batch sizes for other sizes") {
     std::size_t n, batch;
     std::vector<std::size_t> sizes;
   };
-  for (const row& r : {row{8, 4, {4, 4}}, row{9, 4, {4, 4, 1}}, row{3, 5, {3}}, row{3, 3, {3}},
-                       row{5, 1, {1, 1, 1, 1, 1}}}) {
+  for (const row& r :
+       {row{8, 4, {4, 4}}, row{9, 4, {4, 4, 1}}, row{3, 5, {3}}, row{3, 3, {3}}, row{5, 1, {1, 1, 1, 1, 1}}}) {
     CAPTURE(r.n);
     CAPTURE(r.batch);
     const auto d = numbered_dataset(r.n);

@@ -396,7 +396,8 @@ TEST_CASE("launch: every unit succeeds; lines prefixed with the rank; each unit 
   std::set<std::string> peer_strings;
   for (int rank = 0; rank < 4; ++rank) {
     const std::string p = "[" + std::to_string(rank) + "] ";
-    const std::string start = p + "rank=" + std::to_string(rank) + " world=4 local=" + std::to_string(rank) + "/4 peers=";
+    const std::string start =
+        p + "rank=" + std::to_string(rank) + " world=4 local=" + std::to_string(rank) + "/4 peers=";
     std::size_t seen = 0;
     for (const auto& line : lines_of(r.out))
       if (line.rfind(start, 0) == 0) {
@@ -411,7 +412,7 @@ TEST_CASE("launch: every unit succeeds; lines prefixed with the rank; each unit 
   CHECK(lines_of(r.out).size() == 8);
   CHECK(lines_of(r.err).size() == 4);  // no message from the launcher on success
 
-  REQUIRE(peer_strings.size() == 1);  // every unit saw the same list
+  REQUIRE(peer_strings.size() == 1);                             // every unit saw the same list
   const auto peers = f2d2n::parse_peers(*peer_strings.begin());  // distinct, or it throws
   REQUIRE(peers.size() == 4);
   for (const auto& p : peers) {
@@ -428,8 +429,9 @@ TEST_CASE("launch: base port, ordered output in bulk, stdin is /dev/null, script
   CHECK(count_lines(r.out, "[2] 127.0.0.1:40100,127.0.0.1:40101,127.0.0.1:40102") == 1);
 
   // More output than a pipe holds, in order; a line longer than 64 KiB comes in pieces.
-  r = run_sh(units(2), "i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); done; "
-                       "head -c 70000 /dev/zero | tr '\\0' x");
+  r = run_sh(units(2),
+             "i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); done; "
+             "head -c 70000 /dev/zero | tr '\\0' x");
   CHECK(r.code == 0);
   for (const std::string p : {"[0] ", "[1] "}) {
     std::vector<std::string> mine;
@@ -460,7 +462,8 @@ TEST_CASE("launch: one unit fails; the others are ended at once, leaving nothing
   // Rank 1 waits (bounded) until ranks 0 and 2 have written their pids, then exits 3. Rank 0 is its
   // own `sleep`; rank 2 is a shell waiting for a `sleep` it started (a grandchild of the launcher).
   const std::string script =
-      "R=$F2D2N_RANK; D='" + d + "'; echo $$ > \"$D/t\"$R; mv \"$D/t\"$R \"$D/sh\"$R; "
+      "R=$F2D2N_RANK; D='" + d +
+      "'; echo $$ > \"$D/t\"$R; mv \"$D/t\"$R \"$D/sh\"$R; "
       "if [ $R = 1 ]; then i=0; while [ $i -lt 400 ] && { [ ! -e \"$D/sleep0\" ] || [ ! -e \"$D/sleep2\" ]; }; "
       "do sleep 0.02; i=$((i+1)); done; echo failing; exit 3; fi; "
       "if [ $R = 0 ]; then echo $$ > \"$D/t0\"; mv \"$D/t0\" \"$D/sleep0\"; exec sleep 30; fi; "
@@ -500,7 +503,8 @@ TEST_CASE("launch: a unit that ignores SIGTERM is killed after the grace period"
   temp_dir dir;
   const std::string d = dir.path().string();
   const std::string script =
-      "D='" + d + "'; if [ $F2D2N_RANK = 1 ]; then trap '' TERM; echo $$ > \"$D/t\"; mv \"$D/t\" \"$D/pid\"; "
+      "D='" + d +
+      "'; if [ $F2D2N_RANK = 1 ]; then trap '' TERM; echo $$ > \"$D/t\"; mv \"$D/t\" \"$D/pid\"; "
       "exec sleep 30; fi; i=0; while [ $i -lt 400 ] && [ ! -e \"$D/pid\" ]; do sleep 0.02; i=$((i+1)); done; exit 4";
   const auto r = run_sh(units(2, 300ms), script);
   INFO("err:\n" << r.err);
@@ -588,7 +592,8 @@ TEST_CASE("launch restarts: rank 1 fails on the first attempt only; all units re
   // Every unit records each F2D2N_RESTART it sees. On attempt 0 rank 1 waits (bounded) until ranks 0
   // and 2 have recorded theirs, then exits 5; ranks 0 and 2 wait to be ended. Attempt 1 succeeds.
   const std::string script =
-      "R=$F2D2N_RANK; A=$F2D2N_RESTART; D='" + d + "'; echo \"$A\" >> \"$D/seen$R\"; : > \"$D/ready$R.$A\"; "
+      "R=$F2D2N_RANK; A=$F2D2N_RESTART; D='" + d +
+      "'; echo \"$A\" >> \"$D/seen$R\"; : > \"$D/ready$R.$A\"; "
       "if [ \"$A\" = 0 ]; then if [ $R = 1 ]; then i=0; while [ $i -lt 400 ] && "
       "{ [ ! -e \"$D/ready0.0\" ] || [ ! -e \"$D/ready2.0\" ]; }; do sleep 0.02; i=$((i+1)); done; "
       "echo failing; exit 5; fi; exec sleep 30; fi; echo \"done $A $F2D2N_PEERS\"";
@@ -599,8 +604,9 @@ TEST_CASE("launch restarts: rank 1 fails on the first attempt only; all units re
   CHECK(r.code == 0);
   CHECK(r.seconds < 10);
   CHECK(count_lines(r.out, "[1] failing") == 1);
-  CHECK(count_lines(r.err, "[launch] rank 1 exited with code 5; ending the other units, then restarting all units "
-                           "(restart 1 of 1)") == 1);
+  CHECK(count_lines(r.err,
+                    "[launch] rank 1 exited with code 5; ending the other units, then restarting all units "
+                    "(restart 1 of 1)") == 1);
   CHECK(lines_of(r.err).size() == 1);  // SIGTERM was enough; nothing else to say
   for (int rank = 0; rank < 3; ++rank) {
     CAPTURE(rank);
@@ -628,10 +634,12 @@ TEST_CASE("launch restarts: a unit that always fails uses up the restarts; the l
   CHECK(r.code == 3);
   CHECK(r.seconds < 10);
   CHECK(read_file(dir.file("attempts")) == "0\n1\n2\n");  // 3 attempts in all
-  CHECK(count_lines(r.err, "[launch] rank 0 exited with code 3; ending the other units, then restarting all units "
-                           "(restart 1 of 2)") == 1);
-  CHECK(count_lines(r.err, "[launch] rank 0 exited with code 3; ending the other units, then restarting all units "
-                           "(restart 2 of 2)") == 1);
+  CHECK(count_lines(r.err,
+                    "[launch] rank 0 exited with code 3; ending the other units, then restarting all units "
+                    "(restart 1 of 2)") == 1);
+  CHECK(count_lines(r.err,
+                    "[launch] rank 0 exited with code 3; ending the other units, then restarting all units "
+                    "(restart 2 of 2)") == 1);
   CHECK(count_lines(r.err, "[launch] rank 0 exited with code 3; ending the other units") == 1);  // the last
   CHECK(lines_of(r.err).size() == 3);
 }
@@ -639,13 +647,15 @@ TEST_CASE("launch restarts: a unit that always fails uses up the restarts; the l
 TEST_CASE("launch restarts: a unit killed by SIGKILL is restarted") {
   auto o = units(2, 300ms);
   o.max_restarts = 1;
-  const auto r = run_sh(o, "if [ $F2D2N_RANK = 0 ] && [ $F2D2N_RESTART = 0 ]; then kill -KILL $$; fi; "
-                           "echo \"ok $F2D2N_RESTART\"");
+  const auto r = run_sh(o,
+                        "if [ $F2D2N_RANK = 0 ] && [ $F2D2N_RESTART = 0 ]; then kill -KILL $$; fi; "
+                        "echo \"ok $F2D2N_RESTART\"");
   INFO("out:\n" << r.out << "err:\n" << r.err);
   CHECK(r.code == 0);
   CHECK(r.seconds < 10);
-  CHECK(count_lines(r.err, "[launch] rank 0 was killed by SIGKILL (exit code 137); ending the other units, then "
-                           "restarting all units (restart 1 of 1)") == 1);
+  CHECK(count_lines(r.err,
+                    "[launch] rank 0 was killed by SIGKILL (exit code 137); ending the other units, then "
+                    "restarting all units (restart 1 of 1)") == 1);
   CHECK(count_lines(r.out, "[0] ok 1") == 1);
   CHECK(count_lines(r.out, "[1] ok 1") == 1);
   CHECK(count_lines(r.out, "[0] ok 0") == 0);

@@ -33,7 +33,8 @@ TEST_CASE("shapes and parameter counts are computed at compile time") {
 }
 
 TEST_CASE("multi-dimensional inputs flow through flatten, reshape and dense") {
-  using net = nn::sequential<nn::input<1, 28, 28>, nn::reshape<28, 28>, nn::flatten, nn::dense<10>, nn::softmax_cross_entropy>;
+  using net =
+      nn::sequential<nn::input<1, 28, 28>, nn::reshape<28, 28>, nn::flatten, nn::dense<10>, nn::softmax_cross_entropy>;
   static_assert(net::input_shape == nn::shape<1, 28, 28>::value);
   CHECK(net::input_size == 784);
   CHECK(net::output_extents[1] == nn::shape<28, 28>::value);
@@ -101,9 +102,11 @@ double gradient_check(std::uint64_t seed, std::size_t batch) {
   for (std::size_t k = 0; k < Net::parameter_count; ++k)
     net.parameters()[k] += 0.1 * nn::random_symmetric(seed, 999, k);
   nn::matrix<double> x(static_cast<Eigen::Index>(batch), static_cast<Eigen::Index>(Net::input_size));
-  for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = nn::random_symmetric(seed, 7, static_cast<std::uint64_t>(i));
+  for (Eigen::Index i = 0; i < x.size(); ++i)
+    x.data()[i] = nn::random_symmetric(seed, 7, static_cast<std::uint64_t>(i));
   std::vector<std::int32_t> labels(batch);
-  for (std::size_t i = 0; i < batch; ++i) labels[i] = static_cast<std::int32_t>(nn::random_bits(seed, 8, i) % Net::output_size);
+  for (std::size_t i = 0; i < batch; ++i)
+    labels[i] = static_cast<std::int32_t>(nn::random_bits(seed, 8, i) % Net::output_size);
 
   net.compute_gradients(x, labels);
   const std::vector<double> analytic(net.gradients().begin(), net.gradients().end());

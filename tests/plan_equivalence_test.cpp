@@ -24,17 +24,15 @@ void expect_equivalent(double tolerance) {
 }
 
 TEST_CASE_TEMPLATE("every plan trains to the serial weights (float32, 1e-5)", Plan, plan_dp2, plan_dp4,
-                   plan_dp3_buckets, plan_dp2_pp2_buckets, plan_tp2,
-                   plan_tp2_inputs, plan_tp3_mixed, plan_tp2x2, plan_tp2_chain, plan_dp2_tp2, plan_pp2_gpipe, plan_pp2_1f1b,
-                   plan_pp4, plan_dp2_pp2_tp2) {
+                   plan_dp3_buckets, plan_dp2_pp2_buckets, plan_tp2, plan_tp2_inputs, plan_tp3_mixed, plan_tp2x2,
+                   plan_tp2_chain, plan_dp2_tp2, plan_pp2_gpipe, plan_pp2_1f1b, plan_pp4, plan_dp2_pp2_tp2) {
   expect_equivalent<Plan, float>(1e-5);
 }
 
-TEST_CASE_TEMPLATE("every plan trains to the serial weights (float64, 1e-12)", Plan, plan_dp4, plan_dp3_buckets, plan_tp3_mixed,
-                   plan_tp2x2, plan_tp2_chain, plan_dp2_tp2, plan_pp4, plan_dp2_pp2_tp2) {
+TEST_CASE_TEMPLATE("every plan trains to the serial weights (float64, 1e-12)", Plan, plan_dp4, plan_dp3_buckets,
+                   plan_tp3_mixed, plan_tp2x2, plan_tp2_chain, plan_dp2_tp2, plan_pp4, plan_dp2_pp2_tp2) {
   expect_equivalent<Plan, double>(1e-12);
 }
-
 
 // ---- one model, whichever unit is read -------------------------------------------------------
 
@@ -50,7 +48,8 @@ std::vector<std::vector<float>> trained_copies() {
   data.samples.resize(60, 37);
   for (Eigen::Index r = 0; r < 60; ++r)
     for (Eigen::Index c = 0; c < 37; ++c)
-      data.samples(r, c) = static_cast<float>(nn::random_symmetric(5, static_cast<std::uint64_t>(r), static_cast<std::uint64_t>(c)));
+      data.samples(r, c) =
+          static_cast<float>(nn::random_symmetric(5, static_cast<std::uint64_t>(r), static_cast<std::uint64_t>(c)));
   for (std::int32_t r = 0; r < 60; ++r) data.labels.push_back((r * 7 + r / 3) % 5);
   data.sample_shape = nn::flat(37);
   data.classes = 5;
@@ -70,14 +69,15 @@ using copies_of = nn::distribute<copy_mlp, P...>;
 
 // Biases of by_inputs layers, row biases of by_grid, replicated layers and the replicas' copies:
 // every copy of a value has the same bits on every unit that holds it, after 20 Adam steps.
-TEST_CASE_TEMPLATE("every copy of a parameter is bitwise the same on every unit", Plan,
-                   copies_of<nn::data_parallel<3>>, copies_of<nn::tensor_parallel<2, nn::by_inputs>>,
-                   copies_of<nn::tensor_parallel<3, nn::by_inputs, nn::split_layer<3, nn::by_outputs>,
-                                                 nn::split_layer<5, nn::replicated>>>,
-                   copies_of<nn::tensor_parallel<4, nn::by_grid<2, 2>>>, copies_of<nn::tensor_parallel<6, nn::by_grid<2, 3>>>,
-                   copies_of<nn::tensor_parallel<2, nn::by_outputs, nn::split_layer<3, nn::by_inputs>>>,
-                   copies_of<nn::data_parallel<3>, nn::tensor_parallel<2, nn::by_inputs>>,
-                   copies_of<nn::data_parallel<2>, nn::pipeline<2, nn::microbatches<2>>, nn::tensor_parallel<2, nn::by_inputs>>) {
+TEST_CASE_TEMPLATE(
+    "every copy of a parameter is bitwise the same on every unit", Plan, copies_of<nn::data_parallel<3>>,
+    copies_of<nn::tensor_parallel<2, nn::by_inputs>>,
+    copies_of<
+        nn::tensor_parallel<3, nn::by_inputs, nn::split_layer<3, nn::by_outputs>, nn::split_layer<5, nn::replicated>>>,
+    copies_of<nn::tensor_parallel<4, nn::by_grid<2, 2>>>, copies_of<nn::tensor_parallel<6, nn::by_grid<2, 3>>>,
+    copies_of<nn::tensor_parallel<2, nn::by_outputs, nn::split_layer<3, nn::by_inputs>>>,
+    copies_of<nn::data_parallel<3>, nn::tensor_parallel<2, nn::by_inputs>>,
+    copies_of<nn::data_parallel<2>, nn::pipeline<2, nn::microbatches<2>>, nn::tensor_parallel<2, nn::by_inputs>>) {
   const auto units = trained_copies<Plan>();
   std::size_t copies = 0, differing = 0;
   for (std::size_t k = 0; k < copy_mlp::parameter_count; ++k) {

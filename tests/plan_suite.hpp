@@ -10,8 +10,8 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <type_traits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace f2d2n::testing {
@@ -46,7 +46,8 @@ dataset<Scalar> plan_data() {
   d.samples.resize(60, 13);
   for (Eigen::Index r = 0; r < d.samples.rows(); ++r)
     for (Eigen::Index c = 0; c < d.samples.cols(); ++c)
-      d.samples(r, c) = static_cast<Scalar>(random_symmetric(77, static_cast<std::uint64_t>(r), static_cast<std::uint64_t>(c)));
+      d.samples(r, c) =
+          static_cast<Scalar>(random_symmetric(77, static_cast<std::uint64_t>(r), static_cast<std::uint64_t>(c)));
   for (std::size_t r = 0; r < 60; ++r) d.labels.push_back(static_cast<std::int32_t>((r * 7 + r / 3) % 5));
   d.sample_shape = flat(13);
   d.classes = 5;
@@ -70,7 +71,8 @@ inline sgd plan_sgd() { return sgd{.learning_rate = 0.1, .momentum = 0.9, .weigh
 /// This unit's parameters in the serial layout; the places it does not hold are NaN.
 template <class Net>
 std::vector<typename Net::scalar> exported(const Net& net) {
-  std::vector<typename Net::scalar> v(Net::sequence::parameter_count, std::numeric_limits<typename Net::scalar>::quiet_NaN());
+  std::vector<typename Net::scalar> v(Net::sequence::parameter_count,
+                                      std::numeric_limits<typename Net::scalar>::quiet_NaN());
   net.export_parameters(v);
   return v;
 }
@@ -78,8 +80,9 @@ std::vector<typename Net::scalar> exported(const Net& net) {
 /// Compares a unit's exported parameters with the serial ones, layer by layer:
 /// max |unit - serial| <= tolerance * max |serial| over the values the unit holds.
 template <class Seq, class S>
-void compare_layers(const std::vector<S>& unit, std::type_identity_t<std::span<const S>> serial, std::size_t expected_count, double tolerance,
-                    const std::string& what, std::vector<std::string>& failures) {
+void compare_layers(const std::vector<S>& unit, std::type_identity_t<std::span<const S>> serial,
+                    std::size_t expected_count, double tolerance, const std::string& what,
+                    std::vector<std::string>& failures) {
   std::size_t held = 0;
   for (std::size_t i = 0; i < Seq::size; ++i) {
     double diff = 0, scale = 0;

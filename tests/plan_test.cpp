@@ -9,8 +9,8 @@
 #include <doctest/doctest.h>
 
 #include <array>
-#include <map>
 #include <atomic>
+#include <map>
 #include <type_traits>
 
 namespace nn = f2d2n;
@@ -37,13 +37,15 @@ static_assert(hybrid::unit<0>::parameter_count + hybrid::unit<1>::parameter_coun
 static_assert(nn::distribute<mlp, nn::data_parallel<3>>::unit<2>::parameter_count == mlp::parameter_count);
 // By inputs: the columns of W and every bias.
 using by_inputs_plan = nn::distribute<mlp, nn::tensor_parallel<3, nn::by_inputs>>;
-static_assert(by_inputs_plan::partition_of(2, 1).input_begin == 523 && by_inputs_plan::partition_of(2, 1).input_count == 261 &&
+static_assert(by_inputs_plan::partition_of(2, 1).input_begin == 523 &&
+              by_inputs_plan::partition_of(2, 1).input_count == 261 &&
               by_inputs_plan::partition_of(2, 1).count == 256 && by_inputs_plan::partition_of(2, 1).held);
-static_assert(std::is_same_v<boost::mp11::mp_at_c<by_inputs_plan::unit<2>::layers, 1>, nn::dense_input_shard<256, 523, 784>>);
+static_assert(
+    std::is_same_v<boost::mp11::mp_at_c<by_inputs_plan::unit<2>::layers, 1>, nn::dense_input_shard<256, 523, 784>>);
 static_assert(by_inputs_plan::unit<2>::parameter_count == 256 * 261 + 256 + 128 * 85 + 128 + 10 * 42 + 10);
 // Per-layer overrides.
-using mixed = nn::distribute<mlp, nn::tensor_parallel<2, nn::by_outputs, nn::split_layer<3, nn::by_inputs>,
-                                                      nn::split_layer<5, nn::replicated>>>;
+using mixed = nn::distribute<
+    mlp, nn::tensor_parallel<2, nn::by_outputs, nn::split_layer<3, nn::by_inputs>, nn::split_layer<5, nn::replicated>>>;
 static_assert(mixed::splits[1] == nn::split_kind::outputs && mixed::splits[2] == nn::split_kind::none &&
               mixed::splits[3] == nn::split_kind::inputs && mixed::splits[5] == nn::split_kind::replicated);
 // DistDL's 2-D grid: unit (a, b) of a 2 x 2 grid holds rows a and input columns b of each layer.
@@ -88,7 +90,8 @@ constexpr nn::step_message first_message_of_hybrid = [] {
   return found;
 }();
 // Layer 1's outputs gathered over its 2 shards: 32 x 256, this unit sends the other's 32 x 128.
-static_assert(first_message_of_hybrid == nn::step_message{nn::message_kind::all_gather, false, 1, 0, 32, 256, 2, 0, 32 * 128,
+static_assert(first_message_of_hybrid == nn::step_message{nn::message_kind::all_gather, false, 1, 0, 32, 256, 2, 0,
+                                                          32 * 128,
                                                           nn::message_id(nn::message_kind::all_gather, false, 1, 0)});
 // Gathers after layers 1, 3, 5; input-gradient sums of layers 3 and 5; the gradients among replicas.
 static_assert(hybrid::message_count(0, 64) == 6);
@@ -110,11 +113,14 @@ static_assert(piped::unit<2>::parameter_count + piped::unit<0>::parameter_count 
 // By hand, and the fingerprint sees the placement.
 using by_hand = nn::distribute<mlp, nn::pipeline<2, nn::microbatches<4>, nn::gpipe, nn::stage_starts<5>>>;
 static_assert(by_hand::stage_begin == std::array<std::size_t, 3>{1, 5, 6});
-static_assert(by_hand::fingerprint != nn::distribute<mlp, nn::pipeline<2, nn::microbatches<4>, nn::gpipe>>::fingerprint);
+static_assert(by_hand::fingerprint !=
+              nn::distribute<mlp, nn::pipeline<2, nn::microbatches<4>, nn::gpipe>>::fingerprint);
 // 1F1B at 4 stages and 4 micro-batches, stage 0: F0 F1 F2, F3 B0, B1 B2 B3; the last stage alternates.
 static_assert(nn::detail::schedule_op(2, 4, 0, 4, 2).forward && nn::detail::schedule_op(2, 4, 0, 4, 2).microbatch == 2);
-static_assert(nn::detail::schedule_op(2, 4, 0, 4, 4).forward == false && nn::detail::schedule_op(2, 4, 0, 4, 4).microbatch == 0);
-static_assert(nn::detail::schedule_op(2, 4, 3, 4, 1).forward == false && nn::detail::schedule_op(2, 4, 3, 4, 1).microbatch == 0);
+static_assert(nn::detail::schedule_op(2, 4, 0, 4, 4).forward == false &&
+              nn::detail::schedule_op(2, 4, 0, 4, 4).microbatch == 0);
+static_assert(nn::detail::schedule_op(2, 4, 3, 4, 1).forward == false &&
+              nn::detail::schedule_op(2, 4, 3, 4, 1).microbatch == 0);
 static_assert(nn::detail::schedule_completes(1, 8, 16) && nn::detail::schedule_completes(2, 8, 3));
 // Unit 2 (replica 0, stage 1, shard 0), 4 micro-batches of 8 rows: per micro-batch its input's
 // gradient back to stage 0, gathers after layers 3 and 5, input-gradient sums of both; then the
@@ -225,8 +231,8 @@ TEST_CASE("a transport of another size or fingerprint is refused, naming both") 
   });
   nn::local_cluster other(2, plan_dp2::fingerprint + 1);
   other.run([](nn::local_transport& t) {
-    CHECK_THROWS_WITH_AS((nn::distributed_network<plan_dp2, nn::local_transport>(t)),
-                         doctest::Contains("fingerprint"), nn::configuration_error);
+    CHECK_THROWS_WITH_AS((nn::distributed_network<plan_dp2, nn::local_transport>(t)), doctest::Contains("fingerprint"),
+                         nn::configuration_error);
   });
 }
 
@@ -235,7 +241,8 @@ TEST_CASE("a batch smaller than the number of replicas is refused") {
   nn::local_cluster cluster(4, plan_dp4::fingerprint);
   cluster.run([&](nn::local_transport& t) {
     nn::distributed_network<plan_dp4, nn::local_transport> net(t);
-    CHECK_THROWS_WITH_AS(net.compute_gradients(data.samples.topRows(3), std::span<const std::int32_t>(data.labels).first(3)),
+    CHECK_THROWS_WITH_AS(net.compute_gradients(data.samples.topRows(3),
+                                               std::span<const std::int32_t>(data.labels).first(3)),
                          doctest::Contains("data_parallel<4> needs at least 4 samples"), nn::configuration_error);
   });
 }
@@ -245,7 +252,8 @@ TEST_CASE("micro-batches that do not split a replica's rows are refused, naming 
   nn::local_cluster cluster(2, plan_pp2_1f1b::fingerprint);  // 3 micro-batches
   cluster.run([&](nn::local_transport& t) {
     nn::distributed_network<plan_pp2_1f1b, nn::local_transport> net(t);
-    CHECK_THROWS_WITH_AS(net.compute_gradients(data.samples.topRows(10), std::span<const std::int32_t>(data.labels).first(10)),
+    CHECK_THROWS_WITH_AS(net.compute_gradients(data.samples.topRows(10),
+                                               std::span<const std::int32_t>(data.labels).first(10)),
                          doctest::Contains("microbatches<3>> needs every replica's rows to split into 3"),
                          nn::configuration_error);
   });
@@ -258,7 +266,8 @@ TEST_CASE("a batch one replica cannot split is refused on every unit, naming tha
   cluster.run([&](nn::local_transport& t) {
     nn::distributed_network<plan_dp2_pp2_buckets, nn::local_transport> net(t);
     // 11 rows: replica 0 gets 6 (3 + 3), replica 1 gets 5; both replicas' units say so.
-    CHECK_THROWS_WITH_AS(net.compute_gradients(data.samples.topRows(11), std::span<const std::int32_t>(data.labels).first(11)),
+    CHECK_THROWS_WITH_AS(net.compute_gradients(data.samples.topRows(11),
+                                               std::span<const std::int32_t>(data.labels).first(11)),
                          doctest::Contains("gives replica 1 5 rows"), nn::configuration_error);
     ++refused;
   });
@@ -302,7 +311,8 @@ TEST_CASE("trainer(unit, options) trains the unit's engine: one trainer for ever
   });
 }
 
-TEST_CASE("each unit copies only its part of a batch: its replica's rows, samples on the first stage, labels on the last") {
+TEST_CASE(
+    "each unit copies only its part of a batch: its replica's rows, samples on the first stage, labels on the last") {
   nn::local_cluster cluster(4, plan_pp4::fingerprint);
   std::vector<nn::batch_part> parts(4);
   cluster.run([&](nn::local_transport& t) {

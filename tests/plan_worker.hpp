@@ -23,8 +23,8 @@ namespace f2d2n::testing {
 /// Plans checked in float64 too (the others in float32 only: each plan and scalar costs compile
 /// time, and test_plan checks float64 on the local transport).
 template <class Plan>
-inline constexpr bool also_double = std::is_same_v<Plan, plan_tp2x2> || std::is_same_v<Plan, plan_dp2_pp2_tp2> ||
-                                    std::is_same_v<Plan, plan_tp3_mixed>;
+inline constexpr bool also_double =
+    std::is_same_v<Plan, plan_tp2x2> || std::is_same_v<Plan, plan_dp2_pp2_tp2> || std::is_same_v<Plan, plan_tp3_mixed>;
 
 template <class Plan>
 int train(const cluster_config& c, const std::string& name) {
@@ -48,8 +48,8 @@ int mismatch(const cluster_config& c, const std::string& name) {
   } catch (const configuration_error& e) {
     const bool names_both = std::strstr(e.what(), ("the plan has " + std::to_string(Plan::world_size)).c_str()) &&
                             std::strstr(e.what(), ("has " + std::to_string(c.world_size)).c_str());
-    std::printf("unit %u, %s with %u units: %s: %s\n", c.rank, name.c_str(), c.world_size, names_both ? "refused" : "FAILED",
-                e.what());
+    std::printf("unit %u, %s with %u units: %s: %s\n", c.rank, name.c_str(), c.world_size,
+                names_both ? "refused" : "FAILED", e.what());
     return names_both ? 0 : 1;
   }
   std::printf("unit %u, %s with %u units: FAILED: accepted\n", c.rank, name.c_str(), c.world_size);

@@ -48,7 +48,9 @@ using longer = nn::sequential<nn::input<3>, nn::dense<4>, nn::relu, nn::dense<2>
 using mlp = nn::sequential<nn::input<28, 28>, nn::dense<256>, nn::relu, nn::dense<128>, nn::relu, nn::dense<10>,
                            nn::softmax_cross_entropy>;
 
-bool contains(const std::string& haystack, const std::string& needle) { return haystack.find(needle) != std::string::npos; }
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
 
 /// Runs `f`, which must throw storage_error(problem); returns its message. Any other exception
 /// escapes and fails the test case. (A std::function, not a template: one instantiation for the
@@ -80,7 +82,8 @@ template <class Net, class S = float>
 nn::network<Net, S> filled(std::uint64_t seed) {
   nn::network<Net, S> net(seed);
   auto p = net.parameters();
-  for (std::size_t i = 0; i < p.size(); ++i) p[i] += static_cast<S>(1e-3) * static_cast<S>(nn::random_symmetric(seed, 99, i));
+  for (std::size_t i = 0; i < p.size(); ++i)
+    p[i] += static_cast<S>(1e-3) * static_cast<S>(nn::random_symmetric(seed, 99, i));
   return net;
 }
 
@@ -143,8 +146,10 @@ TEST_CASE("safetensors: the file's layout, byte by byte") {
   CHECK(header.find("\"3.weight\"") < header.find("\"3.bias\""));
 
   const auto& s = nn::summary_of<small>();
-  const std::vector<std::pair<std::string, std::vector<std::size_t>>> expected{
-      {"1.weight", {4, 3}}, {"1.bias", {4}}, {"3.weight", {2, 4}}, {"3.bias", {2}}};
+  const std::vector<std::pair<std::string, std::vector<std::size_t>>> expected{{"1.weight", {4, 3}},
+                                                                               {"1.bias", {4}},
+                                                                               {"3.weight", {2, 4}},
+                                                                               {"3.bias", {2}}};
   std::size_t offset = 0;
   for (const auto& [name, shape] : expected) {
     INFO(name);
@@ -165,7 +170,8 @@ TEST_CASE("safetensors: the file's layout, byte by byte") {
   CHECK(m.at("format") == "pt");
   CHECK(m.at("f2d2n.version") == nn::version_string());
   CHECK(m.at("f2d2n.model") == s.description);
-  CHECK(m.at("f2d2n.model") == "input[]->[3]:0 dense[3]->[4]:16 relu[4]->[4]:0 dense[4]->[2]:10 softmax_cross_entropy[2]->[2]:0");
+  CHECK(m.at("f2d2n.model") ==
+        "input[]->[3]:0 dense[3]->[4]:16 relu[4]->[4]:0 dense[4]->[2]:10 softmax_cross_entropy[2]->[2]:0");
   CHECK(m.at("f2d2n.fingerprint") == nn::to_hex(s.fingerprint));
   // The same network gives the same bytes.
   CHECK(nn::to_safetensors<float>(s, net.parameters()) == f);
@@ -276,7 +282,8 @@ TEST_CASE("safetensors: a damaged data byte is corrupt, naming the tensor") {
   bytes f = nn::to_safetensors<float>(nn::summary_of<small>(), saved.parameters());
   f[f.size() - 1] ^= std::byte{1};  // the last byte of 3.bias
   nn::network<small> net;
-  const auto what = expect_storage_error([&] { nn::load_safetensors(net, f, "model.safetensors"); }, storage_problem::corrupt);
+  const auto what =
+      expect_storage_error([&] { nn::load_safetensors(net, f, "model.safetensors"); }, storage_problem::corrupt);
   CHECK(contains(what, "model.safetensors"));
   CHECK(contains(what, "'3.bias'"));
   CHECK(contains(what, "checksum"));
@@ -292,8 +299,8 @@ TEST_CASE("safetensors: the header length") {
     return g;
   };
   for (std::uint64_t absurd : {~std::uint64_t{0}, std::uint64_t{1} << 63, (std::uint64_t{100} << 20) + 1}) {
-    const auto what = expect_storage_error([&] { nn::load_safetensors(net, with_length(absurd), "x"); },
-                                           storage_problem::bad_format);
+    const auto what =
+        expect_storage_error([&] { nn::load_safetensors(net, with_length(absurd), "x"); }, storage_problem::bad_format);
     CHECK(contains(what, std::to_string(absurd)));
   }
   expect_storage_error([&] { nn::load_safetensors(net, with_length(f.size() - 7), "x"); }, storage_problem::truncated);
@@ -331,36 +338,51 @@ TEST_CASE("safetensors: malformed headers and data sections") {
     expect_storage_error([&] { load(edited([](json& g) { g["1.bias"].erase("dtype"); })); }, storage_problem::corrupt);
     expect_storage_error([&] { load(edited([](json& g) { g["1.bias"]["shape"] = "4"; })); }, storage_problem::corrupt);
     expect_storage_error([&] { load(edited([](json& g) { g["1.bias"]["shape"] = {-4}; })); }, storage_problem::corrupt);
-    expect_storage_error([&] { load(edited([](json& g) { g["1.bias"]["shape"] = {4.0}; })); }, storage_problem::corrupt);
+    expect_storage_error([&] { load(edited([](json& g) { g["1.bias"]["shape"] = {4.0}; })); },
+                         storage_problem::corrupt);
     expect_storage_error([&] { load(edited([](json& g) { g["1.bias"]["data_offsets"] = {48}; })); },
                          storage_problem::corrupt);
-    expect_storage_error([&] { load(edited([](json& g) { g["1.bias"]["data_offsets"] = {48, "64"}; })); },
+    expect_storage_error([&] { load(edited([](json& g) {
+                                 g["1.bias"]["data_offsets"] = {48, "64"};
+                               })); },
                          storage_problem::corrupt);
     expect_storage_error([&] { load(edited([](json& g) { g["1.bias"] = json::array(); })); }, storage_problem::corrupt);
     expect_storage_error([&] { load(edited([](json& g) { g["__metadata__"] = json::array(); })); },
                          storage_problem::corrupt);
     expect_storage_error([&] { load(edited([](json& g) { g["__metadata__"]["format"] = 1; })); },
                          storage_problem::corrupt);
-    expect_storage_error([&] { load(edited([](json& g) { g["1.bias"]["dtype"] = "F31"; })); }, storage_problem::corrupt);
+    expect_storage_error([&] { load(edited([](json& g) { g["1.bias"]["dtype"] = "F31"; })); },
+                         storage_problem::corrupt);
     // A shape whose size overflows 64 bits.
-    expect_storage_error([&] { load(edited([](json& g) { g["1.bias"]["shape"] = {1ull << 40, 1ull << 40}; })); },
+    expect_storage_error([&] { load(edited([](json& g) {
+                                 g["1.bias"]["shape"] = {1ull << 40, 1ull << 40};
+                               })); },
                          storage_problem::corrupt);
   }
   SUBCASE("offsets: reversed, not the shape's size, overlapping, with a gap") {
-    expect_storage_error([&] { load(edited([](json& g) { g["1.bias"]["data_offsets"] = {64, 48}; })); },
+    expect_storage_error([&] { load(edited([](json& g) {
+                                 g["1.bias"]["data_offsets"] = {64, 48};
+                               })); },
                          storage_problem::corrupt);
-    expect_storage_error([&] { load(edited([](json& g) { g["1.bias"]["data_offsets"] = {48, 60}; })); },
+    expect_storage_error([&] { load(edited([](json& g) {
+                                 g["1.bias"]["data_offsets"] = {48, 60};
+                               })); },
                          storage_problem::corrupt);
-    const auto overlap = expect_storage_error(
-        [&] { load(edited([](json& g) { g["1.bias"]["data_offsets"] = {44, 60}; })); }, storage_problem::corrupt);
+    const auto overlap =
+        expect_storage_error([&] { load(edited([](json& g) {
+                                     g["1.bias"]["data_offsets"] = {44, 60};
+                                   })); },
+                             storage_problem::corrupt);
     CHECK(contains(overlap, "overlaps"));
     // 3.weight moved 4 bytes on, 3.bias after it: a gap and a tensor past the data.
-    const auto gap = expect_storage_error([&] {
-      load(edited([](json& g) {
-        g["3.weight"]["data_offsets"] = {68, 100};
-        g["3.bias"]["data_offsets"] = {100, 108};
-      }));
-    }, storage_problem::corrupt);
+    const auto gap = expect_storage_error(
+        [&] {
+          load(edited([](json& g) {
+            g["3.weight"]["data_offsets"] = {68, 100};
+            g["3.bias"]["data_offsets"] = {100, 108};
+          }));
+        },
+        storage_problem::corrupt);
     CHECK(contains(gap, "gap of 4 bytes"));
   }
   SUBCASE("the data section longer or shorter than the tensors") {
@@ -397,12 +419,14 @@ TEST_CASE("safetensors: malformed headers and data sections") {
         [&] { load(edited([](json& g) { g["__metadata__"]["f2d2n.fingerprint"] = "0123456789abcdef"; })); },
         storage_problem::corrupt);
     // Another fingerprint and no description: another model.
-    expect_storage_error([&] {
-      load(edited([](json& g) {
-        g["__metadata__"].erase("f2d2n.model");
-        g["__metadata__"]["f2d2n.fingerprint"] = "0123456789abcdef";
-      }));
-    }, storage_problem::model_mismatch);
+    expect_storage_error(
+        [&] {
+          load(edited([](json& g) {
+            g["__metadata__"].erase("f2d2n.model");
+            g["__metadata__"]["f2d2n.fingerprint"] = "0123456789abcdef";
+          }));
+        },
+        storage_problem::model_mismatch);
   }
   CHECK(same_bits<float>(net.parameters(), before));
 }
@@ -415,24 +439,28 @@ TEST_CASE("safetensors: another model is a model_mismatch naming the first diffe
 
   SUBCASE("another width") {
     nn::save_safetensors(nn::network<wider>(2), dir.path() / "wider.safetensors");
-    const auto what = expect_storage_error([&] { load(dir.path() / "wider.safetensors"); }, storage_problem::model_mismatch);
+    const auto what =
+        expect_storage_error([&] { load(dir.path() / "wider.safetensors"); }, storage_problem::model_mismatch);
     CHECK(contains(what, (dir.path() / "wider.safetensors").string()));
     CHECK(contains(what, "tensor '1.weight' is [4,3] in the model, [5,3] in the file"));
     CHECK(contains(what, "layer 1 is dense[3]->[4]:16 in the model, dense[3]->[5]:20 in the stored one"));
   }
   SUBCASE("another activation (the same tensors)") {
     nn::save_safetensors(nn::network<other_activation>(2), dir.path() / "tanh.safetensors");
-    const auto what = expect_storage_error([&] { load(dir.path() / "tanh.safetensors"); }, storage_problem::model_mismatch);
+    const auto what =
+        expect_storage_error([&] { load(dir.path() / "tanh.safetensors"); }, storage_problem::model_mismatch);
     CHECK(contains(what, "layer 2 is relu[4]->[4]:0 in the model, tanh[4]->[4]:0 in the stored one"));
   }
   SUBCASE("more layers, another shape first") {
     nn::save_safetensors(nn::network<deeper>(2), dir.path() / "deeper.safetensors");
-    const auto what = expect_storage_error([&] { load(dir.path() / "deeper.safetensors"); }, storage_problem::model_mismatch);
+    const auto what =
+        expect_storage_error([&] { load(dir.path() / "deeper.safetensors"); }, storage_problem::model_mismatch);
     CHECK(contains(what, "tensor '3.weight' is [2,4] in the model, [4,4] in the file"));
   }
   SUBCASE("more layers, the same shapes first") {
     nn::save_safetensors(nn::network<longer>(2), dir.path() / "longer.safetensors");
-    const auto what = expect_storage_error([&] { load(dir.path() / "longer.safetensors"); }, storage_problem::model_mismatch);
+    const auto what =
+        expect_storage_error([&] { load(dir.path() / "longer.safetensors"); }, storage_problem::model_mismatch);
     CHECK(contains(what, "the file has tensor '5.weight' ([2,2]), which the model does not have"));
     CHECK(contains(what, "layer 4 is softmax_cross_entropy[2]->[2]:0 in the model, relu[2]->[2]:0 in the stored one"));
   }
@@ -450,8 +478,10 @@ TEST_CASE("safetensors: another model is a model_mismatch naming the first diffe
         storage_problem::model_mismatch);
     CHECK(contains(what, "tensor '1.weight' is F32 in the file, F64 in this network"));
     const std::vector<double> p(net.parameters().begin(), net.parameters().end());
-    nn::directory_backend(dir.path()).commit("double.safetensors", nn::to_safetensors<double>(nn::summary_of<small>(), p));
-    const auto why = expect_storage_error([&] { load(dir.path() / "double.safetensors"); }, storage_problem::model_mismatch);
+    nn::directory_backend(dir.path())
+        .commit("double.safetensors", nn::to_safetensors<double>(nn::summary_of<small>(), p));
+    const auto why =
+        expect_storage_error([&] { load(dir.path() / "double.safetensors"); }, storage_problem::model_mismatch);
     CHECK(contains(why, "tensor '1.weight' is F64 in the file, F32 in this network"));
   }
   SUBCASE("no such file, or a directory") {
@@ -498,7 +528,8 @@ TEST_CASE("safetensors: a file without f2d2n's metadata (PyTorch's or numpy's) l
     CHECK(same_bits<float>(net.parameters(), saved.parameters()));
   }
   SUBCASE("checksums present are verified") {
-    h["__metadata__"] = {{"f2d2n.checksum.3.bias", nn::to_hex(nn::checksum(std::span<const std::byte>(data).subspan(0, 0)))}};
+    h["__metadata__"] = {
+        {"f2d2n.checksum.3.bias", nn::to_hex(nn::checksum(std::span<const std::byte>(data).subspan(0, 0)))}};
     expect_storage_error([&] { nn::load_safetensors(net, make_file(h, data), "x"); }, storage_problem::corrupt);
   }
 }
@@ -518,7 +549,9 @@ namespace {
 enum class archive_kind { text, xml, binary };
 constexpr archive_kind archive_kinds[] = {archive_kind::text, archive_kind::xml, archive_kind::binary};
 
-const char* name_of(archive_kind k) { return k == archive_kind::text ? "text" : k == archive_kind::xml ? "xml" : "binary"; }
+const char* name_of(archive_kind k) {
+  return k == archive_kind::text ? "text" : k == archive_kind::xml ? "xml" : "binary";
+}
 
 template <class Out, class... T>
 std::string save_with(const T&... objects) {
@@ -584,7 +617,8 @@ struct toy_data {
   toy_data() {
     for (Eigen::Index r = 0; r < x.rows(); ++r)
       for (Eigen::Index c = 0; c < x.cols(); ++c)
-        x(r, c) = static_cast<float>(nn::random_symmetric(11, static_cast<std::uint64_t>(r), static_cast<std::uint64_t>(c)));
+        x(r, c) =
+            static_cast<float>(nn::random_symmetric(11, static_cast<std::uint64_t>(r), static_cast<std::uint64_t>(c)));
   }
 };
 
@@ -626,8 +660,7 @@ TEST_CASE("Boost.Serialization: training continued after a round trip equals tra
     CHECK(same_bits<float>(net2.parameters(), net.parameters()));
     CHECK(opt2.steps() == 5);
     CHECK(opt2.options().learning_rate == options.learning_rate);
-    for (std::size_t k = 0; k < opt.state_names.size(); ++k)
-      CHECK(same_bits<float>(opt2.state(k), opt.state(k)));
+    for (std::size_t k = 0; k < opt.state_names.size(); ++k) CHECK(same_bits<float>(opt2.state(k), opt.state(k)));
 
     train(net, opt, d, 7);
     train(net2, opt2, d, 7);

@@ -48,7 +48,8 @@ std::vector<std::exception_ptr> run_cluster(unit_id world, F f, f2d2n::tcp_optio
   std::vector<std::unique_ptr<tcp_transport>> units;
   std::vector<f2d2n::endpoint> peers;
   for (unit_id r = 0; r < world; ++r) {
-    units.push_back(std::make_unique<tcp_transport>(r, world, fingerprint_of ? fingerprint_of(r) : fingerprint, options));
+    units.push_back(
+        std::make_unique<tcp_transport>(r, world, fingerprint_of ? fingerprint_of(r) : fingerprint, options));
     peers.push_back(units.back()->listen());
   }
   std::vector<std::exception_ptr> errors(world);
@@ -83,11 +84,14 @@ std::string what(const std::exception_ptr& e) {
 /// Deterministic contents of message `m` from `from` to `to`.
 std::vector<std::uint32_t> payload(unit_id from, unit_id to, std::uint32_t m, std::size_t n) {
   std::vector<std::uint32_t> v(n);
-  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<std::uint32_t>((from * 1000003u) ^ (to * 7919u) ^ (m * 104729u) ^ (i * 2654435761u));
+  for (std::size_t i = 0; i < n; ++i)
+    v[i] = static_cast<std::uint32_t>((from * 1000003u) ^ (to * 7919u) ^ (m * 104729u) ^ (i * 2654435761u));
   return v;
 }
 
-std::size_t size_of(unit_id from, unit_id to, std::uint32_t m) { return (m % 4 == 0) ? 0 : 1 + (from * 37 + to * 11 + m * 101) % 3000; }
+std::size_t size_of(unit_id from, unit_id to, std::uint32_t m) {
+  return (m % 4 == 0) ? 0 : 1 + (from * 37 + to * 11 + m * 101) % 3000;
+}
 
 /// A hand-driven peer: a POSIX socket with 5 s send/receive timeouts (a failing test never hangs).
 class raw_client {
@@ -138,7 +142,8 @@ class raw_client {
   f2d2n::wire::frame_header handshake(unit_id rank, unit_id world, std::uint64_t fp) {
     namespace d = f2d2n::detail::tcp_impl;
     const auto hello = d::encode_hello({rank, world, fp, f2d2n::wire::wire_version});
-    write_frame(f2d2n::wire::make_header(f2d2n::wire::frame_kind::handshake, fp, d::hello_message, rank, 0, hello), hello);
+    write_frame(f2d2n::wire::make_header(f2d2n::wire::frame_kind::handshake, fp, d::hello_message, rank, 0, hello),
+                hello);
     const auto theirs = read_frame();
     CHECK(theirs.first.kind == f2d2n::wire::frame_kind::handshake);
     const auto decoded = d::decode_hello(theirs.second);
@@ -234,27 +239,30 @@ TEST_CASE("tcp: empty payloads and a 64 MiB payload both ways at once, copied an
     CAPTURE(send_buffer);
     f2d2n::tcp_options options;
     options.send_buffer = send_buffer;
-    const auto errors = run_cluster(2, [&](tcp_transport& t) {
-      const unit_id other = 1 - t.rank();
-      f2d2n::send_tensor(t, other, 1, 0, std::span<const float>(), in(ms(5000)));
-      std::vector<std::uint32_t> v(big);
-      for (std::size_t i = 0; i < big; ++i) v[i] = static_cast<std::uint32_t>(i * 2654435761u + t.rank());
-      if (send_buffer != 0) {
-        // Both send first, then receive: the frame the kernel cannot take is copied, so neither blocks.
-        f2d2n::send_tensor(t, other, 2, 0, std::span<const std::uint32_t>(v), in(ms(10000)));
-      } else if (t.rank() == 0) {
-        // Zero-copy: send() returns once the kernel has the whole frame, i.e. as the peer reads.
-        f2d2n::send_tensor(t, other, 2, 0, std::span<const std::uint32_t>(v), in(ms(10000)));
-      }
-      std::vector<float> none;
-      f2d2n::receive_tensor(t, other, 1, 0, std::span(none), in(ms(5000)));
-      if (send_buffer != 0 || t.rank() == 1) {
-        std::vector<std::uint32_t> got(big);
-        f2d2n::receive_tensor(t, other, 2, 0, std::span(got), in(ms(10000)));
-        for (std::size_t i = 0; i < big; ++i)
-          if (got[i] != static_cast<std::uint32_t>(i * 2654435761u + other)) FAIL("wrong element " << i);
-      }
-    }, options);
+    const auto errors = run_cluster(
+        2,
+        [&](tcp_transport& t) {
+          const unit_id other = 1 - t.rank();
+          f2d2n::send_tensor(t, other, 1, 0, std::span<const float>(), in(ms(5000)));
+          std::vector<std::uint32_t> v(big);
+          for (std::size_t i = 0; i < big; ++i) v[i] = static_cast<std::uint32_t>(i * 2654435761u + t.rank());
+          if (send_buffer != 0) {
+            // Both send first, then receive: the frame the kernel cannot take is copied, so neither blocks.
+            f2d2n::send_tensor(t, other, 2, 0, std::span<const std::uint32_t>(v), in(ms(10000)));
+          } else if (t.rank() == 0) {
+            // Zero-copy: send() returns once the kernel has the whole frame, i.e. as the peer reads.
+            f2d2n::send_tensor(t, other, 2, 0, std::span<const std::uint32_t>(v), in(ms(10000)));
+          }
+          std::vector<float> none;
+          f2d2n::receive_tensor(t, other, 1, 0, std::span(none), in(ms(5000)));
+          if (send_buffer != 0 || t.rank() == 1) {
+            std::vector<std::uint32_t> got(big);
+            f2d2n::receive_tensor(t, other, 2, 0, std::span(got), in(ms(10000)));
+            for (std::size_t i = 0; i < big; ++i)
+              if (got[i] != static_cast<std::uint32_t>(i * 2654435761u + other)) FAIL("wrong element " << i);
+          }
+        },
+        options);
     rethrow_first(errors);
   }
 }
@@ -272,7 +280,8 @@ TEST_CASE("tcp: the async API with a callback, a future and a coroutine") {
     std::promise<std::exception_ptr> sent;
     t.async_send(other, header, bytes, in(ms(5000)), [&](std::exception_ptr e) { sent.set_value(e); });
     // A future.
-    auto received = t.async_receive(other, expected, std::as_writable_bytes(std::span(theirs)), in(ms(5000)), asio::use_future);
+    auto received =
+        t.async_receive(other, expected, std::as_writable_bytes(std::span(theirs)), in(ms(5000)), asio::use_future);
     CHECK_FALSE(sent.get_future().get());
     const auto h = received.get();
     CHECK(h.message_id == 5);
@@ -287,8 +296,8 @@ TEST_CASE("tcp: the async API with a callback, a future and a coroutine") {
         io,
         [&]() -> asio::awaitable<void> {
           co_await t.async_send(other, header, bytes, in(ms(5000)), asio::use_awaitable);
-          const auto h2 = co_await t.async_receive(other, expected, std::as_writable_bytes(std::span(again)), in(ms(5000)),
-                                                   asio::use_awaitable);
+          const auto h2 = co_await t.async_receive(other, expected, std::as_writable_bytes(std::span(again)),
+                                                   in(ms(5000)), asio::use_awaitable);
           CHECK(h2.step == 9);
           done = true;
         },
@@ -303,7 +312,8 @@ TEST_CASE("tcp: the async API with a callback, a future and a coroutine") {
 }
 
 TEST_CASE("tcp: a handshake with another plan fingerprint fails on both sides, saying what differs") {
-  const auto errors = run_cluster(2, [](tcp_transport&) {}, {}, [](unit_id r) { return std::uint64_t{0xa0 + r}; });
+  const auto errors = run_cluster(
+      2, [](tcp_transport&) {}, {}, [](unit_id r) { return std::uint64_t{0xa0 + r}; });
   for (unit_id r = 0; r < 2; ++r) {
     REQUIRE(errors[r]);
     CHECK_THROWS_AS(std::rethrow_exception(errors[r]), f2d2n::handshake_error);
@@ -412,7 +422,8 @@ TEST_CASE("tcp: a peer that shuts down is a peer_error on the survivor, at once"
       FAIL("a message arrived");
     } catch (const f2d2n::peer_error& e) {
       CHECK(since(t0) < 2.0);
-      CHECK(std::string(e.what()).find("unit 0, peer 1, message 2, step 8: the peer has shut down") != std::string::npos);
+      CHECK(std::string(e.what()).find("unit 0, peer 1, message 2, step 8: the peer has shut down") !=
+            std::string::npos);
     }
     CHECK_THROWS_AS(f2d2n::send_tensor(t, 1, 2, 8, std::span<const float>(v), in(ms(1000))), f2d2n::peer_error);
   });
@@ -569,14 +580,18 @@ TEST_CASE("tcp: connecting to units that never come is a timeout_error naming th
 TEST_CASE("tcp: misuse is a configuration_error; operations after shutdown are peer_errors") {
   const auto errors = run_cluster(2, [](tcp_transport& t) {
     std::vector<float> v(4);
-    CHECK_THROWS_AS(f2d2n::send_tensor(t, t.rank(), 1, 0, std::span<const float>(v), in(ms(1000))), f2d2n::configuration_error);
-    CHECK_THROWS_AS(f2d2n::send_tensor(t, 5, 1, 0, std::span<const float>(v), in(ms(1000))), f2d2n::configuration_error);
+    CHECK_THROWS_AS(f2d2n::send_tensor(t, t.rank(), 1, 0, std::span<const float>(v), in(ms(1000))),
+                    f2d2n::configuration_error);
+    CHECK_THROWS_AS(f2d2n::send_tensor(t, 5, 1, 0, std::span<const float>(v), in(ms(1000))),
+                    f2d2n::configuration_error);
     const auto bytes = std::as_bytes(std::span(v));
-    const auto header = f2d2n::wire::make_header(f2d2n::wire::frame_kind::data, t.fingerprint(), 1, t.rank(), 0, bytes.first(8));
+    const auto header =
+        f2d2n::wire::make_header(f2d2n::wire::frame_kind::data, t.fingerprint(), 1, t.rank(), 0, bytes.first(8));
     CHECK_THROWS_AS(t.send(1 - t.rank(), header, bytes, in(ms(1000))), f2d2n::configuration_error);
     t.shutdown();
     t.shutdown();  // twice is fine
-    CHECK_THROWS_AS(f2d2n::send_tensor(t, 1 - t.rank(), 1, 0, std::span<const float>(v), in(ms(1000))), f2d2n::peer_error);
+    CHECK_THROWS_AS(f2d2n::send_tensor(t, 1 - t.rank(), 1, 0, std::span<const float>(v), in(ms(1000))),
+                    f2d2n::peer_error);
     CHECK_THROWS_AS(f2d2n::receive_tensor(t, 1 - t.rank(), 1, 0, std::span(v), in(ms(1000))), f2d2n::peer_error);
   });
   rethrow_first(errors);
@@ -629,25 +644,28 @@ TEST_CASE("tcp: a send that the peer does not take by the deadline is a timeout_
   f2d2n::tcp_options zero_copy;
   zero_copy.send_buffer = 0;  // send() waits for the kernel to take the whole frame
   std::atomic<bool> done{false};
-  const auto errors = run_cluster(2, [&](tcp_transport& t) {
-    if (t.rank() == 1) {  // never reads
-      while (!done) std::this_thread::sleep_for(ms(5));
-      return;
-    }
-    std::vector<std::uint8_t> big(std::size_t{32} << 20, 7);
-    const auto t0 = f2d2n::clock::now();
-    try {
-      f2d2n::send_tensor(t, 1, 1, 0, std::span<const std::uint8_t>(big), in(ms(300)));
-      FAIL("32 MiB went to a peer that reads nothing");
-    } catch (const f2d2n::timeout_error& e) {
-      CHECK(since(t0) < 0.3 + 2.0);
-      CHECK(std::string(e.what()).find("bytes of the frame were sent") != std::string::npos);
-    }
-    // Part of the frame is on the wire: the stream to that peer cannot carry another frame.
-    CHECK_THROWS_AS(f2d2n::send_tensor(t, 1, 1, 1, std::span<const std::uint8_t>(big).first(4), in(ms(300))),
-                    f2d2n::peer_error);
-    done = true;
-  }, zero_copy);
+  const auto errors = run_cluster(
+      2,
+      [&](tcp_transport& t) {
+        if (t.rank() == 1) {  // never reads
+          while (!done) std::this_thread::sleep_for(ms(5));
+          return;
+        }
+        std::vector<std::uint8_t> big(std::size_t{32} << 20, 7);
+        const auto t0 = f2d2n::clock::now();
+        try {
+          f2d2n::send_tensor(t, 1, 1, 0, std::span<const std::uint8_t>(big), in(ms(300)));
+          FAIL("32 MiB went to a peer that reads nothing");
+        } catch (const f2d2n::timeout_error& e) {
+          CHECK(since(t0) < 0.3 + 2.0);
+          CHECK(std::string(e.what()).find("bytes of the frame were sent") != std::string::npos);
+        }
+        // Part of the frame is on the wire: the stream to that peer cannot carry another frame.
+        CHECK_THROWS_AS(f2d2n::send_tensor(t, 1, 1, 1, std::span<const std::uint8_t>(big).first(4), in(ms(300))),
+                        f2d2n::peer_error);
+        done = true;
+      },
+      zero_copy);
   rethrow_first(errors);
 }
 
@@ -657,7 +675,8 @@ TEST_CASE("tcp: shutdown delivers the frames still queued, then the goodbye") {
     std::vector<std::uint32_t> v(std::size_t{2} << 20);
     if (t.rank() == 0) {
       for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<std::uint32_t>(i);
-      f2d2n::send_tensor(t, 1, 1, 0, std::span<const std::uint32_t>(v), in(ms(5000)));  // copied: the peer is not reading
+      f2d2n::send_tensor(t, 1, 1, 0, std::span<const std::uint32_t>(v),
+                         in(ms(5000)));  // copied: the peer is not reading
       sent = true;
       return;  // run_cluster shuts the unit down at once
     }
@@ -675,15 +694,19 @@ TEST_CASE("tcp: exchange sends and receives at once, zero-copy, so a ring of big
   zero_copy.send_buffer = 0;  // send() alone would wait for the peer to read: send-then-receive rings would hang
   for (const unit_id world : {2u, 3u}) {
     CAPTURE(world);
-    const auto errors = run_cluster(world, [&](tcp_transport& t) {
-      const unit_id right = (t.rank() + 1) % world, left = (t.rank() + world - 1) % world;
-      std::vector<double> mine(std::size_t{2} << 20, t.rank() + 1.0), theirs(mine.size());  // 16 MiB
-      for (std::uint64_t step = 0; step < 3; ++step) {
-        f2d2n::exchange_tensor(t, right, std::span<const double>(mine), left, std::span(theirs), 4, step, in(ms(10000)));
-        CHECK(theirs.front() == left + 1.0);
-        CHECK(theirs.back() == left + 1.0);
-      }
-    }, zero_copy);
+    const auto errors = run_cluster(
+        world,
+        [&](tcp_transport& t) {
+          const unit_id right = (t.rank() + 1) % world, left = (t.rank() + world - 1) % world;
+          std::vector<double> mine(std::size_t{2} << 20, t.rank() + 1.0), theirs(mine.size());  // 16 MiB
+          for (std::uint64_t step = 0; step < 3; ++step) {
+            f2d2n::exchange_tensor(t, right, std::span<const double>(mine), left, std::span(theirs), 4, step,
+                                   in(ms(10000)));
+            CHECK(theirs.front() == left + 1.0);
+            CHECK(theirs.back() == left + 1.0);
+          }
+        },
+        zero_copy);
     rethrow_first(errors);
   }
 }
@@ -701,7 +724,8 @@ TEST_CASE("tcp: a blocking receive waiting on the caller's thread ends at once w
     pending.get();
     FAIL("a message arrived");
   } catch (const f2d2n::peer_error& e) {
-    CHECK(std::string(e.what()).find("unit 0, peer 1, message 7, step 3: this unit has shut down") != std::string::npos);
+    CHECK(std::string(e.what()).find("unit 0, peer 1, message 7, step 3: this unit has shut down") !=
+          std::string::npos);
   }
   CHECK(since(t0) < 2.0);
 }
@@ -718,10 +742,8 @@ TEST_CASE("tcp: frames keep their order when queued sends and blocking sends to 
         data[i].assign(std::size_t{1} << 18, static_cast<float>(i));  // 1 MiB: the socket does not take it at once
         const auto bytes = std::as_bytes(std::span<const float>(data[i]));
         const auto header = f2d2n::wire::make_header(f2d2n::wire::frame_kind::data, t.fingerprint(), 5, 0, i, bytes);
-        if (i % 3 == 2)
-          t.send(1, header, bytes, in(ms(10000)));
-        else
-          queued.push_back(t.async_send(1, header, bytes, in(ms(10000)), asio::use_future));
+        if (i % 3 == 2) t.send(1, header, bytes, in(ms(10000)));
+        else queued.push_back(t.async_send(1, header, bytes, in(ms(10000)), asio::use_future));
       }
       for (auto& f : queued) f.get();
     } else {
@@ -731,7 +753,8 @@ TEST_CASE("tcp: frames keep their order when queued sends and blocking sends to 
         if (i % 4 == 1) {
           const f2d2n::wire::expectation e{f2d2n::wire::frame_kind::data, t.fingerprint(), 5, 0, i, out.size() * 4};
           data[i].resize(out.size());
-          queued.push_back(t.async_receive(0, e, std::as_writable_bytes(std::span(data[i])), in(ms(10000)), asio::use_future));
+          queued.push_back(
+              t.async_receive(0, e, std::as_writable_bytes(std::span(data[i])), in(ms(10000)), asio::use_future));
           continue;
         }
         f2d2n::receive_tensor(t, 0, 5, i, std::span(out), in(ms(10000)));

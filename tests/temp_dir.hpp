@@ -18,8 +18,8 @@ class temp_dir {
   explicit temp_dir(const std::string& prefix = "f2d2n-test") {
     static std::atomic<unsigned> counter{0};
     const auto stamp = static_cast<unsigned long long>(std::chrono::steady_clock::now().time_since_epoch().count());
-    path_ = std::filesystem::temp_directory_path() / (prefix + "-" + std::to_string(::getpid()) + "-" +
-                                                      std::to_string(counter++) + "-" + std::to_string(stamp));
+    path_ = std::filesystem::temp_directory_path() /
+            (prefix + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-" + std::to_string(stamp));
     std::filesystem::create_directories(path_);
   }
   ~temp_dir() {

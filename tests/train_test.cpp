@@ -72,7 +72,7 @@ TEST_CASE("flush_denormals flushes subnormal momentum to zero and restores the m
   {
     const nn::flush_denormals guard;
     CHECK(nn::flush_denormals::active());
-    CHECK(tiny * nine_tenths == 0.0f);  // DAZ: the subnormal input reads as zero
+    CHECK(tiny * nine_tenths == 0.0f);                               // DAZ: the subnormal input reads as zero
     CHECK(std::numeric_limits<float>::min() * nine_tenths == 0.0f);  // FTZ: a subnormal result is zero
   }
   CHECK(nn::flush_denormals::active() == before);
@@ -358,10 +358,10 @@ TEST_CASE("each step reports its own loss as well as the epoch's running mean") 
     void evaluate_next() {
       const std::size_t begin = (expected.size() % 4) * 32;  // 4 steps an epoch
       const std::size_t n = std::min<std::size_t>(32, data->size() - begin);
-      expected.push_back(net->evaluate_batch(data->samples.middleRows(static_cast<Eigen::Index>(begin),
-                                                                      static_cast<Eigen::Index>(n)),
-                                             std::span<const std::int32_t>(data->labels).subspan(begin, n))
-                             .loss);
+      expected.push_back(
+          net->evaluate_batch(data->samples.middleRows(static_cast<Eigen::Index>(begin), static_cast<Eigen::Index>(n)),
+                              std::span<const std::int32_t>(data->labels).subspan(begin, n))
+              .loss);
     }
     void on_step_end(const nn::step_end& s) override {
       recorder::on_step_end(s);
@@ -384,7 +384,7 @@ TEST_CASE("each step reports its own loss as well as the epoch's running mean") 
     const auto& s = p.steps[k];
     CHECK(s.step_samples == (k % 4 == 3 ? 4 : 32));
     CHECK(s.step_loss == p.expected[k]);  // the same forward pass on the same weights: bitwise
-    if (k % 4 == 0) {  // a new epoch
+    if (k % 4 == 0) {                     // a new epoch
       sum = 0;
       samples = 0;
     }
@@ -464,7 +464,8 @@ TEST_CASE("progress bar: plain lines off a terminal, a redrawn bar on one") {
 }
 
 TEST_CASE("csv_logger writes a header and one row per epoch") {
-  const auto path = (std::filesystem::temp_directory_path() / ("f2d2n_metrics_" + std::to_string(::getpid()) + ".csv")).string();
+  const auto path =
+      (std::filesystem::temp_directory_path() / ("f2d2n_metrics_" + std::to_string(::getpid()) + ".csv")).string();
   const auto train = argmax_task(100, 8, 3, 1);
   const auto test = argmax_task(50, 8, 3, 2);
   {

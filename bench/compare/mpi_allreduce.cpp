@@ -30,7 +30,8 @@ namespace {
 using allreduce_bench::options;
 
 [[noreturn]] void usage(const std::string& why) {
-  std::fprintf(stderr, "mpi_allreduce: %s\nusage: mpi_allreduce [--sizes-mib 1,4,16,64] [--repetitions N] [--warmup N]\n",
+  std::fprintf(stderr,
+               "mpi_allreduce: %s\nusage: mpi_allreduce [--sizes-mib 1,4,16,64] [--repetitions N] [--warmup N]\n",
                why.c_str());
   MPI_Abort(MPI_COMM_WORLD, 2);
   std::exit(2);
@@ -54,7 +55,8 @@ int main(int argc, char** argv) {
   std::vector<float> token(p);
   auto barrier = [&] { MPI_Allreduce(MPI_IN_PLACE, token.data(), size, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); };
 
-  if (rank == 0) std::printf("# Open MPI MPI_Allreduce (MPI_FLOAT, MPI_SUM, in place), p=%zu, warmup=%zu\n", p, o.warmup);
+  if (rank == 0)
+    std::printf("# Open MPI MPI_Allreduce (MPI_FLOAT, MPI_SUM, in place), p=%zu, warmup=%zu\n", p, o.warmup);
   const float expected = static_cast<float>(p * (p + 1) / 2);
   for (const std::size_t mib : o.sizes_mib) {
     const std::size_t bytes = mib << 20;
@@ -81,7 +83,8 @@ int main(int argc, char** argv) {
     }
     if (rank == 0) {
       const double s = allreduce_bench::median(seconds);
-      const double busbw = 2.0 * static_cast<double>(p - 1) / static_cast<double>(p) * static_cast<double>(bytes) / s / 1e9;
+      const double busbw =
+          2.0 * static_cast<double>(p - 1) / static_cast<double>(p) * static_cast<double>(bytes) / s / 1e9;
       std::printf("openmpi allreduce p=%zu bytes=%zu seconds=%.6e busbw_GBps=%.3f\n", p, bytes, s, busbw);
       std::fflush(stdout);
     }

@@ -19,8 +19,8 @@
 
 namespace example {
 /// Trains a unit as the settings say (train_unit.cpp: compiled apart from the plans).
-int train_unit(f2d2n::processing_unit<f2d2n::tcp_transport, float>& unit, const settings& s, const data& d,
-               bool report, const std::string& metrics);
+int train_unit(f2d2n::processing_unit<f2d2n::tcp_transport, float>& unit, const settings& s, const data& d, bool report,
+               const std::string& metrics);
 }  // namespace example
 
 namespace {
@@ -36,12 +36,14 @@ int run(const example::settings& s, const nn::cluster_config& c) {
   const auto d = example::load(s);
   if (report) {
     std::cout << "f2d2n " << s.plan << ": " << Plan::world_size << " units (" << Plan::replicas << " replicas x "
-              << Plan::stages << " stages x " << Plan::shards << " shards) over TCP; " << mlp::parameter_count << " parameters; " << d.train.size()
-              << " training and " << d.test.size() << " test samples from " << s.data_dir << "\n";
+              << Plan::stages << " stages x " << Plan::shards << " shards) over TCP; " << mlp::parameter_count
+              << " parameters; " << d.train.size() << " training and " << d.test.size() << " test samples from "
+              << s.data_dir << "\n";
     for (std::size_t r = 0; r < Plan::world_size; ++r)
       std::cout << "  unit " << r << ": replica " << Plan::coordinates_of(r).replica << ", stage "
-                << Plan::coordinates_of(r).stage << ", shard " << Plan::coordinates_of(r).shard << ", " << Plan::parameter_count_of(r) << " parameters, "
-                << Plan::bytes_sent_per_step(r, s.batch_size) << " bytes sent per step of " << s.batch_size << "\n";
+                << Plan::coordinates_of(r).stage << ", shard " << Plan::coordinates_of(r).shard << ", "
+                << Plan::parameter_count_of(r) << " parameters, " << Plan::bytes_sent_per_step(r, s.batch_size)
+                << " bytes sent per step of " << s.batch_size << "\n";
     example::describe(s);
   }
   std::string metrics = s.metrics;  // metrics.csv -> metrics.unit<rank>.csv

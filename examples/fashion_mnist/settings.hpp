@@ -18,13 +18,12 @@ namespace example {
 namespace nn = f2d2n;
 namespace po = boost::program_options;
 
-using mlp = nn::sequential<nn::input<28, 28>,
-                           nn::dense<256>, nn::relu,
-                           nn::dense<128>, nn::relu,
-                           nn::dense<10>, nn::softmax_cross_entropy>;
+using mlp = nn::sequential<nn::input<28, 28>, nn::dense<256>, nn::relu, nn::dense<128>, nn::relu, nn::dense<10>,
+                           nn::softmax_cross_entropy>;
 
 // The F2D2N paper's prototype network (Leite, Mourlin, Paradinas 2024).
-using prototype = nn::sequential<nn::input<28, 28>, nn::dense<30>, nn::sigmoid, nn::dense<10>, nn::softmax_cross_entropy>;
+using prototype =
+    nn::sequential<nn::input<28, 28>, nn::dense<30>, nn::sigmoid, nn::dense<10>, nn::softmax_cross_entropy>;
 
 struct settings {
   std::string data_dir;
@@ -132,9 +131,10 @@ struct data {
 
 /// Pixels scaled to [0, 1], or standardised with Fashion-MNIST's training-set mean and deviation.
 inline data load(const settings& s) {
-  const nn::normalization norm = s.normalize == "standard" ? nn::normalization{.mean = 0.2860, .stddev = 0.3530}
-                                                            : nn::normalization{};
-  data d{nn::load_mnist<float>(s.data_dir, nn::split::train, norm), nn::load_mnist<float>(s.data_dir, nn::split::test, norm)};
+  const nn::normalization norm =
+      s.normalize == "standard" ? nn::normalization{.mean = 0.2860, .stddev = 0.3530} : nn::normalization{};
+  data d{nn::load_mnist<float>(s.data_dir, nn::split::train, norm),
+         nn::load_mnist<float>(s.data_dir, nn::split::test, norm)};
   if (s.train_limit != 0 && s.train_limit < d.train.size()) d.train = d.train.slice(0, s.train_limit);
   return d;
 }
@@ -143,8 +143,8 @@ inline data load(const settings& s) {
 inline void describe(const settings& s) {
   std::cout << s.optimizer << ": learning rate " << s.learning_rate;
   if (s.optimizer == "sgd") std::cout << ", momentum " << s.momentum;
-  std::cout << ", weight decay " << s.weight_decay << ", decay per epoch " << s.decay << "; batch " << s.batch_size << ", "
-            << s.epochs << " epochs, seed " << s.seed << ", inputs " << s.normalize << std::endl;
+  std::cout << ", weight decay " << s.weight_decay << ", decay per epoch " << s.decay << "; batch " << s.batch_size
+            << ", " << s.epochs << " epochs, seed " << s.seed << ", inputs " << s.normalize << std::endl;
 }
 
 }  // namespace example

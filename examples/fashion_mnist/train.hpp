@@ -26,7 +26,10 @@ int train_and_report(Net& net, const settings& s, const data& d, bool report, co
     std::optional<nn::checkpointer<decltype(t)>> checkpoints;
     if (report) t.add(bar);
     if (!metrics.empty()) t.add(csv.emplace(metrics));
-    const nn::fit_options fit{.epochs = s.epochs, .batch_size = s.batch_size, .seed = s.seed, .learning_rate_decay = s.decay};
+    const nn::fit_options fit{.epochs = s.epochs,
+                              .batch_size = s.batch_size,
+                              .seed = s.seed,
+                              .learning_rate_decay = s.decay};
     if (!s.checkpoint_dir.empty()) {
       store.emplace(s.checkpoint_dir);
       nn::checkpoint_options o;
@@ -38,8 +41,9 @@ int train_and_report(Net& net, const settings& s, const data& d, bool report, co
         if (report && info)
           for (const auto& why : info->skipped) std::printf("passed over the damaged checkpoint %s\n", why.c_str());
         if (report && info)
-          std::printf("resumed from %s/%s: epoch %llu, step %llu (%llu steps done; written by %s)\n", s.checkpoint_dir.c_str(),
-                      info->name.c_str(), static_cast<unsigned long long>(info->position.epoch + 1),
+          std::printf("resumed from %s/%s: epoch %llu, step %llu (%llu steps done; written by %s)\n",
+                      s.checkpoint_dir.c_str(), info->name.c_str(),
+                      static_cast<unsigned long long>(info->position.epoch + 1),
                       static_cast<unsigned long long>(info->position.step),
                       static_cast<unsigned long long>(info->position.global_step), info->plan.c_str());
         else if (report)
@@ -69,8 +73,11 @@ int train_and_report(Net& net, const settings& s, const data& d, bool report, co
                   s.epochs, seconds);
     return 0;
   };
-  if (s.optimizer == "adam") return go(nn::trainer(net, nn::adam{.learning_rate = s.learning_rate, .weight_decay = s.weight_decay}));
-  return go(nn::trainer(net, nn::sgd{.learning_rate = s.learning_rate, .momentum = s.momentum, .weight_decay = s.weight_decay}));
+  if (s.optimizer == "adam")
+    return go(nn::trainer(net, nn::adam{.learning_rate = s.learning_rate, .weight_decay = s.weight_decay}));
+  return go(
+      nn::trainer(net,
+                  nn::sgd{.learning_rate = s.learning_rate, .momentum = s.momentum, .weight_decay = s.weight_decay}));
 }
 
 }  // namespace example

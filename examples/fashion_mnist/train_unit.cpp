@@ -7,8 +7,8 @@
 
 namespace example {
 
-int train_unit(f2d2n::processing_unit<f2d2n::tcp_transport, float>& unit, const settings& s, const data& d,
-               bool report, const std::string& metrics) {
+int train_unit(f2d2n::processing_unit<f2d2n::tcp_transport, float>& unit, const settings& s, const data& d, bool report,
+               const std::string& metrics) {
   return train_and_report(unit, s, d, report, metrics);
 }
 

@@ -70,8 +70,8 @@
 #include <chrono>
 #include <climits>
 #include <cstdint>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <ostream>
@@ -84,17 +84,16 @@ namespace f2d2n {
 
 /// How launch() starts and supervises the units.
 struct launch_options {
-  unit_id processes = 1;                   ///< how many units to start (ranks 0 .. processes - 1)
-  std::string host = "127.0.0.1";          ///< where the units listen (and are reached)
-  std::uint16_t base_port = 0;             ///< unit r listens on base_port + r; 0: free ports on host
-  std::chrono::milliseconds grace{2000};   ///< SIGTERM to SIGKILL
+  unit_id processes = 1;                          ///< how many units to start (ranks 0 .. processes - 1)
+  std::string host = "127.0.0.1";                 ///< where the units listen (and are reached)
+  std::uint16_t base_port = 0;                    ///< unit r listens on base_port + r; 0: free ports on host
+  std::chrono::milliseconds grace{2000};          ///< SIGTERM to SIGKILL
   std::optional<std::chrono::seconds> timeout{};  ///< whole-run deadline: end every unit, return 124
-  unsigned max_restarts = 0;               ///< times every unit is started again after a unit fails
+  unsigned max_restarts = 0;                      ///< times every unit is started again after a unit fails
 };
 
 /// What launch() returns when the whole-run timeout ends the units.
 inline constexpr int launch_timeout_exit_code = 124;
-
 
 /// Starts `options.processes` units running `command` (program and arguments, found on PATH like
 /// execvp does) on this machine and supervises them; see the top of this header for what it does
@@ -115,7 +114,8 @@ inline int launch(const launch_options& options, const std::vector<std::string>&
     throw configuration_error("launch: " + std::to_string(options.processes) + " units from base port " +
                               std::to_string(options.base_port) + " would need ports beyond 65535");
   if (options.grace.count() < 0)
-    throw configuration_error("launch: the grace period is negative (" + std::to_string(options.grace.count()) + " ms)");
+    throw configuration_error("launch: the grace period is negative (" + std::to_string(options.grace.count()) +
+                              " ms)");
   if (options.timeout && options.timeout->count() <= 0)
     throw configuration_error("launch: the timeout must be at least 1 s (got " +
                               std::to_string(options.timeout->count()) + " s)");
@@ -221,7 +221,7 @@ inline int launch(const launch_options& options, const std::vector<std::string>&
 
   std::vector<pollfd> fds;
   std::vector<std::pair<std::size_t, int>> sources;  // fds[i + 1] belongs to units[first], stream second
-  while (true) {  // one pass per attempt: the first start and each restart
+  while (true) {                                     // one pass per attempt: the first start and each restart
     start_units();
     state = phase::running;
     result = 0;
@@ -241,15 +241,15 @@ inline int launch(const launch_options& options, const std::vector<std::string>&
         if (state != phase::running || (u.signal == 0 && u.exit_code == 0)) continue;
         // A failure restarts every unit while restarts are left, unless the program cannot be run.
         restart_pending = restarts < options.max_restarts && !u.exec_errno;
-        const std::string then =
-            !restart_pending ? others
-            : n > 1 ? others + ", then restarting all units (restart " + std::to_string(restarts + 1) + " of " +
-                          std::to_string(options.max_restarts) + ")"
-                    : "; restarting it (restart " + std::to_string(restarts + 1) + " of " +
-                          std::to_string(options.max_restarts) + ")";
+        const std::string then = !restart_pending ? others
+                                 : n > 1
+                                     ? others + ", then restarting all units (restart " + std::to_string(restarts + 1) +
+                                           " of " + std::to_string(options.max_restarts) + ")"
+                                     : "; restarting it (restart " + std::to_string(restarts + 1) + " of " +
+                                           std::to_string(options.max_restarts) + ")";
         if (u.exec_errno) {
-          say("rank " + std::to_string(u.rank) + " cannot run '" + command.front() + "': " +
-              std::strerror(*u.exec_errno) + " (exit code 127)" + then);
+          say("rank " + std::to_string(u.rank) + " cannot run '" + command.front() +
+              "': " + std::strerror(*u.exec_errno) + " (exit code 127)" + then);
           result = launch_cannot_run_exit_code;
         } else if (u.signal != 0) {
           say("rank " + std::to_string(u.rank) + " was killed by " + proc::signal_name(u.signal) + " (exit code " +

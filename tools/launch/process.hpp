@@ -24,8 +24,8 @@
 #include <chrono>
 #include <climits>
 #include <cstdint>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <ostream>
@@ -167,7 +167,7 @@ class signal_scope {
 
   file wake_read_;
   file wake_write_;
-  struct sigaction previous_[4] {};
+  struct sigaction previous_[4]{};
 };
 
 [[nodiscard]] inline std::string signal_name(int sig) {
@@ -339,8 +339,8 @@ struct unit_process {
   std::optional<int> exec_errno;
   bool exited = false;  ///< seen by waitid(WNOWAIT): a zombie, so pid and process group stay reserved
   bool reaped = false;
-  int exit_code = 0;    ///< valid when exited and signal == 0
-  int signal = 0;       ///< the signal that ended it, or 0
+  int exit_code = 0;  ///< valid when exited and signal == 0
+  int signal = 0;     ///< the signal that ended it, or 0
 };
 
 /// Writes the complete lines of `s.pending` (all of it, if `final`) to `os`, each prefixed.
@@ -476,8 +476,7 @@ inline void start_unit(unit_process& u, const std::string& program, std::vector<
     const int out_fd = ::fcntl(out_write.get(), F_DUPFD_CLOEXEC, 3);
     const int err_fd = ::fcntl(err_write.get(), F_DUPFD_CLOEXEC, 3);
     int failure = 0;
-    if (in_fd < 0 || out_fd < 0 || err_fd < 0 || ::dup2(in_fd, 0) < 0 || ::dup2(out_fd, 1) < 0 ||
-        ::dup2(err_fd, 2) < 0)
+    if (in_fd < 0 || out_fd < 0 || err_fd < 0 || ::dup2(in_fd, 0) < 0 || ::dup2(out_fd, 1) < 0 || ::dup2(err_fd, 2) < 0)
       failure = errno;
     ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
     if (failure == 0) {

@@ -7,8 +7,8 @@
 // type; cartesian_partition is the run-time value every primitive works on.
 #pragma once
 
-#include <f2d2n/core/partition.hpp>
 #include <f2d2n/core/error.hpp>
+#include <f2d2n/core/partition.hpp>
 
 #include <array>
 #include <cstddef>

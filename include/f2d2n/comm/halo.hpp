@@ -35,7 +35,8 @@ struct halo_widths {
 }
 
 /// Number of elements of the local array of the unit at `index`.
-[[nodiscard]] inline std::size_t halo_local_size(const cartesian_partition& part, const halo_widths& h, std::size_t index) {
+[[nodiscard]] inline std::size_t halo_local_size(const cartesian_partition& part, const halo_widths& h,
+                                                 std::size_t index) {
   std::size_t n = 1;
   for (std::size_t e : halo_local_extents(part, h, index)) n *= e;
   return n;
@@ -59,7 +60,8 @@ inline halo_geometry halo_setup(const cartesian_partition& part, const halo_widt
     const bool has_neighbour = geo.coords[k] > 0 || geo.coords[k] + 1 < part.shape[k];
     if (has_neighbour && geo.owned[k] < std::max(h.left[k], h.right[k]))
       throw configuration_error("f2d2n: halo of width " + std::to_string(std::max(h.left[k], h.right[k])) +
-                                " in dimension " + std::to_string(k) + " is wider than the " + std::to_string(geo.owned[k]) +
+                                " in dimension " + std::to_string(k) + " is wider than the " +
+                                std::to_string(geo.owned[k]) +
                                 " cells a unit owns there: use fewer units along that dimension or a narrower halo");
   }
   return geo;
@@ -67,7 +69,8 @@ inline halo_geometry halo_setup(const cartesian_partition& part, const halo_widt
 
 /// Index of the unit next to `coords` along dimension k (dir -1: before, +1: after), or -1 at the
 /// edge of the grid.
-inline std::ptrdiff_t neighbour(const cartesian_partition& part, std::vector<std::size_t> coords, std::size_t k, int dir) {
+inline std::ptrdiff_t neighbour(const cartesian_partition& part, std::vector<std::size_t> coords, std::size_t k,
+                                int dir) {
   if (dir < 0 && coords[k] == 0) return -1;
   if (dir > 0 && coords[k] + 1 == part.shape[k]) return -1;
   coords[k] = dir < 0 ? coords[k] - 1 : coords[k] + 1;
@@ -85,8 +88,9 @@ inline box slab(const box& local, std::size_t k, std::size_t lo, std::size_t hi)
 /// One direction of one dimension: send `send_region` to unit `to` (if any) while receiving
 /// `recv_region` from unit `from` (if any); `land` stores or adds what arrived.
 template <transport T, class S>
-void halo_shift(T& t, const group& g, std::span<S> local, const box& geo_local, const box& send_region, std::ptrdiff_t to,
-                const box& recv_region, std::ptrdiff_t from, bool add, const call_options& c, deadline until) {
+void halo_shift(T& t, const group& g, std::span<S> local, const box& geo_local, const box& send_region,
+                std::ptrdiff_t to, const box& recv_region, std::ptrdiff_t from, bool add, const call_options& c,
+                deadline until) {
   std::vector<S> send_buf(to >= 0 ? send_region.volume() : 0), recv_buf(from >= 0 ? recv_region.volume() : 0);
   if (to >= 0) copy_region(send_region, local.data(), geo_local, send_buf.data(), send_region);
   if (to >= 0 && from >= 0)
@@ -150,14 +154,14 @@ void halo_exchange_adjoint(T& t, const group& g, const cartesian_partition& part
       // My right ghosts go back to the right neighbour's first r owned cells; the left
       // neighbour's right ghosts come back into my first r owned cells.
       const box ghosts = detail::slab(geo.local, k, l + n, l + n + r);
-      detail::halo_shift(t, g, local, geo.local, ghosts, right_unit, detail::slab(geo.local, k, l, l + r), left_unit, true,
-                         c, until);
+      detail::halo_shift(t, g, local, geo.local, ghosts, right_unit, detail::slab(geo.local, k, l, l + r), left_unit,
+                         true, c, until);
       if (right_unit >= 0) detail::zero_region(local, geo.local, ghosts);
     }
     if (l > 0) {
       const box ghosts = detail::slab(geo.local, k, 0, l);
-      detail::halo_shift(t, g, local, geo.local, ghosts, left_unit, detail::slab(geo.local, k, n, l + n), right_unit, true,
-                         c, until);
+      detail::halo_shift(t, g, local, geo.local, ghosts, left_unit, detail::slab(geo.local, k, n, l + n), right_unit,
+                         true, c, until);
       if (left_unit >= 0) detail::zero_region(local, geo.local, ghosts);
     }
   }

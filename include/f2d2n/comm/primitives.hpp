@@ -17,8 +17,8 @@
 // silent one a timeout_error on every unit that waits for it, naming the message and the step.
 #pragma once
 
-#include <f2d2n/core/partition.hpp>
 #include <f2d2n/core/error.hpp>
+#include <f2d2n/core/partition.hpp>
 #include <f2d2n/transport/concept.hpp>
 
 #include <algorithm>
@@ -48,7 +48,8 @@ struct group {
   [[nodiscard]] std::size_t index_of(unit_id rank) const {
     const auto it = std::find(units.begin(), units.end(), rank);
     if (it == units.end())
-      throw configuration_error("f2d2n: unit " + std::to_string(rank) + " is not a member of the group it communicates in");
+      throw configuration_error("f2d2n: unit " + std::to_string(rank) +
+                                " is not a member of the group it communicates in");
     return static_cast<std::size_t>(it - units.begin());
   }
 };
@@ -73,8 +74,8 @@ inline void check_root(const group& g, std::size_t root) {
 template <class S>
 void check_extent(std::span<S> s, std::size_t n, const char* what) {
   if (s.size() != n)
-    throw configuration_error(std::string("f2d2n: ") + what + " has " + std::to_string(s.size()) + " elements, expected " +
-                              std::to_string(n));
+    throw configuration_error(std::string("f2d2n: ") + what + " has " + std::to_string(s.size()) +
+                              " elements, expected " + std::to_string(n));
 }
 /// Position relative to the root, so that the root is 0 in tree algorithms.
 inline std::size_t relative(std::size_t index, std::size_t root, std::size_t p) { return (index + p - root) % p; }
@@ -98,7 +99,8 @@ void broadcast(T& t, const group& g, std::size_t root, std::span<S> data, const 
     mask <<= 1;
   }
   for (mask >>= 1; mask > 0; mask >>= 1)
-    if (rel + mask < p) send_tensor(t, g[(rel + mask + root) % p], c.message_id, c.step, std::span<const S>(data), until);
+    if (rel + mask < p)
+      send_tensor(t, g[(rel + mask + root) % p], c.message_id, c.step, std::span<const S>(data), until);
 }
 
 /// Sum-reduce: the root's `data` becomes the sum of every member's `data`. Other members' `data`
@@ -142,8 +144,8 @@ void ring_step(T& t, const group& g, std::size_t me, std::span<const S> send_par
   for (std::size_t k = 0; k < std::max(send_pieces, recv_pieces); ++k) {
     const auto out = k < send_pieces ? send_part.subspan(k * chunk, std::min(chunk, send_part.size() - k * chunk))
                                      : std::span<const S>();
-    const auto in = k < recv_pieces ? recv_part.subspan(k * chunk, std::min(chunk, recv_part.size() - k * chunk))
-                                    : std::span<S>();
+    const auto in =
+        k < recv_pieces ? recv_part.subspan(k * chunk, std::min(chunk, recv_part.size() - k * chunk)) : std::span<S>();
     std::span<S> landing = direct ? in : std::span<S>(scratch.data(), in.size());
     if (k < send_pieces && k < recv_pieces) {
       exchange_tensor(t, right, out, left, landing, c.message_id, c.step, until);

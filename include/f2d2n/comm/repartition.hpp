@@ -28,7 +28,8 @@ void repartition(T& t, const group& g, const cartesian_partition& from, const ca
                               std::to_string(g.size()) + ")");
   const std::size_t p = g.size(), me = g.index_of(t.rank());
   const auto box_of = [](const cartesian_partition& part, std::size_t i) {
-    return i < part.units() ? part.owned(i) : box{std::vector<std::size_t>(part.dims()), std::vector<std::size_t>(part.dims())};
+    return i < part.units() ? part.owned(i)
+                            : box{std::vector<std::size_t>(part.dims()), std::vector<std::size_t>(part.dims())};
   };
   const box mine_in = box_of(from, me), mine_out = box_of(to, me);
   detail::check_extent(in, mine_in.volume(), "repartition's input");
@@ -51,11 +52,10 @@ void repartition(T& t, const group& g, const cartesian_partition& from, const ca
     detail::copy_region(send_region, in.data(), mine_in, send_buf.data(), send_region);
     const bool sends = !send_region.empty(), receives = !recv_region.empty();
     if (sends && receives)
-      exchange_tensor(t, g[dst], std::span<const S>(send_buf), g[src], std::span<S>(recv_buf), c.message_id, c.step, until);
-    else if (sends)
-      send_tensor(t, g[dst], c.message_id, c.step, std::span<const S>(send_buf), until);
-    else if (receives)
-      receive_tensor(t, g[src], c.message_id, c.step, std::span<S>(recv_buf), until);
+      exchange_tensor(t, g[dst], std::span<const S>(send_buf), g[src], std::span<S>(recv_buf), c.message_id, c.step,
+                      until);
+    else if (sends) send_tensor(t, g[dst], c.message_id, c.step, std::span<const S>(send_buf), until);
+    else if (receives) receive_tensor(t, g[src], c.message_id, c.step, std::span<S>(recv_buf), until);
     detail::copy_region(recv_region, recv_buf.data(), recv_region, out.data(), mine_out);
   }
 }

@@ -111,8 +111,8 @@ struct comm_context {
   std::uint64_t step = 0;        ///< the training step (or tag) of that message
 
   [[nodiscard]] std::string describe() const {
-    return "unit " + std::to_string(unit) + ", peer " + std::to_string(peer) + ", message " + std::to_string(message_id) +
-           ", step " + std::to_string(step);
+    return "unit " + std::to_string(unit) + ", peer " + std::to_string(peer) + ", message " +
+           std::to_string(message_id) + ", step " + std::to_string(step);
   }
 };
 

@@ -31,8 +31,7 @@ struct extents {
 /// The extents of one sample as a type: shape<784>, shape<28, 28>, shape<1, 28, 28>.
 template <std::size_t... Dims>
 struct shape {
-  static_assert(sizeof...(Dims) >= 1 && sizeof...(Dims) <= max_rank,
-                "f2d2n: a shape has between 1 and 4 extents");
+  static_assert(sizeof...(Dims) >= 1 && sizeof...(Dims) <= max_rank, "f2d2n: a shape has between 1 and 4 extents");
   static constexpr extents value{{Dims...}, sizeof...(Dims)};
   static constexpr std::size_t size = value.size();
 };

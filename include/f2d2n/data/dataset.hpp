@@ -28,9 +28,9 @@ template <class Scalar = float>
 struct dataset {
   matrix<Scalar> samples;
   std::vector<std::int32_t> labels;
-  extents sample_shape{};     ///< e.g. {28, 28}
-  std::size_t classes = 0;    ///< labels are in [0, classes)
-  std::string source;         ///< the file the samples came from (for error messages)
+  extents sample_shape{};   ///< e.g. {28, 28}
+  std::size_t classes = 0;  ///< labels are in [0, classes)
+  std::string source;       ///< the file the samples came from (for error messages)
 
   [[nodiscard]] std::size_t size() const noexcept { return labels.size(); }
   [[nodiscard]] std::size_t features() const noexcept { return static_cast<std::size_t>(samples.cols()); }
@@ -99,8 +99,8 @@ dataset<Scalar> load_idx(const std::string& images_path, const std::string& labe
   for (std::size_t i = 0; i < count; ++i) {
     if (labels.data[i] >= classes)
       throw data_error(labels_path, data_problem::bad_label,
-                       "label " + std::to_string(labels.data[i]) + " of sample " + std::to_string(i) + " is not below " +
-                           std::to_string(classes));
+                       "label " + std::to_string(labels.data[i]) + " of sample " + std::to_string(i) +
+                           " is not below " + std::to_string(classes));
     d.labels[i] = labels.data[i];
   }
   // One lookup table of the 256 possible values: the same float for the same byte everywhere.
@@ -168,8 +168,10 @@ class batcher {
   batcher(const dataset<Scalar>& data, std::size_t batch_size, bool shuffle_samples = true, std::uint64_t seed = 0)
       : data_(&data), batch_size_(batch_size), shuffle_(shuffle_samples), seed_(seed), order_(data.size()) {
     if (batch_size == 0) throw configuration_error("f2d2n: batch size must be at least 1");
-    if (data.size() == 0) throw configuration_error("f2d2n: cannot make batches of an empty dataset (" + data.source + ")");
-    buffer_.resize(static_cast<Eigen::Index>(std::min(batch_size, data.size())), static_cast<Eigen::Index>(data.features()));
+    if (data.size() == 0)
+      throw configuration_error("f2d2n: cannot make batches of an empty dataset (" + data.source + ")");
+    buffer_.resize(static_cast<Eigen::Index>(std::min(batch_size, data.size())),
+                   static_cast<Eigen::Index>(data.features()));
     labels_.resize(static_cast<std::size_t>(buffer_.rows()));
     start_epoch(0);
   }

@@ -115,7 +115,8 @@ inline idx_array read_idx(const std::string& path, idx_limits limits = {}) {
     have += n;
     if (n < want)
       throw data_error(path, data_problem::truncated,
-                       "the header announces " + std::to_string(elements) + " bytes of data, the file holds " + std::to_string(have));
+                       "the header announces " + std::to_string(elements) + " bytes of data, the file holds " +
+                           std::to_string(have));
   }
   unsigned char extra;
   if (detail::gz_read_some(file.get(), path, &extra, 1) != 0)

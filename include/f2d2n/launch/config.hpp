@@ -301,7 +301,8 @@ inline void check_host(std::string_view host, const std::string& context) {
                                 " units in all");
     entries.push_back(std::move(entry));
   }
-  if (entries.empty()) throw configuration_error(std::string(source) + ": names no machine (every line is blank or a comment)");
+  if (entries.empty())
+    throw configuration_error(std::string(source) + ": names no machine (every line is blank or a comment)");
   return entries;
 }
 
@@ -335,8 +336,8 @@ inline void check_host(std::string_view host, const std::string& context) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     const int code = errno;
-    throw configuration_error("hosts file " + detail::quoted(path) + " cannot be opened: " +
-                              (code != 0 ? std::strerror(code) : "unknown reason"));
+    throw configuration_error("hosts file " + detail::quoted(path) +
+                              " cannot be opened: " + (code != 0 ? std::strerror(code) : "unknown reason"));
   }
   std::ostringstream text;
   text << in.rdbuf();

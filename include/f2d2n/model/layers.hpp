@@ -31,7 +31,9 @@ enum class layer_kind { input, hidden, loss };
 
 /// Uniform in +-sqrt(6 / fan_in): He et al. 2015, for layers followed by relu.
 struct he_uniform {
-  static double limit(std::size_t fan_in, std::size_t /*fan_out*/) { return std::sqrt(6.0 / static_cast<double>(fan_in)); }
+  static double limit(std::size_t fan_in, std::size_t /*fan_out*/) {
+    return std::sqrt(6.0 / static_cast<double>(fan_in));
+  }
 };
 /// Uniform in +-sqrt(6 / (fan_in + fan_out)): Glorot & Bengio 2010, for sigmoid, tanh and outputs.
 struct xavier_uniform {
@@ -56,7 +58,8 @@ struct input {
 
   template <std::size_t Index, bool Last, std::size_t... In>
   struct at_layer {
-    static_assert(Index == 0, "f2d2n: input<...> may only be layer 0 of a sequential (this one is at the index named above)");
+    static_assert(Index == 0,
+                  "f2d2n: input<...> may only be layer 0 of a sequential (this one is at the index named above)");
     static_assert(((Dims > 0) && ...), "f2d2n: input<...> has an extent of zero");
     static constexpr bool ok = true;
   };
@@ -113,7 +116,8 @@ struct dense_kernels {
                                std::uint64_t stream) {
     for (std::size_t j = 0; j < rows; ++j)
       for (std::size_t c = 0; c < cols; ++c)
-        params[j * cols + c] = static_cast<S>(limit * random_symmetric(seed, stream, (row_begin + j) * in + col_begin + c));
+        params[j * cols + c] =
+            static_cast<S>(limit * random_symmetric(seed, stream, (row_begin + j) * in + col_begin + c));
     for (std::size_t k = rows * cols; k < rows * cols + rows; ++k) params[k] = S(0);
   }
 };
@@ -209,8 +213,8 @@ struct reshaping {
     y = x;
   }
   template <class S>
-  static void backward(const S*, S*, const_matrix_ref<S>, const_matrix_ref<S>, const_matrix_ref<S> dy,
-                       matrix_ref<S> dx, bool want_dx) {
+  static void backward(const S*, S*, const_matrix_ref<S>, const_matrix_ref<S>, const_matrix_ref<S> dy, matrix_ref<S> dx,
+                       bool want_dx) {
     if (want_dx) dx = dy;
   }
 };
@@ -230,7 +234,8 @@ struct flatten : detail::reshaping {
 template <std::size_t... Dims>
 struct reshape : detail::reshaping {
   static constexpr std::string_view name = "reshape";
-  static_assert(sizeof...(Dims) >= 1 && sizeof...(Dims) <= max_rank, "f2d2n: reshape<...> takes between 1 and 4 extents");
+  static_assert(sizeof...(Dims) >= 1 && sizeof...(Dims) <= max_rank,
+                "f2d2n: reshape<...> takes between 1 and 4 extents");
   static constexpr extents output(extents) noexcept { return shape<Dims...>::value; }
   template <std::size_t Index, bool Last, std::size_t... In>
   struct at_layer {
@@ -261,7 +266,9 @@ struct softmax_cross_entropy : detail::loss_layer {
 
   template <std::size_t Index, bool Last, std::size_t... In>
   struct at_layer {
-    static_assert(Last, "f2d2n: softmax_cross_entropy at the layer index named above is not the last layer: a loss must end the sequential");
+    static_assert(
+        Last,
+        "f2d2n: softmax_cross_entropy at the layer index named above is not the last layer: a loss must end the sequential");
     static_assert(sizeof...(In) == 0 || sizeof...(In) == 1,
                   "f2d2n: softmax_cross_entropy needs flat logits: put dense<classes> (or flatten) before it");
     static_assert(sizeof...(In) == 0 || (In * ... * 1) >= 2,
@@ -304,7 +311,9 @@ struct mean_squared_error : detail::loss_layer {
 
   template <std::size_t Index, bool Last, std::size_t... In>
   struct at_layer {
-    static_assert(Last, "f2d2n: mean_squared_error at the layer index named above is not the last layer: a loss must end the sequential");
+    static_assert(
+        Last,
+        "f2d2n: mean_squared_error at the layer index named above is not the last layer: a loss must end the sequential");
     static_assert(sizeof...(In) == 0 || sizeof...(In) == 1,
                   "f2d2n: mean_squared_error needs flat outputs: put dense<classes> (or flatten) before it");
     static constexpr bool ok = true;

@@ -36,12 +36,15 @@ struct batch_result {
 
 namespace detail {
 template <class Layer, class Next>
-using resolved_initializer = std::conditional_t<
-    std::is_same_v<typename Layer::initializer, auto_init>,
-    std::conditional_t<std::is_same_v<Next, relu>, he_uniform, xavier_uniform>, typename Layer::initializer>;
+using resolved_initializer =
+    std::conditional_t<std::is_same_v<typename Layer::initializer, auto_init>,
+                       std::conditional_t<std::is_same_v<Next, relu>, he_uniform, xavier_uniform>,
+                       typename Layer::initializer>;
 
 template <class L>
-concept has_initializer = requires { typename L::initializer; };
+concept has_initializer = requires {
+  typename L::initializer;
+};
 
 /// What the network calls on a hidden layer: plain function pointers, one instantiation per
 /// layer type and scalar, however deep the network (compile time stays linear and small).
@@ -218,16 +221,16 @@ class network {
     std::uint32_t scalar_size = 0;
     std::string description;
     std::uint64_t fingerprint = 0, count = 0;
-    ar >> make_nvp("scalar_size", scalar_size) >> make_nvp("model", description) >> make_nvp("fingerprint", fingerprint) >>
-        make_nvp("parameter_count", count);
+    ar >> make_nvp("scalar_size", scalar_size) >> make_nvp("model", description) >>
+        make_nvp("fingerprint", fingerprint) >> make_nvp("parameter_count", count);
     const model_summary& model = summary_of<Net>();
     if (description != model.description)
       throw storage_error(where, storage_problem::model_mismatch,
                           "the archive holds another model: " + describe_difference(model.description, description));
     if (scalar_size != sizeof(Scalar))
       throw storage_error(where, storage_problem::model_mismatch,
-                          "the archive's parameters are " + std::to_string(scalar_size) + "-byte scalars, this network's " +
-                              std::to_string(sizeof(Scalar)) + "-byte");
+                          "the archive's parameters are " + std::to_string(scalar_size) +
+                              "-byte scalars, this network's " + std::to_string(sizeof(Scalar)) + "-byte");
     if (fingerprint != model.fingerprint || count != parameter_count)
       throw storage_error(where, storage_problem::corrupt,
                           "the model's fingerprint or parameter count does not match its description");

@@ -54,23 +54,23 @@ constexpr auto compute_layout() {
   if constexpr (!(layer<Layers> && ...)) {
     return r;  // sequential's own static_assert names the problem
   } else {
-  using output_fn = extents (*)(extents);
-  using count_fn = std::size_t (*)(extents);
-  constexpr output_fn outputs[] = {&Layers::output...};
-  constexpr count_fn counts[] = {&Layers::parameter_count...};
-  extents current{};
-  for (std::size_t i = 0; i < size; ++i) {
-    // A layer whose input is already broken (an error reported upstream) gets and passes on "no
-    // shape" (rank 0), which its checks accept, so that one mistake gives one error.
-    if (!current.valid()) current = extents{};
-    r.in[i] = current;
-    r.out[i] = (i == 0 || current.valid()) ? outputs[i](current) : extents{};
-    r.parameter_count[i] = (i == 0 || current.valid()) ? counts[i](current) : 0;
-    r.parameter_offset[i] = r.total_parameters;
-    r.total_parameters += r.parameter_count[i];
-    current = r.out[i];
-  }
-  return r;
+    using output_fn = extents (*)(extents);
+    using count_fn = std::size_t (*)(extents);
+    constexpr output_fn outputs[] = {&Layers::output...};
+    constexpr count_fn counts[] = {&Layers::parameter_count...};
+    extents current{};
+    for (std::size_t i = 0; i < size; ++i) {
+      // A layer whose input is already broken (an error reported upstream) gets and passes on "no
+      // shape" (rank 0), which its checks accept, so that one mistake gives one error.
+      if (!current.valid()) current = extents{};
+      r.in[i] = current;
+      r.out[i] = (i == 0 || current.valid()) ? outputs[i](current) : extents{};
+      r.parameter_count[i] = (i == 0 || current.valid()) ? counts[i](current) : 0;
+      r.parameter_offset[i] = r.total_parameters;
+      r.total_parameters += r.parameter_count[i];
+      current = r.out[i];
+    }
+    return r;
   }
 }
 
@@ -82,8 +82,9 @@ template <class... Layers>
 struct sequential {
   static_assert((layer<Layers> && ...),
                 "f2d2n: every argument of sequential<...> must be a layer (see the f2d2n::layer concept)");
-  static_assert(sizeof...(Layers) >= 2,
-                "f2d2n: sequential<...> needs at least input<...> and a loss, e.g. sequential<input<4>, dense<2>, softmax_cross_entropy>");
+  static_assert(
+      sizeof...(Layers) >= 2,
+      "f2d2n: sequential<...> needs at least input<...> and a loss, e.g. sequential<input<4>, dense<2>, softmax_cross_entropy>");
 
   using layers = boost::mp11::mp_list<Layers...>;
   static constexpr std::size_t size = sizeof...(Layers);
@@ -124,8 +125,8 @@ struct sequential {
 
  private:
   template <std::size_t I, std::size_t... K>
-  static auto check_type(std::index_sequence<K...>)
-      -> typename layer_at<I>::template at_layer<I, I + 1 == size, input_extents[I].dims[K]...>;
+  static auto check_type(std::index_sequence<K...>) ->
+      typename layer_at<I>::template at_layer<I, I + 1 == size, input_extents[I].dims[K]...>;
 
   template <std::size_t I>
   using check_at = decltype(check_type<I>(std::make_index_sequence<input_extents[I].rank>{}));

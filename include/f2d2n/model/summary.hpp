@@ -13,11 +13,11 @@
 #endif
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
-#include <algorithm>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -26,8 +26,8 @@ namespace f2d2n {
 
 /// One layer of a model, as stored descriptions name it.
 struct layer_summary {
-  std::string name;          ///< the layer's short name ("dense", "relu", ...)
-  extents input, output;     ///< its input and output extents (the input layer's input: rank 0)
+  std::string name;       ///< the layer's short name ("dense", "relu", ...)
+  extents input, output;  ///< its input and output extents (the input layer's input: rank 0)
   std::size_t parameters = 0;
   friend bool operator==(const layer_summary&, const layer_summary&) = default;
 };
@@ -36,10 +36,10 @@ struct layer_summary {
 /// input features, row-major: PyTorch's layout) or bias (one dimension), or the whole parameter
 /// block of another layer with parameters (one dimension, named "<layer>.parameters").
 struct tensor_summary {
-  std::string name;             ///< "<layer index>.weight", "<layer index>.bias", ...
+  std::string name;  ///< "<layer index>.weight", "<layer index>.bias", ...
   std::size_t layer = 0;
   std::vector<std::size_t> shape;
-  std::size_t offset = 0;       ///< where it starts in the flat parameter buffer
+  std::size_t offset = 0;  ///< where it starts in the flat parameter buffer
   [[nodiscard]] std::size_t size() const noexcept {
     std::size_t n = 1;
     for (auto d : shape) n *= d;

@@ -55,10 +55,11 @@ inline constexpr bool is_plan_v = false;
 /// A model and its distribution: see the top of this file.
 template <class Net, class... Policies>
 struct distribute {
-  static_assert(network_type<Net>, "f2d2n: the first argument of distribute<model, policies...> must be a sequential<...>");
+  static_assert(network_type<Net>,
+                "f2d2n: the first argument of distribute<model, policies...> must be a sequential<...>");
   static_assert(((detail::is_a<Policies, detail::data_parallel_tag> ||
-                  detail::is_a<Policies, detail::tensor_parallel_tag> || detail::is_a<Policies, detail::pipeline_tag>) &&
-                 ...),
+                  detail::is_a<Policies, detail::tensor_parallel_tag> ||
+                  detail::is_a<Policies, detail::pipeline_tag>)&&...),
                 "f2d2n: distribute<model, policies...> takes data_parallel<R>, pipeline<P, ...> and "
                 "tensor_parallel<S, ...>");
   using policies = boost::mp11::mp_list<Policies...>;
@@ -92,12 +93,10 @@ struct distribute {
     else return false;
   }
   template <class O>
-  using override_ok = std::bool_constant<
-      plan_check::split_override<plan_check::layer<O::index>, plan_check::layers<layer_count>,
-                                 std::conditional_t<dense_at<O>(), plan_check::with_weights,
-                                                    plan_check::without_weights>>::ok>;
-  static constexpr bool overrides_ok =
-      boost::mp11::mp_all_of<typename tensor_policy::overrides, override_ok>::value;
+  using override_ok = std::bool_constant<plan_check::split_override<
+      plan_check::layer<O::index>, plan_check::layers<layer_count>,
+      std::conditional_t<dense_at<O>(), plan_check::with_weights, plan_check::without_weights>>::ok>;
+  static constexpr bool overrides_ok = boost::mp11::mp_all_of<typename tensor_policy::overrides, override_ok>::value;
 
   struct split_choice {
     split_kind kind = split_kind::none;
@@ -113,7 +112,7 @@ struct distribute {
     constexpr bool is_dense[] = {detail::is_dense_v<layer_t<I>>...};
     std::array<split_choice, layer_count> s{};
     for (std::size_t i = 0; i < layer_count; ++i)
-      s[i] = !is_dense[i]   ? split_choice{}
+      s[i] = !is_dense[i]  ? split_choice{}
              : shards == 1 ? split_choice{split_kind::replicated, 1, 1}
                            : choice_of<typename tensor_policy::default_split>();
     if constexpr (shards > 1) {
@@ -155,14 +154,15 @@ struct distribute {
     return true;
   }();
   static constexpr bool pipeline_ok = [] {
-    if constexpr (!plan_check::pipeline_stages<plan_check::stages<stages>, plan_check::hidden_layers<hidden_layers>>::ok)
+    if constexpr (!plan_check::pipeline_stages<plan_check::stages<stages>,
+                                               plan_check::hidden_layers<hidden_layers>>::ok)
       return false;
     else if constexpr (hand::by_hand)
-      return plan_check::pipeline_stage_starts<plan_check::stages<stages>, plan_check::stage_starts_named<hand::starts.size()>,
+      return plan_check::pipeline_stage_starts<plan_check::stages<stages>,
+                                               plan_check::stage_starts_named<hand::starts.size()>,
                                                std::conditional_t<starts_valid, plan_check::increasing_within_the_model,
                                                                   plan_check::not_increasing_within_the_model>>::ok;
-    else
-      return true;
+    else return true;
   }();
 
  public:
@@ -240,7 +240,6 @@ struct distribute {
     }
   }
 
-
  public:
   /// True when every check passed. The checks run on any use of the plan (the static_assert
   /// below evaluates this); each failed check is its own compile error, and the only one.
@@ -250,7 +249,8 @@ struct distribute {
       return check_splits() &&
              plan_check::pipeline_schedule<typename pipeline_policy::schedule, plan_check::stages<stages>,
                                            plan_check::micro_batches<microbatch_count>>::ok &&
-             plan_check::message_fields<plan_check::layers<layer_count>, plan_check::micro_batches<microbatch_count>>::ok;
+             plan_check::message_fields<plan_check::layers<layer_count>,
+                                        plan_check::micro_batches<microbatch_count>>::ok;
   }();
   static_assert(detail::evaluated<checked>);
 
@@ -367,8 +367,8 @@ struct distribute {
 
   /// Calls f(layer, begin, size) for each bucket of unit `rank`'s gradient all-reduce, in the
   /// order they are summed. The buffer is gradient_offset values (the step's loss and correct
-  /// count first), then the unit's gradients; walking the backward pass (last layer first), a bucket closes as soon as it holds
-  /// bucket_elements values, at the layer named; the rest, with the loss and count, is the last.
+  /// count first), then the unit's gradients; walking the backward pass (last layer first), a bucket closes as soon as
+  /// it holds bucket_elements values, at the layer named; the rest, with the loss and count, is the last.
   template <class F>
   static constexpr void for_each_gradient_bucket(std::size_t rank, F&& f) {
     std::size_t end = gradient_offset + parameter_count_of(rank);

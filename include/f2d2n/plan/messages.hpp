@@ -41,15 +41,15 @@ inline constexpr std::size_t max_message_index = std::size_t{1} << 16;
 /// sends for it, and its wire id.
 struct step_message {
   message_kind kind = message_kind::all_reduce;
-  bool backward = false;         ///< part of the backward pass
-  std::size_t layer = 0;         ///< the layer it belongs to (0 for the statistics)
-  std::size_t index = 0;         ///< the micro-batch (gradients: the bucket)
-  std::size_t rows = 0;          ///< the tensor: rows x columns (the whole vector, for collectives)
+  bool backward = false;  ///< part of the backward pass
+  std::size_t layer = 0;  ///< the layer it belongs to (0 for the statistics)
+  std::size_t index = 0;  ///< the micro-batch (gradients: the bucket)
+  std::size_t rows = 0;   ///< the tensor: rows x columns (the whole vector, for collectives)
   std::size_t columns = 0;
-  std::size_t group = 0;         ///< collectives: the units taking part; sends: 2 (this unit and peer)
-  unit_id peer = 0;              ///< sends: the unit it goes to
-  std::size_t sent = 0;          ///< elements this unit sends for it (ring collectives: exact)
-  std::uint32_t id = 0;          ///< message_id(kind, backward, layer, index)
+  std::size_t group = 0;  ///< collectives: the units taking part; sends: 2 (this unit and peer)
+  unit_id peer = 0;       ///< sends: the unit it goes to
+  std::size_t sent = 0;   ///< elements this unit sends for it (ring collectives: exact)
+  std::uint32_t id = 0;   ///< message_id(kind, backward, layer, index)
   friend constexpr bool operator==(const step_message&, const step_message&) = default;
 };
 

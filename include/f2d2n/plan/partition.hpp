@@ -23,22 +23,22 @@ struct unit_coordinates {
 /// (by_outputs: S x 1, by_inputs: 1 x S); this unit holds block (out_index, in_index): neurons
 /// [begin, begin + count) and input features [input_begin, input_begin + input_count).
 struct layer_partition {
-  bool held = false;                ///< the layer is in this unit's stage
+  bool held = false;  ///< the layer is in this unit's stage
   split_kind split = split_kind::none;
   std::size_t out_parts = 1, in_parts = 1, out_index = 0, in_index = 0;
-  std::size_t begin = 0;            ///< first neuron held here
-  std::size_t count = 0;            ///< neurons held here (the whole layer's when not split by neurons)
-  std::size_t input_begin = 0;      ///< first input feature held here
-  std::size_t input_count = 0;      ///< input features held here
+  std::size_t begin = 0;        ///< first neuron held here
+  std::size_t count = 0;        ///< neurons held here (the whole layer's when not split by neurons)
+  std::size_t input_begin = 0;  ///< first input feature held here
+  std::size_t input_count = 0;  ///< input features held here
   /// The layer's output stays in blocks (this unit keeps its own columns, nothing is gathered):
   /// a by_outputs layer chained into a by_inputs one, and the element-wise layers between them.
   bool sharded_output = false;
   /// The layer's input arrives in blocks (the end of such a chain, or an element-wise layer in it).
   bool sharded_input = false;
-  std::size_t output_width = 0;     ///< this unit's columns of the layer's output
-  std::size_t input_width = 0;      ///< this unit's columns of the layer's input
-  std::size_t parameter_count = 0;  ///< this unit's parameters of the layer (0 when not held)
-  std::size_t parameter_offset = 0; ///< where they start in the unit's flat parameter buffer
+  std::size_t output_width = 0;      ///< this unit's columns of the layer's output
+  std::size_t input_width = 0;       ///< this unit's columns of the layer's input
+  std::size_t parameter_count = 0;   ///< this unit's parameters of the layer (0 when not held)
+  std::size_t parameter_offset = 0;  ///< where they start in the unit's flat parameter buffer
   friend constexpr bool operator==(const layer_partition&, const layer_partition&) = default;
 };
 

@@ -91,7 +91,6 @@ struct split_layer : detail::split_layer_tag {
   using split = Split;
 };
 
-
 /// Every dense layer spread over Shards units, by `Default` unless a split_layer<I, ...> says otherwise.
 template <std::size_t Shards, class Default = by_outputs, class... Overrides>
 struct tensor_parallel : detail::tensor_parallel_tag {
@@ -140,8 +139,9 @@ template <std::size_t Stages, class Microbatches = microbatches<1>, class Schedu
           class Placement = balanced_by_parameters>
 struct pipeline : detail::pipeline_tag {
   static_assert(Stages >= 1, "f2d2n: pipeline<stages, ...> needs at least one stage");
-  static_assert(detail::is_a<Microbatches, detail::microbatches_tag>,
-                "f2d2n: the second argument of pipeline<stages, microbatches<M>, schedule, placement> is microbatches<M>");
+  static_assert(
+      detail::is_a<Microbatches, detail::microbatches_tag>,
+      "f2d2n: the second argument of pipeline<stages, microbatches<M>, schedule, placement> is microbatches<M>");
   static_assert(detail::is_a<Schedule, detail::schedule_tag>,
                 "f2d2n: the schedule of pipeline<stages, microbatches<M>, schedule> is gpipe or one_f_one_b");
   static_assert(detail::is_a<Placement, detail::placement_tag>,

@@ -185,7 +185,8 @@ class directory_backend final : public storage_backend {
  private:
   [[nodiscard]] std::filesystem::path path_of(std::string_view key) const {
     // Keys are relative and never climb out of the root.
-    if (key.empty() || key.front() == '/' || key.find("..") != std::string_view::npos || key.find('\0') != std::string_view::npos)
+    if (key.empty() || key.front() == '/' || key.find("..") != std::string_view::npos ||
+        key.find('\0') != std::string_view::npos)
       throw storage_error(root_.string(), storage_problem::bad_format, "bad key '" + std::string(key) + "'");
     return root_ / std::filesystem::path(std::string(key));
   }
@@ -203,7 +204,8 @@ class directory_backend final : public storage_backend {
 
   static void write_file(const std::filesystem::path& path, byte_pieces data, bool durable) {
     const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) throw storage_error(path.string(), storage_problem::io, std::string("cannot create: ") + std::strerror(errno));
+    if (fd < 0)
+      throw storage_error(path.string(), storage_problem::io, std::string("cannot create: ") + std::strerror(errno));
     auto fail = [&](const char* what) {
       const int e = errno;
       ::close(fd);
@@ -235,16 +237,19 @@ class directory_backend final : public storage_backend {
       }
     }
     if (durable && ::fsync(fd) != 0) fail("fsync failed");
-    if (::close(fd) != 0) throw storage_error(path.string(), storage_problem::io, std::string("close failed: ") + std::strerror(errno));
+    if (::close(fd) != 0)
+      throw storage_error(path.string(), storage_problem::io, std::string("close failed: ") + std::strerror(errno));
   }
 
   static void sync_directory(const std::filesystem::path& dir) {
     const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) throw storage_error(dir.string(), storage_problem::io, std::string("cannot open: ") + std::strerror(errno));
+    if (fd < 0)
+      throw storage_error(dir.string(), storage_problem::io, std::string("cannot open: ") + std::strerror(errno));
     const int r = ::fsync(fd);
     const int e = errno;
     ::close(fd);
-    if (r != 0) throw storage_error(dir.string(), storage_problem::io, std::string("fsync failed: ") + std::strerror(e));
+    if (r != 0)
+      throw storage_error(dir.string(), storage_problem::io, std::string("fsync failed: ") + std::strerror(e));
   }
 
   std::filesystem::path root_;

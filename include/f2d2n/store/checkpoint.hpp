@@ -28,7 +28,6 @@
 #include <f2d2n/store/detail/checkpoint_format.hpp>
 #include <f2d2n/train/callbacks.hpp>
 
-
 #include <algorithm>
 #include <bit>
 #include <cstddef>
@@ -69,7 +68,7 @@ struct checkpoint_layout {
   std::size_t size = 0;  ///< values in the unit's flat buffer
   unit_id rank = 0;
   std::size_t world_size = 1;
-  std::string plan;            ///< the plan's description ("serial" for one network)
+  std::string plan;  ///< the plan's description ("serial" for one network)
   std::uint64_t plan_fingerprint = 0;
 };
 
@@ -88,12 +87,12 @@ inline checkpoint_layout serial_layout(const model_summary& m) {
 template <class S>
 struct unit_state {
   std::span<const S> parameters;
-  std::string_view optimizer;                  ///< "sgd", "adam"
-  std::vector<std::string_view> state_names;   ///< the optimizer's per-parameter buffers
-  std::vector<std::span<const S>> state;       ///< each empty when not allocated (before the first step)
+  std::string_view optimizer;                 ///< "sgd", "adam"
+  std::vector<std::string_view> state_names;  ///< the optimizer's per-parameter buffers
+  std::vector<std::span<const S>> state;      ///< each empty when not allocated (before the first step)
   std::uint64_t optimizer_steps = 0;
   double learning_rate = 0;
-  nlohmann::json optimizer_options;            ///< stored for the record
+  nlohmann::json optimizer_options;  ///< stored for the record
   training_position position;
 };
 

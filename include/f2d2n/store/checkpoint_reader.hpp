@@ -37,7 +37,8 @@ class checkpoint_reader {
     const std::string& where = where_;
     const auto manifest_size = store.size(name + "/manifest.json");
     if (!manifest_size)
-      throw storage_error(store.location() + "/" + name, storage_problem::missing, "no committed checkpoint of that name");
+      throw storage_error(store.location() + "/" + name, storage_problem::missing,
+                          "no committed checkpoint of that name");
     if (*manifest_size > max_manifest_bytes)
       throw storage_error(where, storage_problem::corrupt,
                           "the manifest has " + std::to_string(*manifest_size) + " bytes, more than the " +
@@ -46,7 +47,8 @@ class checkpoint_reader {
     if (detail::field<std::string>(m, "format", where) != "f2d2n.checkpoint")
       throw storage_error(where, storage_problem::bad_format, "not an f2d2n checkpoint manifest");
     if (detail::field<std::uint64_t>(m, "version", where) != 1)
-      throw storage_error(where, storage_problem::bad_format, "manifest version " + m["version"].dump() + " (this build reads 1)");
+      throw storage_error(where, storage_problem::bad_format,
+                          "manifest version " + m["version"].dump() + " (this build reads 1)");
     const auto dtype = detail::field<std::string>(m, "dtype", where);
     if (dtype != safetensors_dtype<S>())
       throw storage_error(where, storage_problem::model_mismatch,
@@ -81,11 +83,12 @@ class checkpoint_reader {
     info.plan_fingerprint = *plan_fp;
     if (!optimizer.empty() && info.optimizer != optimizer)
       throw storage_error(where, storage_problem::model_mismatch,
-                          "the checkpoint holds " + info.optimizer + " state, the trainer uses " + std::string(optimizer));
+                          "the checkpoint holds " + info.optimizer + " state, the trainer uses " +
+                              std::string(optimizer));
 
     const auto& files_json = detail::object_field(m, "files", where);
     std::set<std::string> files;
-      for (auto& [f, v] : files_json.items()) {
+    for (auto& [f, v] : files_json.items()) {
       if (f.empty() || f.find('/') != std::string::npos || f.find("..") != std::string::npos || !v.is_object())
         throw storage_error(where, storage_problem::corrupt, "the manifest lists a bad file name");
       files.insert(f);
@@ -146,11 +149,13 @@ class checkpoint_reader {
   /// Reads the unit's blocks into `parameters` (layout.size values) and, for each state buffer the
   /// checkpoint holds, into `state[k]` (layout.size values; the others are not touched).
   void read_into(std::span<S> parameters, std::span<const std::span<S>> state) {
-    if (parameters.size() != layout_.size) throw configuration_error("f2d2n: read_into: the buffer is not the layout's size");
+    if (parameters.size() != layout_.size)
+      throw configuration_error("f2d2n: read_into: the buffer is not the layout's size");
     fill(parameters, stored_, "");
     for (std::size_t k = 0; k < state_names_.size(); ++k) {
       if (!has_group_[k] || k >= state.size()) continue;
-      if (state[k].size() != layout_.size) throw configuration_error("f2d2n: read_into: a state buffer is not the layout's size");
+      if (state[k].size() != layout_.size)
+        throw configuration_error("f2d2n: read_into: a state buffer is not the layout's size");
       fill(state[k], stored_state_[k], std::string(state_names_[k]) + " of ");
     }
   }
@@ -179,7 +184,9 @@ class checkpoint_reader {
            b.column_begin < c.column_begin + c.columns && c.column_begin < b.column_begin + b.columns;
   }
 
-  [[nodiscard]] std::string file_where(const std::string& file) const { return store_.location() + "/" + name_ + "/" + file; }
+  [[nodiscard]] std::string file_where(const std::string& file) const {
+    return store_.location() + "/" + name_ + "/" + file;
+  }
 
   /// Checks a chunk's place in its file (and the file's size, once per file).
   void check_place(const detail::stored_chunk& c, const std::string& what) {
@@ -187,9 +194,11 @@ class checkpoint_reader {
     const std::uint64_t expected = file_bytes_.at(c.file);
     if (checked_files_.insert(c.file).second) {  // the file is as long as the manifest says
       const auto size = store_.size(name_ + "/" + c.file);
-      if (!size) throw storage_error(file_where(c.file), storage_problem::missing, "a data file of the checkpoint is missing");
+      if (!size)
+        throw storage_error(file_where(c.file), storage_problem::missing, "a data file of the checkpoint is missing");
       if (*size != expected)
-        throw storage_error(file_where(c.file), *size < expected ? storage_problem::truncated : storage_problem::corrupt,
+        throw storage_error(file_where(c.file),
+                            *size < expected ? storage_problem::truncated : storage_problem::corrupt,
                             "holds " + std::to_string(*size) + " bytes, the manifest says " + std::to_string(expected));
     }
     if (c.offset > expected || bytes > expected - c.offset)
@@ -222,7 +231,8 @@ class checkpoint_reader {
       for (const auto& c : from.at(t.name)) {
         if (!overlaps(b, c)) continue;
         const std::string what = prefix + t.name;
-        if (c.row_begin == b.row_begin && c.rows == b.rows && c.column_begin == b.column_begin && c.columns == b.columns) {
+        if (c.row_begin == b.row_begin && c.rows == b.rows && c.column_begin == b.column_begin &&
+            c.columns == b.columns) {
           check_place(c, what);
           const auto dest = out.subspan(b.offset, b.size());
           store_.get(name_ + "/" + c.file, c.offset, std::as_writable_bytes(dest));
@@ -230,7 +240,8 @@ class checkpoint_reader {
           continue;
         }
         read_chunk(c, what, buffer);
-        const std::size_t r0 = std::max(b.row_begin, c.row_begin), r1 = std::min(b.row_begin + b.rows, c.row_begin + c.rows);
+        const std::size_t r0 = std::max(b.row_begin, c.row_begin),
+                          r1 = std::min(b.row_begin + b.rows, c.row_begin + c.rows);
         const std::size_t c0 = std::max(b.column_begin, c.column_begin),
                           c1 = std::min(b.column_begin + b.columns, c.column_begin + c.columns);
         for (std::size_t r = r0; r < r1; ++r)
@@ -257,8 +268,8 @@ class checkpoint_reader {
 template <class S>
 struct loaded_checkpoint {
   checkpoint_info info;
-  std::vector<S> parameters;         ///< in the layout's flat buffer
-  std::vector<std::vector<S>> state; ///< per optimizer state name asked for; empty when not stored
+  std::vector<S> parameters;          ///< in the layout's flat buffer
+  std::vector<std::vector<S>> state;  ///< per optimizer state name asked for; empty when not stored
 };
 
 /// checkpoint_reader in one call, into new buffers: nothing of the unit is changed.

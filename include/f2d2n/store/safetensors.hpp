@@ -171,8 +171,10 @@ inline std::vector<std::byte> read_file(const std::filesystem::path& path, std::
   if (!S_ISREG(st.st_mode)) throw fail(storage_problem::io, "not a regular file");
   const auto size = static_cast<std::uint64_t>(st.st_size);
   if (size > limit)
-    throw fail(storage_problem::corrupt, "is " + std::to_string(size) + " bytes long; a safetensors file of this model "
-                                         "takes at most " + std::to_string(limit));
+    throw fail(storage_problem::corrupt, "is " + std::to_string(size) +
+                                             " bytes long; a safetensors file of this model "
+                                             "takes at most " +
+                                             std::to_string(limit));
   std::vector<std::byte> bytes(static_cast<std::size_t>(size));
   std::size_t done = 0;
   while (done < bytes.size()) {
@@ -244,8 +246,9 @@ std::vector<std::uint64_t> verify(const model_summary& model, std::span<const st
                                                  std::to_string(safetensors_max_header) +
                                                  " bytes: not a safetensors file, or a damaged one");
   if (header_size > file.size() - 8)
-    throw error(storage_problem::truncated, "the header is " + std::to_string(header_size) + " bytes long, the file has " +
-                                                std::to_string(file.size() - 8) + " after the header length");
+    throw error(storage_problem::truncated, "the header is " + std::to_string(header_size) +
+                                                " bytes long, the file has " + std::to_string(file.size() - 8) +
+                                                " after the header length");
   const char* text = reinterpret_cast<const char*>(file.data() + 8);
   json header;
   std::string duplicate;
@@ -372,8 +375,8 @@ std::vector<std::uint64_t> verify(const model_summary& model, std::span<const st
     if (*value != model.fingerprint) {
       if (stored_model)  // the same description with another fingerprint: the metadata is damaged
         throw corrupt("the model fingerprint " + *fp + " does not match the stored description");
-      throw error(storage_problem::model_mismatch, "the file's model fingerprint is " + *fp + ", this model's " +
-                                                       to_hex(model.fingerprint));
+      throw error(storage_problem::model_mismatch,
+                  "the file's model fingerprint is " + *fp + ", this model's " + to_hex(model.fingerprint));
     }
   }
 
@@ -413,7 +416,8 @@ std::vector<std::byte> to_safetensors(const model_summary& model, std::span<cons
   std::vector<std::uint64_t> checksums;
   for (const auto& t : model.tensors) {
     if (t.offset != covered || t.offset + t.size() > parameters.size())
-      throw configuration_error("f2d2n: to_safetensors: the model's tensors do not cover its parameter buffer in order");
+      throw configuration_error(
+          "f2d2n: to_safetensors: the model's tensors do not cover its parameter buffer in order");
     checksums.push_back(st::checksum_le(parameters.subspan(t.offset, t.size())));
     covered += t.size();
   }
@@ -486,8 +490,11 @@ void load_safetensors(network<Net, S>& net, const storage_backend& backend, std:
   if (!size) throw storage_error(where, storage_problem::missing, "no such object");
   const auto limit = detail::safetensors::largest_file(Net::parameter_count);
   if (*size > limit)
-    throw storage_error(where, storage_problem::corrupt, "is " + std::to_string(*size) + " bytes long; a safetensors "
-                        "file of this model takes at most " + std::to_string(limit));
+    throw storage_error(where, storage_problem::corrupt,
+                        "is " + std::to_string(*size) +
+                            " bytes long; a safetensors "
+                            "file of this model takes at most " +
+                            std::to_string(limit));
   std::vector<std::byte> file(static_cast<std::size_t>(*size));
   backend.get(key, 0, file);
   load_safetensors(net, std::span<const std::byte>(file), where);

@@ -54,25 +54,25 @@ struct fit_begin {
 
 /// Sent after every optimisation step.
 struct step_end {
-  std::size_t epoch = 0;            ///< 1-based
+  std::size_t epoch = 0;  ///< 1-based
   std::size_t epochs = 0;
-  std::size_t step = 0;             ///< 1-based, within the epoch
+  std::size_t step = 0;  ///< 1-based, within the epoch
   std::size_t steps_per_epoch = 0;
-  std::size_t samples = 0;          ///< samples done in this epoch
+  std::size_t samples = 0;  ///< samples done in this epoch
   std::size_t samples_per_epoch = 0;
-  double loss = 0;                  ///< running mean: the training loss over this epoch's samples so far
-  double accuracy = 0;              ///< running: the training accuracy over this epoch's samples so far
-  double step_loss = 0;             ///< this step's own loss: the mean over its batch, before its update
-  std::size_t step_samples = 0;     ///< the samples of this step's batch
-  double seconds = 0;               ///< since the epoch started
-  time_split time;                  ///< this unit's steps so far in this epoch
+  double loss = 0;               ///< running mean: the training loss over this epoch's samples so far
+  double accuracy = 0;           ///< running: the training accuracy over this epoch's samples so far
+  double step_loss = 0;          ///< this step's own loss: the mean over its batch, before its update
+  std::size_t step_samples = 0;  ///< the samples of this step's batch
+  double seconds = 0;            ///< since the epoch started
+  time_split time;               ///< this unit's steps so far in this epoch
 };
 
 /// Sent after every epoch.
 struct epoch_end {
   std::size_t epoch = 0;  ///< 1-based
   std::size_t epochs = 0;
-  evaluation train;       ///< over the epoch's batches, as the weights moved
+  evaluation train;  ///< over the epoch's batches, as the weights moved
   std::optional<evaluation> validation;
   double seconds = 0;             ///< training time of the epoch (validation excluded)
   double samples_per_second = 0;  ///< training samples per second in the epoch
@@ -122,7 +122,8 @@ inline std::string format_epoch_line(const epoch_end& e) {
   if (e.validation)
     o << " | test loss " << std::setprecision(4) << e.validation->loss << ", accuracy " << std::setprecision(2)
       << 100 * e.validation->accuracy << "%";
-  o << " | " << std::setprecision(0) << e.samples_per_second << " samples/s, " << std::setprecision(1) << e.seconds << " s";
+  o << " | " << std::setprecision(0) << e.samples_per_second << " samples/s, " << std::setprecision(1) << e.seconds
+    << " s";
   const double total = e.time.compute + e.time.communication + e.time.wait;
   if (total > 0 && e.time.compute < total)  // a distributed unit: say where its time went
     o << " (compute " << std::setprecision(0) << 100 * e.time.compute / total << "%, communication "
@@ -152,8 +153,8 @@ class progress_bar : public callback {
     const int filled = static_cast<int>(fraction * width);
     std::ostringstream o;
     o << "\repoch " << s.epoch << "/" << s.epochs << " [" << std::string(static_cast<std::size_t>(filled), '=')
-      << (filled < width ? ">" : "") << std::string(static_cast<std::size_t>(std::max(0, width - filled - 1)), ' ') << "] "
-      << std::setw(3) << static_cast<int>(100 * fraction) << "% " << std::fixed << std::setprecision(0) << rate
+      << (filled < width ? ">" : "") << std::string(static_cast<std::size_t>(std::max(0, width - filled - 1)), ' ')
+      << "] " << std::setw(3) << static_cast<int>(100 * fraction) << "% " << std::fixed << std::setprecision(0) << rate
       << " samples/s, loss " << std::setprecision(4) << s.loss << ", ETA "
       << detail::format_duration(rate > 0 ? remaining_samples / rate : 0) << "\x1b[K";
     out_ << o.str() << std::flush;
@@ -189,7 +190,8 @@ class csv_logger : public callback {
     else out_ << ',';
     const double per_step = e.steps > 0 ? 1000.0 / static_cast<double>(e.steps) : 0.0;
     out_ << ',' << e.seconds << ',' << e.samples_per_second << ',' << e.learning_rate << ',' << e.steps << ','
-         << e.time.compute * per_step << ',' << e.time.communication * per_step << ',' << e.time.wait * per_step << '\n';
+         << e.time.compute * per_step << ',' << e.time.communication * per_step << ',' << e.time.wait * per_step
+         << '\n';
     out_.flush();
     if (!out_) throw error("f2d2n: writing the metrics file " + path_ + " failed");
   }

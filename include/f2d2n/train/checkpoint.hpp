@@ -83,8 +83,11 @@ inline nlohmann::json options_json(const sgd& o) {
   return {{"learning_rate", o.learning_rate}, {"momentum", o.momentum}, {"weight_decay", o.weight_decay}};
 }
 inline nlohmann::json options_json(const adam& o) {
-  return {{"learning_rate", o.learning_rate}, {"beta1", o.beta1},           {"beta2", o.beta2},
-          {"epsilon", o.epsilon},             {"weight_decay", o.weight_decay}};
+  return {{"learning_rate", o.learning_rate},
+          {"beta1", o.beta1},
+          {"beta2", o.beta2},
+          {"epsilon", o.epsilon},
+          {"weight_decay", o.weight_decay}};
 }
 
 template <class Network>
@@ -97,8 +100,8 @@ agree_function agreement(Network& net) {
 /// Writes a checkpoint of the trainer's network, optimizer and position into folder `name` of
 /// `store` (every unit of a cluster calls it together); see write_checkpoint.
 template <class Network, class Options>
-void save_checkpoint(trainer<Network, Options>& t, storage_backend& store, const std::string& name, std::size_t keep = 0,
-                     const checkpoint_hook& hook = {}) {
+void save_checkpoint(trainer<Network, Options>& t, storage_backend& store, const std::string& name,
+                     std::size_t keep = 0, const checkpoint_hook& hook = {}) {
   using S = typename Network::scalar;
   auto& net = t.network();
   auto& opt = t.optimizer_state();

@@ -48,13 +48,15 @@ struct adam {
 
 namespace detail {
 inline void check_finite_positive(double v, const char* what) {
-  if (!(v > 0) || !std::isfinite(v)) throw configuration_error(std::string("f2d2n: ") + what + " must be positive and finite");
+  if (!(v > 0) || !std::isfinite(v))
+    throw configuration_error(std::string("f2d2n: ") + what + " must be positive and finite");
 }
 inline void check_unit_interval(double v, const char* what) {
   if (!(v >= 0 && v < 1)) throw configuration_error(std::string("f2d2n: ") + what + " must be in [0, 1)");
 }
 inline void check_non_negative(double v, const char* what) {
-  if (!(v >= 0) || !std::isfinite(v)) throw configuration_error(std::string("f2d2n: ") + what + " must be zero or positive");
+  if (!(v >= 0) || !std::isfinite(v))
+    throw configuration_error(std::string("f2d2n: ") + what + " must be zero or positive");
 }
 inline void validate(const sgd& o) {
   check_finite_positive(o.learning_rate, "sgd learning_rate");
@@ -132,8 +134,8 @@ void load_kind(Archive& ar, std::string_view kind, unsigned version, unsigned ex
                         "the archive holds a '" + k + "' optimizer, this one is '" + std::string(kind) + "'");
   if (scalar_size != sizeof(S))
     throw storage_error(optimizer_archive, storage_problem::model_mismatch,
-                        "the archive's state is in " + std::to_string(scalar_size) + "-byte scalars, this optimizer's in " +
-                            std::to_string(sizeof(S)) + "-byte");
+                        "the archive's state is in " + std::to_string(scalar_size) +
+                            "-byte scalars, this optimizer's in " + std::to_string(sizeof(S)) + "-byte");
 }
 
 /// Options read from an archive must be valid ones.

@@ -31,6 +31,7 @@ class processing_unit {
   static_assert(std::is_floating_point_v<Scalar>,
                 "f2d2n: a processing unit (distributed_network<plan, transport, Scalar>) needs a floating-point "
                 "Scalar (float or double)");
+
  public:
   using scalar = Scalar;
 
@@ -83,10 +84,9 @@ class processing_unit {
       if (!l.part.held || l.part.parameter_count == 0) continue;
       auto w = layer_parameters(i);
       if (split(l.part))
-        detail::dense_kernels::initialize_block(w, l.in, l.part.begin, l.part.count, l.part.input_begin, l.part.input_count,
-                                        l.limit(l.in, l.out), seed, i);
-      else if (l.ops.initialize)
-        l.ops.initialize(w, l.in, seed, i);
+        detail::dense_kernels::initialize_block(w, l.in, l.part.begin, l.part.count, l.part.input_begin,
+                                                l.part.input_count, l.limit(l.in, l.out), seed, i);
+      else if (l.ops.initialize) l.ops.initialize(w, l.in, seed, i);
     }
   }
 
@@ -118,7 +118,8 @@ class processing_unit {
     if (batch < d_.replicas)
       throw configuration_error("f2d2n: data_parallel<" + std::to_string(d_.replicas) + "> needs at least " +
                                 std::to_string(d_.replicas) + " samples per batch; this batch has " +
-                                std::to_string(batch) + " (an epoch's short last batch? set fit_options::drop_last to drop it)");
+                                std::to_string(batch) +
+                                " (an epoch's short last batch? set fit_options::drop_last to drop it)");
     const std::size_t replica = d_.coordinates.replica;
     return {batch, part_begin(batch, d_.replicas, replica), part_size(batch, d_.replicas, replica),
             d_.coordinates.stage == 0, d_.coordinates.stage + 1 == d_.stages};
@@ -130,8 +131,8 @@ class processing_unit {
                                  const batch_part& part) {
     if (part != part_of_batch(part.batch))
       throw configuration_error("f2d2n: compute_gradients was given another unit's part of the batch");
-    if (part.samples && (static_cast<std::size_t>(x.rows()) != part.count ||
-                         static_cast<std::size_t>(x.cols()) != d_.input_size))
+    if (part.samples &&
+        (static_cast<std::size_t>(x.rows()) != part.count || static_cast<std::size_t>(x.cols()) != d_.input_size))
       throw configuration_error("f2d2n: the part of the batch has " + std::to_string(x.rows()) + " x " +
                                 std::to_string(x.cols()) + " samples, this unit needs " + std::to_string(part.count) +
                                 " x " + std::to_string(d_.input_size));
@@ -178,8 +179,6 @@ class processing_unit {
     return r;
   }
 
-
-
  public:
   /// Loss and correct predictions over one batch, without touching the gradients (the replica's
   /// rows pass the stages as one micro-batch). Every unit must call it with the same batch.
@@ -225,7 +224,8 @@ class processing_unit {
     if (batch < d_.replicas)
       throw configuration_error("f2d2n: data_parallel<" + std::to_string(d_.replicas) + "> needs at least " +
                                 std::to_string(d_.replicas) + " samples per batch; this batch has " +
-                                std::to_string(batch) + " (an epoch's short last batch? set fit_options::drop_last to drop it)");
+                                std::to_string(batch) +
+                                " (an epoch's short last batch? set fit_options::drop_last to drop it)");
     check_labels(labels);
     const std::size_t replica = d_.coordinates.replica, rows = part_size(batch, d_.replicas, replica);
     const std::size_t m = training ? d_.microbatches : 1;
@@ -254,16 +254,17 @@ class processing_unit {
     for (std::size_t replica = 0; replica < d_.replicas; ++replica) {
       const std::size_t rows = part_size(batch, d_.replicas, replica);
       if (rows % m != 0)
-        throw configuration_error("f2d2n: pipeline<..., microbatches<" + std::to_string(m) +
-                                  ">> needs every replica's rows to split into " + std::to_string(m) +
-                                  " equal micro-batches; a batch of " + std::to_string(batch) + " gives replica " +
-                                  std::to_string(replica) + " " + std::to_string(rows) +
-                                  " rows (if it is an epoch's short last batch, set fit_options::drop_last to drop it)");
+        throw configuration_error(
+            "f2d2n: pipeline<..., microbatches<" + std::to_string(m) + ">> needs every replica's rows to split into " +
+            std::to_string(m) + " equal micro-batches; a batch of " + std::to_string(batch) + " gives replica " +
+            std::to_string(replica) + " " + std::to_string(rows) +
+            " rows (if it is an epoch's short last batch, set fit_options::drop_last to drop it)");
     }
   }
 
   /// The schema's message for `k` over a group of `group_size` with rows of `columns` values.
-  [[nodiscard]] const step_message& message(const detail::message_key& k, std::size_t columns, std::size_t group_size) const {
+  [[nodiscard]] const step_message& message(const detail::message_key& k, std::size_t columns,
+                                            std::size_t group_size) const {
     return d_.schema.find(k, columns, group_size);
   }
   [[nodiscard]] std::uint32_t statistics_id() const {
@@ -345,8 +346,8 @@ class processing_unit {
 
   /// Micro-batch m forward through this unit's stage: its input from the batch (first stage) or
   /// from the stage before; its output to the stage after, or into the loss (last stage).
-  void forward_micro(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels, const share& sh,
-                     std::size_t m, bool training);
+  void forward_micro(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels, const share& sh, std::size_t m,
+                     bool training);
 
   /// Micro-batch m backward through this unit's stage: the loss gradient (last stage) or the
   /// gradient from the stage after; the gradient of the stage's input to the stage before.

@@ -52,37 +52,36 @@ concept trainable_network =
     // Its parameters and gradients are floating-point numbers (the optimizers' arithmetic).
     std::floating_point<typename N::scalar> &&
     requires(N& net, const N& cnet, const_matrix_ref<typename N::scalar> x, std::span<const std::int32_t> labels) {
-      // The features of a sample and the model's outputs (classes): fit and evaluate check the
-      // data against them.
-      { cnet.features() } -> std::convertible_to<std::size_t>;
-      { cnet.classes() } -> std::convertible_to<std::size_t>;
-      // The parameters the optimizer updates and their gradients, flat, of the same length.
-      { net.parameters() } -> std::convertible_to<std::span<typename N::scalar>>;
-      { net.gradients() } -> std::convertible_to<std::span<typename N::scalar>>;
-      // Forward, loss and backward of a whole batch: gradients() becomes d(mean loss)/d(parameters);
-      // returns the batch's mean loss and correct predictions, as of the parameters before the update.
-      { net.compute_gradients(x, labels) } -> std::same_as<batch_result>;
-      // The loss and correct predictions of a batch, the parameters and gradients unchanged (evaluate).
-      { net.evaluate_batch(x, labels) } -> std::same_as<batch_result>;
-    };
+  // The features of a sample and the model's outputs (classes): fit and evaluate check the
+  // data against them.
+  { cnet.features() } -> std::convertible_to<std::size_t>;
+  { cnet.classes() } -> std::convertible_to<std::size_t>;
+  // The parameters the optimizer updates and their gradients, flat, of the same length.
+  { net.parameters() } -> std::convertible_to<std::span<typename N::scalar>>;
+  { net.gradients() } -> std::convertible_to<std::span<typename N::scalar>>;
+  // Forward, loss and backward of a whole batch: gradients() becomes d(mean loss)/d(parameters);
+  // returns the batch's mean loss and correct predictions, as of the parameters before the update.
+  { net.compute_gradients(x, labels) } -> std::same_as<batch_result>;
+  // The loss and correct predictions of a batch, the parameters and gradients unchanged (evaluate).
+  { net.evaluate_batch(x, labels) } -> std::same_as<batch_result>;
+};
 
 /// A trainable network that computes only part of each batch (a distributed unit): the trainer
 /// hands it only the rows it asks for, and asks it where its time went.
 template <class N>
-concept partial_batch_network =
-    trainable_network<N> &&
+concept partial_batch_network = trainable_network<N> &&
     requires(N& net, const N& cnet, const_matrix_ref<typename N::scalar> x, std::span<const std::int32_t> labels,
              const batch_part& part) {
-      // The rows of a batch of this many samples it computes, and whether it needs their samples
-      // and labels.
-      { cnet.part_of_batch(std::size_t{}) } -> std::same_as<batch_part>;
-      // compute_gradients given only that part of the batch (the result is still the whole batch's);
-      // a batch it cannot split is a configuration_error (here or in part_of_batch).
-      { net.compute_gradients(x, labels, part) } -> std::same_as<batch_result>;
-      // The time of its steps spent in communication and waiting since the last call (the
-      // trainer counts the rest as compute); a serial network's time is all compute.
-      { net.take_time_split() } -> std::same_as<time_split>;
-    };
+  // The rows of a batch of this many samples it computes, and whether it needs their samples
+  // and labels.
+  { cnet.part_of_batch(std::size_t{}) } -> std::same_as<batch_part>;
+  // compute_gradients given only that part of the batch (the result is still the whole batch's);
+  // a batch it cannot split is a configuration_error (here or in part_of_batch).
+  { net.compute_gradients(x, labels, part) } -> std::same_as<batch_result>;
+  // The time of its steps spent in communication and waiting since the last call (the
+  // trainer counts the rest as compute); a serial network's time is all compute.
+  { net.take_time_split() } -> std::same_as<time_split>;
+};
 
 /// Trains `Network` (a network<sequential<...>, Scalar>, or a distributed unit: see
 /// train/distributed_network.hpp) with `Options` (sgd or adam).
@@ -224,9 +223,9 @@ class trainer {
     std::size_t correct = 0;
     for (std::size_t begin = 0; begin < data.size(); begin += batch_size) {
       const auto n = std::min(batch_size, data.size() - begin);
-      const auto r = net_.evaluate_batch(
-          data.samples.middleRows(static_cast<Eigen::Index>(begin), static_cast<Eigen::Index>(n)),
-          std::span<const std::int32_t>(data.labels).subspan(begin, n));
+      const auto r =
+          net_.evaluate_batch(data.samples.middleRows(static_cast<Eigen::Index>(begin), static_cast<Eigen::Index>(n)),
+                              std::span<const std::int32_t>(data.labels).subspan(begin, n));
       loss_sum += r.loss * static_cast<double>(n);
       correct += r.correct;
     }

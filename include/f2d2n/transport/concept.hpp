@@ -81,8 +81,8 @@ void receive_tensor(T& t, unit_id peer, std::uint32_t message_id, std::uint64_t 
 
 /// Sends `data` to `to` and receives `out` from `from`, both as message `message_id` of `step`.
 template <transport T, wire_scalar S>
-void exchange_tensor(T& t, unit_id to, std::span<const S> data, unit_id from, std::span<S> out, std::uint32_t message_id,
-                     std::uint64_t step, deadline until) {
+void exchange_tensor(T& t, unit_id to, std::span<const S> data, unit_id from, std::span<S> out,
+                     std::uint32_t message_id, std::uint64_t step, deadline until) {
   const auto bytes = std::as_bytes(data);
   const auto header = wire::make_header(wire::frame_kind::data, t.fingerprint(), message_id, t.rank(), step, bytes);
   const wire::expectation e{wire::frame_kind::data, t.fingerprint(), message_id, from, step, out.size_bytes()};

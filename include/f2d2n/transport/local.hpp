@@ -53,7 +53,8 @@ class local_transport {
 /// world_size units in one process, each with its own mailbox.
 class local_cluster {
  public:
-  explicit local_cluster(unit_id world_size, std::uint64_t fingerprint = 0, std::uint64_t max_frame = wire::default_max_frame)
+  explicit local_cluster(unit_id world_size, std::uint64_t fingerprint = 0,
+                         std::uint64_t max_frame = wire::default_max_frame)
       : max_frame_(max_frame), boxes_(world_size) {
     if (world_size == 0) throw configuration_error("f2d2n: a cluster needs at least one unit");
     units_.reserve(world_size);
@@ -117,7 +118,8 @@ class local_cluster {
 
 inline unit_id local_transport::world_size() const noexcept { return cluster_->world_size(); }
 
-inline void local_transport::send_raw(unit_id peer, std::span<const std::byte> header, std::span<const std::byte> payload) {
+inline void local_transport::send_raw(unit_id peer, std::span<const std::byte> header,
+                                      std::span<const std::byte> payload) {
   if (peer >= world_size()) throw configuration_error("f2d2n: unit " + std::to_string(peer) + " does not exist");
   auto& box = *cluster_->boxes_[peer];
   {
@@ -150,8 +152,10 @@ inline wire::frame_header local_transport::receive(unit_id peer, const wire::exp
     queue.pop_front();
   }
   if (f.header.size() != wire::header_size)
-    throw protocol_error(where, frame_problem::truncated, "the frame's header has " + std::to_string(f.header.size()) + " bytes");
-  const auto header = wire::decode(std::span<const std::byte, wire::header_size>(f.header.data(), wire::header_size), where);
+    throw protocol_error(where, frame_problem::truncated,
+                         "the frame's header has " + std::to_string(f.header.size()) + " bytes");
+  const auto header =
+      wire::decode(std::span<const std::byte, wire::header_size>(f.header.data(), wire::header_size), where);
   wire::check(header, expected, cluster_->max_frame(), where);
   if (f.payload.size() != header.payload_length)
     throw protocol_error(where, frame_problem::truncated,

@@ -130,8 +130,9 @@ class tcp_transport {
   /// between the caller's memory and the sockets, nothing copied: a ring step in which every unit
   /// sends before it receives cannot deadlock, whatever the size and options.send_buffer. Returns
   /// once both are done (the send's failure is thrown first, then the receive's).
-  wire::frame_header exchange(unit_id to, const wire::frame_header& header, std::span<const std::byte> payload, unit_id from,
-                              const wire::expectation& expected, std::span<std::byte> out, deadline until);
+  wire::frame_header exchange(unit_id to, const wire::frame_header& header, std::span<const std::byte> payload,
+                              unit_id from, const wire::expectation& expected, std::span<std::byte> out,
+                              deadline until);
 
   /// Delivers the frames still queued (within options.linger), sends every peer a goodbye (its
   /// waiting receives end in peer_error "the peer has shut down") and closes every connection.
@@ -148,11 +149,11 @@ static_assert(transport<tcp_transport>);
 
 }  // namespace f2d2n
 
-#include <f2d2n/transport/impl/tcp/connect.hpp>
-#include <f2d2n/transport/impl/tcp/handshake.hpp>
-#include <f2d2n/transport/impl/tcp/direction.hpp>
-#include <f2d2n/transport/impl/tcp/send.hpp>
-#include <f2d2n/transport/impl/tcp/receive.hpp>
 #include <f2d2n/transport/impl/tcp/caller_thread.hpp>
+#include <f2d2n/transport/impl/tcp/connect.hpp>
+#include <f2d2n/transport/impl/tcp/direction.hpp>
+#include <f2d2n/transport/impl/tcp/handshake.hpp>
+#include <f2d2n/transport/impl/tcp/receive.hpp>
+#include <f2d2n/transport/impl/tcp/send.hpp>
 #include <f2d2n/transport/impl/tcp/shutdown.hpp>
 #include <f2d2n/transport/impl/tcp/transport.hpp>

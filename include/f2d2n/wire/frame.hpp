@@ -93,7 +93,8 @@ constexpr U get(const std::byte* p) noexcept {
 
 /// A complete header for `payload`, checksum included.
 [[nodiscard]] inline frame_header make_header(frame_kind kind, std::uint64_t fingerprint, std::uint32_t message_id,
-                                              unit_id sender, std::uint64_t step, std::span<const std::byte> payload) noexcept {
+                                              unit_id sender, std::uint64_t step,
+                                              std::span<const std::byte> payload) noexcept {
   frame_header h{kind, fingerprint, message_id, sender, step, payload.size(), 0};
   h.checksum = checksum(h, payload);
   return h;
@@ -143,17 +144,16 @@ inline void check(const frame_header& h, const expectation& e, std::uint64_t max
   if (h.fingerprint != e.fingerprint)
     fail(frame_problem::wrong_fingerprint, "the sender's plan fingerprint is " + std::to_string(h.fingerprint) +
                                                ", this unit's " + std::to_string(e.fingerprint));
-  if (h.sender != e.sender)
-    fail(frame_problem::wrong_sender, "the frame claims sender " + std::to_string(h.sender));
+  if (h.sender != e.sender) fail(frame_problem::wrong_sender, "the frame claims sender " + std::to_string(h.sender));
   if (h.message_id != e.message_id)
     fail(frame_problem::wrong_message, "received message " + std::to_string(h.message_id));
   if (h.step != e.step) fail(frame_problem::wrong_step, "received step " + std::to_string(h.step));
   if (h.payload_length > max_frame)
-    fail(frame_problem::too_large, std::to_string(h.payload_length) + " bytes exceed the maximum frame of " +
-                                       std::to_string(max_frame));
+    fail(frame_problem::too_large,
+         std::to_string(h.payload_length) + " bytes exceed the maximum frame of " + std::to_string(max_frame));
   if (h.payload_length != e.payload_length)
-    fail(frame_problem::wrong_length, std::to_string(h.payload_length) + " bytes, the message has " +
-                                          std::to_string(e.payload_length));
+    fail(frame_problem::wrong_length,
+         std::to_string(h.payload_length) + " bytes, the message has " + std::to_string(e.payload_length));
 }
 
 /// Throws protocol_error(bad_checksum) unless the payload matches the header's checksum.

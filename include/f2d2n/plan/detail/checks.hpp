@@ -141,9 +141,9 @@ inline constexpr bool evaluated = true;
 
 /// The policy of a kind (its tag) in the list, or the default when there is none.
 template <class Policies, class Tag, class Default>
-using policy_or = boost::mp11::mp_eval_if_c<boost::mp11::mp_count_if_q<Policies, is_a_q<Tag>>::value == 0, Default,
-                                            boost::mp11::mp_at, Policies,
-                                            boost::mp11::mp_find_if_q<Policies, is_a_q<Tag>>>;
+using policy_or =
+    boost::mp11::mp_eval_if_c<boost::mp11::mp_count_if_q<Policies, is_a_q<Tag>>::value == 0, Default,
+                              boost::mp11::mp_at, Policies, boost::mp11::mp_find_if_q<Policies, is_a_q<Tag>>>;
 
 /// A layer with a dense layer's weights (N x in, then N biases) and kernels.
 template <class L>
@@ -231,8 +231,9 @@ template <class Layer, class Layers, class Weights>
 struct split_override;
 template <std::size_t I, std::size_t L, class Weights>
 struct split_override<layer<I>, layers<L>, Weights> {
-  static_assert(I < L, "f2d2n: split_layer<index, ...> names a layer past the end of the model (layer and the "
-                       "model's layers named above)");
+  static_assert(I < L,
+                "f2d2n: split_layer<index, ...> names a layer past the end of the model (layer and the "
+                "model's layers named above)");
   static_assert(I >= L || std::is_same_v<Weights, with_weights>,
                 "f2d2n: split_layer<index, ...> names a layer without weights (named above): only dense layers can "
                 "be split");
@@ -244,8 +245,9 @@ template <class Stages, class Hidden>
 struct pipeline_stages;
 template <std::size_t P, std::size_t H>
 struct pipeline_stages<stages<P>, hidden_layers<H>> {
-  static_assert(P <= H, "f2d2n: pipeline<stages, ...> has more stages than the model has hidden layers (both named "
-                        "above): every stage needs at least one layer");
+  static_assert(P <= H,
+                "f2d2n: pipeline<stages, ...> has more stages than the model has hidden layers (both named "
+                "above): every stage needs at least one layer");
   static constexpr bool ok = P <= H;
 };
 
@@ -254,8 +256,9 @@ template <class Stages, class Starts, class Order>
 struct pipeline_stage_starts;
 template <std::size_t P, std::size_t N, class Order>
 struct pipeline_stage_starts<stages<P>, stage_starts_named<N>, Order> {
-  static_assert(N + 1 == P, "f2d2n: stage_starts<...> must name where each stage after the first begins: one layer "
-                            "index per stage but the first (stages and indices named above)");
+  static_assert(N + 1 == P,
+                "f2d2n: stage_starts<...> must name where each stage after the first begins: one layer "
+                "index per stage but the first (stages and indices named above)");
   static_assert(N + 1 != P || std::is_same_v<Order, increasing_within_the_model>,
                 "f2d2n: stage_starts<...> must be increasing layer indices between 2 and the last hidden layer, so "
                 "that every stage has at least one layer");
@@ -268,8 +271,9 @@ struct pipeline_schedule;
 template <class Schedule, std::size_t P, std::size_t M>
 struct pipeline_schedule<Schedule, stages<P>, micro_batches<M>> {
   static constexpr bool ok = detail::schedule_completes(Schedule::id, P, M);
-  static_assert(ok, "f2d2n: this pipeline schedule (schedule, stages and micro-batches named above) would deadlock "
-                    "or leave a message unreceived");
+  static_assert(ok,
+                "f2d2n: this pipeline schedule (schedule, stages and micro-batches named above) would deadlock "
+                "or leave a message unreceived");
 };
 
 /// What a message id can hold (plan/messages.hpp): the model's layers and the micro-batches.
@@ -277,10 +281,12 @@ template <class Layers, class Microbatches>
 struct message_fields;
 template <std::size_t L, std::size_t M>
 struct message_fields<layers<L>, micro_batches<M>> {
-  static_assert(L <= max_message_layers, "f2d2n: a distributed model has at most 2048 layers (its message ids hold "
-                                         "11 bits of layer; the model's layers named above)");
-  static_assert(M <= max_message_index, "f2d2n: a pipeline has at most 65536 micro-batches (its message ids hold 16 "
-                                        "bits of index; named above)");
+  static_assert(L <= max_message_layers,
+                "f2d2n: a distributed model has at most 2048 layers (its message ids hold "
+                "11 bits of layer; the model's layers named above)");
+  static_assert(M <= max_message_index,
+                "f2d2n: a pipeline has at most 65536 micro-batches (its message ids hold 16 "
+                "bits of index; named above)");
   static constexpr bool ok = L <= max_message_layers && M <= max_message_index;
 };
 }  // namespace plan_check

@@ -49,7 +49,8 @@ inline std::optional<std::uint64_t> step_of_name(std::string_view name) {
 inline std::string wrap_manifest(const nlohmann::json& body) {
   const std::string text = body.dump();
   const auto sum = checksum(std::as_bytes(std::span<const char>(text)));
-  return std::string(manifest_prefix) + to_hex(sum) + std::string(manifest_middle) + text + std::string(manifest_suffix);
+  return std::string(manifest_prefix) + to_hex(sum) + std::string(manifest_middle) + text +
+         std::string(manifest_suffix);
 }
 
 /// The body of a manifest file, checked; storage_error naming `where` otherwise.
@@ -84,7 +85,8 @@ struct stored_chunk {
 template <class T>
 T field(const nlohmann::json& j, const char* name, const std::string& where) {
   const auto it = j.find(name);
-  if (it == j.end()) throw storage_error(where, storage_problem::corrupt, std::string("the manifest has no '") + name + "'");
+  if (it == j.end())
+    throw storage_error(where, storage_problem::corrupt, std::string("the manifest has no '") + name + "'");
   try {
     if constexpr (std::is_same_v<T, std::uint64_t> || std::is_same_v<T, std::size_t>) {
       if (!it->is_number_unsigned()) throw std::invalid_argument("not a whole number");
@@ -97,7 +99,8 @@ T field(const nlohmann::json& j, const char* name, const std::string& where) {
     }
     return it->template get<T>();
   } catch (const std::exception& e) {
-    throw storage_error(where, storage_problem::corrupt, std::string("the manifest's '") + name + "' is wrong: " + e.what());
+    throw storage_error(where, storage_problem::corrupt,
+                        std::string("the manifest's '") + name + "' is wrong: " + e.what());
   }
 }
 
@@ -109,12 +112,14 @@ inline const nlohmann::json& object_field(const nlohmann::json& j, const char* n
 }
 
 /// A tensor's chunks from a manifest, checked: inside the tensor, no overlap, covering it whole.
-inline std::vector<stored_chunk> chunks_of(const nlohmann::json& entry, const tensor_summary& t, const std::string& what,
-                                           const std::string& where, const std::set<std::string>& files) {
+inline std::vector<stored_chunk> chunks_of(const nlohmann::json& entry, const tensor_summary& t,
+                                           const std::string& what, const std::string& where,
+                                           const std::set<std::string>& files) {
   const auto shape = entry.find("shape");
   const std::vector<std::size_t> expected = t.shape;
   if (shape == entry.end() || !shape->is_array() || shape->size() != expected.size())
-    throw storage_error(where, storage_problem::corrupt, what + ": no shape of rank " + std::to_string(expected.size()));
+    throw storage_error(where, storage_problem::corrupt,
+                        what + ": no shape of rank " + std::to_string(expected.size()));
   for (std::size_t k = 0; k < expected.size(); ++k)
     if (!(*shape)[k].is_number_unsigned() || (*shape)[k].get<std::uint64_t>() != expected[k])
       throw storage_error(where, storage_problem::model_mismatch,
@@ -138,7 +143,8 @@ inline std::vector<stored_chunk> chunks_of(const nlohmann::json& entry, const te
       if (p == c.end() || !p->is_array() || p->size() != rank || !(*p)[0].is_number_unsigned() ||
           (rank == 2 && !(*p)[1].is_number_unsigned()))
         throw storage_error(where, storage_problem::corrupt, what + ": a chunk's '" + name + "' is wrong");
-      return std::pair<std::uint64_t, std::uint64_t>{(*p)[0].get<std::uint64_t>(), rank == 2 ? (*p)[1].get<std::uint64_t>() : 0};
+      return std::pair<std::uint64_t, std::uint64_t>{(*p)[0].get<std::uint64_t>(),
+                                                     rank == 2 ? (*p)[1].get<std::uint64_t>() : 0};
     };
     const auto [r0, c0] = pair(at, "start");
     auto [rn, cn] = pair(size, "size");

@@ -36,7 +36,10 @@ void write_checkpoint(storage_backend& store, const std::string& name, const che
         if (!b.owner) continue;
         const auto bytes = std::as_bytes(buffer.subspan(b.offset, b.size()));
         const auto& t = model.tensors[b.tensor];
-        nlohmann::json c = {{"tensor", t.name}, {"group", group}, {"file", file}, {"offset", offset},
+        nlohmann::json c = {{"tensor", t.name},
+                            {"group", group},
+                            {"file", file},
+                            {"offset", offset},
                             {"xxh3", to_hex(checksum(bytes))}};
         if (t.shape.size() == 2) c["start"] = {b.row_begin, b.column_begin}, c["size"] = {b.rows, b.columns};
         else c["start"] = {b.row_begin}, c["size"] = {b.rows};
@@ -55,22 +58,26 @@ void write_checkpoint(storage_backend& store, const std::string& name, const che
       part["bytes"] = offset;
     }
     own_part = part.dump();
-    store.stage(name + "/part-" + std::to_string(layout.rank) + ".json", std::as_bytes(std::span<const char>(own_part)));
+    store.stage(name + "/part-" + std::to_string(layout.rank) + ".json",
+                std::as_bytes(std::span<const char>(own_part)));
     if (hook) hook("data written");
   } catch (const std::exception& e) {
     failure = e.what();
   }
   double failed[1] = {failure.empty() ? 0.0 : 1.0};
   if (agree) agree(failed);
-  if (!failure.empty()) throw storage_error(where, storage_problem::io, "this unit could not write its part: " + failure);
+  if (!failure.empty())
+    throw storage_error(where, storage_problem::io, "this unit could not write its part: " + failure);
   if (failed[0] != 0)
-    throw storage_error(where, storage_problem::io, "another unit could not write its part; the checkpoint is not committed");
+    throw storage_error(where, storage_problem::io,
+                        "another unit could not write its part; the checkpoint is not committed");
   if (hook) hook("parts agreed");
 
   // 2. Unit 0 composes the manifest from the parts and commits it.
   if (layout.rank == 0) {
     try {
-      nlohmann::json tensors = nlohmann::json::object(), groups = nlohmann::json::object(), files = nlohmann::json::object();
+      nlohmann::json tensors = nlohmann::json::object(), groups = nlohmann::json::object(),
+                     files = nlohmann::json::object();
       for (std::size_t r = 0; r < layout.world_size; ++r) {
         const auto key = name + "/part-" + std::to_string(r) + ".json";
         const auto bytes = r == layout.rank ? std::vector<std::byte>{} : store.get(key);
@@ -88,30 +95,32 @@ void write_checkpoint(storage_backend& store, const std::string& name, const che
           entry["chunks"].push_back(std::move(c));
         }
       }
-      nlohmann::json m = {
-          {"format", "f2d2n.checkpoint"},
-          {"version", 1},
-          {"library", version_string()},
-          {"dtype", std::string(safetensors_dtype<S>())},
-          {"model", {{"description", model.description}, {"fingerprint", to_hex(model.fingerprint)}}},
-          {"plan", {{"description", layout.plan}, {"fingerprint", to_hex(layout.plan_fingerprint)}, {"world_size", layout.world_size}}},
-          {"position",
-           {{"epoch", state.position.epoch},
-            {"step", state.position.step},
-            {"global_step", state.position.global_step},
-            {"batch_size", state.position.batch_size},
-            {"seed", state.position.seed},
-            {"shuffle", state.position.shuffle},
-            {"drop_last", state.position.drop_last},
-            {"max_steps_per_epoch", state.position.max_steps_per_epoch}}},
-          {"optimizer",
-           {{"kind", state.optimizer},
-            {"steps", state.optimizer_steps},
-            {"learning_rate", state.learning_rate},
-            {"options", state.optimizer_options},
-            {"state", groups}}},
-          {"files", files},
-          {"tensors", tensors}};
+      nlohmann::json m = {{"format", "f2d2n.checkpoint"},
+                          {"version", 1},
+                          {"library", version_string()},
+                          {"dtype", std::string(safetensors_dtype<S>())},
+                          {"model", {{"description", model.description}, {"fingerprint", to_hex(model.fingerprint)}}},
+                          {"plan",
+                           {{"description", layout.plan},
+                            {"fingerprint", to_hex(layout.plan_fingerprint)},
+                            {"world_size", layout.world_size}}},
+                          {"position",
+                           {{"epoch", state.position.epoch},
+                            {"step", state.position.step},
+                            {"global_step", state.position.global_step},
+                            {"batch_size", state.position.batch_size},
+                            {"seed", state.position.seed},
+                            {"shuffle", state.position.shuffle},
+                            {"drop_last", state.position.drop_last},
+                            {"max_steps_per_epoch", state.position.max_steps_per_epoch}}},
+                          {"optimizer",
+                           {{"kind", state.optimizer},
+                            {"steps", state.optimizer_steps},
+                            {"learning_rate", state.learning_rate},
+                            {"options", state.optimizer_options},
+                            {"state", groups}}},
+                          {"files", files},
+                          {"tensors", tensors}};
       // Every tensor must be there, whole (a checkpoint that another plan cannot load is refused now).
       std::set<std::string> file_names;
       for (auto& [f, _] : files.items()) file_names.insert(f);

@@ -21,8 +21,8 @@
 #include <deque>
 #include <exception>
 #include <mutex>
-#include <stdexcept>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
@@ -74,8 +74,7 @@ struct message_schema {
     const std::uint32_t id = message_id(k.kind, k.backward, k.layer, k.index);
     const auto it = std::lower_bound(messages.begin(), messages.end(), id,
                                      [](const step_message& m, std::uint32_t v) { return m.id < v; });
-    if (it == messages.end() || it->id != id || it->kind != k.kind || it->columns != columns ||
-        it->group != group_size)
+    if (it == messages.end() || it->id != id || it->kind != k.kind || it->columns != columns || it->group != group_size)
       throw std::logic_error("f2d2n: a unit's engine uses message (kind " + std::to_string(static_cast<int>(k.kind)) +
                              ", layer " + std::to_string(k.layer) + ", index " + std::to_string(k.index) + ", " +
                              std::to_string(columns) + " columns, group of " + std::to_string(group_size) +
@@ -88,9 +87,9 @@ struct message_schema {
 template <class S>
 struct unit_layer {
   layer_partition part;
-  std::size_t in = 0, out = 0;     ///< features in and out of the whole layer
-  std::size_t serial_offset = 0;   ///< where the whole layer's parameters start in the serial layout
-  layer_ops<S> ops;                ///< the serial layer's kernels (forward, backward, initialise)
+  std::size_t in = 0, out = 0;    ///< features in and out of the whole layer
+  std::size_t serial_offset = 0;  ///< where the whole layer's parameters start in the serial layout
+  layer_ops<S> ops;               ///< the serial layer's kernels (forward, backward, initialise)
   double (*limit)(std::size_t, std::size_t) = nullptr;  ///< a dense layer's initialiser limit
   /// A split layer's units: those with this unit's neurons (they sum partial outputs; a row of
   /// the grid) and those with its input features (they sum partial input gradients; a column).
@@ -172,7 +171,8 @@ unit_description<Scalar> describe_unit(unit_id rank) {
   Plan::for_each_gradient_bucket(rank, [&](std::size_t layer, std::size_t begin, std::size_t size) {
     d.buckets.push_back({layer, begin, size});
   });
-  for (std::size_t s = 0; s < Plan::stages; ++s) d.pipeline_group.units.push_back(Plan::rank_of({c.replica, s, c.shard}));
+  for (std::size_t s = 0; s < Plan::stages; ++s)
+    d.pipeline_group.units.push_back(Plan::rank_of({c.replica, s, c.shard}));
   d.model = &summary_of<Net>();
   d.plan = plan_description<Plan>();
   d.plan_fingerprint = Plan::fingerprint;

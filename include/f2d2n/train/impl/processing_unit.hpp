@@ -7,9 +7,8 @@
 namespace f2d2n {
 
 template <transport Transport, class Scalar>
-void processing_unit<Transport, Scalar>::forward_micro(
-    const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels, const share& sh, std::size_t m,
-    bool training) {
+void processing_unit<Transport, Scalar>::forward_micro(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels,
+                                                       const share& sh, std::size_t m, bool training) {
   const Eigen::Index rows = training ? sh.micro_rows : sh.rows;
   const Eigen::Index first_row = sh.first + static_cast<Eigen::Index>(m) * rows;
   const bool first_stage = d_.coordinates.stage == 0, last_stage = d_.coordinates.stage + 1 == d_.stages;
@@ -23,15 +22,14 @@ void processing_unit<Transport, Scalar>::forward_micro(
                      clock::now() + options_.timeout);
     }
   }
-  const_matrix_ref<Scalar> in = first_stage ? const_matrix_ref<Scalar>(x.middleRows(first_row, rows))
-                                            : const_matrix_ref<Scalar>(inputs_[m]);
+  const_matrix_ref<Scalar> in =
+      first_stage ? const_matrix_ref<Scalar>(x.middleRows(first_row, rows)) : const_matrix_ref<Scalar>(inputs_[m]);
   forward(m, in);
   const auto out = acts_[m][d_.end - 1].topRows(rows);
   if (!last_stage) {
     const auto& msg = message({message_kind::activation, false, d_.end, m}, d_.layers[d_.end].in, 2);
     const detail::stopwatch timing(times_.communication);
-    send_tensor(t_, msg.peer, msg.id, step_,
-                std::span<const Scalar>(out.data(), static_cast<std::size_t>(out.size())),
+    send_tensor(t_, msg.peer, msg.id, step_, std::span<const Scalar>(out.data(), static_cast<std::size_t>(out.size())),
                 clock::now() + options_.timeout);
     return;
   }
@@ -40,7 +38,8 @@ void processing_unit<Transport, Scalar>::forward_micro(
   const Scalar loss = d_.loss(out, my_labels, dlogits_[m]);
   loss_sum_ += static_cast<double>(loss) * static_cast<double>(rows);
   correct_ += detail::count_correct<Scalar>(out, my_labels);
-  if (training) dlogits_[m] *= static_cast<Scalar>(rows) / static_cast<Scalar>(sh.batch);  // replicas' sum = serial mean
+  if (training)
+    dlogits_[m] *= static_cast<Scalar>(rows) / static_cast<Scalar>(sh.batch);  // replicas' sum = serial mean
 }
 
 template <transport Transport, class Scalar>
@@ -54,18 +53,18 @@ void processing_unit<Transport, Scalar>::backward_micro(const_matrix_ref<Scalar>
   } else {
     const auto& msg = message({message_kind::gradient, true, d_.end, m}, d_.layers[d_.end].in, 2);
     const detail::stopwatch timing(times_.wait);
-    receive_tensor(t_, msg.peer, msg.id, step_,
-                   std::span<Scalar>(dy.data(), static_cast<std::size_t>(dy.size())), clock::now() + options_.timeout);
+    receive_tensor(t_, msg.peer, msg.id, step_, std::span<Scalar>(dy.data(), static_cast<std::size_t>(dy.size())),
+                   clock::now() + options_.timeout);
   }
-  const std::size_t last_buffer = backward(
-      m, first_stage ? const_matrix_ref<Scalar>(x.middleRows(first_row, rows)) : const_matrix_ref<Scalar>(inputs_[m]),
-      rows);
+  const std::size_t last_buffer = backward(m,
+                                           first_stage ? const_matrix_ref<Scalar>(x.middleRows(first_row, rows))
+                                                       : const_matrix_ref<Scalar>(inputs_[m]),
+                                           rows);
   if (!first_stage) {
     const auto dx = gradient_buffer(last_buffer, rows, d_.layers[d_.first].in);
     const auto& msg = message({message_kind::gradient, true, d_.first, m}, d_.layers[d_.first].in, 2);
     const detail::stopwatch timing(times_.communication);
-    send_tensor(t_, msg.peer, msg.id, step_,
-                std::span<const Scalar>(dx.data(), static_cast<std::size_t>(dx.size())),
+    send_tensor(t_, msg.peer, msg.id, step_, std::span<const Scalar>(dx.data(), static_cast<std::size_t>(dx.size())),
                 clock::now() + options_.timeout);
   }
 }
@@ -105,8 +104,8 @@ void processing_unit<Transport, Scalar>::forward(std::size_t m, const_matrix_ref
 }
 
 template <transport Transport, class Scalar>
-std::size_t processing_unit<Transport, Scalar>::backward(
-    std::size_t m, const_matrix_ref<Scalar> stage_input, Eigen::Index rows) {
+std::size_t processing_unit<Transport, Scalar>::backward(std::size_t m, const_matrix_ref<Scalar> stage_input,
+                                                         Eigen::Index rows) {
   std::size_t current = 0;
   for (std::size_t i = d_.end - 1; i >= d_.first; --i) {
     const auto& l = d_.layers[i];
@@ -127,7 +126,8 @@ std::size_t processing_unit<Transport, Scalar>::backward(
       const_matrix_map<Scalar> ws(w, rows_n, cols);
       matrix_map<Scalar> dws(g, rows_n, cols);
       Eigen::Map<vector<Scalar>> db(g + p.count * p.input_count, rows_n);
-      dws.noalias() = dys.transpose() * in.middleCols(p.sharded_input ? 0 : static_cast<Eigen::Index>(p.input_begin), cols);
+      dws.noalias() =
+          dys.transpose() * in.middleCols(p.sharded_input ? 0 : static_cast<Eigen::Index>(p.input_begin), cols);
       detail::dense_kernels::bias_gradient(dys, db);
       if (want_dx && p.sharded_input) {  // the chain's units keep their own columns of dx
         dx.noalias() = dys * ws;
@@ -147,8 +147,7 @@ std::size_t processing_unit<Transport, Scalar>::backward(
       for (std::size_t k = 0; k < p.parameter_count; ++k) to[k] += g[k];
     }
     // This layer's gradients are final: start the buckets that close here.
-    while (last_backward_ && next_bucket_ + 1 < d_.buckets.size() && d_.buckets[next_bucket_].layer == i)
-      post_bucket();
+    while (last_backward_ && next_bucket_ + 1 < d_.buckets.size() && d_.buckets[next_bucket_].layer == i) post_bucket();
     current = 1 - current;
     if (i == d_.first) break;
   }

@@ -20,8 +20,7 @@ template <class Executor>
 auto tracked(const Executor& ex) {
   if constexpr (asio::execution::is_executor<Executor>::value)
     return asio::prefer(ex, asio::execution::outstanding_work.tracked);
-  else
-    return asio::make_work_guard(ex);  // Networking TS style executor
+  else return asio::make_work_guard(ex);  // Networking TS style executor
 }
 
 /// A completion handler with its type erased, so that queued operations of every token type fit
@@ -56,10 +55,8 @@ class completion {
       auto run = [h = std::move(handler), f = std::move(f), ... r = std::move(results)]() mutable {
         std::move(h)(std::move(f), std::move(r)...);
       };
-      if constexpr (asio::execution::is_executor<decltype(work)>::value)
-        asio::dispatch(work, std::move(run));
-      else
-        asio::dispatch(work.get_executor(), std::move(run));
+      if constexpr (asio::execution::is_executor<decltype(work)>::value) asio::dispatch(work, std::move(run));
+      else asio::dispatch(work.get_executor(), std::move(run));
     }
     Handler handler;
     decltype(tracked(asio::get_associated_executor(std::declval<Handler&>(), std::declval<const Fallback&>()))) work;

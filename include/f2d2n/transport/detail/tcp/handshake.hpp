@@ -90,7 +90,8 @@ struct hello {
   if (a.version != b.version)
     add(ua + " speaks wire version " + std::to_string(a.version) + ", " + ub + " version " + std::to_string(b.version));
   if (a.world_size != b.world_size)
-    add(ua + " has world size " + std::to_string(a.world_size) + ", " + ub + " world size " + std::to_string(b.world_size));
+    add(ua + " has world size " + std::to_string(a.world_size) + ", " + ub + " world size " +
+        std::to_string(b.world_size));
   if (a.fingerprint != b.fingerprint)
     add(ua + " runs plan fingerprint " + hex(a.fingerprint) + ", " + ub + " plan fingerprint " + hex(b.fingerprint));
   return d;

@@ -20,9 +20,9 @@ namespace f2d2n::detail::tcp_impl {
 template <class Op>
 struct direction {
   std::deque<std::shared_ptr<Op>> queue;  // operations in the order they were started
-  bool caller = false;   // a caller's thread moves a frame here: the strand moves none meanwhile
-  bool waiting = false;  // a waiter coroutine waits for the socket to be ready in this direction
-  std::string down;      // why frames can no longer move here ("" while they can)
+  bool caller = false;                    // a caller's thread moves a frame here: the strand moves none meanwhile
+  bool waiting = false;                   // a waiter coroutine waits for the socket to be ready in this direction
+  std::string down;                       // why frames can no longer move here ("" while they can)
 };
 
 /// The connection to one peer. Its strand runs the queued operations; everything below `m` is
@@ -35,7 +35,7 @@ struct link {
   strand_type strand;
   std::recursive_mutex m;
   socket_type socket;
-  int fd;                       // the socket's descriptor, for poll() on a caller's thread
+  int fd;  // the socket's descriptor, for poll() on a caller's thread
   direction<send_op> tx;
   direction<receive_op> rx;
   std::uint64_t backlog = 0;    // bytes of tx's frames copied and not yet written
@@ -46,10 +46,8 @@ struct link {
   /// The direction that operations of type Op use.
   template <class Op>
   [[nodiscard]] direction<Op>& along() noexcept {
-    if constexpr (std::is_same_v<Op, send_op>)
-      return tx;
-    else
-      return rx;
+    if constexpr (std::is_same_v<Op, send_op>) return tx;
+    else return rx;
   }
 };
 

@@ -40,7 +40,8 @@ struct send_op {
   [[nodiscard]] std::array<asio::const_buffer, 2> rest() const {
     if (copied) return {asio::buffer(owned.data() + (sent - copied_at), total - sent), asio::const_buffer()};
     if (sent < wire::header_size)
-      return {asio::buffer(header.data() + sent, wire::header_size - sent), asio::buffer(payload.data(), payload.size())};
+      return {asio::buffer(header.data() + sent, wire::header_size - sent),
+              asio::buffer(payload.data(), payload.size())};
     const std::size_t off = sent - wire::header_size;
     return {asio::buffer(payload.data() + off, payload.size() - off), asio::const_buffer()};
   }
@@ -64,9 +65,9 @@ struct receive_op {
   std::span<std::byte> out;
   wire::header_bytes header_bytes{};
   wire::frame_header header{};
-  std::size_t got = 0;         // bytes of the frame read so far (header + payload)
-  bool have_header = false;    // header read and accepted
-  bool goodbye = false;        // the frame is the peer's goodbye
+  std::size_t got = 0;       // bytes of the frame read so far (header + payload)
+  bool have_header = false;  // header read and accepted
+  bool goodbye = false;      // the frame is the peer's goodbye
   comm_context where;
   std::unique_ptr<timer_type> timer;
   receive_completion done;

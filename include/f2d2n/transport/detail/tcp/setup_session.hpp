@@ -33,8 +33,8 @@ struct setup_session {
   std::vector<std::string> problems;              // last failure to reach each unit
   std::vector<socket_type*> open;                 // connections in the middle of their handshake
   std::size_t unsettled = 0;
-  failure first;                                  // the first failure (a handshake refusal first)
-  bool first_refused = false;                     // `first` is a handshake_error
+  failure first;               // the first failure (a handshake refusal first)
+  bool first_refused = false;  // `first` is a handshake_error
   bool finished = false;
   std::promise<failure> result;  // connect() takes the failure out of it and rethrows it
 };

@@ -3,8 +3,8 @@
 // when the directions they use are idle, without handing them to the io thread.
 #pragma once
 
-#include <f2d2n/transport/impl/tcp/transport_impl.hpp>
 #include <f2d2n/transport/impl/tcp/direction.hpp>
+#include <f2d2n/transport/impl/tcp/transport_impl.hpp>
 
 #include <poll.h>
 
@@ -21,8 +21,8 @@
 
 namespace f2d2n::detail::tcp_impl {
 
-inline bool transport_impl::send_here(unit_id peer, const wire::frame_header& header, std::span<const std::byte> payload,
-                                      deadline until) {
+inline bool transport_impl::send_here(unit_id peer, const wire::frame_header& header,
+                                      std::span<const std::byte> payload, deadline until) {
   std::string problem;
   link* l = link_for(peer, problem);
   if (!l || header.payload_length != payload.size()) return false;
@@ -52,7 +52,8 @@ inline std::optional<wire::frame_header> transport_impl::exchange_here(unit_id t
   std::string problem;
   link* tl = link_for(to, problem);
   link* rl = link_for(from, problem);
-  if (!tl || !rl || header.payload_length != payload.size() || expected.payload_length > out.size()) return std::nullopt;
+  if (!tl || !rl || header.payload_length != payload.size() || expected.payload_length > out.size())
+    return std::nullopt;
   const auto s = make_send_op(to, header, payload, false);
   receive_op r = make_receive_op(from, expected, out);
   failure sf, rf;
@@ -69,8 +70,8 @@ inline std::optional<wire::frame_header> transport_impl::exchange_here(unit_id t
 /// operations on the strands). `sf` / `rf` get the send's / the receive's failure. A blocking
 /// send() whose rest fits the send buffer is copied and handed to the strand. One link's lock at
 /// a time: the io thread may take a second one inside a completion handler.
-inline bool transport_impl::run_here(link* tl, const std::shared_ptr<send_op>& s, link* rl, receive_op* r, deadline until,
-                                     failure& sf, failure& rf) {
+inline bool transport_impl::run_here(link* tl, const std::shared_ptr<send_op>& s, link* rl, receive_op* r,
+                                     deadline until, failure& sf, failure& rf) {
   if (shut_) return false;
   if (tl && !claim<send_op>(*tl)) return false;
   if (rl && !claim<receive_op>(*rl)) {

@@ -45,11 +45,13 @@ inline endpoint transport_impl::listen(const endpoint& where) {
     asio::ip::tcp::resolver resolver(io_);
     const auto found = resolver.resolve(host, std::to_string(where.port), ec);
     if (ec || found.empty())
-      throw configuration_error("f2d2n: unit " + std::to_string(rank_) + " cannot resolve " + host + ": " + ec.message());
+      throw configuration_error("f2d2n: unit " + std::to_string(rank_) + " cannot resolve " + host + ": " +
+                                ec.message());
     at = found.begin()->endpoint();
   }
   if (options_.listen_any)
-    at = {at.address().is_v6() ? asio::ip::address(asio::ip::address_v6::any()) : asio::ip::address(asio::ip::address_v4::any()),
+    at = {at.address().is_v6() ? asio::ip::address(asio::ip::address_v6::any())
+                               : asio::ip::address(asio::ip::address_v4::any()),
           at.port()};
   acceptor_.emplace(io_);
   acceptor_->open(at.protocol(), ec);
@@ -101,7 +103,7 @@ inline void transport_impl::connect(std::vector<endpoint> peers, deadline until)
 }
 
 inline asio::awaitable<std::vector<asio::ip::tcp::endpoint>> transport_impl::resolve(const endpoint& e,
-                                                                                      comm_context where) {
+                                                                                     comm_context where) {
   const std::string host = e.host.empty() ? std::string("127.0.0.1") : e.host;
   error_code ec;
   const auto addr = asio::ip::make_address(host, ec);
@@ -243,8 +245,8 @@ inline void transport_impl::setup_timed_out(setup_session& s) {
 inline void transport_impl::goodbye_now(socket_type& sock, const std::string& why) {
   error_code ec;
   const auto text = std::string_view(why).substr(0, max_handshake_payload);
-  const auto header = wire::encode(
-      wire::make_header(wire::frame_kind::goodbye, fingerprint_, hello_message, rank_, 0, std::as_bytes(std::span(text))));
+  const auto header = wire::encode(wire::make_header(wire::frame_kind::goodbye, fingerprint_, hello_message, rank_, 0,
+                                                     std::as_bytes(std::span(text))));
   const std::array<asio::const_buffer, 2> bufs{asio::buffer(header), asio::buffer(text.data(), text.size())};
   sock.non_blocking(true, ec);
   if (!ec) sock.write_some(bufs, ec);

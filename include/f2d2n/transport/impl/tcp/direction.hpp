@@ -41,12 +41,9 @@ void transport_impl::start(link* l, const std::shared_ptr<Op>& op, std::string p
   {
     const std::lock_guard lock(l->m);
     auto& d = l->along<Op>();
-    if (!d.down.empty())
-      problem = d.down;
-    else if (l->closing)
-      problem = "this unit has shut down";
-    else
-      d.queue.push_back(op);
+    if (!d.down.empty()) problem = d.down;
+    else if (l->closing) problem = "this unit has shut down";
+    else d.queue.push_back(op);
   }
   if (!problem.empty()) {
     asio::post(l->strand, [op, f = fail<peer_error>(op->where, problem)]() mutable { finish(*op, std::move(f)); });

@@ -13,8 +13,8 @@
 
 namespace f2d2n::detail::tcp_impl {
 
-inline asio::awaitable<void> transport_impl::write_frame(socket_type& sock, wire::frame_kind kind, std::uint32_t message,
-                                                         std::span<const std::byte> payload) {
+inline asio::awaitable<void> transport_impl::write_frame(socket_type& sock, wire::frame_kind kind,
+                                                         std::uint32_t message, std::span<const std::byte> payload) {
   const auto header = wire::encode(wire::make_header(kind, fingerprint_, message, rank_, 0, payload));
   const std::array<asio::const_buffer, 2> bufs{asio::buffer(header), asio::buffer(payload.data(), payload.size())};
   co_await asio::async_write(sock, bufs, asio::use_awaitable);
@@ -51,7 +51,8 @@ inline asio::awaitable<unit_id> transport_impl::handshake(std::shared_ptr<setup_
     co_await write_frame(sock, wire::frame_kind::handshake, hello_message, payload);
     auto [h, p] = co_await read_handshake_frame(sock, where);
     if (!expected) where.peer = h.sender;
-    if (h.kind == wire::frame_kind::goodbye) throw handshake_error(where, "the peer refused the handshake: " + text_of(p));
+    if (h.kind == wire::frame_kind::goodbye)
+      throw handshake_error(where, "the peer refused the handshake: " + text_of(p));
     if (h.message_id != hello_message)
       throw protocol_error(where, frame_problem::wrong_message, "handshake message " + std::to_string(h.message_id));
     const auto theirs = decode_hello(p);
@@ -67,13 +68,12 @@ inline asio::awaitable<unit_id> transport_impl::handshake(std::shared_ptr<setup_
       else if (!expected && (theirs->rank <= rank_ || theirs->rank >= world_))
         diff = ut + " connected to " + um + ", but only units " + std::to_string(rank_ + 1) + " to " +
                std::to_string(world_ - 1) + " connect to it";
-      else if (!expected && s->claimed[theirs->rank])
-        diff = ut + " connected to " + um + " twice";
+      else if (!expected && s->claimed[theirs->rank]) diff = ut + " connected to " + um + " twice";
     }
     if (!diff.empty()) {
       error_code ignored;
-      const auto header = wire::encode(wire::make_header(wire::frame_kind::goodbye, fingerprint_, hello_message, rank_, 0,
-                                                         std::as_bytes(std::span(diff))));
+      const auto header = wire::encode(wire::make_header(wire::frame_kind::goodbye, fingerprint_, hello_message, rank_,
+                                                         0, std::as_bytes(std::span(diff))));
       const std::array<asio::const_buffer, 2> bufs{asio::buffer(header), asio::buffer(diff)};
       co_await asio::async_write(sock, bufs, asio::redirect_error(asio::use_awaitable, ignored));
       sock.shutdown(socket_type::shutdown_send, ignored);
@@ -82,7 +82,8 @@ inline asio::awaitable<unit_id> transport_impl::handshake(std::shared_ptr<setup_
     if (!expected) s->claimed[theirs->rank] = true;
     co_await write_frame(sock, wire::frame_kind::handshake, verdict_message, {});
     auto [v, vp] = co_await read_handshake_frame(sock, where);
-    if (v.kind == wire::frame_kind::goodbye) throw handshake_error(where, "the peer refused the handshake: " + text_of(vp));
+    if (v.kind == wire::frame_kind::goodbye)
+      throw handshake_error(where, "the peer refused the handshake: " + text_of(vp));
     if (v.message_id != verdict_message || !vp.empty())
       throw protocol_error(where, frame_problem::wrong_message, "handshake message " + std::to_string(v.message_id));
     co_return theirs->rank;

@@ -2,8 +2,8 @@
 // and checking it before the payload, the checksum, goodbyes, and what ends the stream from a peer.
 #pragma once
 
-#include <f2d2n/transport/impl/tcp/transport_impl.hpp>
 #include <f2d2n/transport/impl/tcp/direction.hpp>
+#include <f2d2n/transport/impl/tcp/transport_impl.hpp>
 
 #include <exception>
 #include <memory>
@@ -42,12 +42,9 @@ inline progress transport_impl::advance(link& l, receive_op& op, failure& f) {
   for (;;) {
     if (op.have_header && op.got == op.total()) return complete_frame(l, op, f);
     asio::mutable_buffer buf;
-    if (!op.have_header)
-      buf = asio::buffer(op.header_bytes.data() + op.got, wire::header_size - op.got);
-    else if (op.goodbye)
-      buf = asio::buffer(l.goodbye_text.data() + (op.got - wire::header_size), op.total() - op.got);
-    else
-      buf = asio::buffer(op.out.data() + (op.got - wire::header_size), op.total() - op.got);
+    if (!op.have_header) buf = asio::buffer(op.header_bytes.data() + op.got, wire::header_size - op.got);
+    else if (op.goodbye) buf = asio::buffer(l.goodbye_text.data() + (op.got - wire::header_size), op.total() - op.got);
+    else buf = asio::buffer(op.out.data() + (op.got - wire::header_size), op.total() - op.got);
     error_code ec;
     const std::size_t n = l.socket.read_some(buf, ec);
     if (would_block(ec)) return progress::wait;
@@ -119,8 +116,9 @@ inline failure transport_impl::read_failed(link& l, const receive_op& op, const 
     l.rx.down = "the connection was closed in the middle of a frame";
     return fail<protocol_error>(op.where, frame_problem::truncated,
                                 "the connection closed after " + std::to_string(op.got) + " of " +
-                                    (op.have_header ? std::to_string(op.total()) + " bytes of the frame"
-                                                    : std::to_string(wire::header_size) + " bytes of the frame's header"));
+                                    (op.have_header
+                                         ? std::to_string(op.total()) + " bytes of the frame"
+                                         : std::to_string(wire::header_size) + " bytes of the frame's header"));
   }
   l.rx.down = connection_failure(ec);
   if (l.tx.down.empty()) l.tx.down = l.rx.down;
@@ -131,8 +129,9 @@ inline failure transport_impl::read_failed(link& l, const receive_op& op, const 
 inline failure transport_impl::timed_out(link& l, const receive_op& op) {
   if (op.got == 0) return fail<timeout_error>(op.where, "no message arrived before the deadline");
   l.rx.down = "a receive gave up in the middle of a frame; the stream from this peer is out of sync";
-  return fail<timeout_error>(op.where, "the deadline passed after " + std::to_string(op.got) +
-                                           " bytes of the frame had arrived; the stream from this peer is unusable now");
+  return fail<timeout_error>(op.where,
+                             "the deadline passed after " + std::to_string(op.got) +
+                                 " bytes of the frame had arrived; the stream from this peer is unusable now");
 }
 
 }  // namespace f2d2n::detail::tcp_impl

@@ -2,8 +2,8 @@
 // takes, a send's deadline, and copying what a blocking send() may leave behind.
 #pragma once
 
-#include <f2d2n/transport/impl/tcp/transport_impl.hpp>
 #include <f2d2n/transport/impl/tcp/direction.hpp>
+#include <f2d2n/transport/impl/tcp/transport_impl.hpp>
 
 #include <memory>
 #include <span>
@@ -12,8 +12,9 @@
 
 namespace f2d2n::detail::tcp_impl {
 
-inline void transport_impl::start_send(unit_id peer, const wire::frame_header& header, std::span<const std::byte> payload,
-                                       deadline until, bool may_copy, send_completion done) {
+inline void transport_impl::start_send(unit_id peer, const wire::frame_header& header,
+                                       std::span<const std::byte> payload, deadline until, bool may_copy,
+                                       send_completion done) {
   const auto op = make_send_op(peer, header, payload, may_copy);
   op->done = std::move(done);
   std::string problem;

@@ -2,8 +2,8 @@
 // then a goodbye to every peer, then the sockets closed) and the destructor that joins the io thread.
 #pragma once
 
-#include <f2d2n/transport/impl/tcp/transport_impl.hpp>
 #include <f2d2n/transport/impl/tcp/direction.hpp>
+#include <f2d2n/transport/impl/tcp/transport_impl.hpp>
 
 #include <array>
 #include <atomic>

@@ -103,8 +103,9 @@ inline void tcp_transport::shutdown() {
 
 inline void tcp_transport::refuse_on_io_thread() const {
   if (impl_->on_io_thread())
-    throw configuration_error("f2d2n: a blocking send or receive on the transport's own io thread would wait forever; "
-                              "use async_send / async_receive there");
+    throw configuration_error(
+        "f2d2n: a blocking send or receive on the transport's own io thread would wait forever; "
+        "use async_send / async_receive there");
 }
 
 }  // namespace f2d2n

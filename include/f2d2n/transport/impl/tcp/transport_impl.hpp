@@ -71,8 +71,8 @@ class transport_impl {
   // also reports misuse. Failures are thrown here.
 
   bool send_here(unit_id peer, const wire::frame_header& header, std::span<const std::byte> payload, deadline until);
-  std::optional<wire::frame_header> receive_here(unit_id peer, const wire::expectation& expected, std::span<std::byte> out,
-                                                 deadline until);
+  std::optional<wire::frame_header> receive_here(unit_id peer, const wire::expectation& expected,
+                                                 std::span<std::byte> out, deadline until);
   std::optional<wire::frame_header> exchange_here(unit_id to, const wire::frame_header& header,
                                                   std::span<const std::byte> payload, unit_id from,
                                                   const wire::expectation& expected, std::span<std::byte> out,
@@ -92,8 +92,9 @@ class transport_impl {
   asio::awaitable<void> write_frame(socket_type& sock, wire::frame_kind kind, std::uint32_t message,
                                     std::span<const std::byte> payload);
   asio::awaitable<std::pair<wire::frame_header, std::vector<std::byte>>> read_handshake_frame(socket_type& sock,
-                                                                                               comm_context where);
-  asio::awaitable<unit_id> handshake(std::shared_ptr<setup_session> s, socket_type& sock, std::optional<unit_id> expected);
+                                                                                              comm_context where);
+  asio::awaitable<unit_id> handshake(std::shared_ptr<setup_session> s, socket_type& sock,
+                                     std::optional<unit_id> expected);
   void pair_connected(setup_session& s, unit_id peer);
   void pair_failed(setup_session& s, unit_id peer, failure f, bool refused);
   void setup_timed_out(setup_session& s);
@@ -128,7 +129,8 @@ class transport_impl {
   static failure timed_out(link& l, const send_op& op);
   void absorb(link& l);
 
-  [[nodiscard]] receive_op make_receive_op(unit_id peer, const wire::expectation& expected, std::span<std::byte> out) const;
+  [[nodiscard]] receive_op make_receive_op(unit_id peer, const wire::expectation& expected,
+                                           std::span<std::byte> out) const;
   progress advance(link& l, receive_op& op, failure& f);
   bool accept_header(link& l, receive_op& op, failure& f);
   progress complete_frame(link& l, receive_op& op, failure& f);
