@@ -373,7 +373,13 @@ TEST_CASE("read_idx: a forged header announcing a huge size is refused without a
   SUBCASE("65536 x 65536 = 2^32 (exactly max_elements) announced, 10 bytes present: truncated") {
     const std::string path = dir.file("forged-4g.gz");
     write_gz(path, idx_bytes({65536, 65536}, pattern(10)));
-    expect_data_error([&] { (void)f2d2n::read_idx(path); }, data_problem::truncated, path);
+    f2d2n::idx_limits no_expansion_limit;
+    no_expansion_limit.max_expansion = 0;  // past the expansion check, the truncation
+    expect_data_error([&] { (void)f2d2n::read_idx(path, no_expansion_limit); }, data_problem::truncated, path);
+    // With the default limits, the header alone is refused: 4 GiB from a file of a few dozen bytes.
+    const auto e = expect_data_error([&] { (void)f2d2n::read_idx(path); }, data_problem::bad_dimensions, path);
+    REQUIRE(e);
+    CHECK_MESSAGE(contains(e->what(), "max_expansion"), std::string(e->what()));
   }
   SUBCASE("extents whose product exceeds max_elements: bad_dimensions") {
     const std::string path = dir.file("forged-8g");
@@ -390,6 +396,38 @@ TEST_CASE("read_idx: a forged header announcing a huge size is refused without a
   const std::size_t grown = peak_rss_bytes() - peak_before;
   CHECK_MESSAGE(grown < (std::size_t{512} << 20), "peak RSS grew by " << grown << " bytes");
 #endif
+}
+
+TEST_CASE("read_idx: a gzip bomb is refused before it costs more than a small multiple of the file") {
+  temp_dir dir;
+  // 40000 x 28 x 28 zero pixels (31 MB) compress to about 30 KB: a ratio near deflate's limit.
+  const std::string path = dir.file("bomb-idx3-ubyte.gz");
+  write_gz(path, idx_bytes({40000, 28, 28}, bytes(std::size_t{40000} * 28 * 28, 0)));
+  const auto on_disk = std::filesystem::file_size(path);
+  CHECK(on_disk * 128 < std::size_t{40000} * 28 * 28);
+#if defined(__linux__)
+  const std::size_t peak_before = peak_rss_bytes();
+#endif
+  const auto e = expect_data_error([&] { (void)f2d2n::read_idx(path); }, data_problem::bad_dimensions, path);
+  REQUIRE(e);
+  CHECK_MESSAGE(contains(e->what(), "gzip bomb"), std::string(e->what()));
+  CHECK_MESSAGE(contains(e->what(), std::to_string(on_disk)), std::string(e->what()));
+#if defined(__linux__)
+  const std::size_t grown = peak_rss_bytes() - peak_before;
+  CHECK_MESSAGE(grown < (std::size_t{16} << 20), "peak RSS grew by " << grown << " bytes");
+#endif
+  // A user who trusts the file raises the limit, and the same file loads whole.
+  f2d2n::idx_limits trusting;
+  trusting.max_expansion = 0;
+  const auto a = f2d2n::read_idx(path, trusting);
+  CHECK(a.data.size() == std::size_t{40000} * 28 * 28);
+  // Noise-like bytes (what image data is nearer to) compress hardly at all: far below the limit.
+  const std::string real = dir.file("noise-idx3-ubyte.gz");
+  bytes noise(100 * 28 * 28);
+  std::uint32_t x = 12345;
+  for (auto& b : noise) b = static_cast<std::uint8_t>((x = x * 1664525u + 1013904223u) >> 24);
+  write_gz(real, idx_bytes({100, 28, 28}, noise));
+  CHECK(f2d2n::read_idx(real).data.size() == 100 * 28 * 28);
 }
 
 TEST_CASE("read_idx: not an IDX header, or an unsupported element type (bad_magic)") {

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <system_error>
 #include <type_traits>
 #include <vector>
 
@@ -30,6 +31,11 @@ struct idx_array {
 struct idx_limits {
   std::size_t max_rank = 4;
   std::size_t max_elements = std::size_t{1} << 32;  ///< 4 Gi elements
+  /// A gzipped file may announce at most this many times its own size on disk in data (0: no
+  /// limit). Image data of MNIST's kind compresses 2-5x and deflate cannot exceed about 1032x, so
+  /// a gzip bomb (a small file of zeros announcing gigabytes) is refused before it costs more than
+  /// this multiple of the file.
+  std::size_t max_expansion = 128;
 };
 
 namespace detail {
@@ -103,6 +109,19 @@ inline idx_array read_idx(const std::string& path, idx_limits limits = {}) {
                        "the header announces more than " + std::to_string(limits.max_elements) + " elements");
     elements *= d;
     result.dims[i] = d;
+  }
+
+  // A gzip stream may announce at most max_expansion times the file's size (plain files are read
+  // as far as they go, growing with what arrives).
+  if (limits.max_expansion != 0 && gzdirect(file.get()) == 0) {
+    std::error_code ec;
+    const std::uintmax_t on_disk = std::filesystem::file_size(path, ec);
+    if (!ec && elements / limits.max_expansion > on_disk)
+      throw data_error(path, data_problem::bad_dimensions,
+                       "the header announces " + std::to_string(elements) + " bytes of data, more than " +
+                           std::to_string(limits.max_expansion) + " times the " + std::to_string(on_disk) +
+                           " bytes of the compressed file (a gzip bomb or a forged header; idx_limits::max_expansion "
+                           "raises the limit)");
   }
 
   // Grow as the data arrives rather than trusting the header with one big allocation.
