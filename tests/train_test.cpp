@@ -190,35 +190,24 @@ TEST_CASE("max_steps_per_epoch stops each epoch early") {
 }
 
 namespace {
+/// A network-like type with every call the trainer needs, of scalar type S; evaluate_batch only
+/// when Evaluates.
+template <class S, bool Evaluates>
+struct fake_network {
+  using scalar = S;
+  static std::size_t features() { return 8; }
+  static std::size_t classes() { return 3; }
+  std::span<S> parameters();
+  std::span<S> gradients();
+  nn::batch_result compute_gradients(nn::const_matrix_ref<S>, std::span<const std::int32_t>);
+  nn::batch_result evaluate_batch(nn::const_matrix_ref<S>, std::span<const std::int32_t>) requires Evaluates;
+};
 /// Not trainable: no evaluate_batch.
-struct no_evaluation {
-  using scalar = float;
-  static std::size_t features() { return 8; }
-  static std::size_t classes() { return 3; }
-  std::span<float> parameters();
-  std::span<float> gradients();
-  nn::batch_result compute_gradients(nn::const_matrix_ref<float>, std::span<const std::int32_t>);
-};
+using no_evaluation = fake_network<float, false>;
 /// Not trainable: integer parameters, though it has every call.
-struct integer_scalar {
-  using scalar = int;
-  static std::size_t features() { return 8; }
-  static std::size_t classes() { return 3; }
-  std::span<int> parameters();
-  std::span<int> gradients();
-  nn::batch_result compute_gradients(nn::const_matrix_ref<int>, std::span<const std::int32_t>);
-  nn::batch_result evaluate_batch(nn::const_matrix_ref<int>, std::span<const std::int32_t>);
-};
+using integer_scalar = fake_network<int, true>;
 /// Its float twin is trainable (so integer_scalar fails on its scalar alone).
-struct float_scalar {
-  using scalar = float;
-  static std::size_t features() { return 8; }
-  static std::size_t classes() { return 3; }
-  std::span<float> parameters();
-  std::span<float> gradients();
-  nn::batch_result compute_gradients(nn::const_matrix_ref<float>, std::span<const std::int32_t>);
-  nn::batch_result evaluate_batch(nn::const_matrix_ref<float>, std::span<const std::int32_t>);
-};
+using float_scalar = fake_network<float, true>;
 }  // namespace
 
 TEST_CASE("trainable_network states what the trainer needs; network<...> is one") {

@@ -194,10 +194,7 @@ class network {
   /// Loading checks the model before it reads the parameters into a temporary, and copies them
   /// only when all is read: storage_error (model_mismatch, naming the first differing layer) for
   /// another model or scalar type, and the network unchanged on any error.
-  template <class Archive>
-  void serialize(Archive& ar, const unsigned int version) {
-    boost::serialization::split_member(ar, *this, version);
-  }
+  BOOST_SERIALIZATION_SPLIT_MEMBER()
 
   template <class Archive>
   void save(Archive& ar, const unsigned int /*version*/) const {

@@ -208,10 +208,7 @@ class optimizer<Scalar, sgd> {
 
   /// Boost.Serialization: options, step count and momentum buffer. Loading reads everything into
   /// temporaries first: on any error the optimizer is unchanged.
-  template <class Archive>
-  void serialize(Archive& ar, const unsigned int version) {
-    boost::serialization::split_member(ar, *this, version);
-  }
+  BOOST_SERIALIZATION_SPLIT_MEMBER()
   template <class Archive>
   void save(Archive& ar, const unsigned int /*version*/) const {
     using boost::serialization::make_nvp;
@@ -311,10 +308,7 @@ class optimizer<Scalar, adam> {
 
   /// Boost.Serialization: options, step count and both moment estimates. Loading reads
   /// everything into temporaries first: on any error the optimizer is unchanged.
-  template <class Archive>
-  void serialize(Archive& ar, const unsigned int version) {
-    boost::serialization::split_member(ar, *this, version);
-  }
+  BOOST_SERIALIZATION_SPLIT_MEMBER()
   template <class Archive>
   void save(Archive& ar, const unsigned int /*version*/) const {
     using boost::serialization::make_nvp;

@@ -115,11 +115,7 @@ class processing_unit {
   /// The rows of a batch of `batch` samples this unit computes, and whether it needs their samples
   /// (the first stage) and labels (the last stage).
   [[nodiscard]] batch_part part_of_batch(std::size_t batch) const {
-    if (batch < d_.replicas)
-      throw configuration_error("f2d2n: data_parallel<" + std::to_string(d_.replicas) + "> needs at least " +
-                                std::to_string(d_.replicas) + " samples per batch; this batch has " +
-                                std::to_string(batch) +
-                                " (an epoch's short last batch? set fit_options::drop_last to drop it)");
+    check_replicas(batch);
     const std::size_t replica = d_.coordinates.replica;
     return {batch, part_begin(batch, d_.replicas, replica), part_size(batch, d_.replicas, replica),
             d_.coordinates.stage == 0, d_.coordinates.stage + 1 == d_.stages};
@@ -221,11 +217,7 @@ class processing_unit {
       throw configuration_error("f2d2n: batch has " + std::to_string(x.rows()) + " samples but " +
                                 std::to_string(labels.size()) + " labels");
     const auto batch = static_cast<std::size_t>(x.rows());
-    if (batch < d_.replicas)
-      throw configuration_error("f2d2n: data_parallel<" + std::to_string(d_.replicas) + "> needs at least " +
-                                std::to_string(d_.replicas) + " samples per batch; this batch has " +
-                                std::to_string(batch) +
-                                " (an epoch's short last batch? set fit_options::drop_last to drop it)");
+    check_replicas(batch);
     check_labels(labels);
     const std::size_t replica = d_.coordinates.replica, rows = part_size(batch, d_.replicas, replica);
     const std::size_t m = training ? d_.microbatches : 1;
@@ -246,6 +238,14 @@ class processing_unit {
       if (l < 0 || static_cast<std::size_t>(l) >= d_.output_size)
         throw configuration_error("f2d2n: label " + std::to_string(l) + " is outside the model's " +
                                   std::to_string(d_.output_size) + " outputs");
+  }
+
+  void check_replicas(std::size_t batch) const {
+    if (batch < d_.replicas)
+      throw configuration_error("f2d2n: data_parallel<" + std::to_string(d_.replicas) + "> needs at least " +
+                                std::to_string(d_.replicas) + " samples per batch; this batch has " +
+                                std::to_string(batch) +
+                                " (an epoch's short last batch? set fit_options::drop_last to drop it)");
   }
 
   /// Every unit checks every replica's rows, so that all of them report the cause (not "peer has
