@@ -25,6 +25,7 @@
 
 #include <f2d2n/comm/primitives.hpp>
 #include <f2d2n/launch/config.hpp>
+#include <f2d2n/launch/tcp.hpp>
 #include <f2d2n/transport/tcp.hpp>
 
 #include <algorithm>
@@ -63,7 +64,7 @@ int main(int argc, char** argv) {
     if (o.chunk_bytes == 0) o.chunk_bytes = f2d2n::call_options{}.chunk_bytes;
     const f2d2n::cluster_config cfg = f2d2n::config_from_environment();
     const std::size_t p = cfg.world_size;
-    f2d2n::tcp_transport t(cfg.rank, cfg.peers, 0xa11'7ed0'ce00'0001ULL);
+    f2d2n::tcp_transport t(cfg.rank, cfg.peers, 0xa11'7ed0'ce00'0001ULL, f2d2n::tcp_options_of(cfg));
     const f2d2n::group world = f2d2n::group::world(cfg.world_size);
 
     std::uint64_t step = 0;  // every call of the run gets its own step; frames carry it

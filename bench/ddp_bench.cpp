@@ -48,6 +48,7 @@
 #include <f2d2n/core/denormals.hpp>
 #include <f2d2n/core/random.hpp>
 #include <f2d2n/launch/config.hpp>
+#include <f2d2n/launch/tcp.hpp>
 #include <f2d2n/model/network.hpp>
 #include <f2d2n/plan/distribute.hpp>
 #include <f2d2n/train/distributed_network.hpp>
@@ -257,7 +258,7 @@ int run_dp2(const options& o, const synthetic_pool& pool) {
   const nn::cluster_config cfg = nn::config_from_environment();
   if (cfg.world_size != Plan::world_size)
     usage("DP2 needs 2 units (f2d2n_launch -n 2), this cluster has " + std::to_string(cfg.world_size));
-  nn::tcp_transport t(cfg.rank, cfg.peers, Plan::fingerprint);
+  nn::tcp_transport t(cfg.rank, cfg.peers, Plan::fingerprint, nn::tcp_options_of(cfg));
   const nn::distributed_options dopts{.timeout = std::chrono::milliseconds(o.timeout_ms), .overlap = o.overlap};
   const nn::group world = nn::group::world(cfg.world_size);
   std::uint64_t step = 0;  // this program's own collectives: their own ids and steps

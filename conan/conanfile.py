@@ -37,7 +37,7 @@ class F2d2nConan(ConanFile):
     def requirements(self):
         # The headers include all of them: every consumer needs them, and Boost.Serialization's library.
         for ref in ("boost/[>=1.74 <2]", "eigen/[>=3.4 <4]", "zlib/[>=1.2.11 <2]", "nlohmann_json/[>=3.9 <4]",
-                    "xxhash/[>=0.8 <0.9]"):
+                    "xxhash/[>=0.8 <0.9]", "openssl/[>=1.1.1 <4]"):
             self.requires(ref, transitive_headers=True, transitive_libs=True)
 
     def validate(self):

@@ -14,6 +14,7 @@ packages=(
   zlib1g-dev                           # gzipped IDX files
   libxxhash-dev                        # frame checksums (XXH3, header-only)
   nlohmann-json3-dev                   # JSON: safetensors headers, checkpoint manifests
+  libssl-dev                           # OpenSSL: the cluster key (HMAC-SHA256), TLS between units
   doctest-dev                          # tests
   libbenchmark-dev                     # bench/
   dataset-fashion-mnist                # the data: /usr/share/datasets/fashion-mnist

@@ -16,6 +16,8 @@
 #include "plan_suite.hpp"
 
 #include <f2d2n/launch/config.hpp>
+#include <f2d2n/launch/tcp.hpp>
+#include <f2d2n/plan/description.hpp>
 #include <f2d2n/train/checkpoint.hpp>
 #include <f2d2n/transport/tcp.hpp>
 
@@ -116,7 +118,7 @@ int train(Network& net, const settings& s, unsigned rank) {
 template <class Plan>
 int train_plan(const settings& s) {
   const auto c = nn::config_from_environment();
-  nn::tcp_transport t(c.rank, c.peers, Plan::fingerprint);
+  nn::tcp_transport t(c.rank, c.peers, Plan::fingerprint, nn::tcp_options_of(c, {}, nn::peer_description<Plan>()));
   nn::distributed_network<Plan, nn::tcp_transport> net(t, 11);
   const int code = train(net, s, c.rank);
   t.shutdown();

@@ -8,6 +8,7 @@
 #include "comm_suite.hpp"
 
 #include <f2d2n/launch/config.hpp>
+#include <f2d2n/launch/tcp.hpp>
 #include <f2d2n/transport/tcp.hpp>
 
 #include <unistd.h>
@@ -40,7 +41,7 @@ int main(int argc, char** argv) try {
 
   if (mode == "fingerprint") {
     try {
-      nn::tcp_transport t(config.rank, config.peers, odd_one ? plan + 1 : plan);
+      nn::tcp_transport t(config.rank, config.peers, odd_one ? plan + 1 : plan, nn::tcp_options_of(config));
       return report(config, "fingerprint", config.world_size == 1, "connected without a handshake_error");
     } catch (const nn::handshake_error& e) {
       const bool names_it = std::strstr(e.what(), "fingerprint") != nullptr;
@@ -48,7 +49,7 @@ int main(int argc, char** argv) try {
     }
   }
 
-  nn::tcp_transport t(config.rank, config.peers, plan);
+  nn::tcp_transport t(config.rank, config.peers, plan, nn::tcp_options_of(config));
   if (mode == "adjoint") {
     const auto failures = nn::testing::adjoint_suite(t);
     for (const auto& f : failures) report(config, "adjoint", false, f);

@@ -704,3 +704,66 @@ TEST_CASE("launch restarts: the timeout covers every attempt together") {
   CHECK(contains(r.err, "[launch] the run did not end within 1 s; "));
   CHECK(contains(r.err, "(restart 2 of 1000)"));
 }
+
+TEST_CASE("launch: a fresh cluster key per run unless one is set; deadlines passed to the units") {
+  scoped_environment env;
+  env.set("F2D2N_CLUSTER_KEY", std::nullopt);
+  env.set("F2D2N_CLUSTER_KEY_FILE", std::nullopt);
+  env.set("F2D2N_TIMEOUT", "7");
+  auto o = units(2);
+  o.unit_timeout = 2500ms;
+  o.connect_timeout = 1500ms;
+  const std::string script = "echo \"key=$F2D2N_CLUSTER_KEY t=$F2D2N_TIMEOUT c=$F2D2N_CONNECT_TIMEOUT\"";
+  const auto first = run_sh(o, script), second = run_sh(o, script);
+  INFO("out:\n" << first.out << second.out << "err:\n" << first.err);
+  REQUIRE(first.code == 0);
+  auto key_of = [](const std::string& out, int rank) {
+    for (const auto& line : lines_of(out))
+      if (line.rfind("[" + std::to_string(rank) + "] key=", 0) == 0) return line.substr(line.find('=') + 1, 64);
+    return std::string();
+  };
+  const std::string k = key_of(first.out, 0);
+  CHECK(k.size() == 64);
+  CHECK(k.find_first_not_of("0123456789abcdef") == std::string::npos);
+  CHECK(key_of(first.out, 1) == k);   // one key for the run's units
+  CHECK(key_of(second.out, 0) != k);  // another for another run
+  CHECK(first.out.find("t=2.500 c=1.500") != std::string::npos);
+  CHECK(first.err.find(k) == std::string::npos);  // never printed by the launcher
+
+  env.set("F2D2N_CLUSTER_KEY", "a-key-set-by-the-user-0123");
+  const auto given = run_sh(units(1), script);
+  CHECK(given.out.find("key=a-key-set-by-the-user-0123 t=7") != std::string::npos);
+  env.set("F2D2N_CLUSTER_KEY", "short");  // refused before any unit starts
+  CHECK(config_error([&] { (void)run_sh(units(1), "echo started"); }).find("at least 16") != std::string::npos);
+}
+
+TEST_CASE("environment: the cluster key and the deadlines") {
+  scoped_environment env;
+  env.set("F2D2N_RANK", "0");
+  env.set("F2D2N_WORLD_SIZE", "1");
+  env.set("F2D2N_PEERS", "127.0.0.1:29500");
+  env.set("F2D2N_CLUSTER_KEY", std::nullopt);
+  env.set("F2D2N_CLUSTER_KEY_FILE", std::nullopt);
+  env.set("F2D2N_TIMEOUT", std::nullopt);
+  env.set("F2D2N_CONNECT_TIMEOUT", std::nullopt);
+  auto c = f2d2n::config_from_environment();
+  CHECK_FALSE(c.key);
+  CHECK(c.timeout == 60000ms);
+  CHECK(c.connect_timeout == 10000ms);
+  env.set("F2D2N_CLUSTER_KEY", "0123456789abcdef0123");
+  env.set("F2D2N_TIMEOUT", "0.25");
+  env.set("F2D2N_CONNECT_TIMEOUT", " 30 ");
+  c = f2d2n::config_from_environment();
+  CHECK(c.key == f2d2n::cluster_key("0123456789abcdef0123"));
+  CHECK(c.timeout == 250ms);
+  CHECK(c.connect_timeout == 30000ms);
+  for (const char* bad : {"0", "-1", "ten", "1e99", "5s", ""}) {
+    CAPTURE(bad);
+    env.set("F2D2N_TIMEOUT", bad);
+    if (*bad == '\0') {
+      CHECK(f2d2n::config_from_environment().timeout == 60000ms);  // empty: not set
+      continue;
+    }
+    CHECK(config_error([] { (void)f2d2n::config_from_environment(); }).find("F2D2N_TIMEOUT") != std::string::npos);
+  }
+}

@@ -3,6 +3,8 @@
 // same executable; two translation units keep each within the compile-time budget).
 #include "plan_suite.hpp"
 
+#include <f2d2n/plan/description.hpp>
+#include <f2d2n/transport/detail/tcp/handshake.hpp>
 #include <f2d2n/transport/local.hpp>
 
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
@@ -365,4 +367,29 @@ TEST_CASE("a pipeline stage whose neighbour leaves gets a typed error, not a han
 
 TEST_CASE("a unit whose peer leaves gets a typed error, not a hang") {
   CHECK(typed_errors_when_a_unit_leaves<plan_tp2>(1, 10) == 1);  // unit 0 waits for its shard in vain
+}
+
+TEST_CASE("plan: units of different plans say which policy or layer differs (peer_description)") {
+  namespace d = f2d2n::detail::tcp_impl;
+  using f2d2n::peer_description;
+  const auto tp_out = peer_description<plan_tp2>(), tp_in = peer_description<plan_tp2_inputs>();
+  const std::string by_split = d::description_difference(tp_out, tp_in, "unit 0", "unit 1");
+  CAPTURE(by_split);
+  CHECK(by_split.find("the plan reads") != std::string::npos);
+  CHECK(by_split.find(":outputs[") != std::string::npos);
+  CHECK(by_split.find(":inputs[") != std::string::npos);
+  const std::string by_replicas =
+      d::description_difference(peer_description<plan_dp2>(), peer_description<plan_dp4>(), "unit 0", "unit 1");
+  CAPTURE(by_replicas);
+  CHECK(by_replicas.find("data_parallel<2>") != std::string::npos);
+  CHECK(by_replicas.find("data_parallel<4>") != std::string::npos);
+  // Another model: the first layer that differs, by index.
+  using other_mlp = f2d2n::sequential<f2d2n::input<13>, f2d2n::dense<10>, f2d2n::relu, f2d2n::dense<6>, f2d2n::tanh,
+                                      f2d2n::dense<5>, f2d2n::softmax_cross_entropy>;
+  using other_plan = f2d2n::distribute<other_mlp, f2d2n::data_parallel<2>>;
+  const std::string by_model =
+      d::description_difference(peer_description<plan_dp2>(), peer_description<other_plan>(), "unit 0", "unit 1");
+  CAPTURE(by_model);
+  CHECK(by_model.find("the model") != std::string::npos);
+  CHECK(d::description_difference(tp_out, tp_out, "unit 0", "unit 1").empty());
 }

@@ -11,6 +11,8 @@
 #include "plan_suite.hpp"
 
 #include <f2d2n/launch/config.hpp>
+#include <f2d2n/launch/tcp.hpp>
+#include <f2d2n/plan/description.hpp>
 #include <f2d2n/transport/tcp.hpp>
 
 #include <cstdio>
@@ -28,7 +30,7 @@ inline constexpr bool also_double =
 
 template <class Plan>
 int train(const cluster_config& c, const std::string& name) {
-  tcp_transport t(c.rank, c.peers, Plan::fingerprint);
+  tcp_transport t(c.rank, c.peers, Plan::fingerprint, tcp_options_of(c, {}, peer_description<Plan>()));
   auto failures = equivalence<Plan, float>(t, 1e-5);
   if constexpr (also_double<Plan>)
     for (const auto& f : equivalence<Plan, double>(t, 1e-12)) failures.push_back("float64: " + f);
@@ -42,7 +44,7 @@ int train(const cluster_config& c, const std::string& name) {
 
 template <class Plan>
 int mismatch(const cluster_config& c, const std::string& name) {
-  tcp_transport t(c.rank, c.peers, Plan::fingerprint);
+  tcp_transport t(c.rank, c.peers, Plan::fingerprint, tcp_options_of(c, {}, peer_description<Plan>()));
   try {
     distributed_network<Plan, tcp_transport> net(t);
   } catch (const configuration_error& e) {

@@ -10,11 +10,13 @@
 
 #include <boost/program_options.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <iostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace po = boost::program_options;
@@ -23,7 +25,7 @@ namespace {
 
 constexpr const char* usage =
     "usage: f2d2n_launch -n N [--host H] [--base-port P] [--grace-ms G] [--timeout S] [--max-restarts K]\n"
-    "                    -- PROGRAM [ARGS...]\n"
+    "                    [--unit-timeout S] [--connect-timeout S] -- PROGRAM [ARGS...]\n"
     "\n"
     "Starts N processes of PROGRAM on this machine with F2D2N_RANK (0..N-1), F2D2N_WORLD_SIZE (N),\n"
     "F2D2N_PEERS (host:port of every unit, in rank order), F2D2N_LOCAL_RANK and F2D2N_LOCAL_WORLD_SIZE\n"
@@ -32,7 +34,9 @@ constexpr const char* usage =
     "(128 + signal number for a signal, 127 when PROGRAM cannot be run, 124 after --timeout).\n"
     "With --max-restarts K, a failure instead ends the others and starts all N units again, up to K\n"
     "times, with F2D2N_RESTART set to the number of restarts so far (0 at the first start); --timeout\n"
-    "covers all attempts together.\n";
+    "covers all attempts together.\n"
+    "The units share a cluster key: F2D2N_CLUSTER_KEY or F2D2N_CLUSTER_KEY_FILE when one is set for the\n"
+    "launcher, else a fresh random key for this run, given to the units in F2D2N_CLUSTER_KEY.\n";
 
 /// A whole number within [low, high] from an option's text; a po::error naming the option otherwise.
 std::int64_t in_range(const po::variables_map& vm, const char* name, std::int64_t low, std::int64_t high) {
@@ -66,6 +70,10 @@ int main(int argc, char** argv) try {
     ("grace-ms", po::value<std::int64_t>()->default_value(2000),
         "milliseconds between SIGTERM and SIGKILL when the units are ended")
     ("timeout", po::value<std::int64_t>(), "end every unit after this many seconds and exit 124")
+    ("unit-timeout", po::value<double>(),
+        "seconds a unit waits for a peer before it fails (F2D2N_TIMEOUT for the units; theirs: 60)")
+    ("connect-timeout", po::value<double>(),
+        "seconds a unit may take to connect to the others (F2D2N_CONNECT_TIMEOUT; theirs: 10)")
     ("max-restarts", po::value<std::int64_t>()->default_value(0),
         "when a unit fails, end the others and start all units again, up to this many times (0..1000)");
   // clang-format on
@@ -87,6 +95,14 @@ int main(int argc, char** argv) try {
   options.grace = std::chrono::milliseconds(in_range(vm, "grace-ms", 0, 24 * 3600 * 1000));
   options.max_restarts = static_cast<unsigned>(in_range(vm, "max-restarts", 0, 1000));
   if (vm.count("timeout")) options.timeout = std::chrono::seconds(in_range(vm, "timeout", 1, 365LL * 24 * 3600));
+  for (auto [name, into] :
+       {std::pair{"unit-timeout", &options.unit_timeout}, std::pair{"connect-timeout", &options.connect_timeout}}) {
+    if (!vm.count(name)) continue;
+    const double v = vm[name].as<double>();
+    if (!(v > 0) || v > 365.0 * 24 * 3600)
+      throw po::error("--" + std::string(name) + " " + std::to_string(v) + " is not a number of seconds above 0");
+    *into = std::chrono::milliseconds(std::max<long long>(1, static_cast<long long>(v * 1000 + 0.5)));
+  }
   return f2d2n::launch(options, command, std::cout, std::cerr);
 } catch (const po::error& e) {
   std::cerr << "f2d2n_launch: " << e.what() << " (see --help)\n";

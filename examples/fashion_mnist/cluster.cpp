@@ -13,9 +13,14 @@
 #include "settings.hpp"
 
 #include <f2d2n/launch/config.hpp>
+#include <f2d2n/launch/tcp.hpp>
+#include <f2d2n/plan/description.hpp>
 #include <f2d2n/transport/tcp.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
+#include <tuple>
 
 namespace example {
 /// Trains a unit as the settings say (train_unit.cpp: compiled apart from the plans).
@@ -30,8 +35,10 @@ using example::mlp;
 
 template <class Plan>
 int run(const example::settings& s, const nn::cluster_config& c) {
-  nn::tcp_transport t(c.rank, c.peers, Plan::fingerprint);
-  nn::distributed_network<Plan, nn::tcp_transport> net(t, s.seed);
+  nn::tcp_transport t(c.rank, c.peers, Plan::fingerprint, nn::tcp_options_of(c, {}, nn::peer_description<Plan>()));
+  nn::distributed_options o;
+  o.timeout = c.timeout;
+  nn::distributed_network<Plan, nn::tcp_transport> net(t, s.seed, o);
   const bool report = c.rank == 0;
   const auto d = example::load(s);
   if (report) {
@@ -67,6 +74,11 @@ int main(int argc, char** argv) try {
                      "dp2, dp4 (data parallel), tp2 (neurons split over 2 units), tp2_inputs (inputs split, as "
                      "F2D2N's input units), dp2_tp2 (2 replicas of 2 shards: 4 units), pp2 (2 pipeline stages, "
                      "4 micro-batches, 1F1B), dp2_pp2 (2 replicas of 2 stages: 4 units)");
+  double timeout = 0, connect_timeout = 0;
+  opts.add_options()("timeout", boost::program_options::value(&timeout),
+                     "seconds a unit waits for a peer before it gives up (default: F2D2N_TIMEOUT, else 60)")(
+      "connect-timeout", boost::program_options::value(&connect_timeout),
+      "seconds a unit may take to connect to every other (default: F2D2N_CONNECT_TIMEOUT, else 10)");
   if (const auto stop = example::parse(argc, argv, s, opts)) return *stop;
   if (s.preset != "mlp") {
     std::cerr << "fashion_mnist_cluster: only the mlp preset runs on a cluster here (fashion_mnist runs f2d2n's)\n";
@@ -82,7 +94,16 @@ int main(int argc, char** argv) try {
               << " is not set): start it with f2d2n_launch, e.g. f2d2n_launch -n 4 -- fashion_mnist_cluster\n";
     return 2;
   }
-  const auto c = nn::config_from_environment();
+  auto c = nn::config_from_environment();
+  for (auto [value, name, into] : {std::tuple{timeout, "--timeout", &c.timeout},
+                                   std::tuple{connect_timeout, "--connect-timeout", &c.connect_timeout}}) {
+    if (value == 0) continue;
+    if (!(value > 0) || value > 365.0 * 24 * 3600) {
+      std::cerr << "fashion_mnist_cluster: " << name << " " << value << " is not a number of seconds above 0\n";
+      return 2;
+    }
+    *into = std::chrono::milliseconds(std::max<long long>(1, static_cast<long long>(value * 1000 + 0.5)));
+  }
   if (s.plan == "dp2") return run<nn::distribute<mlp, nn::data_parallel<2>>>(s, c);
   if (s.plan == "dp4") return run<nn::distribute<mlp, nn::data_parallel<4>>>(s, c);
   if (s.plan == "tp2") return run<nn::distribute<mlp, nn::tensor_parallel<2>>>(s, c);

@@ -90,6 +90,10 @@ struct launch_options {
   std::chrono::milliseconds grace{2000};          ///< SIGTERM to SIGKILL
   std::optional<std::chrono::seconds> timeout{};  ///< whole-run deadline: end every unit, return 124
   unsigned max_restarts = 0;                      ///< times every unit is started again after a unit fails
+  /// F2D2N_TIMEOUT for the units: how long one wait for a peer may take (unset: theirs, or 60 s).
+  std::optional<std::chrono::milliseconds> unit_timeout{};
+  /// F2D2N_CONNECT_TIMEOUT for the units: how long connecting may take (unset: theirs, or 10 s).
+  std::optional<std::chrono::milliseconds> connect_timeout{};
 };
 
 /// What launch() returns when the whole-run timeout ends the units.
@@ -144,7 +148,27 @@ inline int launch(const launch_options& options, const std::vector<std::string>&
   std::vector<std::string> sh_arguments{"/bin/sh", program};
   sh_arguments.insert(sh_arguments.end(), command.begin() + 1, command.end());
   auto sh_argv = proc::pointers_to(sh_arguments);
-  const std::vector<std::string> inherited = proc::inherited_environment();
+  std::vector<std::string> inherited = proc::inherited_environment();
+  // The cluster key: the one set for the launcher (checked here, before any unit starts), else a
+  // fresh one for this run, which only the units learn (it is in no message and no output).
+  if (!cluster_key_from_environment()) {
+    auto set_to = [](std::string_view entry, std::string_view name) {
+      return entry.size() > name.size() && entry.substr(0, name.size()) == name && entry[name.size()] == '=';
+    };
+    std::erase_if(inherited, [&](const std::string& e) {
+      return set_to(e, cluster_key_variable) || set_to(e, cluster_key_file_variable);
+    });
+    inherited.push_back(std::string(cluster_key_variable) + "=" + cluster_key::generate().text());
+  }
+  auto seconds_text = [](std::chrono::milliseconds t) {
+    return std::to_string(t.count() / 1000) + "." + std::to_string(1000 + t.count() % 1000).substr(1);
+  };
+  for (const auto& [value, name] : {std::pair{options.unit_timeout, timeout_variable},
+                                    std::pair{options.connect_timeout, connect_timeout_variable}}) {
+    if (!value) continue;
+    std::erase_if(inherited, [name = std::string(name) + "="](const std::string& e) { return e.starts_with(name); });
+    inherited.push_back(std::string(name) + "=" + seconds_text(*value));
+  }
 
   proc::file devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   if (!devnull.open()) throw launch_error(proc::system_message("launch: cannot open /dev/null", errno));

@@ -6,6 +6,10 @@
 //   F2D2N_RANK=2                                   this unit's rank, 0 .. world size - 1
 //   F2D2N_WORLD_SIZE=4                             the number of units
 //   F2D2N_PEERS=127.0.0.1:29500,127.0.0.1:29501,...   where unit r listens, for r = 0 .. world size - 1
+//   F2D2N_CLUSTER_KEY=... or F2D2N_CLUSTER_KEY_FILE=path   the cluster's secret (transport/cluster_key.hpp);
+//                                                  f2d2n_launch makes one per run unless one is set
+//   F2D2N_CONNECT_TIMEOUT=10                       optional: seconds to connect to every unit (default 10)
+//   F2D2N_TIMEOUT=60                               optional: seconds one wait for a peer may take (default 60)
 //
 // An IPv6 address is written in brackets: [::1]:29500. Host names are kept as written (they are
 // resolved by the transport when it connects); two entries are duplicates when their text is equal,
@@ -30,10 +34,13 @@
 
 #include <f2d2n/core/error.hpp>
 #include <f2d2n/core/unit.hpp>
+#include <f2d2n/transport/cluster_key.hpp>
 #include <f2d2n/transport/endpoint.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -53,7 +60,10 @@ namespace f2d2n {
 struct cluster_config {
   unit_id rank = 0;
   unit_id world_size = 0;
-  std::vector<endpoint> peers;  ///< peers[r] is where unit r listens; peers.size() == world_size
+  std::vector<endpoint> peers;                       ///< peers[r] is where unit r listens; peers.size() == world_size
+  std::optional<cluster_key> key;                    ///< the cluster's secret, when one is set
+  std::chrono::milliseconds connect_timeout{10000};  ///< how long connecting to every unit may take
+  std::chrono::milliseconds timeout{60000};          ///< how long one wait for a peer may take
 
   /// Where this unit listens.
   [[nodiscard]] const endpoint& self() const { return peers.at(rank); }
@@ -70,6 +80,9 @@ inline constexpr const char* local_rank_variable = "F2D2N_LOCAL_RANK";
 inline constexpr const char* local_world_size_variable = "F2D2N_LOCAL_WORLD_SIZE";
 /// Set by the launcher: how many times it has restarted the units (0 at the first start).
 inline constexpr const char* restart_variable = "F2D2N_RESTART";
+/// Optional deadlines, in seconds (a decimal number: 0.5 is half a second).
+inline constexpr const char* connect_timeout_variable = "F2D2N_CONNECT_TIMEOUT";
+inline constexpr const char* timeout_variable = "F2D2N_TIMEOUT";
 
 /// One line of a hosts file: `units` units on `host`, listening on `port`, `port + 1`, ...
 struct hosts_entry {
@@ -140,6 +153,18 @@ inline void check_host(std::string_view host, const std::string& context) {
   }
   check_host(host, context);
   return std::string(host);
+}
+
+/// Seconds as a decimal number above 0 and at most a year, in milliseconds (at least 1); `name`
+/// starts the error message.
+[[nodiscard]] inline std::chrono::milliseconds parse_seconds(std::string_view text, const std::string& name) {
+  const std::string t(trim(text));
+  char* end = nullptr;
+  errno = 0;
+  const double v = t.empty() ? -1.0 : std::strtod(t.c_str(), &end);
+  if (t.empty() || errno != 0 || end != t.c_str() + t.size() || !(v > 0.0) || v > 365.0 * 24 * 3600)
+    throw configuration_error(name + "=" + quoted(text) + " is not a number of seconds above 0 (e.g. 30 or 0.5)");
+  return std::chrono::milliseconds(std::max<std::int64_t>(1, static_cast<std::int64_t>(v * 1000.0 + 0.5)));
 }
 
 [[nodiscard]] inline std::string environment_value(const char* name) {
@@ -213,7 +238,8 @@ inline void check_host(std::string_view host, const std::string& context) {
   return peers;
 }
 
-/// Reads F2D2N_RANK, F2D2N_WORLD_SIZE and F2D2N_PEERS. Any problem (a variable missing, not a
+/// Reads F2D2N_RANK, F2D2N_WORLD_SIZE and F2D2N_PEERS, and the optional F2D2N_CLUSTER_KEY (or
+/// F2D2N_CLUSTER_KEY_FILE), F2D2N_CONNECT_TIMEOUT and F2D2N_TIMEOUT. Any problem (a variable missing, not a
 /// number, a rank not below the world size, a number of peers other than the world size, a bad
 /// host:port, a port outside 1..65535, a duplicate endpoint) is a configuration_error that names
 /// the variable and its value.
@@ -241,7 +267,15 @@ inline void check_host(std::string_view host, const std::string& context) {
     throw configuration_error(std::string(peers_variable) + "=" + detail::quoted(peers_text) + " names " +
                               std::to_string(peers.size()) + " endpoints, but " + world_size_variable + "=" +
                               std::to_string(*world) + " needs one per unit");
-  return cluster_config{static_cast<unit_id>(*rank), static_cast<unit_id>(*world), std::move(peers)};
+  cluster_config c;
+  c.rank = static_cast<unit_id>(*rank);
+  c.world_size = static_cast<unit_id>(*world);
+  c.peers = std::move(peers);
+  c.key = cluster_key_from_environment();
+  if (const char* v = std::getenv(connect_timeout_variable); v && *v)
+    c.connect_timeout = detail::parse_seconds(v, connect_timeout_variable);
+  if (const char* v = std::getenv(timeout_variable); v && *v) c.timeout = detail::parse_seconds(v, timeout_variable);
+  return c;
 }
 
 /// Parses the text of a hosts file (format at the top of this header). `source` names the file in
@@ -323,7 +357,12 @@ inline void check_host(std::string_view host, const std::string& context) {
                               std::to_string(peers.size()) + " units the file names (ranks 0.." +
                               std::to_string(peers.size() - 1) + ")");
   const auto world = static_cast<unit_id>(peers.size());
-  return cluster_config{rank, world, std::move(peers)};
+  cluster_config c;
+  c.rank = rank;
+  c.world_size = world;
+  c.peers = std::move(peers);
+  c.key = cluster_key_from_environment();  // several machines: the key is what keeps others out
+  return c;
 }
 
 /// The configuration of unit `rank` from a hosts file. A file that cannot be read is a

@@ -1,6 +1,7 @@
 // f2d2n/plan/description.hpp: a plan in words (what checkpoints record and messages quote).
 #pragma once
 
+#include <f2d2n/model/summary.hpp>
 #include <f2d2n/plan/distribute.hpp>
 
 #include <cstddef>
@@ -25,6 +26,14 @@ std::string plan_description() {
          std::to_string(p.out_parts) + "x" + std::to_string(p.in_parts) + "]";
   }
   return s;
+}
+
+/// What a unit tells its peers about its model and plan after authentication: the model's
+/// description (model_summary) on the first line, plan_description on the second; units of
+/// different plans then say which layer or policy differs (tcp_options::description).
+template <class Plan>
+std::string peer_description() {
+  return summary_of<typename Plan::model>().description + "\n" + plan_description<Plan>();
 }
 
 }  // namespace f2d2n

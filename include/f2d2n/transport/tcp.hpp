@@ -31,6 +31,7 @@
 
 #include <f2d2n/core/error.hpp>
 #include <f2d2n/core/unit.hpp>
+#include <f2d2n/transport/cluster_key.hpp>
 #include <f2d2n/transport/concept.hpp>
 #include <f2d2n/transport/endpoint.hpp>
 #include <f2d2n/wire/frame.hpp>
@@ -44,15 +45,31 @@
 #include <cstdint>
 #include <exception>
 #include <memory>
+#include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace f2d2n {
 
 /// How a tcp_transport connects, what it accepts, how much it buffers.
 struct tcp_options {
+  /// The cluster's shared secret, which every connection proves before anything else is read
+  /// (cluster_key_from_environment() reads it where f2d2n_launch puts it). Without one, a unit
+  /// listens on and connects to loopback addresses only, and the proof is made with an empty key:
+  /// it then keeps out nothing but programs that are not f2d2n units (see docs/security.md).
+  std::optional<cluster_key> key;
   /// How long the one-step constructor may take to connect to every unit and handshake.
   std::chrono::milliseconds connect_timeout{10000};
+  /// How long one connection may take to authenticate and handshake once it is open; a
+  /// connection still at it then is closed (the dialling unit tries again).
+  std::chrono::milliseconds handshake_timeout{5000};
+  /// Accepted connections that have not proved the key yet, at most: a new one beyond it closes
+  /// the oldest (so that idle connections cannot keep a real unit out).
+  std::size_t max_pending_connections = 64;
+  /// The model and plan in words (peer_description<Plan>()), sent after authentication so that
+  /// units of different plans say what differs, not only that their fingerprints do.
+  std::string description;
   /// The largest payload accepted from the wire (checked before anything is read or stored).
   std::uint64_t max_frame = wire::default_max_frame;
   /// Bind the listening socket to every interface (0.0.0.0 or ::) instead of the listen address.

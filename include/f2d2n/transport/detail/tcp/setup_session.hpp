@@ -9,6 +9,7 @@
 #include <f2d2n/transport/endpoint.hpp>
 
 #include <cstddef>
+#include <deque>
 #include <future>
 #include <optional>
 #include <string>
@@ -32,6 +33,7 @@ struct setup_session {
   std::vector<bool> settled;                      // units whose pair is connected or refused
   std::vector<std::string> problems;              // last failure to reach each unit
   std::vector<socket_type*> open;                 // connections in the middle of their handshake
+  std::deque<socket_type*> unauthenticated;       // accepted, not authenticated yet, oldest first
   std::size_t unsettled = 0;
   failure first;               // the first failure (a handshake refusal first)
   bool first_refused = false;  // `first` is a handshake_error

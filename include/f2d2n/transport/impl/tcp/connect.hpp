@@ -5,6 +5,7 @@
 #include <f2d2n/transport/impl/tcp/transport_impl.hpp>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <exception>
 #include <memory>
@@ -53,6 +54,7 @@ inline endpoint transport_impl::listen(const endpoint& where) {
     at = {at.address().is_v6() ? asio::ip::address(asio::ip::address_v6::any())
                                : asio::ip::address(asio::ip::address_v4::any()),
           at.port()};
+  check_loopback(at, "listen on");
   acceptor_.emplace(io_);
   acceptor_->open(at.protocol(), ec);
   if (!ec) acceptor_->set_option(acceptor_type::reuse_address(true), ec);
@@ -64,6 +66,15 @@ inline endpoint transport_impl::listen(const endpoint& where) {
                               ":" + std::to_string(at.port()) + ": " + ec.message());
   }
   return local_endpoint();
+}
+
+/// Without a cluster key, a unit talks over loopback only: anything else would let any host in.
+inline void transport_impl::check_loopback(const asio::ip::tcp::endpoint& e, const char* doing) const {
+  if (options_.key || e.address().is_loopback()) return;
+  throw configuration_error("f2d2n: unit " + std::to_string(rank_) + " has no cluster key and will not " + doing + " " +
+                            e.address().to_string() +
+                            ", which is not a loopback address: set F2D2N_CLUSTER_KEY (e.g. to the output of "
+                            "`openssl rand -hex 32`, the same on every unit) or F2D2N_CLUSTER_KEY_FILE");
 }
 
 inline endpoint transport_impl::local_endpoint() const {
@@ -117,47 +128,78 @@ inline asio::awaitable<std::vector<asio::ip::tcp::endpoint>> transport_impl::res
   co_return all;
 }
 
-/// Connects to unit r (below this one), retrying until the session ends, and handshakes.
+/// Closes `sock` when `after` has passed, unless it is gone by then: the deadline of one connection's
+/// authentication and handshake. Returns the timer (cancel it, or let it go, once that is done).
+inline std::shared_ptr<timer_type> transport_impl::connection_deadline(const std::shared_ptr<socket_type>& sock) {
+  auto t = std::make_shared<timer_type>(setup_);
+  t->expires_after(options_.handshake_timeout);
+  t->async_wait([weak = std::weak_ptr<socket_type>(sock)](const error_code& ec) {
+    if (ec) return;
+    if (const auto p = weak.lock()) {
+      error_code ignored;
+      p->close(ignored);
+    }
+  });
+  return t;
+}
+
+/// Connects to unit r (below this one), retrying until the session ends, authenticates it
+/// (retrying as well: whatever listens there may not be the unit, which may still come), and
+/// handshakes.
 inline asio::awaitable<void> transport_impl::dial(std::shared_ptr<setup_session> s, unit_id r) {
   const comm_context where{rank_, r, hello_message, 0};
   failure f;
   bool refused = false;
   try {  // the socket is closed, and out of the session's list, before the failure is reported
-    socket_type sock(io_);
-    open_guard guard(*s, &sock);
+    auto sock = std::make_shared<socket_type>(io_);
+    open_guard guard(*s, sock.get());
     const auto targets = co_await resolve(s->peers[r], where);
+    for (const auto& t : targets) check_loopback(t, "connect to");
     timer_type pause(setup_);
     auto backoff = std::chrono::milliseconds(10);
+    std::shared_ptr<timer_type> limit;
     for (;;) {
       if (s->finished) co_return;
       error_code ec;
       for (const auto& t : targets) {
         error_code ignored;
-        sock.close(ignored);
-        sock.open(t.protocol(), ignored);
+        sock->close(ignored);
+        sock->open(t.protocol(), ignored);
         // So that this connection's ephemeral port never keeps a unit that starts later from
         // listening there (Linux lets a listener share a port with connections that all set it).
-        sock.set_option(socket_type::reuse_address(true), ignored);
-        co_await sock.async_connect(t, asio::redirect_error(asio::use_awaitable, ec));
+        sock->set_option(socket_type::reuse_address(true), ignored);
+        co_await sock->async_connect(t, asio::redirect_error(asio::use_awaitable, ec));
         if (!ec) break;
       }
-      if (!ec) break;
+      std::string problem;
+      if (!ec) {
+        error_code ignored;
+        sock->set_option(asio::ip::tcp::no_delay(true), ignored);
+        limit = connection_deadline(sock);
+        problem = co_await authenticate_dialled(*sock, r, describe(s->peers[r]));
+        if (problem.empty()) break;
+        limit->cancel();
+      } else {
+        problem = describe(s->peers[r]) + ": " + ec.message();
+      }
       if (s->finished) co_return;
-      s->problems[r] = describe(s->peers[r]) + ": " + ec.message();
+      s->problems[r] = problem;
       pause.expires_after(backoff);
       co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       backoff = std::min(backoff * 2, std::chrono::milliseconds(200));
     }
-    error_code ignored;
-    sock.set_option(asio::ip::tcp::no_delay(true), ignored);
     s->problems[r].clear();
-    const unit_id peer = co_await handshake(s, sock, r);
+    co_await handshake(s, *sock, r, true);
+    limit->cancel();
     if (s->finished) co_return;
     guard.release();
-    s->ready[peer].emplace(std::move(sock));
-    pair_connected(*s, peer);
+    s->ready[r].emplace(std::move(*sock));
+    pair_connected(*s, r);
     co_return;
   } catch (const handshake_error&) {
+    f = std::current_exception();
+    refused = true;
+  } catch (const configuration_error&) {
     f = std::current_exception();
     refused = true;
   } catch (...) {
@@ -166,16 +208,30 @@ inline asio::awaitable<void> transport_impl::dial(std::shared_ptr<setup_session>
   pair_failed(*s, r, std::move(f), refused);  // out of the catch block, which holds the exception too (see failure)
 }
 
-/// Accepts the connections of the units above this one, each served by its own coroutine.
+/// Accepts the connections of the units above this one, each served by its own coroutine. When
+/// the system runs out of descriptors it closes the oldest connection that has not authenticated
+/// and waits (10 ms, doubling to 1 s) instead of trying again at once.
 inline asio::awaitable<void> transport_impl::accept_loop(std::shared_ptr<setup_session> s) {
   failure f;
   try {
+    timer_type pause(setup_);
+    auto backoff = std::chrono::milliseconds(10);
     for (;;) {
       socket_type sock(io_);
       error_code ec;
       co_await acceptor_->async_accept(sock, asio::redirect_error(asio::use_awaitable, ec));
       if (s->finished || ec == asio::error::operation_aborted || !acceptor_->is_open()) co_return;
+      if (ec == asio::error::no_descriptors || ec.value() == ENFILE || ec == asio::error::no_buffer_space ||
+          ec == asio::error::no_memory) {
+        evict_oldest(*s);
+        pause.expires_after(backoff);
+        co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
+        continue;
+      }
       if (ec) continue;  // e.g. the connection was reset before it was accepted
+      backoff = std::chrono::milliseconds(10);
+      if (s->unauthenticated.size() >= std::max<std::size_t>(options_.max_pending_connections, 1)) evict_oldest(*s);
       asio::co_spawn(setup_, serve(s, std::move(sock)), asio::detached);
     }
   } catch (...) {
@@ -184,30 +240,49 @@ inline asio::awaitable<void> transport_impl::accept_loop(std::shared_ptr<setup_s
   finish_setup(*s, std::move(f));  // out of the catch block, which holds the exception too (see failure)
 }
 
-/// Handshakes on an accepted connection.
+/// Closes the accepted connection that has waited longest without proving the key.
+inline void transport_impl::evict_oldest(setup_session& s) {
+  if (s.unauthenticated.empty()) return;
+  socket_type* oldest = s.unauthenticated.front();
+  s.unauthenticated.pop_front();
+  error_code ignored;
+  oldest->close(ignored);
+}
+
+/// Authenticates an accepted connection, then handshakes. A connection that does not prove the
+/// key, or proves it for another unit, is closed and changes nothing else.
 inline asio::awaitable<void> transport_impl::serve(std::shared_ptr<setup_session> s, socket_type accepted) {
   failure f;
-  unit_id claimed = rank_;
-  try {  // the socket is closed, and out of the session's list, before a refusal is reported
-    socket_type sock(std::move(accepted));
-    open_guard guard(*s, &sock);
+  std::optional<unit_id> peer;
+  try {  // the socket is closed, and out of the session's lists, before a refusal is reported
+    auto sock = std::make_shared<socket_type>(std::move(accepted));
+    open_guard guard(*s, sock.get());
+    s->unauthenticated.push_back(sock.get());
+    struct unlist {
+      setup_session& s;
+      socket_type* p;
+      ~unlist() { std::erase(s.unauthenticated, p); }
+    } pending{*s, sock.get()};
+    const auto limit = connection_deadline(sock);
     error_code ignored;
-    sock.set_option(asio::ip::tcp::no_delay(true), ignored);
-    const unit_id peer = co_await handshake(s, sock, std::nullopt);
+    sock->set_option(asio::ip::tcp::no_delay(true), ignored);
+    peer = co_await authenticate_accepted(*sock);
+    std::erase(s->unauthenticated, sock.get());
+    if (!peer || s->finished) co_return;
+    co_await handshake(s, *sock, *peer, false);
+    limit->cancel();
     if (s->finished) co_return;
     guard.release();
-    s->ready[peer].emplace(std::move(sock));
-    pair_connected(*s, peer);
+    s->ready[*peer].emplace(std::move(*sock));
+    pair_connected(*s, *peer);
     co_return;
-  } catch (const handshake_error& e) {
+  } catch (const handshake_error&) {
     f = std::current_exception();
-    claimed = e.where().peer;
-  } catch (...) {  // a connection that is not a unit settles nothing
+  } catch (...) {  // a connection that failed before it proved the key settles nothing
+    if (peer) f = current_failure({rank_, *peer, hello_message, 0});
   }
-  // A refusal names the unit the peer claimed to be; a connection that failed before saying who
-  // it is settles no pair (that unit may still come). Reported out of the catch block, which
-  // holds the exception too (see failure).
-  if (f && claimed > rank_ && claimed < world_) pair_failed(*s, claimed, std::move(f), true);
+  // Reported out of the catch block, which holds the exception too (see failure).
+  if (f && peer) pair_failed(*s, *peer, std::move(f), true);
 }
 
 inline void transport_impl::pair_connected(setup_session& s, unit_id peer) {
@@ -269,6 +344,9 @@ inline void transport_impl::finish_setup(setup_session& s, failure err) {
     s.result.set_value(std::move(err));
     return;
   }
+  // Connections still in their authentication or handshake (a late duplicate, an idle stranger)
+  // end with the setup: their coroutines find the socket closed and return.
+  for (socket_type* p : s.open) p->close(ec);
   for (unit_id r = 0; r < world_; ++r) {
     if (!s.ready[r]) continue;
     s.ready[r]->non_blocking(true, ec);

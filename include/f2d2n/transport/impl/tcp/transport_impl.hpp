@@ -10,6 +10,7 @@
 #include <f2d2n/core/unit.hpp>
 #include <f2d2n/transport/concept.hpp>
 #include <f2d2n/transport/detail/tcp/asio.hpp>
+#include <f2d2n/transport/detail/tcp/authentication.hpp>
 #include <f2d2n/transport/detail/tcp/completion.hpp>
 #include <f2d2n/transport/detail/tcp/failure.hpp>
 #include <f2d2n/transport/detail/tcp/handshake.hpp>
@@ -93,8 +94,15 @@ class transport_impl {
                                     std::span<const std::byte> payload);
   asio::awaitable<std::pair<wire::frame_header, std::vector<std::byte>>> read_handshake_frame(socket_type& sock,
                                                                                               comm_context where);
-  asio::awaitable<unit_id> handshake(std::shared_ptr<setup_session> s, socket_type& sock,
-                                     std::optional<unit_id> expected);
+  asio::awaitable<std::optional<unit_id>> authenticate_accepted(socket_type& sock);
+  asio::awaitable<std::string> authenticate_dialled(socket_type& sock, unit_id r, const std::string& at);
+  asio::awaitable<void> handshake(std::shared_ptr<setup_session> s, socket_type& sock, unit_id peer, bool dialled);
+  [[nodiscard]] std::span<const std::byte> key_bytes() const noexcept {
+    return options_.key ? options_.key->bytes() : std::span<const std::byte>();
+  }
+  void check_loopback(const asio::ip::tcp::endpoint& e, const char* doing) const;
+  std::shared_ptr<timer_type> connection_deadline(const std::shared_ptr<socket_type>& sock);
+  static void evict_oldest(setup_session& s);
   void pair_connected(setup_session& s, unit_id peer);
   void pair_failed(setup_session& s, unit_id peer, failure f, bool refused);
   void setup_timed_out(setup_session& s);
