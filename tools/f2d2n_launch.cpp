@@ -28,8 +28,10 @@ constexpr const char* usage =
     "Starts N processes of PROGRAM on this machine with F2D2N_RANK (0..N-1), F2D2N_WORLD_SIZE (N),\n"
     "F2D2N_PEERS (host:port of every unit, in rank order), F2D2N_LOCAL_RANK and F2D2N_LOCAL_WORLD_SIZE\n"
     "set, and prefixes each line they print with '[rank] '. Exits 0 when every unit exits 0; as soon as\n"
-    "one fails, ends the others (SIGTERM, then SIGKILL after the grace period) and exits with its code\n"
-    "(128 + signal number for a signal, 127 when PROGRAM cannot be run, 124 after --timeout).\n"
+    "one fails or is stopped by a signal, ends the others (SIGTERM, then SIGKILL after the grace period)\n"
+    "and exits with its code (128 + signal number for a signal, 127 when PROGRAM cannot be run, 124\n"
+    "after --timeout). A unit that exits 86 failed because another unit failed first: the launcher\n"
+    "waits up to the grace period for that unit, and reports it rather than the bystander.\n"
     "With --max-restarts K, a failure instead ends the others and starts all N units again, up to K\n"
     "times, with F2D2N_RESTART set to the number of restarts so far (0 at the first start); --timeout\n"
     "covers all attempts together.\n";
