@@ -13,6 +13,8 @@
 #include <chrono>
 #include <cmath>
 #include <numeric>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -284,6 +286,39 @@ TEST_CASE("a dead unit makes every other unit fail with a typed error, fast") {
   }
 }
 
+TEST_CASE("a unit that fails tells its peers why; bystanders pass the origin on, so every unit names it") {
+  // A ring of 4: unit 3 receives from unit 2, unit 0 from unit 3, unit 1 from unit 0. Only unit 3
+  // hears from unit 2 itself; units 0 and 1 learn of it through a bystander's goodbye. Measured
+  // before goodbyes carried a reason: unit 0 said "peer 3 has shut down", naming a bystander.
+  const std::string cause = "unit 2's data loader failed at step 3";
+  nn::local_cluster cluster(4);
+  auto errors = cluster.run_collect([&](nn::local_transport& t) {
+    std::vector<double> data(100, 1.0);
+    nn::all_reduce(t, nn::group::world(4), std::span<double>(data), call);  // a first step that works
+    if (t.rank() == 2) throw std::runtime_error(cause);                     // run_collect shuts it down with the reason
+    nn::all_reduce(t, nn::group::world(4), std::span<double>(data), call);
+  });
+  for (unit_id r = 0; r < 4; ++r) {
+    CAPTURE(r);
+    REQUIRE(errors[r]);
+    const auto reason = nn::shutdown_reason_of(r, errors[r]);
+    CHECK((reason == nn::shutdown_reason{2, cause}));
+    CHECK(nn::is_bystander(r, reason) == (r != 2));
+    if (r == 2) continue;
+    try {
+      std::rethrow_exception(errors[r]);
+    } catch (const nn::peer_error& e) {
+      INFO(e.what());
+      CHECK(e.origin() == 2u);
+      CHECK(std::string(e.what()).find("the peer has shut down because unit 2 failed first: " + cause) !=
+            std::string::npos);
+      CHECK(e.where().unit == r);
+    } catch (...) {
+      FAIL("unit ", r, " failed with something else than a peer_error");
+    }
+  }
+}
+
 TEST_CASE("a silent unit is a timeout_error within the deadline plus a margin") {
   nn::local_cluster cluster(3);
   const auto timeout = std::chrono::milliseconds(300);
@@ -384,6 +419,45 @@ TEST_CASE("bad frames are protocol errors, and the receiver goes on") {
   nn::send_tensor(a, 1, 5, 1, std::span<const float>(good), soon());
   nn::receive_tensor(b, 0, 5, 1, std::span<float>(out), soon());
   CHECK(out == good);
+}
+
+TEST_CASE("goodbye reason: encoded bounded and versioned; a malformed one is refused, never trusted") {
+  namespace w = nn::wire;
+  std::string problem;
+  const nn::shutdown_reason r{3, "unit 3: the loss is NaN at step 12"};
+  const auto bytes = w::encode_reason(r);
+  CHECK(bytes.size() == w::reason_prefix + r.error.size());
+  CHECK(bytes[0] == std::byte{w::reason_version});
+  CHECK(w::decode_reason(bytes, 4, problem) == r);
+  CHECK(w::describe_goodbye(r) == "the peer has shut down because unit 3 failed first: " + r.error);
+
+  // A long message is cut to max_reason_text bytes; control characters are not printed as such.
+  const auto long_one = w::decode_reason(w::encode_reason({0, std::string(5000, 'x')}), 1, problem);
+  REQUIRE(long_one);
+  CHECK(long_one->error.size() == w::max_reason_text);
+  CHECK(long_one->error.ends_with("..."));
+  CHECK(w::decode_reason(w::encode_reason({0, "a\x1b[31mb\nc"}), 1, problem)->error == "a?[31mb?c");
+
+  auto refused = [&](std::vector<std::byte> b, nn::unit_id world) {
+    problem.clear();
+    const bool none = !w::decode_reason(b, world, problem);
+    return none && !problem.empty();
+  };
+  CHECK(refused({}, 4));                                                      // shorter than the fixed part
+  CHECK(refused(std::vector<std::byte>(bytes.begin(), bytes.end() - 1), 4));  // the text cut short
+  auto longer = bytes;
+  longer.push_back(std::byte{'!'});
+  CHECK(refused(longer, 4));  // trailing bytes
+  auto version = bytes;
+  version[0] = std::byte{9};
+  CHECK(refused(version, 4));
+  CHECK(problem.find("version 9") != std::string::npos);
+  CHECK(refused(bytes, 3));  // unit 3 is outside a world of 3
+  CHECK(problem.find("unit 3, outside a world of 3") != std::string::npos);
+  auto huge = bytes;
+  huge[5] = std::byte{0xff};
+  huge[6] = std::byte{0xff};
+  CHECK(refused(huge, 4));  // 65535 bytes announced: more than max_reason_text
 }
 
 TEST_CASE("frame header: encode and decode round-trip, the checksum covers the header") {

@@ -5,6 +5,9 @@
 //                comm_error within the deadline plus a margin (exit 0 when it does)
 //   silent       unit 1 stays connected but says nothing; the others must time out in time
 //   fingerprint  unit 1 runs another plan; every unit must be told by a handshake_error
+//   stop         unit 1 stops itself (SIGSTOP) after connecting; the others wait on it with a 10 s
+//                deadline. The launcher must report unit 1 as stopped at once, not a unit that
+//                waited for it (tests/CMakeLists.txt checks the launcher's words)
 #include "comm_suite.hpp"
 
 #include <f2d2n/launch/config.hpp>
@@ -12,6 +15,8 @@
 #include <f2d2n/transport/tcp.hpp>
 
 #include <unistd.h>
+
+#include <csignal>
 
 #include <chrono>
 #include <cstdio>
@@ -54,6 +59,13 @@ int main(int argc, char** argv) try {
     const auto failures = nn::testing::adjoint_suite(t);
     for (const auto& f : failures) report(config, "adjoint", false, f);
     return failures.empty() ? report(config, "adjoint", true, "every primitive passes its dot-product test") : 1;
+  }
+  if (mode == "stop") {
+    if (odd_one) std::raise(SIGSTOP);  // until the launcher ends the run
+    std::vector<double> data(1000, 1.0);
+    nn::all_reduce(t, nn::group::world(config.world_size), std::span<double>(data),
+                   nn::call_options{.message_id = 3, .step = 42, .timeout = std::chrono::seconds(10)});
+    return report(config, "stop", false, "the all-reduce finished");
   }
   if (mode == "dead" || mode == "silent") {
     if (odd_one) {

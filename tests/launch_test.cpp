@@ -27,6 +27,7 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -515,6 +516,70 @@ TEST_CASE("launch: a unit that ignores SIGTERM is killed after the grace period"
   const std::string pid = read_file(dir.file("pid"));
   REQUIRE(!pid.empty());
   CHECK(ends_within(static_cast<pid_t>(std::stol(pid)), 3000ms));
+}
+
+TEST_CASE("launch: a unit stopped by SIGSTOP is reported at once, not the units that wait for it") {
+  // Rank 1 stops itself; the others wait 3 s for it, then fail as units blocked on a silent peer
+  // would. The launcher must name rank 1 at once (and end it: a stopped unit takes SIGTERM only
+  // once continued).
+  auto o = units(3, 500ms);
+  o.timeout = 20s;
+  const auto r = run_sh(o, "if [ $F2D2N_RANK = 1 ]; then kill -STOP $$; fi; sleep 3; exit 1");
+  INFO("err:\n" << r.err);
+  CHECK(r.code == 128 + SIGSTOP);
+  CHECK(r.seconds < 2.5);
+  CHECK(count_lines(r.err, "[launch] rank 1 was stopped by SIGSTOP and does not answer (exit code " +
+                               std::to_string(128 + SIGSTOP) + "); ending the other units") == 1);
+  CHECK(!contains(r.err, "SIGKILL"));  // SIGTERM, then SIGCONT, ended the stopped unit
+  CHECK(!contains(r.err, "exited with code"));
+}
+
+TEST_CASE("launch: bystanders (exit code 86) are not reported; the unit that failed first is, with its code") {
+  REQUIRE(f2d2n::bystander_exit_code == 86);
+  SUBCASE("the unit that failed first exits after its bystanders") {
+    // Ranks 0 and 1 fail at once because rank 2 failed (as units told by its goodbye would); rank 2
+    // itself exits a moment later, with its own code.
+    const auto r = run_sh(units(3), "if [ $F2D2N_RANK = 2 ]; then sleep 0.3; echo failing first; exit 3; fi; exit 86");
+    INFO("err:\n" << r.err);
+    CHECK(r.code == 3);
+    CHECK(r.seconds < 10);
+    CHECK(count_lines(r.err,
+                      "[launch] rank 2 exited with code 3 (the first unit that failed; rank(s) 0, 1 exited before "
+                      "it with code 86: failed because another unit failed); ending the other units") == 1);
+    CHECK(count_lines(r.out, "[2] failing first") == 1);
+  }
+  SUBCASE("no unit is seen failing first within the grace period: the first bystander is reported") {
+    const auto r = run_sh(units(3, 300ms), "if [ $F2D2N_RANK = 2 ]; then exec sleep 30; fi; exit 86");
+    INFO("err:\n" << r.err);
+    CHECK(r.code == 86);
+    CHECK(r.seconds >= 0.3);
+    CHECK(r.seconds < 10);
+    // The first bystander to exit (0 or 1: they exit together) is reported, alone.
+    const std::string said =
+        " exited with code 86 (it failed because another unit failed, but no other unit was seen "
+        "failing within 300 ms); ending the other units";
+    CHECK(count_lines(r.err, "[launch] rank 0" + said) + count_lines(r.err, "[launch] rank 1" + said) == 1);
+  }
+  SUBCASE("the unit blamed exits 0: the bystander is reported once every unit has ended") {
+    const auto r = run_sh(units(2, 5000ms), "if [ $F2D2N_RANK = 0 ]; then exit 86; fi; sleep 0.2; exit 0");
+    INFO("err:\n" << r.err);
+    CHECK(r.code == 86);
+    CHECK(r.seconds < 4);  // not the grace period: nothing is left to wait for
+    CHECK(count_lines(r.err,
+                      "[launch] rank 0 exited with code 86 (it failed because another unit failed, but no "
+                      "other unit failed); ending the other units") == 1);
+  }
+}
+
+TEST_CASE("exit_code_of: 1 for a unit that failed first, bystander_exit_code for one that failed because another did") {
+  const f2d2n::comm_context at{1, 2, 5, 7};
+  auto code = [](f2d2n::unit_id self, auto e) { return f2d2n::exit_code_of(self, std::make_exception_ptr(e)); };
+  CHECK(f2d2n::exit_code_of(1, nullptr) == 0);
+  CHECK(code(1, std::runtime_error("the data loader failed")) == 1);
+  CHECK(code(1, f2d2n::timeout_error(at, "no message arrived before the deadline")) == 1);  // names the silent peer
+  CHECK(code(1, f2d2n::peer_error(at, "the peer closed the connection without a goodbye")) == 86);
+  CHECK(code(1, f2d2n::peer_error(at, "the peer has shut down because unit 3 failed first: x", {3, "x"})) == 86);
+  CHECK(code(1, f2d2n::peer_error(at, "the peer has shut down because unit 1 failed first: x", {1, "x"})) == 1);
 }
 
 TEST_CASE("launch: a program that cannot be run gives 127 and says why") {

@@ -153,6 +153,7 @@ struct counting_transport {
     return t.receive(peer, e, out, until);
   }
   void shutdown() { t.shutdown(); }
+  void shutdown(const nn::shutdown_reason& r) { t.shutdown(r); }
 };
 static_assert(nn::transport<counting_transport>);
 }  // namespace

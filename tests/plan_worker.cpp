@@ -21,6 +21,7 @@ int run_data_plans(const std::string& name, const cluster_config& c, bool check_
 int main(int argc, char** argv) try {
   namespace t = f2d2n::testing;
   const auto c = f2d2n::config_from_environment();
+  if (argc > 1 && std::strcmp(argv[1], "origin") == 0) return t::origin<t::plan_dp4>(c);
   const bool check_mismatch = argc > 2 && std::strcmp(argv[1], "mismatch") == 0;
   const std::string name = argv[argc > 2 ? 2 : 1 < argc ? 1 : 0];
   for (auto run : {&t::run_data_plans, &t::run_tensor_plans, &t::run_pipeline_plans})

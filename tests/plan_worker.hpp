@@ -6,6 +6,11 @@
 //                                 compares with the serial trainer; exit 0 when equal
 //   plan_worker mismatch <plan>   the launcher started another number of units than <plan> has:
 //                                 every unit must refuse with a configuration_error naming both
+//   plan_worker origin            dp4; unit 2 fails between steps 2 and 3 (as a data loader might)
+//                                 and shuts down with the reason; every other unit must fail in step 3
+//                                 with a peer_error naming unit 2 as the unit that failed first, with
+//                                 its error, and exit with bystander_exit_code; unit 2 exits 1
+//                                 (tests/origin.sh checks the units and what the launcher reports)
 #pragma once
 
 #include "plan_suite.hpp"
@@ -15,9 +20,14 @@
 #include <f2d2n/plan/description.hpp>
 #include <f2d2n/transport/tcp.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <exception>
+#include <span>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <type_traits>
 
 namespace f2d2n::testing {
@@ -56,6 +66,41 @@ int mismatch(const cluster_config& c, const std::string& name) {
   }
   std::printf("unit %u, %s with %u units: FAILED: accepted\n", c.rank, name.c_str(), c.world_size);
   return 1;
+}
+
+/// Unit 2 fails between steps (the `origin` mode above); returns the unit's exit code.
+template <class Plan>
+int origin(const cluster_config& c) {
+  static_assert(Plan::world_size > 2, "the origin check needs a unit that is neither the failing one nor its peer");
+  constexpr unit_id failing = 2;
+  const std::string cause = "unit 2's data loader failed before step 3 (the test's planned failure)";
+  tcp_transport t(c.rank, c.peers, Plan::fingerprint);
+  distributed_network<Plan, tcp_transport, float> net(t, 11);
+  const auto data = plan_data<float>();
+  try {
+    for (int step = 0; step < 6; ++step) {
+      if (c.rank == failing && step == 3) throw std::runtime_error(cause);
+      net.compute_gradients(data.samples.topRows(10), std::span<const std::int32_t>(data.labels).first(10));
+    }
+  } catch (const peer_error& e) {
+    const bool names_it = e.origin() == failing && e.reason()->error == cause &&
+                          std::strstr(e.what(), ("because unit 2 failed first: " + cause).c_str()) != nullptr;
+    std::printf("unit %u, origin: %s: %s\n", c.rank, names_it ? "names unit 2" : "FAILED", e.what());
+    return names_it && c.rank != failing ? exit_code_of(c.rank, std::current_exception()) : 4;
+  } catch (const std::exception& e) {
+    if (c.rank != failing) {
+      std::printf("unit %u, origin: FAILED: %s\n", c.rank, e.what());
+      return 4;
+    }
+    shutdown_after(t, std::current_exception());  // tell the peers why, before the transport's destructor says goodbye
+    std::printf("unit %u, origin: failed first: %s\n", c.rank, e.what());
+    // Exit after the bystanders (within the launcher's grace period): their reports are not cut
+    // short by the launcher ending them, and the launcher must still name this unit.
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    return exit_code_of(c.rank, std::current_exception());
+  }
+  std::printf("unit %u, origin: FAILED: 6 steps without a failure\n", c.rank);
+  return 4;
 }
 
 /// Run plan `name` (train, or check the mismatch) when they have it; -1 otherwise.

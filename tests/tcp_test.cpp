@@ -29,8 +29,11 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -48,7 +51,8 @@ f2d2n::deadline in(ms d) { return f2d2n::clock::now() + d; }
 double since(f2d2n::clock::time_point t0) { return seconds(f2d2n::clock::now() - t0).count(); }
 
 /// Units 0 .. world-1 as threads: each listens on a port the system picks, connects to the others,
-/// runs f, and shuts down. Returns each unit's exception (or null).
+/// runs f, and shuts down (with the reason, shutdown_after, when f threw). Returns each unit's
+/// exception (or null).
 template <class F>
 std::vector<std::exception_ptr> run_cluster(unit_id world, F f, f2d2n::tcp_options options = {},
                                             std::function<std::uint64_t(unit_id)> fingerprint_of = {}) {
@@ -69,7 +73,8 @@ std::vector<std::exception_ptr> run_cluster(unit_id world, F f, f2d2n::tcp_optio
       } catch (...) {
         errors[r] = std::current_exception();
       }
-      units[r]->shutdown();
+      if (errors[r]) f2d2n::shutdown_after(*units[r], errors[r]);
+      else units[r]->shutdown();
     });
   for (auto& t : threads) t.join();
   return errors;
@@ -710,6 +715,122 @@ TEST_CASE("tcp: a peer that shuts down is a peer_error on the survivor, at once"
     CHECK_THROWS_AS(f2d2n::send_tensor(t, 1, 2, 8, std::span<const float>(v), in(ms(1000))), f2d2n::peer_error);
   });
   rethrow_first(errors);
+}
+
+TEST_CASE("tcp: a unit that fails tells its peers why; a bystander passes the origin on") {
+  // A chain: unit 1 waits for unit 2, unit 0 for unit 1. Unit 2 fails; unit 1 fails because of it
+  // and shuts down with the reason it was given; unit 0 hears only from unit 1, and must still
+  // name unit 2 and its error (measured before: "peer 1 ... the peer has shut down", a bystander).
+  const std::string cause = "unit 2 broke at step 9";
+  const auto errors = run_cluster(3, [&](tcp_transport& t) {
+    std::vector<float> v(4);
+    if (t.rank() == 2) throw std::runtime_error(cause);
+    if (t.rank() == 1) {
+      f2d2n::receive_tensor(t, 2, 5, 9, std::span(v), in(ms(10000)));
+      return;
+    }
+    const auto t0 = f2d2n::clock::now();
+    try {
+      f2d2n::receive_tensor(t, 1, 5, 9, std::span(v), in(ms(10000)));
+      FAIL("a message arrived");
+    } catch (const f2d2n::peer_error& e) {
+      CHECK(since(t0) < 5.0);
+      CHECK(e.origin() == 2u);
+      CHECK(std::string(e.what()).find("unit 0, peer 1, message 5, step 9: the peer has shut down because unit 2 "
+                                       "failed first: " +
+                                       cause) != std::string::npos);
+    }
+    // Sending to a peer that said goodbye with a reason names the origin too.
+    try {
+      f2d2n::send_tensor(t, 1, 6, 9, std::span<const float>(v), in(ms(1000)));
+      FAIL("a send to a unit that has shut down succeeded");
+    } catch (const f2d2n::peer_error& e) {
+      CHECK(e.origin() == 2u);
+      CHECK((e.reason() == f2d2n::shutdown_reason{2, cause}));
+    }
+  });
+  CHECK(what(errors[2]) == cause);
+  REQUIRE(errors[1]);
+  try {
+    std::rethrow_exception(errors[1]);
+  } catch (const f2d2n::peer_error& e) {
+    CHECK(e.where().peer == 2);
+    CHECK(e.origin() == 2u);
+    CHECK(std::string(e.what()).find("because unit 2 failed first: " + cause) != std::string::npos);
+  }
+  CHECK(!errors[0]);
+}
+
+TEST_CASE("tcp: a send that finds the connection closed still names the unit that failed first") {
+  // Unit 1 fails and closes; unit 0 only sends to it. Its writes end in a broken pipe before any
+  // receive has read unit 1's goodbye: the goodbye waiting in the socket still names the cause
+  // (seen in a ring of 4, where a unit's send to the failed unit broke first).
+  const std::string cause = "unit 1 ran out of memory";
+  const auto errors = run_cluster(2, [&](tcp_transport& t) {
+    if (t.rank() == 1) throw std::runtime_error(cause);
+    std::this_thread::sleep_for(ms(300));  // unit 1 has said goodbye and closed
+    std::vector<float> v(1 << 16);
+    for (int i = 0; i < 200; ++i) {
+      try {
+        f2d2n::send_tensor(t, 1, 5, 9, std::span<const float>(v), in(ms(1000)));
+      } catch (const f2d2n::peer_error& e) {
+        CHECK(e.origin() == 1u);
+        CHECK(std::string(e.what()).find("unit 0, peer 1, message 5, step 9: the peer has shut down because unit 1 "
+                                         "failed first: " +
+                                         cause) != std::string::npos);
+        return;
+      }
+      std::this_thread::sleep_for(ms(5));
+    }
+    FAIL("every send to a unit that has closed succeeded");
+  });
+  CHECK(what(errors[1]) == cause);
+  CHECK(!errors[0]);
+}
+
+TEST_CASE("tcp: a goodbye's reason is read from the wire with care: a malformed one is reported, never trusted") {
+  // The raw peer (unit 1 of 2) says goodbye with a reason payload that it writes by hand.
+  auto goodbye_then_receive = [](std::vector<std::byte> payload, bool corrupt_checksum = false) {
+    unit_and_raw_peer s;
+    auto h = f2d2n::wire::make_header(f2d2n::wire::frame_kind::goodbye, fingerprint,
+                                      f2d2n::wire::goodbye_reason_message, 1, 0, payload);
+    if (corrupt_checksum) h.checksum ^= 1;
+    s.raw->write_frame(h, payload);
+    std::vector<float> out(16);
+    try {
+      f2d2n::receive_tensor(s.unit, 1, 7, 3, std::span(out), in(ms(3000)));
+    } catch (const f2d2n::peer_error& e) {
+      s.unit.shutdown();
+      return std::make_pair(e.origin(), std::string(e.what()));
+    }
+    s.unit.shutdown();
+    FAIL("no peer_error");
+    return std::make_pair(std::optional<unit_id>(), std::string());
+  };
+  {
+    const auto [origin, text] = goodbye_then_receive(f2d2n::wire::encode_reason({0, "unit 0's \x1b[2Jerror"}));
+    CHECK(origin == 0u);
+    CHECK(text.find("the peer has shut down because unit 0 failed first: unit 0's ?[2Jerror") != std::string::npos);
+  }
+  auto bad_version = f2d2n::wire::encode_reason({1, "x"});
+  bad_version[0] = std::byte{2};
+  struct malformed {
+    std::vector<std::byte> payload;
+    bool corrupt;
+    std::string says;
+  };
+  const std::vector<malformed> cases{{bad_version, false, "version 2"},
+                                     {f2d2n::wire::encode_reason({5, "x"}), false, "unit 5, outside a world of 2"},
+                                     {std::vector<std::byte>(3, std::byte{1}), false, "fewer than the 7"},
+                                     {f2d2n::wire::encode_reason({1, "x"}), true, "bad checksum"}};
+  for (const auto& c : cases) {
+    CAPTURE(c.says);
+    const auto [origin, text] = goodbye_then_receive(c.payload, c.corrupt);
+    CHECK(!origin);
+    CHECK(text.find("unit 0, peer 1, message 7, step 3: the peer has shut down (the reason in its goodbye is "
+                    "unreadable: ") != std::string::npos);
+    CHECK(text.find(c.says) != std::string::npos);
+  }
 }
 
 TEST_CASE("tcp: a connection reset by the peer is a peer_error, at once") {

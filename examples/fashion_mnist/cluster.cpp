@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <exception>
 #include <tuple>
 
 namespace example {
@@ -60,9 +61,17 @@ int run(const example::settings& s, const nn::cluster_config& c) {
     const auto at = dot != std::string::npos && (slash == std::string::npos || dot > slash) ? dot : metrics.size();
     metrics.insert(at, ".unit" + std::to_string(c.rank));
   }
-  const int code = example::train_unit(net, s, d, report, metrics);
-  t.shutdown();
-  return code;
+  try {
+    const int code = example::train_unit(net, s, d, report, metrics);
+    t.shutdown();
+    return code;
+  } catch (const std::exception& e) {
+    // Tell the other units why (the processing unit already did when a step failed), and exit 86
+    // if another unit failed first, so that f2d2n_launch reports that unit (docs/launch.md).
+    nn::shutdown_after(t, std::current_exception());
+    std::cerr << "fashion_mnist_cluster: " << e.what() << "\n";
+    return nn::exit_code_of(c.rank, std::current_exception());
+  }
 }
 
 }  // namespace

@@ -2,3 +2,4 @@
 #pragma once
 
 #include <f2d2n/wire/frame.hpp>
+#include <f2d2n/wire/goodbye.hpp>

@@ -13,10 +13,17 @@
 //   with `[rank] ` (a last line without newline is flushed when the unit ends; a line longer than
 //   64 KiB is cut into 64 KiB pieces); units read stdin from /dev/null;
 // - returns 0 once every unit has exited with code 0;
-// - as soon as one unit exits with a non-zero code or is killed by a signal, says on `err` which
-//   rank ended how, sends SIGTERM to the others, SIGKILL to those still running `grace` later, and
-//   returns that unit's exit code (128 + the signal's number for a signal, 127 when the program
-//   could not be started);
+// - as soon as one unit exits with a non-zero code, is killed by a signal or is stopped by one
+//   (SIGSTOP, SIGTSTP, ...: a stopped unit holds every other unit up, so it is reported at once, as
+//   "rank 2 was stopped by SIGSTOP and does not answer"), says on `err` which rank ended how, sends
+//   SIGTERM to the others (and SIGCONT to a stopped one, so that it takes the SIGTERM), SIGKILL to
+//   those still running `grace` later, and returns that unit's exit code (128 + the signal's number
+//   for a signal, 127 when the program could not be started);
+// - reports the unit that failed first, not a bystander: a unit that exits with
+//   bystander_exit_code (86, launch/config.hpp: it failed only because another unit failed first,
+//   as exit_code_of() tells a unit's main) does not end the run by itself; the launcher waits up to
+//   `grace` for another unit to fail (or stop), and reports that one with its code; if none does
+//   (or every unit has ended), it reports the first bystander, with code 86;
 // - on SIGINT or SIGTERM to the launcher, passes the signal on to the units, ends them the same way
 //   and returns 128 + the signal's number (a second signal sends SIGKILL at once);
 // - after `timeout`, if one is set, ends the units the same way and returns 124 (as timeout(1)).
@@ -234,6 +241,11 @@ inline int launch(const launch_options& options, const std::vector<std::string>&
   auto end_units = [&](int sig) {
     sent_signal = sig;
     for (auto& u : units) proc::signal_unit(u, sig);
+    // A stopped unit takes no signal but SIGKILL until it is continued: continue it, so that the
+    // signal just sent ends it now rather than after the grace period.
+    if (sig != SIGKILL)
+      for (auto& u : units)
+        if (u.stop_signal != 0 && !u.exited) proc::signal_unit(u, SIGCONT);
     if (sig == SIGKILL) {
       state = phase::killing;
       phase_deadline = clock::now() + proc::kill_wait;
@@ -243,6 +255,32 @@ inline int launch(const launch_options& options, const std::vector<std::string>&
     }
   };
 
+  std::vector<unit_id> bystanders;  // units that exited with bystander_exit_code in this attempt, in order
+  std::optional<clock::time_point> bystander_deadline;  // the latest time to wait for the unit they blame
+  // Reports unit `u` as the first that failed (`how`: what happened to it; the bystanders that exited
+  // before it are named, unless it is one), ends the other units, and restarts every unit while
+  // restarts are left, unless the program cannot be run.
+  auto fail = [&](const proc::unit_process& u, const std::string& how, int code, bool bystander = false) {
+    restart_pending = restarts < options.max_restarts && !u.exec_errno;
+    const std::string then = !restart_pending ? others
+                             : n > 1 ? others + ", then restarting all units (restart " + std::to_string(restarts + 1) +
+                                           " of " + std::to_string(options.max_restarts) + ")"
+                                     : "; restarting it (restart " + std::to_string(restarts + 1) + " of " +
+                                           std::to_string(options.max_restarts) + ")";
+    std::vector<unit_id> ranks = bystanders;
+    std::sort(ranks.begin(), ranks.end());  // in rank order: those that exit together are seen in any order
+    std::string before;
+    for (const unit_id b : ranks)
+      if (b != u.rank) before += (before.empty() ? "" : ", ") + std::to_string(b);
+    if (bystander) before.clear();
+    if (!before.empty())
+      before = " (the first unit that failed; rank(s) " + before + " exited before it with code " +
+               std::to_string(bystander_exit_code) + ": failed because another unit failed)";
+    say("rank " + std::to_string(u.rank) + " " + how + before + then);
+    result = code == 0 ? 1 : code;
+    end_units(SIGTERM);
+  };
+
   std::vector<pollfd> fds;
   std::vector<std::pair<std::size_t, int>> sources;  // fds[i + 1] belongs to units[first], stream second
   while (true) {                                     // one pass per attempt: the first start and each restart
@@ -250,9 +288,14 @@ inline int launch(const launch_options& options, const std::vector<std::string>&
     state = phase::running;
     result = 0;
     restart_pending = false;
+    bystanders.clear();
+    bystander_deadline.reset();
 
     while (true) {
-      // Units that have exited: their output is complete in the pipes; drain it, then report.
+      // Units that have exited: their output is complete in the pipes; drain it, then report the
+      // first unit that failed. A bystander (exit code bystander_exit_code: it failed because
+      // another unit failed first) is not that unit: the launcher waits for the unit it blames, up
+      // to the grace period, and reports the bystander only if none shows itself.
       for (auto& u : units) {
         if (u.exited || !proc::check_exit(u)) continue;
         proc::read_stream(u.out, prefix(u.rank), out, true);
@@ -263,30 +306,41 @@ inline int launch(const launch_options& options, const std::vector<std::string>&
         u.err.pipe.close();
         if (u.exec_status.open()) proc::read_exec_status(u);
         if (state != phase::running || (u.signal == 0 && u.exit_code == 0)) continue;
-        // A failure restarts every unit while restarts are left, unless the program cannot be run.
-        restart_pending = restarts < options.max_restarts && !u.exec_errno;
-        const std::string then = !restart_pending ? others
-                                 : n > 1
-                                     ? others + ", then restarting all units (restart " + std::to_string(restarts + 1) +
-                                           " of " + std::to_string(options.max_restarts) + ")"
-                                     : "; restarting it (restart " + std::to_string(restarts + 1) + " of " +
-                                           std::to_string(options.max_restarts) + ")";
-        if (u.exec_errno) {
-          say("rank " + std::to_string(u.rank) + " cannot run '" + command.front() +
-              "': " + std::strerror(*u.exec_errno) + " (exit code 127)" + then);
-          result = launch_cannot_run_exit_code;
-        } else if (u.signal != 0) {
-          say("rank " + std::to_string(u.rank) + " was killed by " + proc::signal_name(u.signal) + " (exit code " +
-              std::to_string(128 + u.signal) + ")" + then);
-          result = 128 + u.signal;
-        } else {
-          say("rank " + std::to_string(u.rank) + " exited with code " + std::to_string(u.exit_code) + then);
-          result = u.exit_code;
+        if (!u.exec_errno && u.signal == 0 && u.exit_code == bystander_exit_code) {
+          if (bystanders.empty()) bystander_deadline = clock::now() + options.grace;
+          bystanders.push_back(u.rank);
+          continue;
         }
-        if (result == 0) result = 1;
-        end_units(SIGTERM);
+        if (u.exec_errno) {
+          fail(u, "cannot run '" + command.front() + "': " + std::strerror(*u.exec_errno) + " (exit code 127)",
+               launch_cannot_run_exit_code);
+        } else if (u.signal != 0) {
+          fail(u,
+               "was killed by " + proc::signal_name(u.signal) + " (exit code " + std::to_string(128 + u.signal) + ")",
+               128 + u.signal);
+        } else {
+          fail(u, "exited with code " + std::to_string(u.exit_code), u.exit_code);
+        }
       }
-      if (std::all_of(units.begin(), units.end(), [](const auto& u) { return u.exited; })) break;
+      // A stopped unit (SIGSTOP, SIGTSTP, ...) holds every other unit up: it is the one to report,
+      // at once, before the others fail waiting for it.
+      for (auto& u : units)
+        if (state == phase::running && !u.exited && proc::check_stop(u))
+          fail(u,
+               "was stopped by " + proc::signal_name(u.stop_signal) + " and does not answer (exit code " +
+                   std::to_string(128 + u.stop_signal) + ")",
+               128 + u.stop_signal);
+      const bool all_exited = std::all_of(units.begin(), units.end(), [](const auto& u) { return u.exited; });
+      if (state == phase::running && !bystanders.empty() &&
+          (all_exited || clock::now() >= *bystander_deadline)) {  // the unit they blame never failed here
+        fail(units[bystanders.front()],
+             "exited with code " + std::to_string(bystander_exit_code) +
+                 " (it failed because another unit failed, but no other unit " +
+                 (all_exited ? std::string("failed)")
+                             : "was seen failing within " + std::to_string(options.grace.count()) + " ms)"),
+             bystander_exit_code, true);
+      }
+      if (all_exited) break;
 
       // Signals to the launcher: pass the first on, answer a second with SIGKILL. One that comes
       // while the units are being ended for a restart cancels the restart.
@@ -336,6 +390,8 @@ inline int launch(const launch_options& options, const std::vector<std::string>&
       // Wait for output, an exec report, a signal (SIGCHLD included), or the next deadline.
       std::optional<clock::time_point> next;
       if (state == phase::running) next = run_deadline;
+      if (state == phase::running && bystander_deadline)
+        next = next ? std::min(*next, *bystander_deadline) : bystander_deadline;
       else if (restart_pending && run_deadline) next = std::min(phase_deadline, *run_deadline);
       else next = phase_deadline;
       int wait_ms = -1;

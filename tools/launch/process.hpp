@@ -131,7 +131,7 @@ class signal_scope {
     handler.sa_handler = on_signal;
     sigemptyset(&handler.sa_mask);
     for (const int s : caught) sigaddset(&handler.sa_mask, s);
-    handler.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    handler.sa_flags = SA_RESTART;  // SIGCHLD for a stopped unit too: a stopped unit is reported at once
     struct sigaction ignore {};
     ignore.sa_handler = SIG_IGN;
     sigemptyset(&ignore.sa_mask);
@@ -186,6 +186,10 @@ class signal_scope {
     case SIGUSR1: return "SIGUSR1";
     case SIGUSR2: return "SIGUSR2";
     case SIGBUS: return "SIGBUS";
+    case SIGSTOP: return "SIGSTOP";
+    case SIGTSTP: return "SIGTSTP";
+    case SIGTTIN: return "SIGTTIN";
+    case SIGTTOU: return "SIGTTOU";
     default: return "signal " + std::to_string(sig);
   }
 }
@@ -339,8 +343,9 @@ struct unit_process {
   std::optional<int> exec_errno;
   bool exited = false;  ///< seen by waitid(WNOWAIT): a zombie, so pid and process group stay reserved
   bool reaped = false;
-  int exit_code = 0;  ///< valid when exited and signal == 0
-  int signal = 0;     ///< the signal that ended it, or 0
+  int exit_code = 0;    ///< valid when exited and signal == 0
+  int signal = 0;       ///< the signal that ended it, or 0
+  int stop_signal = 0;  ///< the signal that stopped it (SIGSTOP, SIGTSTP, ...), seen by check_stop, or 0
 };
 
 /// Writes the complete lines of `s.pending` (all of it, if `final`) to `os`, each prefixed.
@@ -410,6 +415,17 @@ inline bool check_exit(unit_process& u) {
   u.exited = true;
   if (info.si_code == CLD_EXITED) u.exit_code = info.si_status;
   else u.signal = info.si_status;
+  return true;
+}
+
+/// Whether the unit is stopped by a signal now (without consuming the report); records the signal.
+inline bool check_stop(unit_process& u) {
+  if (u.exited || u.pid <= 0) return false;
+  siginfo_t info{};
+  if (::waitid(P_PID, static_cast<id_t>(u.pid), &info, WSTOPPED | WNOHANG | WNOWAIT) != 0 || info.si_pid != u.pid ||
+      info.si_code != CLD_STOPPED)
+    return false;
+  u.stop_signal = info.si_status;
   return true;
 }
 

@@ -4,8 +4,11 @@
 #include <f2d2n/core/unit.hpp>
 
 #include <cstdint>
+#include <exception>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace f2d2n {
 
@@ -133,10 +136,34 @@ class timeout_error : public comm_error {
   using comm_error::comm_error;
 };
 
-/// The peer is gone: it closed its connection, died, or could not be reached.
+/// Why a unit shut its transport down after a failure, as its goodbye tells its peers: the unit
+/// that failed first (as far as this unit knows) and that unit's error, in words. A unit that fails
+/// because of another unit's goodbye passes that goodbye's origin on, not itself.
+struct shutdown_reason {
+  unit_id origin = 0;  ///< the unit that failed first
+  std::string error;   ///< its error's message
+
+  friend bool operator==(const shutdown_reason&, const shutdown_reason&) = default;
+};
+
+/// The peer is gone: it closed its connection, died, or could not be reached. When the peer shut
+/// down because of a failure and said why in its goodbye, reason() holds the unit that failed first
+/// and its error, and the message says so ("the peer has shut down because unit 2 failed first: ...").
 class peer_error : public comm_error {
  public:
-  using comm_error::comm_error;
+  peer_error(const comm_context& where, const std::string& what) : comm_error(where, what) {}
+  peer_error(const comm_context& where, const std::string& what, shutdown_reason reason)
+      : comm_error(where, what), reason_(std::move(reason)) {}
+
+  /// Why the peer shut down, when its goodbye said so.
+  [[nodiscard]] const std::optional<shutdown_reason>& reason() const noexcept { return reason_; }
+  /// The unit that failed first, when the peer's goodbye named it.
+  [[nodiscard]] std::optional<unit_id> origin() const {
+    return reason_ ? std::optional<unit_id>(reason_->origin) : std::nullopt;
+  }
+
+ private:
+  std::optional<shutdown_reason> reason_;
 };
 
 /// What is wrong with a received frame.
@@ -188,5 +215,33 @@ class handshake_error : public comm_error {
  public:
   using comm_error::comm_error;
 };
+
+/// The reason unit `self` gives its peers when it shuts down because of `failure` (an exception
+/// it caught), so that every unit can name the unit that failed first:
+/// - a peer_error whose peer gave a reason: that reason, passed on unchanged;
+/// - any other peer_error (the peer vanished without a reason, e.g. it was killed): the peer, with
+///   this unit's message (the peer failed first; its own words were lost with it);
+/// - anything else (a timeout_error, which names the silent peer in its message, a protocol_error,
+///   an error of the unit's own code): this unit, with the message.
+[[nodiscard]] inline shutdown_reason shutdown_reason_of(unit_id self, const std::exception_ptr& failure) {
+  if (!failure) return {self, "no error"};
+  try {
+    std::rethrow_exception(failure);
+  } catch (const peer_error& e) {
+    if (e.reason()) return *e.reason();
+    if (e.where().peer != self) return {e.where().peer, e.what()};
+    return {self, e.what()};
+  } catch (const std::exception& e) {
+    return {self, e.what()};
+  } catch (...) {
+    return {self, "an exception that is not a std::exception"};
+  }
+}
+
+/// Whether `reason` (what unit `self` tells its peers) blames another unit: `self` is a bystander,
+/// it failed only because that unit failed first.
+[[nodiscard]] inline bool is_bystander(unit_id self, const shutdown_reason& reason) noexcept {
+  return reason.origin != self;
+}
 
 }  // namespace f2d2n

@@ -44,6 +44,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -83,6 +84,22 @@ inline constexpr const char* restart_variable = "F2D2N_RESTART";
 /// Optional deadlines, in seconds (a decimal number: 0.5 is half a second).
 inline constexpr const char* connect_timeout_variable = "F2D2N_CONNECT_TIMEOUT";
 inline constexpr const char* timeout_variable = "F2D2N_TIMEOUT";
+
+/// The exit code of a unit that failed only because another unit failed first (a bystander: its
+/// error blames another unit, is_bystander in core/error.hpp). The launcher tells bystanders from
+/// the unit that failed first by it, and reports that unit (docs/launch.md). Chosen outside the
+/// codes that shells, timeout(1) and the launcher give a meaning (1, 2, 124-127, 128 + a signal).
+inline constexpr int bystander_exit_code = 86;
+
+/// What a unit's main returns when it ends with `failure` (an exception it caught):
+/// bystander_exit_code when the failure blames another unit (a peer's goodbye named another unit
+/// as the one that failed first, or a peer vanished), 1 otherwise (this unit failed first).
+///
+///   } catch (...) { return f2d2n::exit_code_of(config.rank, std::current_exception()); }
+[[nodiscard]] inline int exit_code_of(unit_id self, const std::exception_ptr& failure) {
+  if (!failure) return 0;
+  return is_bystander(self, shutdown_reason_of(self, failure)) ? bystander_exit_code : 1;
+}
 
 /// One line of a hosts file: `units` units on `host`, listening on `port`, `port + 1`, ...
 struct hosts_entry {

@@ -26,6 +26,12 @@ namespace f2d2n {
 /// initialisation and collectives, run from the plan-independent description of the unit
 /// (detail::unit_description), so that every plan over one transport and scalar shares one
 /// instantiation of it (and of the trainer that trains it).
+///
+/// A step (compute_gradients, evaluate_batch, agree) that fails once it has begun exchanging
+/// messages shuts the transport down with the reason (shutdown_after) before it rethrows: the
+/// cluster cannot go on with half a step, and the peers learn at once which unit failed first and
+/// why. A batch refused before the step begins (a configuration_error: wrong shape, labels out of
+/// range, too few rows) leaves the transport as it is.
 template <transport Transport, class Scalar>
 class processing_unit {
   static_assert(std::is_floating_point_v<Scalar>,
@@ -73,7 +79,14 @@ class processing_unit {
   void agree(std::span<double> values) {
     group everyone;
     for (std::size_t r = 0; r < d_.world_size; ++r) everyone.units.push_back(static_cast<unit_id>(r));
-    if (everyone.size() > 1) all_reduce(t_, everyone, values, call(message_id(message_kind::agreement, false, 0, 0)));
+    if (everyone.size() > 1) {
+      try {
+        all_reduce(t_, everyone, values, call(message_id(message_kind::agreement, false, 0, 0)));
+      } catch (...) {
+        shut_down_after_failure();
+        throw;
+      }
+    }
     ++step_;
   }
 
@@ -150,22 +163,27 @@ class processing_unit {
     next_bucket_ = 0;
     if (summer_) summer_->begin_step();
     const drain_on_exit drain{*this};  // no bucket outlives the step, even when it fails
-    for (std::size_t k = 0; k < 2 * m; ++k) {
-      const auto op = detail::schedule_op(d_.schedule, d_.stages, d_.coordinates.stage, m, k);
-      last_backward_ = k + 1 == 2 * m;  // the gradients become final in the step's last backward
-      if (op.forward) forward_micro(x, labels, sh, op.microbatch, true);
-      else backward_micro(x, sh, op.microbatch);
-    }
-    grads_[0] = static_cast<Scalar>(loss_sum_);
-    grads_[1] = static_cast<Scalar>(correct_);
-    if (d_.stages > 1) {  // the loss is known on the last stage: every stage learns it
-      const detail::stopwatch timing(times_.communication);
-      all_reduce(t_, d_.pipeline_group, std::span<Scalar>(grads_).first(2), call(statistics_id()));
-    }
-    while (next_bucket_ < d_.buckets.size()) post_bucket();  // the last one holds the loss and count
-    {
-      const detail::stopwatch timing(times_.communication);  // with overlap: the part the backward did not hide
-      wait_for_buckets();
+    try {
+      for (std::size_t k = 0; k < 2 * m; ++k) {
+        const auto op = detail::schedule_op(d_.schedule, d_.stages, d_.coordinates.stage, m, k);
+        last_backward_ = k + 1 == 2 * m;  // the gradients become final in the step's last backward
+        if (op.forward) forward_micro(x, labels, sh, op.microbatch, true);
+        else backward_micro(x, sh, op.microbatch);
+      }
+      grads_[0] = static_cast<Scalar>(loss_sum_);
+      grads_[1] = static_cast<Scalar>(correct_);
+      if (d_.stages > 1) {  // the loss is known on the last stage: every stage learns it
+        const detail::stopwatch timing(times_.communication);
+        all_reduce(t_, d_.pipeline_group, std::span<Scalar>(grads_).first(2), call(statistics_id()));
+      }
+      while (next_bucket_ < d_.buckets.size()) post_bucket();  // the last one holds the loss and count
+      {
+        const detail::stopwatch timing(times_.communication);  // with overlap: the part the backward did not hide
+        wait_for_buckets();
+      }
+    } catch (...) {
+      shut_down_after_failure();  // before the drain: a bucket waiting on a peer ends at once
+      throw;
     }
     ++step_;
     batch_result r;
@@ -183,16 +201,23 @@ class processing_unit {
     const time_split kept = times_;  // evaluation is not a training step's time
     loss_sum_ = 0;
     correct_ = 0;
-    forward_micro(x, labels, sh, 0, false);
-    std::array<double, 2> sums{loss_sum_, static_cast<double>(correct_)};
-    if (d_.stages > 1) {
-      const detail::stopwatch timing(times_.communication);
-      all_reduce(t_, d_.pipeline_group, std::span<double>(sums), call(statistics_id()));
-    }
-    {
-      const detail::stopwatch timing(times_.communication);
-      if (d_.data_group.size() > 1)
-        all_reduce(t_, d_.data_group, std::span<double>(sums), call(message_id(message_kind::evaluation, false, 0, 0)));
+    std::array<double, 2> sums{};
+    try {
+      forward_micro(x, labels, sh, 0, false);
+      sums = {loss_sum_, static_cast<double>(correct_)};
+      if (d_.stages > 1) {
+        const detail::stopwatch timing(times_.communication);
+        all_reduce(t_, d_.pipeline_group, std::span<double>(sums), call(statistics_id()));
+      }
+      {
+        const detail::stopwatch timing(times_.communication);
+        if (d_.data_group.size() > 1)
+          all_reduce(t_, d_.data_group, std::span<double>(sums),
+                     call(message_id(message_kind::evaluation, false, 0, 0)));
+      }
+    } catch (...) {
+      shut_down_after_failure();
+      throw;
     }
     ++step_;
     batch_result r;
@@ -378,6 +403,17 @@ class processing_unit {
   /// Waits until every posted bucket is summed; rethrows the first failure of one.
   void wait_for_buckets() {
     if (summer_) summer_->wait();
+  }
+
+  /// A step failed (the exception being handled): its messages are half exchanged, so the cluster
+  /// cannot go on. The transport is shut down with the reason (shutdown_after, transport/concept.hpp),
+  /// so that the peers waiting on this unit stop at once and name the unit that failed first: this
+  /// one, or the one whose goodbye made this unit fail. The caller rethrows the failure.
+  void shut_down_after_failure() noexcept {
+    try {
+      shutdown_after(t_, std::current_exception());
+    } catch (...) {  // the failure being handled is what the caller must see
+    }
   }
 
   /// On the way out of compute_gradients, by return or by exception: the summing thread must not

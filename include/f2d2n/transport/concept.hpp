@@ -10,16 +10,26 @@
 // frame from its peer and checks it against what it expects (message, step, exact length) before
 // storing the payload in the caller's buffer: nothing is allocated from what the wire says.
 // Every blocking call has a deadline; failures are timeout_error, peer_error, protocol_error.
+//
+// Shutting down: shutdown() sends every peer a goodbye; peers waiting on this unit get peer_error
+// at once. shutdown(reason) does the same after a failure, and the goodbye carries the reason (the
+// unit that failed first and its error, wire/goodbye.hpp): the peers' peer_error then says "the peer
+// has shut down because unit 2 failed first: ..." and its reason() holds the same. A unit that fails
+// because of such a peer_error shuts down with shutdown_reason_of(rank, its error), which passes the
+// origin on, so that every unit of the cluster names the unit that failed first, not a bystander.
+// Only the first shutdown counts: a later one (the destructor's) changes nothing.
 #pragma once
 
 #include <f2d2n/core/error.hpp>
 #include <f2d2n/core/unit.hpp>
 #include <f2d2n/wire/frame.hpp>
+#include <f2d2n/wire/goodbye.hpp>
 
 #include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <span>
 #include <type_traits>
 
@@ -33,14 +43,23 @@ using deadline = clock::time_point;
 template <class T>
 concept transport = requires(T& t, const T& ct, unit_id peer, const wire::frame_header& header,
                              std::span<const std::byte> payload, const wire::expectation& expected,
-                             std::span<std::byte> out, deadline until) {
+                             std::span<std::byte> out, deadline until, const shutdown_reason& reason) {
   { ct.rank() } -> std::same_as<unit_id>;
   { ct.world_size() } -> std::same_as<unit_id>;
   { ct.fingerprint() } -> std::same_as<std::uint64_t>;
   t.send(peer, header, payload, until);  // the frame is on its way (or buffered) when this returns
   { t.receive(peer, expected, out, until) } -> std::same_as<wire::frame_header>;
-  t.shutdown();  // no more frames from this unit; peers waiting on it get peer_error
+  t.shutdown();        // no more frames from this unit; peers waiting on it get peer_error
+  t.shutdown(reason);  // the same after a failure; the peers' peer_error carries the reason
 };
+
+/// Shuts `t` down after `failure` (an exception this unit caught), telling its peers why:
+/// shutdown(shutdown_reason_of(t.rank(), failure)). Call it in a catch block before leaving (the
+/// processing unit does it when a step fails), so that the peers name the unit that failed first.
+template <transport T>
+void shutdown_after(T& t, const std::exception_ptr& failure) {
+  t.shutdown(shutdown_reason_of(t.rank(), failure));
+}
 
 /// Sends a frame to `to` while receiving one from `from` (MPI_Sendrecv): what a ring step needs
 /// without deadlock, whatever the transport's buffering. Uses the transport's own `exchange` when

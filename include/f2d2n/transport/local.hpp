@@ -4,12 +4,16 @@
 //   cluster.run([](f2d2n::local_transport& t) { ... t.rank() ... });
 //
 // Frames are copied into the receiver's mailbox (one queue per sender); send never blocks. A unit
-// whose function returns or throws is shut down: peers waiting on it get peer_error at once.
+// whose function returns or throws is shut down: peers waiting on it get peer_error at once. A unit
+// shut down with a reason (shutdown(reason), or by run / run_collect when its function throws:
+// shutdown_reason_of its exception) leaves its peers that reason as a TCP goodbye does, encoded
+// and decoded alike (wire/goodbye.hpp): "the peer has shut down because unit 2 failed first: ...".
 #pragma once
 
 #include <f2d2n/core/error.hpp>
 #include <f2d2n/transport/concept.hpp>
 #include <f2d2n/wire/frame.hpp>
+#include <f2d2n/wire/goodbye.hpp>
 
 #include <condition_variable>
 #include <cstring>
@@ -37,6 +41,8 @@ class local_transport {
   inline wire::frame_header receive(unit_id peer, const wire::expectation& expected, std::span<std::byte> out,
                                     deadline until);
   inline void shutdown();
+  /// Shuts down after a failure: peers waiting on this unit get a peer_error that carries `reason`.
+  inline void shutdown(const shutdown_reason& reason);
 
   /// Puts raw bytes in `peer`'s mailbox as if they were a frame from this unit (tests of bad frames).
   inline void send_raw(unit_id peer, std::span<const std::byte> header, std::span<const std::byte> payload);
@@ -71,7 +77,8 @@ class local_cluster {
   [[nodiscard]] std::uint64_t max_frame() const noexcept { return max_frame_; }
 
   /// Runs f(transport&) on every unit, each in its own thread; returns each unit's exception (or
-  /// null). A unit is shut down when its function ends, so peers never wait for a finished unit.
+  /// null). A unit is shut down when its function ends, so peers never wait for a finished unit;
+  /// one whose function threw is shut down with the reason (shutdown_reason_of its exception).
   template <class F>
   std::vector<std::exception_ptr> run_collect(F&& f) {
     std::vector<std::exception_ptr> errors(units_.size());
@@ -84,7 +91,8 @@ class local_cluster {
         } catch (...) {
           errors[r] = std::current_exception();
         }
-        units_[r].shutdown();
+        if (errors[r]) units_[r].shutdown(shutdown_reason_of(r, errors[r]));
+        else units_[r].shutdown();
       });
     for (auto& t : threads) t.join();
     return errors;
@@ -104,11 +112,12 @@ class local_cluster {
     std::vector<std::byte> payload;
   };
   struct mailbox {
-    explicit mailbox(unit_id world) : from(world), closed(world, false) {}
+    explicit mailbox(unit_id world) : from(world), closed(world, false), goodbye(world) {}
     std::mutex m;
     std::condition_variable cv;
-    std::vector<std::deque<frame>> from;  // one queue per sender: frames stay in order per pair
-    std::vector<bool> closed;             // senders that will send no more
+    std::vector<std::deque<frame>> from;          // one queue per sender: frames stay in order per pair
+    std::vector<bool> closed;                     // senders that will send no more
+    std::vector<std::vector<std::byte>> goodbye;  // per sender: its encoded shutdown reason, if it gave one
   };
 
   std::uint64_t max_frame_;
@@ -147,7 +156,13 @@ inline wire::frame_header local_transport::receive(unit_id peer, const wire::exp
     auto& queue = box.from[peer];
     if (!box.cv.wait_until(lock, until, [&] { return !queue.empty() || box.closed[peer]; }))
       throw timeout_error(where, "no message arrived before the deadline");
-    if (queue.empty()) throw peer_error(where, "the peer has shut down");
+    if (queue.empty()) {
+      if (box.goodbye[peer].empty()) throw peer_error(where, "the peer has shut down");
+      std::string problem;
+      if (const auto reason = wire::decode_reason(box.goodbye[peer], world_size(), problem))
+        throw peer_error(where, wire::describe_goodbye(*reason), *reason);
+      throw peer_error(where, "the peer has shut down (the reason in its goodbye is unreadable: " + problem + ")");
+    }
     f = std::move(queue.front());
     queue.pop_front();
   }
@@ -171,6 +186,19 @@ inline void local_transport::shutdown() {
     {
       const std::lock_guard lock(box->m);
       box->closed[rank_] = true;
+    }
+    box->cv.notify_all();
+  }
+}
+
+inline void local_transport::shutdown(const shutdown_reason& reason) {
+  const auto said = wire::encode_reason(reason);  // as on the wire: bounded, and read back as a TCP peer reads it
+  for (auto& box : cluster_->boxes_) {
+    {
+      const std::lock_guard lock(box->m);
+      if (box->closed[rank_]) continue;  // only the first shutdown counts
+      box->closed[rank_] = true;
+      box->goodbye[rank_] = said;
     }
     box->cv.notify_all();
   }

@@ -153,8 +153,13 @@ class tcp_transport {
 
   /// Delivers the frames still queued (within options.linger), sends every peer a goodbye (its
   /// waiting receives end in peer_error "the peer has shut down") and closes every connection.
-  /// Later operations fail with peer_error. The io thread is joined by the destructor.
+  /// Later operations fail with peer_error. The io thread is joined by the destructor. Only the
+  /// first call (of either form) counts.
   void shutdown();
+  /// The same after a failure: the goodbye carries `reason` (wire/goodbye.hpp), and the peers'
+  /// peer_error says "the peer has shut down because unit <origin> failed first: <error>" and holds
+  /// it in reason(). See shutdown_after() (transport/concept.hpp).
+  void shutdown(const shutdown_reason& reason);
 
  private:
   void refuse_on_io_thread() const;

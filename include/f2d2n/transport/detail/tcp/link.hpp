@@ -2,14 +2,17 @@
 // strand, and per direction the queue of operations and who may use the socket there.
 #pragma once
 
+#include <f2d2n/core/error.hpp>
 #include <f2d2n/core/unit.hpp>
 #include <f2d2n/transport/detail/tcp/asio.hpp>
+#include <f2d2n/transport/detail/tcp/failure.hpp>
 #include <f2d2n/transport/detail/tcp/operation.hpp>
 
 #include <cstdint>
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -38,10 +41,11 @@ struct link {
   int fd;  // the socket's descriptor, for poll() on a caller's thread
   direction<send_op> tx;
   direction<receive_op> rx;
-  std::uint64_t backlog = 0;    // bytes of tx's frames copied and not yet written
-  std::string goodbye_text;     // the payload of the peer's goodbye frame
-  bool closing = false;         // this unit is shutting the link down
-  bool close_deferred = false;  // shutdown() closed the link while a caller's thread held it
+  std::uint64_t backlog = 0;                   // bytes of tx's frames copied and not yet written
+  std::string goodbye_text;                    // the payload of the peer's goodbye frame
+  std::optional<shutdown_reason> peer_reason;  // why the peer shut down, when its goodbye said so
+  bool closing = false;                        // this unit is shutting the link down
+  bool close_deferred = false;                 // shutdown() closed the link while a caller's thread held it
 
   /// The direction that operations of type Op use.
   template <class Op>
@@ -50,6 +54,14 @@ struct link {
     else return rx;
   }
 };
+
+/// The peer_error of an operation at `where` that finds a direction of `l` down for `why`: it
+/// carries the reason the peer gave in its goodbye, when it gave one, so that every operation
+/// with a peer that shut down after a failure names the unit that failed first.
+[[nodiscard]] inline failure link_down(const link& l, const comm_context& where, const std::string& why) {
+  if (l.peer_reason) return fail<peer_error>(where, why, *l.peer_reason);
+  return fail<peer_error>(where, why);
+}
 
 [[nodiscard]] inline bool would_block(const error_code& ec) {
   return ec == asio::error::would_block || ec == asio::error::try_again;

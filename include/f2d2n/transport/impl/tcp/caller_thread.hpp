@@ -102,7 +102,7 @@ inline bool transport_impl::step_here(link& l, const std::shared_ptr<send_op>& s
                                       failure& f) {
   const std::lock_guard lock(l.m);
   if (!l.tx.down.empty()) {
-    f = fail<peer_error>(s->where, l.tx.down);
+    f = link_down(l, s->where, l.tx.down);
     return true;
   }
   if (advance(l, *s, f) != progress::wait) return true;
@@ -128,7 +128,7 @@ inline bool transport_impl::step_here(link& l, const std::shared_ptr<send_op>& s
 inline bool transport_impl::step_here(link& l, receive_op& r, bool shutting, bool expired, failure& f) {
   const std::lock_guard lock(l.m);
   if (!l.rx.down.empty()) {
-    f = fail<peer_error>(r.where, l.rx.down);
+    f = link_down(l, r.where, l.rx.down);
     return true;
   }
   if (advance(l, r, f) != progress::wait) return true;

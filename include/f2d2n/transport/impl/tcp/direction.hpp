@@ -46,7 +46,7 @@ void transport_impl::start(link* l, const std::shared_ptr<Op>& op, std::string p
     else d.queue.push_back(op);
   }
   if (!problem.empty()) {
-    asio::post(l->strand, [op, f = fail<peer_error>(op->where, problem)]() mutable { finish(*op, std::move(f)); });
+    asio::post(l->strand, [op, f = link_down(*l, op->where, problem)]() mutable { finish(*op, std::move(f)); });
     return;
   }
   asio::post(l->strand, [this, l, op, until] {
@@ -156,7 +156,7 @@ void transport_impl::fail_all(link& l) {
   auto& d = l.along<Op>();
   auto queue = std::exchange(d.queue, {});
   if constexpr (std::is_same_v<Op, send_op>) l.backlog = 0;
-  for (const auto& op : queue) finish(*op, fail<peer_error>(op->where, d.down));
+  for (const auto& op : queue) finish(*op, link_down(l, op->where, d.down));
 }
 
 }  // namespace f2d2n::detail::tcp_impl

@@ -80,13 +80,24 @@ inline bool transport_impl::accept_header(link& l, receive_op& op, failure& f) {
   }
 }
 
-/// The whole frame of `op` has arrived: a goodbye ends the stream, data is verified.
+/// The whole frame of `op` has arrived: a goodbye ends the stream (with the peer's reason when it
+/// gave one: message goodbye_reason_message, wire/goodbye.hpp), data is verified.
 inline progress transport_impl::complete_frame(link& l, receive_op& op, failure& f) {
   if (op.goodbye) {
     l.rx.down = "the peer has shut down";
-    if (!l.goodbye_text.empty()) l.rx.down += ": " + l.goodbye_text;
+    if (op.header.message_id == wire::goodbye_reason_message) {
+      // Read from the wire: a reason that cannot be decoded is reported as such, never trusted.
+      const auto bytes = std::as_bytes(std::span<const char>(l.goodbye_text));
+      std::string problem;
+      if (wire::checksum(op.header, bytes) != op.header.checksum) problem = "bad checksum";
+      else l.peer_reason = wire::decode_reason(bytes, world_, problem);
+      if (l.peer_reason) l.rx.down = wire::describe_goodbye(*l.peer_reason);
+      else l.rx.down += " (the reason in its goodbye is unreadable: " + problem + ")";
+    } else if (!l.goodbye_text.empty()) {
+      l.rx.down += ": " + l.goodbye_text;
+    }
     if (l.tx.down.empty()) l.tx.down = l.rx.down;
-    f = fail<peer_error>(op.where, l.rx.down);
+    f = link_down(l, op.where, l.rx.down);
     return progress::failed;
   }
   const std::size_t len = static_cast<std::size_t>(op.header.payload_length);

@@ -5,6 +5,8 @@
 #include <f2d2n/transport/impl/tcp/direction.hpp>
 #include <f2d2n/transport/impl/tcp/transport_impl.hpp>
 
+#include <array>
+#include <cstddef>
 #include <memory>
 #include <span>
 #include <string>
@@ -45,12 +47,39 @@ inline progress transport_impl::advance(link& l, send_op& op, failure& f) {
     if (would_block(ec)) return progress::wait;
     if (ec) {
       l.tx.down = connection_failure(ec);
-      f = fail<peer_error>(op.where, l.tx.down);
+      peek_goodbye(l);
+      if (l.peer_reason) l.tx.down = wire::describe_goodbye(*l.peer_reason);
+      f = link_down(l, op.where, l.tx.down);
       return progress::failed;
     }
     op.sent += n;
   }
   return progress::complete;
+}
+
+/// A write found the connection closed by the peer. If the peer said goodbye with a reason that no
+/// receive has read yet, it waits in the socket: look at it without taking it (MSG_PEEK), so that
+/// the send's failure names the unit that failed first too (seen in a ring: a unit's send to the
+/// unit that failed broke before any receive read that unit's goodbye). A receive later reads the
+/// goodbye as usual. Only a goodbye at the head of the stream is seen, and only when no receive is
+/// in the middle of a frame; anything that is not a well-formed reason is left alone.
+inline void transport_impl::peek_goodbye(link& l) const {
+  if (l.peer_reason || l.rx.caller || (!l.rx.queue.empty() && l.rx.queue.front()->got != 0)) return;
+  std::array<std::byte, wire::header_size + wire::reason_prefix + wire::max_reason_text> buf;
+  error_code ec;
+  const std::size_t n = l.socket.receive(asio::buffer(buf), socket_type::message_peek, ec);
+  if (ec || n < wire::header_size) return;
+  try {
+    const auto h = wire::decode(std::span<const std::byte, wire::header_size>(buf.data(), wire::header_size), {});
+    if (h.kind != wire::frame_kind::goodbye || h.message_id != wire::goodbye_reason_message || h.sender != l.peer ||
+        h.payload_length > n - wire::header_size)
+      return;
+    const auto payload = std::span<const std::byte>(buf).subspan(wire::header_size, h.payload_length);
+    if (wire::checksum(h, payload) != h.checksum) return;
+    std::string problem;
+    l.peer_reason = wire::decode_reason(payload, world_, problem);
+  } catch (const protocol_error&) {  // not a frame's header: no goodbye to see
+  }
 }
 
 /// A send's deadline passed: the failure to report; a frame given up half-way puts tx down.

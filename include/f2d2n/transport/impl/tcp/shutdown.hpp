@@ -1,5 +1,6 @@
 // f2d2n/transport/impl/tcp/shutdown.hpp: ending a transport: shutdown() (the frames still queued,
-// then a goodbye to every peer, then the sockets closed) and the destructor that joins the io thread.
+// then a goodbye to every peer, with the reason when a failure is the cause, then the sockets
+// closed) and the destructor that joins the io thread.
 #pragma once
 
 #include <f2d2n/transport/impl/tcp/direction.hpp>
@@ -9,9 +10,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstring>
 #include <functional>
 #include <future>
 #include <memory>
+#include <optional>
+#include <vector>
 
 namespace f2d2n::detail::tcp_impl {
 
@@ -27,10 +31,19 @@ inline transport_impl::~transport_impl() {
   thread_.join();
 }
 
-inline void transport_impl::shutdown() {
+inline void transport_impl::shutdown(const std::optional<shutdown_reason>& reason) {
   if (on_io_thread()) throw configuration_error("f2d2n: shutdown() cannot run on the transport's own io thread");
   if (shut_.exchange(true)) return;
   wake_.signal();
+  // The goodbye, once for every peer: a header alone, or a header and the encoded reason.
+  std::vector<std::byte> payload;
+  if (reason) payload = wire::encode_reason(*reason);
+  const auto header = wire::encode(wire::make_header(wire::frame_kind::goodbye, fingerprint_,
+                                                     reason ? wire::goodbye_reason_message : 0, rank_, 0, payload));
+  // One allocation, then two copies (GCC 12 warns falsely on insert() after a header's worth here).
+  auto goodbye = std::make_shared<std::vector<std::byte>>(wire::header_size + payload.size());
+  std::memcpy(goodbye->data(), header.data(), wire::header_size);
+  if (!payload.empty()) std::memcpy(goodbye->data() + wire::header_size, payload.data(), payload.size());
   struct countdown {
     std::atomic<std::size_t> left{0};
     std::promise<void> done;
@@ -45,7 +58,9 @@ inline void transport_impl::shutdown() {
   auto all = c->done.get_future();
   const deadline until = clock::now() + options_.linger;
   for (auto& l : links_)
-    if (l) asio::post(l->strand, [this, p = l.get(), until, one_done] { close_link(*p, until, one_done); });
+    if (l)
+      asio::post(l->strand,
+                 [this, p = l.get(), until, goodbye, one_done] { close_link(*p, until, *goodbye, one_done); });
   asio::post(setup_, [this, one_done] {
     error_code ec;
     if (acceptor_) acceptor_->close(ec);
@@ -56,7 +71,8 @@ inline void transport_impl::shutdown() {
 
 /// On the peer's strand: fails the waiting receives, then queues a goodbye behind the frames
 /// already queued (and a frame a caller's thread is writing); its deadline bounds the whole flush.
-inline void transport_impl::close_link(link& l, deadline until, const std::function<void()>& closed) {
+inline void transport_impl::close_link(link& l, deadline until, const std::vector<std::byte>& goodbye,
+                                       const std::function<void()>& closed) {
   const std::lock_guard lock(l.m);
   l.closing = true;
   if (l.rx.down.empty()) l.rx.down = "this unit has shut down";
@@ -67,10 +83,9 @@ inline void transport_impl::close_link(link& l, deadline until, const std::funct
   }
   auto op = std::make_shared<send_op>();
   op->where = {rank_, l.peer, 0, 0};
-  const auto header = wire::encode(wire::make_header(wire::frame_kind::goodbye, fingerprint_, 0, rank_, 0, {}));
-  op->owned.assign(header.begin(), header.end());
+  op->owned = goodbye;
   op->copied = true;
-  op->total = wire::header_size;
+  op->total = goodbye.size();
   op->done = send_completion(
       [this, &l, closed](failure) {
         end_link(l);

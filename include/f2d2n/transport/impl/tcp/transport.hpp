@@ -101,6 +101,10 @@ inline void tcp_transport::shutdown() {
   if (impl_) impl_->shutdown();
 }
 
+inline void tcp_transport::shutdown(const shutdown_reason& reason) {
+  if (impl_) impl_->shutdown(reason);
+}
+
 inline void tcp_transport::refuse_on_io_thread() const {
   if (impl_->on_io_thread())
     throw configuration_error(

@@ -79,9 +79,9 @@ class transport_impl {
                                                   const wire::expectation& expected, std::span<std::byte> out,
                                                   deadline until);
 
-  /// Delivers what is queued (within options.linger), says goodbye to every peer and closes
-  /// (impl/tcp/shutdown.hpp).
-  void shutdown();
+  /// Delivers what is queued (within options.linger), says goodbye to every peer (with the reason,
+  /// when there is one) and closes (impl/tcp/shutdown.hpp).
+  void shutdown(const std::optional<shutdown_reason>& reason = std::nullopt);
 
  private:
   // ---- connection setup, on the setup strand (impl/tcp/connect.hpp, impl/tcp/handshake.hpp) ----
@@ -134,6 +134,7 @@ class transport_impl {
   [[nodiscard]] std::shared_ptr<send_op> make_send_op(unit_id peer, const wire::frame_header& header,
                                                       std::span<const std::byte> payload, bool may_copy) const;
   progress advance(link& l, send_op& op, failure& f);
+  void peek_goodbye(link& l) const;
   static failure timed_out(link& l, const send_op& op);
   void absorb(link& l);
 
@@ -160,7 +161,7 @@ class transport_impl {
 
   // ---- closing, on the peer's strand (impl/tcp/shutdown.hpp) ----
 
-  void close_link(link& l, deadline until, const std::function<void()>& closed);
+  void close_link(link& l, deadline until, const std::vector<std::byte>& goodbye, const std::function<void()>& closed);
   void end_link(link& l);
 
   unit_id rank_;
