@@ -6,6 +6,7 @@
 #include <f2d2n/f2d2n.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -480,6 +481,52 @@ TEST_CASE("csv_logger writes a header and one row per epoch") {
   CHECK(lines[2].size() > 4);
   CHECK(lines[2].substr(lines[2].size() - 4) == ",0,0");
   CHECK_THROWS_AS(nn::csv_logger("/nonexistent-dir/metrics.csv"), nn::error);
+}
+
+// ---- statistics that are not finite or out of range ---------------------------------------
+
+namespace {
+/// Without a hidden activation, a NaN feature reaches the loss whatever max() does with NaN.
+using linear_net = nn::sequential<nn::input<8>, nn::dense<3>, nn::softmax_cross_entropy>;
+}  // namespace
+
+TEST_CASE("NaN in the data: fit and evaluate throw numerical_error naming the statistic, value, epoch and step") {
+  auto data = argmax_task(64, 8, 3, 1);
+  data.samples(21, 2) = std::numeric_limits<float>::quiet_NaN();  // the second batch of 16, in order
+  nn::network<linear_net> net(1);
+  nn::trainer t(net, nn::sgd{.learning_rate = 0.1});
+  std::vector<float> before;
+  try {
+    t.fit(data, {.epochs = 2, .batch_size = 16, .shuffle = false});
+    FAIL("fit trained on NaN without an error");
+  } catch (const nn::numerical_error& e) {
+    CHECK(e.statistic() == "training loss");
+    CHECK(std::isnan(e.value()));
+    CHECK(std::string(e.what()).find("the training loss is nan in epoch 1, step 2 of 4: the run diverged") !=
+          std::string::npos);
+    CHECK(std::string(e.what()).find("the step's update was not applied") != std::string::npos);
+  }
+  CHECK(t.position().global_step == 1);  // the first step was taken, the second not
+  for (float w : net.parameters()) REQUIRE(std::isfinite(w));
+  CHECK_THROWS_WITH_AS(t.evaluate(data, 32),
+                       "f2d2n: the evaluation loss is nan on samples 0 to 31 of synthetic: "
+                       "the model has diverged or the data hold NaN or infinity",
+                       nn::numerical_error);
+  CHECK_THROWS_AS(t.fit(data, {.epochs = 1, .batch_size = 16, .shuffle = false}), nn::error);  // the base class
+}
+
+TEST_CASE("a diverging run (a huge learning rate) stops with numerical_error, not a NaN accuracy") {
+  const auto data = argmax_task(256, 8, 3, 1);
+  nn::network<small_net> net(1);
+  nn::trainer t(net, nn::sgd{.learning_rate = 1e20});
+  try {
+    t.fit(data, {.epochs = 4, .batch_size = 16});
+    FAIL("fit went on with a learning rate of 1e20");
+  } catch (const nn::numerical_error& e) {
+    CHECK(e.statistic() == "training loss");
+    CHECK(!std::isfinite(e.value()));
+    CHECK(std::string(e.what()).find("the run diverged (a learning rate too large?)") != std::string::npos);
+  }
 }
 
 TEST_CASE("a short run on real Fashion-MNIST reaches 80% test accuracy") {

@@ -4,8 +4,10 @@
 #include <f2d2n/core/unit.hpp>
 
 #include <cstdint>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace f2d2n {
 
@@ -21,6 +23,35 @@ class configuration_error : public error {
  public:
   using error::error;
 };
+
+/// A training statistic that is not finite or outside its range: a loss that is NaN or infinite
+/// (a diverging run, or NaN in the data), an accuracy outside [0, 1], a correct count that is
+/// negative, not whole or larger than its batch (a corrupted or forged sum from a peer). The rest
+/// of a run would be meaningless, so it stops. The message names the statistic, its value and
+/// where (the epoch and step, the unit); statistic() and value() give them to a program.
+class numerical_error : public error {
+ public:
+  numerical_error(std::string statistic, double value, const std::string& what)
+      : error(what), statistic_(std::move(statistic)), value_(value) {}
+
+  [[nodiscard]] const std::string& statistic() const noexcept { return statistic_; }
+  [[nodiscard]] double value() const noexcept { return value_; }
+
+ private:
+  std::string statistic_;
+  double value_;
+};
+
+namespace detail {
+/// A statistic's value as errors print it: nine significant digits, "nan" (whatever its sign bit),
+/// "inf", "-inf".
+[[nodiscard]] inline std::string format_value(double v) {
+  if (v != v) return "nan";
+  char text[32];
+  std::snprintf(text, sizeof text, "%.9g", v);
+  return text;
+}
+}  // namespace detail
 
 /// What is wrong with a data file.
 enum class data_problem {

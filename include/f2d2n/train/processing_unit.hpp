@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <exception>
 #include <optional>
@@ -64,6 +65,9 @@ class processing_unit {
 
   /// Steps (training and evaluation) this unit has taken part in: the step of its next frames.
   [[nodiscard]] std::uint64_t steps() const noexcept { return step_; }
+
+  /// How errors name this unit: "unit 3 (replica 1, stage 0, shard 1)".
+  [[nodiscard]] std::string name() const { return unit_name(t_.rank(), d_); }
 
   /// What this unit runs: its layers' partitions, its groups, its model and plan.
   [[nodiscard]] const detail::unit_description<Scalar>& description() const noexcept { return d_; }
@@ -167,12 +171,31 @@ class processing_unit {
       const detail::stopwatch timing(times_.communication);  // with overlap: the part the backward did not hide
       wait_for_buckets();
     }
+    check_sums(static_cast<double>(grads_[0]), static_cast<double>(grads_[1]), sh.batch, "training");
     ++step_;
     batch_result r;
     r.samples = static_cast<std::size_t>(sh.batch);
     r.loss = static_cast<double>(grads_[0]) / static_cast<double>(sh.batch);
     r.correct = static_cast<std::size_t>(grads_[1]);
     return r;
+  }
+
+  /// The batch's loss and correct count as the sums over the units gave them: a count that is not
+  /// a whole number from 0 to the batch's samples, or a negative loss (every loss of the library
+  /// is a mean of non-negative terms), cannot come from the units' own arithmetic: a corrupted or
+  /// forged sum. A loss that is not finite is a diverging run or NaN in the data; the trainer
+  /// reports it with its epoch and step.
+  void check_sums(double loss_sum, double correct, Eigen::Index batch, const char* what) const {
+    const auto n = static_cast<double>(batch);
+    auto fail = [&](const char* statistic, double value, const std::string& expected) {
+      throw numerical_error(statistic, value,
+                            "f2d2n: " + name() + ", step " + std::to_string(step_) + ": the " + what + " batch's " +
+                                statistic + " is " + detail::format_value(value) + " after the sum over the units, " +
+                                expected + ": a peer sent a corrupted or forged sum");
+    };
+    if (!(correct >= 0 && correct <= n && correct == std::floor(correct)))
+      fail("correct count", correct, "not a whole number from 0 to the batch's " + std::to_string(batch) + " samples");
+    if (loss_sum < 0) fail("loss", loss_sum / n, "below 0 (the losses are never negative)");
   }
 
  public:
@@ -194,6 +217,7 @@ class processing_unit {
       if (d_.data_group.size() > 1)
         all_reduce(t_, d_.data_group, std::span<double>(sums), call(message_id(message_kind::evaluation, false, 0, 0)));
     }
+    check_sums(sums[0], sums[1], sh.batch, "evaluated");
     ++step_;
     batch_result r;
     r.samples = static_cast<std::size_t>(sh.batch);
@@ -204,6 +228,12 @@ class processing_unit {
   }
 
  private:
+  /// "unit 3 (replica 1, stage 0, shard 1)": how errors name a unit.
+  static std::string unit_name(unit_id rank, const detail::unit_description<Scalar>& d) {
+    return "unit " + std::to_string(rank) + " (replica " + std::to_string(d.coordinates.replica) + ", stage " +
+           std::to_string(d.coordinates.stage) + ", shard " + std::to_string(d.coordinates.shard) + ")";
+  }
+
   /// The replica's rows of a batch, and how they split into micro-batches.
   struct share {
     Eigen::Index first, rows, batch, micro_rows;
