@@ -10,8 +10,10 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <exception>
+#include <future>
 #include <map>
 #include <span>
 #include <string>
@@ -372,7 +374,54 @@ TEST_CASE("a unit whose peer leaves gets a typed error, not a hang") {
   CHECK(typed_errors_when_a_unit_leaves<plan_tp2>(1, 10) == 1);  // unit 0 waits for its shard in vain
 }
 
-// ---- the statistics' checks --------------------------------------------
+// ---- the flight recorder and the statistics' checks --------------------------------------------
+
+TEST_CASE("a unit that waits in vain names the peer, the message in words and its last operations") {
+  const auto data = plan_data<float>();
+  const auto x = data.samples.topRows(12);
+  const auto labels = std::span<const std::int32_t>(data.labels).first(12);
+  nn::local_cluster cluster(2, plan_pp2_gpipe::fingerprint);
+  std::promise<void> stage_1_done;
+  std::string what;
+  std::size_t first_layer = 0;
+  const auto errors = cluster.run_collect([&](nn::local_transport& t) {
+    nn::distributed_options o;
+    o.timeout = std::chrono::milliseconds(300);
+    nn::distributed_network<plan_pp2_gpipe, nn::local_transport> net(t, 0, o);
+    net.compute_gradients(x, labels);  // one step together
+    if (t.rank() == 0) {               // then stage 0 stays, silent, until stage 1 has given up (at most 20 s)
+      stage_1_done.get_future().wait_for(std::chrono::seconds(20));
+      return;
+    }
+    first_layer = net.description().first;
+    try {
+      net.compute_gradients(x, labels);  // waits for stage 0's activations of step 1 in vain
+    } catch (const nn::timeout_error& e) {
+      what = e.what();
+    }
+    stage_1_done.set_value();
+  });
+  CHECK(!errors[0]);
+  CHECK(!errors[1]);
+  INFO(what);
+  REQUIRE(first_layer > 0);
+  // The transport's line, then the message in words, then the recorder's dump.
+  CHECK(what.starts_with("f2d2n: unit 1, peer 0, message " +
+                         std::to_string(nn::message_id(nn::message_kind::activation, false, first_layer, 0)) +
+                         ", step 1: "));
+  CHECK(what.find("; unit 1 waited for activation (forward) of layer " + std::to_string(first_layer) +
+                  ", micro-batch 0 of step 1 from unit 0\n") != std::string::npos);
+  CHECK(what.find("\nf2d2n flight recorder of unit 1 (replica 0, stage 1, shard 0): the last ") != std::string::npos);
+  // Step 0's operations, done, and the one that timed out, last: the text ends with it.
+  CHECK(what.find(" step 0 receive from unit 0 ") != std::string::npos);
+  CHECK(what.find(" step 0 send to unit 0 ") != std::string::npos);
+  CHECK(what.find(" done in ") != std::string::npos);
+  const auto last = what.rfind("\n  #");
+  REQUIRE(last != std::string::npos);
+  CHECK(what.substr(last).find("step 1 receive from unit 0") != std::string::npos);
+  CHECK(what.substr(last).find(" timed out in ") != std::string::npos);
+  CHECK(what.ends_with(": activation (forward) of layer " + std::to_string(first_layer) + ", micro-batch 0"));
+}
 
 namespace {
 /// A transport that writes `value` over every number of the statistics' sums its unit receives:

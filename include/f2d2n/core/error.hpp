@@ -154,6 +154,10 @@ class comm_error : public error {
       : error("f2d2n: " + where.describe() + ": " + what), where_(where) {}
   [[nodiscard]] const comm_context& where() const noexcept { return where_; }
 
+ protected:
+  /// `e` with `more` after its text.
+  comm_error(const comm_error& e, const std::string& more) : error(e.what() + more), where_(e.where_) {}
+
  private:
   comm_context where_;
 };
@@ -162,6 +166,9 @@ class comm_error : public error {
 class timeout_error : public comm_error {
  public:
   using comm_error::comm_error;
+  /// The same timeout, with `more` after its text (what a unit's flight recorder adds: the message
+  /// in words and the unit's last operations).
+  timeout_error(const timeout_error& e, const std::string& more) : comm_error(e, more) {}
 };
 
 /// The peer is gone: it closed its connection, died, or could not be reached.

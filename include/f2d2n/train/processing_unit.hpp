@@ -7,6 +7,7 @@
 #include <f2d2n/train/detail/bucket_summer.hpp>
 #include <f2d2n/train/detail/unit_description.hpp>
 #include <f2d2n/train/distributed_options.hpp>
+#include <f2d2n/train/flight_recorder.hpp>
 
 #include <algorithm>
 #include <array>
@@ -37,12 +38,13 @@ class processing_unit {
   using scalar = Scalar;
 
   processing_unit(Transport& t, detail::unit_description<Scalar> d, distributed_options options)
-      : t_(t), d_(std::move(d)), options_(options), acts_(d_.microbatches), inputs_(d_.microbatches),
-        dlogits_(d_.microbatches) {
+      : t_(t), d_(std::move(d)), options_(options),
+        recorder_(t.rank(), unit_name(t.rank(), d_), options.flight_records), rt_(t, recorder_), acts_(d_.microbatches),
+        inputs_(d_.microbatches), dlogits_(d_.microbatches) {
     for (auto& a : acts_) a.resize(d_.layers.size());
     params_.assign(d_.parameters, Scalar(0));
     grads_.assign(d_.header + d_.parameters, Scalar(0));  // the step's loss and correct count, padding, the gradients
-    if (options_.overlap && d_.replicas > 1 && d_.buckets.size() > 1) summer_.emplace(t_, d_.data_group);
+    if (options_.overlap && d_.replicas > 1 && d_.buckets.size() > 1) summer_.emplace(rt_, d_.data_group);
   }
   processing_unit(const processing_unit&) = delete;
   processing_unit& operator=(const processing_unit&) = delete;
@@ -66,8 +68,12 @@ class processing_unit {
   /// Steps (training and evaluation) this unit has taken part in: the step of its next frames.
   [[nodiscard]] std::uint64_t steps() const noexcept { return step_; }
 
-  /// How errors name this unit: "unit 3 (replica 1, stage 0, shard 1)".
+  /// How errors and the flight recorder name this unit: "unit 3 (replica 1, stage 0, shard 1)".
   [[nodiscard]] std::string name() const { return unit_name(t_.rank(), d_); }
+
+  /// This unit's last communication operations (train/flight_recorder.hpp): what a timeout_error
+  /// carries and print_flight_recorder_on prints.
+  [[nodiscard]] const flight_recorder& recorder() const noexcept { return recorder_; }
 
   /// What this unit runs: its layers' partitions, its groups, its model and plan.
   [[nodiscard]] const detail::unit_description<Scalar>& description() const noexcept { return d_; }
@@ -77,7 +83,7 @@ class processing_unit {
   void agree(std::span<double> values) {
     group everyone;
     for (std::size_t r = 0; r < d_.world_size; ++r) everyone.units.push_back(static_cast<unit_id>(r));
-    if (everyone.size() > 1) all_reduce(t_, everyone, values, call(message_id(message_kind::agreement, false, 0, 0)));
+    if (everyone.size() > 1) all_reduce(rt_, everyone, values, call(message_id(message_kind::agreement, false, 0, 0)));
     ++step_;
   }
 
@@ -164,7 +170,7 @@ class processing_unit {
     grads_[1] = static_cast<Scalar>(correct_);
     if (d_.stages > 1) {  // the loss is known on the last stage: every stage learns it
       const detail::stopwatch timing(times_.communication);
-      all_reduce(t_, d_.pipeline_group, std::span<Scalar>(grads_).first(2), call(statistics_id()));
+      all_reduce(rt_, d_.pipeline_group, std::span<Scalar>(grads_).first(2), call(statistics_id()));
     }
     while (next_bucket_ < d_.buckets.size()) post_bucket();  // the last one holds the loss and count
     {
@@ -210,12 +216,13 @@ class processing_unit {
     std::array<double, 2> sums{loss_sum_, static_cast<double>(correct_)};
     if (d_.stages > 1) {
       const detail::stopwatch timing(times_.communication);
-      all_reduce(t_, d_.pipeline_group, std::span<double>(sums), call(statistics_id()));
+      all_reduce(rt_, d_.pipeline_group, std::span<double>(sums), call(statistics_id()));
     }
     {
       const detail::stopwatch timing(times_.communication);
       if (d_.data_group.size() > 1)
-        all_reduce(t_, d_.data_group, std::span<double>(sums), call(message_id(message_kind::evaluation, false, 0, 0)));
+        all_reduce(rt_, d_.data_group, std::span<double>(sums),
+                   call(message_id(message_kind::evaluation, false, 0, 0)));
     }
     check_sums(sums[0], sums[1], sh.batch, "evaluated");
     ++step_;
@@ -228,7 +235,7 @@ class processing_unit {
   }
 
  private:
-  /// "unit 3 (replica 1, stage 0, shard 1)": how errors name a unit.
+  /// "unit 3 (replica 1, stage 0, shard 1)": how errors and the flight recorder name a unit.
   static std::string unit_name(unit_id rank, const detail::unit_description<Scalar>& d) {
     return "unit " + std::to_string(rank) + " (replica " + std::to_string(d.coordinates.replica) + ", stage " +
            std::to_string(d.coordinates.stage) + ", shard " + std::to_string(d.coordinates.shard) + ")";
@@ -356,7 +363,7 @@ class processing_unit {
       const auto mine = blocks.subspan(part_begin(cols, p, me) * r, part_size(cols, p, me) * r);
       const auto id = message(key, cols, p).id;
       const detail::stopwatch timing(times_.communication);
-      all_gather(t_, g, std::span<const Scalar>(mine), blocks, call(id), r);
+      all_gather(rt_, g, std::span<const Scalar>(mine), blocks, call(id), r);
     }
     for (std::size_t s = 0; s < p; ++s) {
       const auto b = static_cast<Eigen::Index>(part_begin(cols, p, s));
@@ -371,7 +378,7 @@ class processing_unit {
     if (g.size() < 2) return;
     const auto id = message(key, static_cast<std::size_t>(m.cols()), g.size()).id;
     const detail::stopwatch timing(times_.communication);
-    all_reduce(t_, g, std::span<Scalar>(m.data(), static_cast<std::size_t>(m.size())), call(id));
+    all_reduce(rt_, g, std::span<Scalar>(m.data(), static_cast<std::size_t>(m.size())), call(id));
   }
 
   /// Micro-batch m forward through this unit's stage: its input from the batch (first stage) or
@@ -399,7 +406,7 @@ class processing_unit {
     const std::span<Scalar> part = std::span<Scalar>(grads_).subspan(b.begin, b.size);
     if (!summer_) {
       const detail::stopwatch timing(times_.communication);
-      all_reduce(t_, d_.data_group, part, c);
+      all_reduce(rt_, d_.data_group, part, c);
       return;
     }
     summer_->post(part, c);
@@ -447,6 +454,9 @@ class processing_unit {
   Transport& t_;
   detail::unit_description<Scalar> d_;
   distributed_options options_;
+  // Every operation on the transport goes through rt_, which records it in recorder_.
+  flight_recorder recorder_;
+  detail::recording_transport<Transport> rt_;
   // Eigen's alignment for every buffer a kernel reads: Eigen peels unaligned heads off its
   // vectorised reductions, so the alignment of an operand decides the order of a sum. With
   // malloc's alignment, two runs of one plan differed in the last bit.
@@ -465,7 +475,7 @@ class processing_unit {
   std::uint64_t step_ = 0;
   // The summing thread (only when overlapping a data-parallel all-reduce). Last: started when
   // everything it uses exists, joined first.
-  std::optional<detail::bucket_summer<Transport, Scalar>> summer_;
+  std::optional<detail::bucket_summer<detail::recording_transport<Transport>, Scalar>> summer_;
 };
 
 }  // namespace f2d2n
