@@ -22,7 +22,7 @@ struct distributed_options {
   bool overlap = false;
   /// How many of its last communication operations the unit keeps in its flight recorder
   /// (train/flight_recorder.hpp): a timeout_error carries them, print_flight_recorder_on prints
-  /// them on a signal. Allocated once; recording costs a lock and two clock reads per frame. 0
+  /// them on a signal. Allocated once; recording costs two locks and two clock reads per frame. 0
   /// records nothing.
   std::size_t flight_records = 64;
 };

@@ -84,7 +84,7 @@ class recorder_registry;
 }  // namespace detail
 
 /// A ring of a unit's last `capacity` operations. Allocates once, at construction; recording an
-/// operation takes a lock and two clock reads. Safe to use from several threads (a unit's compute
+/// operation takes two locks and two clock reads. Safe to use from several threads (a unit's compute
 /// thread and its bucket-summing thread). Every recorder of the process is known to
 /// dump_flight_recorders() while it exists. Capacity 0 records nothing.
 class flight_recorder {
