@@ -44,6 +44,8 @@
 //   --buckets           DP2 sums the gradients in buckets of 32768 values (data_parallel<2, 32768>:
 //                       the last layers' first, then the first layer's) instead of in one all-reduce
 //   --overlap           with --buckets: on a second thread of each unit (distributed_options::overlap)
+//   --flight-records N  the units' flight recorders keep N operations (distributed_options::flight_records,
+//                       default 64); 0 records nothing: the recorder's cost is the difference
 #include <f2d2n/comm/primitives.hpp>
 #include <f2d2n/core/denormals.hpp>
 #include <f2d2n/core/random.hpp>
@@ -102,14 +104,15 @@ struct options {
   std::size_t warmup = 32;
   std::size_t repetitions = 3;
   std::size_t timeout_ms = 60000;
+  std::size_t flight_records = nn::flight_recorder::default_capacity;
 };
 
 [[noreturn]] void usage(const std::string& why) {
-  std::fprintf(
-      stderr,
-      "ddp_bench: %s\nusage: ddp_bench [--serial] [--batches 64,128] [--steps N] [--warmup N] "
-      "[--repetitions N] [--timeout-ms N] [--buckets [--overlap]]\n  DP2: f2d2n_launch -n 2 -- ddp_bench ...\n",
-      why.c_str());
+  std::fprintf(stderr,
+               "ddp_bench: %s\nusage: ddp_bench [--serial] [--batches 64,128] [--steps N] [--warmup N] "
+               "[--repetitions N] [--timeout-ms N] [--buckets [--overlap]] [--flight-records N]\n"
+               "  DP2: f2d2n_launch -n 2 -- ddp_bench ...\n",
+               why.c_str());
   std::exit(2);
 }
 
@@ -150,6 +153,8 @@ options parse(int argc, char** argv) {
       o.repetitions = number(a, v, 1);
     } else if (a == "--timeout-ms") {
       o.timeout_ms = number(a, v, 1);
+    } else if (a == "--flight-records") {
+      o.flight_records = number(a, v, 0);
     } else {
       usage("unknown option " + std::string(a));
     }
@@ -259,7 +264,9 @@ int run_dp2(const options& o, const synthetic_pool& pool) {
   if (cfg.world_size != Plan::world_size)
     usage("DP2 needs 2 units (f2d2n_launch -n 2), this cluster has " + std::to_string(cfg.world_size));
   nn::tcp_transport t(cfg.rank, cfg.peers, Plan::fingerprint, nn::tcp_options_of(cfg));
-  const nn::distributed_options dopts{.timeout = std::chrono::milliseconds(o.timeout_ms), .overlap = o.overlap};
+  const nn::distributed_options dopts{.timeout = std::chrono::milliseconds(o.timeout_ms),
+                                      .overlap = o.overlap,
+                                      .flight_records = o.flight_records};
   const nn::group world = nn::group::world(cfg.world_size);
   std::uint64_t step = 0;  // this program's own collectives: their own ids and steps
   auto call = [&](std::uint32_t message) {
@@ -272,8 +279,9 @@ int run_dp2(const options& o, const synthetic_pool& pool) {
   if (cfg.rank == 0)
     std::printf(
         "# f2d2n DP2: distribute<mlp, data_parallel<2%s>> over tcp_transport (loopback), 2 processes, one "
-        "thread of compute each%s; %zu bytes sent per unit and step at batch %zu; warmup %zu, %zu timed steps, %zu run(s) per batch size\n",
-        o.buckets ? ", 32768" : "", o.overlap ? " and one summing the gradient buckets" : "",
+        "thread of compute each%s; flight recorders of %zu operations; %zu bytes sent per unit and step at batch "
+        "%zu; warmup %zu, %zu timed steps, %zu run(s) per batch size\n",
+        o.buckets ? ", 32768" : "", o.overlap ? " and one summing the gradient buckets" : "", o.flight_records,
         static_cast<std::size_t>(Plan::bytes_sent_per_step(0, o.batches.front())), o.batches.front(), o.warmup, o.steps,
         o.repetitions);
   for (const std::size_t batch : o.batches) {

@@ -6,9 +6,12 @@
 //                            the header, check it against the expected message, verify the checksum
 //   BM_frame_local_receive/N the same plus the copy of the payload into the receiver's tensor, as
 //                            the local transport does (TCP reads straight into the tensor instead)
+//   BM_flight_record         what a unit's flight recorder adds to each frame it sends or
+//                            receives (train/flight_recorder.hpp): begin and finish of one record
 // Target (issue "Message passing as linear algebra"): encode + decode of 1 MiB within 1.1x of a
 // memcpy of the same bytes.
 //   build/bench/wire_bench --benchmark_min_time=0.5
+#include <f2d2n/train/flight_recorder.hpp>
 #include <f2d2n/wire/frame.hpp>
 
 #include <benchmark/benchmark.h>
@@ -72,9 +75,18 @@ void BM_frame_local_receive(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * state.range(0));
 }
 
+void BM_flight_record(benchmark::State& state) {
+  f2d2n::flight_recorder r(0, "unit 0");
+  const auto id = f2d2n::message_id(f2d2n::message_kind::gradients, true, 1, 0);
+  std::uint64_t step = 0;
+  for (auto _ : state)
+    r.finish(r.begin(f2d2n::operation_kind::exchange, id, step++, 1, 1, 4096, 4096), f2d2n::operation_state::done);
+}
+
 BENCHMARK(BM_memcpy)->Arg(1 << 20)->Arg(16 << 20);
 BENCHMARK(BM_frame_encode_decode)->Arg(1 << 20)->Arg(16 << 20);
 BENCHMARK(BM_frame_local_receive)->Arg(1 << 20)->Arg(16 << 20);
+BENCHMARK(BM_flight_record);
 
 }  // namespace
 

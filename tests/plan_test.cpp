@@ -12,8 +12,15 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
+#include <cstring>
+#include <exception>
+#include <future>
 #include <map>
+#include <span>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 namespace nn = f2d2n;
 using namespace f2d2n::testing;
@@ -393,4 +400,165 @@ TEST_CASE("plan: units of different plans say which policy or layer differs (pee
   CAPTURE(by_model);
   CHECK(by_model.find("the model") != std::string::npos);
   CHECK(d::description_difference(tp_out, tp_out, "unit 0", "unit 1").empty());
+}
+
+// ---- the flight recorder and the statistics' checks --------------------------------------------
+
+TEST_CASE("a unit that waits in vain names the peer, the message in words and its last operations") {
+  const auto data = plan_data<float>();
+  const auto x = data.samples.topRows(12);
+  const auto labels = std::span<const std::int32_t>(data.labels).first(12);
+  nn::local_cluster cluster(2, plan_pp2_gpipe::fingerprint);
+  std::promise<void> stage_1_done;
+  std::string what;
+  std::size_t first_layer = 0;
+  const auto errors = cluster.run_collect([&](nn::local_transport& t) {
+    nn::distributed_options o;
+    o.timeout = std::chrono::milliseconds(300);
+    nn::distributed_network<plan_pp2_gpipe, nn::local_transport> net(t, 0, o);
+    net.compute_gradients(x, labels);  // one step together
+    if (t.rank() == 0) {               // then stage 0 stays, silent, until stage 1 has given up (at most 20 s)
+      stage_1_done.get_future().wait_for(std::chrono::seconds(20));
+      return;
+    }
+    first_layer = net.description().first;
+    try {
+      net.compute_gradients(x, labels);  // waits for stage 0's activations of step 1 in vain
+    } catch (const nn::timeout_error& e) {
+      what = e.what();
+    }
+    stage_1_done.set_value();
+  });
+  CHECK(!errors[0]);
+  CHECK(!errors[1]);
+  INFO(what);
+  REQUIRE(first_layer > 0);
+  // The transport's line, then the message in words, then the recorder's dump.
+  CHECK(what.starts_with("f2d2n: unit 1, peer 0, message " +
+                         std::to_string(nn::message_id(nn::message_kind::activation, false, first_layer, 0)) +
+                         ", step 1: "));
+  CHECK(what.find("; unit 1 waited for activation (forward) of layer " + std::to_string(first_layer) +
+                  ", micro-batch 0 of step 1 from unit 0\n") != std::string::npos);
+  CHECK(what.find("\nf2d2n flight recorder of unit 1 (replica 0, stage 1, shard 0): the last ") != std::string::npos);
+  // Step 0's operations, done, and the one that timed out, last: the text ends with it.
+  CHECK(what.find(" step 0 receive from unit 0 ") != std::string::npos);
+  CHECK(what.find(" step 0 send to unit 0 ") != std::string::npos);
+  CHECK(what.find(" done in ") != std::string::npos);
+  const auto last = what.rfind("\n  #");
+  REQUIRE(last != std::string::npos);
+  CHECK(what.substr(last).find("step 1 receive from unit 0") != std::string::npos);
+  CHECK(what.substr(last).find(" timed out in ") != std::string::npos);
+  CHECK(what.ends_with(": activation (forward) of layer " + std::to_string(first_layer) + ", micro-batch 0"));
+}
+
+namespace {
+/// A transport that writes `value` over every number of the statistics' sums its unit receives:
+/// the evaluation's loss and count, and (training) the gradient buckets that carry the step's.
+struct forging_transport {
+  nn::local_transport& t;
+  double value;
+  [[nodiscard]] nn::unit_id rank() const noexcept { return t.rank(); }
+  [[nodiscard]] nn::unit_id world_size() const noexcept { return t.world_size(); }
+  [[nodiscard]] std::uint64_t fingerprint() const noexcept { return t.fingerprint(); }
+  void send(nn::unit_id peer, const nn::wire::frame_header& h, std::span<const std::byte> payload, nn::deadline until) {
+    t.send(peer, h, payload, until);
+  }
+  nn::wire::frame_header receive(nn::unit_id peer, const nn::wire::expectation& e, std::span<std::byte> out,
+                                 nn::deadline until) {
+    const auto h = t.receive(peer, e, out, until);
+    const auto kind = nn::decode_message_id(e.message_id).kind;
+    if (kind == nn::message_kind::evaluation) {
+      for (std::size_t at = 0; at + sizeof(double) <= out.size(); at += sizeof(double))
+        std::memcpy(out.data() + at, &value, sizeof(double));
+    } else if (kind == nn::message_kind::gradients) {
+      const auto v = static_cast<float>(value);
+      for (std::size_t at = 0; at + sizeof(float) <= out.size(); at += sizeof(float))
+        std::memcpy(out.data() + at, &v, sizeof(float));
+    }
+    return h;
+  }
+  void shutdown() { t.shutdown(); }
+  void shutdown(const nn::shutdown_reason& reason) { t.shutdown(reason); }
+};
+static_assert(nn::transport<forging_transport>);
+
+/// The message of each unit's exception (empty: none, or not a numerical_error).
+std::vector<std::string> numerical_errors(const std::vector<std::exception_ptr>& errors) {
+  std::vector<std::string> out;
+  for (const auto& e : errors) {
+    out.emplace_back();
+    try {
+      if (e) std::rethrow_exception(e);
+    } catch (const nn::numerical_error& n) {
+      out.back() = n.what();
+    } catch (...) {
+    }
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("a forged all-reduced count is a numerical_error on the unit, not an accuracy of 1e17 %") {
+  const auto data = plan_data<float>();
+  for (const double forged : {1e19, -1.0}) {
+    CAPTURE(forged);
+    nn::local_cluster cluster(2, plan_dp2::fingerprint);
+    const auto evaluated = numerical_errors(cluster.run_collect([&](nn::local_transport& lt) {
+      forging_transport t{lt, forged};
+      nn::distributed_network<plan_dp2, forging_transport> net(t, 1);
+      nn::trainer train(net, plan_sgd());
+      train.evaluate(data, 10);
+    }));
+    // Both units' sums are forged: each says which statistic, its value, the unit and the step.
+    for (std::size_t r = 0; r < 2; ++r) {
+      CAPTURE(r);
+      INFO(evaluated[r]);
+      CHECK(evaluated[r].starts_with("f2d2n: unit " + std::to_string(r) + " (replica " + std::to_string(r) +
+                                     ", stage 0, shard 0), step 0: the evaluated batch's "));
+      CHECK(evaluated[r].find("after the sum over the units") != std::string::npos);
+      CHECK(evaluated[r].ends_with("a peer sent a corrupted or forged sum"));
+    }
+    if (forged > 0) {
+      CHECK(evaluated[0].find("correct count is 1e+19 after the sum over the units, not a whole number from 0 to the "
+                              "batch's 10 samples") != std::string::npos);
+    } else {
+      // The ring gives unit 0 the forged count, and unit 1 the forged loss sum and its own count
+      // less 1 (which is right unless its own count was 0).
+      CHECK(evaluated[0].find("correct count is -1 ") != std::string::npos);
+      CHECK((evaluated[1].find("loss is -0.1 after the sum over the units, below 0") != std::string::npos ||
+             evaluated[1].find("correct count is -1 ") != std::string::npos));
+    }
+  }
+  nn::local_cluster cluster(2, plan_dp2::fingerprint);
+  const auto trained = numerical_errors(cluster.run_collect([&](nn::local_transport& lt) {
+    forging_transport t{lt, 1e19};
+    nn::distributed_network<plan_dp2, forging_transport> net(t, 1);
+    nn::trainer train(net, plan_sgd());
+    train.fit(data, plan_fit<plan_dp2>());
+  }));
+  for (std::size_t r = 0; r < 2; ++r) {
+    INFO(trained[r]);
+    CHECK(trained[r].find("step 0: the training batch's correct count is 9.99999998e+18 after the sum") !=
+          std::string::npos);
+  }
+}
+
+TEST_CASE("NaN in the data stops every unit in the same step, each naming itself") {
+  using linear =
+      nn::distribute<nn::sequential<nn::input<13>, nn::dense<5>, nn::softmax_cross_entropy>, nn::data_parallel<2>>;
+  auto data = plan_data<float>();
+  data.samples(13, 4) = std::numeric_limits<float>::quiet_NaN();  // the second batch of 10, in order: replica 0
+  nn::local_cluster cluster(2, linear::fingerprint);
+  auto f = plan_fit<linear>();
+  f.shuffle = false;
+  const auto errors = numerical_errors(cluster.run_collect([&](nn::local_transport& t) {
+    nn::distributed_network<linear, nn::local_transport> net(t, 1);
+    nn::trainer train(net, plan_sgd());
+    train.fit(data, f);
+  }));
+  for (std::size_t r = 0; r < 2; ++r)
+    CHECK(errors[r] == "f2d2n: the training loss is nan in epoch 1, step 2 of 5 on unit " + std::to_string(r) +
+                           " (replica " + std::to_string(r) +
+                           ", stage 0, shard 0): the run diverged (a learning rate too large?) or the data hold NaN "
+                           "or infinity; the step's update was not applied");
 }

@@ -6,11 +6,16 @@
 #include <f2d2n/f2d2n.hpp>
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <mutex>
 #include <span>
 #include <sstream>
 #include <stdexcept>
@@ -480,6 +485,157 @@ TEST_CASE("csv_logger writes a header and one row per epoch") {
   CHECK(lines[2].size() > 4);
   CHECK(lines[2].substr(lines[2].size() - 4) == ",0,0");
   CHECK_THROWS_AS(nn::csv_logger("/nonexistent-dir/metrics.csv"), nn::error);
+}
+
+// ---- statistics that are not finite or out of range ---------------------------------------
+
+namespace {
+/// Without a hidden activation, a NaN feature reaches the loss whatever max() does with NaN.
+using linear_net = nn::sequential<nn::input<8>, nn::dense<3>, nn::softmax_cross_entropy>;
+}  // namespace
+
+TEST_CASE("NaN in the data: fit and evaluate throw numerical_error naming the statistic, value, epoch and step") {
+  auto data = argmax_task(64, 8, 3, 1);
+  data.samples(21, 2) = std::numeric_limits<float>::quiet_NaN();  // the second batch of 16, in order
+  nn::network<linear_net> net(1);
+  nn::trainer t(net, nn::sgd{.learning_rate = 0.1});
+  std::vector<float> before;
+  try {
+    t.fit(data, {.epochs = 2, .batch_size = 16, .shuffle = false});
+    FAIL("fit trained on NaN without an error");
+  } catch (const nn::numerical_error& e) {
+    CHECK(e.statistic() == "training loss");
+    CHECK(std::isnan(e.value()));
+    CHECK(std::string(e.what()).find("the training loss is nan in epoch 1, step 2 of 4: the run diverged") !=
+          std::string::npos);
+    CHECK(std::string(e.what()).find("the step's update was not applied") != std::string::npos);
+  }
+  CHECK(t.position().global_step == 1);  // the first step was taken, the second not
+  for (float w : net.parameters()) REQUIRE(std::isfinite(w));
+  CHECK_THROWS_WITH_AS(t.evaluate(data, 32),
+                       "f2d2n: the evaluation loss is nan on samples 0 to 31 of synthetic: "
+                       "the model has diverged or the data hold NaN or infinity",
+                       nn::numerical_error);
+  CHECK_THROWS_AS(t.fit(data, {.epochs = 1, .batch_size = 16, .shuffle = false}), nn::error);  // the base class
+}
+
+TEST_CASE("a diverging run (a huge learning rate) stops with numerical_error, not a NaN accuracy") {
+  const auto data = argmax_task(256, 8, 3, 1);
+  nn::network<small_net> net(1);
+  nn::trainer t(net, nn::sgd{.learning_rate = 1e20});
+  try {
+    t.fit(data, {.epochs = 4, .batch_size = 16});
+    FAIL("fit went on with a learning rate of 1e20");
+  } catch (const nn::numerical_error& e) {
+    CHECK(e.statistic() == "training loss");
+    CHECK(!std::isfinite(e.value()));
+    CHECK(std::string(e.what()).find("the run diverged (a learning rate too large?)") != std::string::npos);
+  }
+}
+
+// ---- the flight recorder -----------------------------------------------------------------------
+
+TEST_CASE("message ids decode into words: kind, pass, layer, micro-batch or bucket") {
+  using k = nn::message_kind;
+  static_assert(nn::decode_message_id(nn::message_id(k::activation, false, 3, 1)) ==
+                nn::message_fields{true, k::activation, false, 3, 1});
+  static_assert(nn::decode_message_id(nn::message_id(k::agreement, true, 2047, 65535)) ==
+                nn::message_fields{true, k::agreement, true, 2047, 65535});
+  static_assert(!nn::decode_message_id(0).known && !nn::decode_message_id(0xF0000000u).known);
+  CHECK(nn::describe_message(nn::message_id(k::activation, false, 3, 1)) ==
+        "activation (forward) of layer 3, micro-batch 1");
+  CHECK(nn::describe_message(nn::message_id(k::gradients, true, 1, 2)) == "gradients (backward) of layer 1, bucket 2");
+  CHECK(nn::describe_message(nn::message_id(k::all_gather, true, 5, 0)) ==
+        "all_gather (backward) of layer 5, micro-batch 0");
+  CHECK(nn::describe_message(nn::message_id(k::evaluation, false, 0, 0)).starts_with("evaluation (a batch's loss"));
+  CHECK(nn::describe_message(7) == "message 7 (not a training message)");
+}
+
+TEST_CASE("the flight recorder keeps the last operations of its capacity, with their states, in words") {
+  using k = nn::message_kind;
+  using op = nn::operation_kind;
+  using st = nn::operation_state;
+  nn::flight_recorder r(2, "unit 2 (replica 0, stage 1, shard 0)", 4);
+  CHECK(r.dump() == "f2d2n flight recorder of unit 2 (replica 0, stage 1, shard 0): no operation yet\n");
+  const auto act = nn::message_id(k::activation, false, 3, 1);
+  const auto grads = nn::message_id(k::gradients, true, 1, 0);
+  const auto first = r.begin(op::send, act, 7, 3, 3, 4096, 0);
+  r.finish(first, st::done);
+  r.finish(r.begin(op::receive, act, 7, 1, 1, 0, 4096), st::done);
+  r.finish(r.begin(op::exchange, grads, 7, 3, 1, 1024, 1024), st::failed);
+  r.finish(r.begin(op::send, grads, 8, 3, 3, 2048, 0), st::done);
+  r.finish(r.begin(op::receive, grads, 8, 1, 1, 0, 512), st::timed_out);
+  const auto open = r.begin(op::receive, act, 9, 1, 1, 0, 4096);  // still waiting
+  r.finish(first, st::failed);                                    // the ring has moved past it: nothing changes
+  CHECK(r.operations() == 6);
+  const auto held = r.records();
+  REQUIRE(held.size() == 4);  // the capacity: the first two are gone
+  CHECK(held[0].number == 3);
+  CHECK(held[0].kind == op::exchange);
+  CHECK(held[0].state == st::failed);
+  CHECK(held[0].from == 1);
+  CHECK(held[2].state == st::timed_out);
+  CHECK(held[3].number == open);
+  CHECK(held[3].state == st::started);
+  CHECK(held[3].step == 9);
+  const auto text = r.dump();
+  INFO(text);
+  CHECK(
+      text.starts_with("f2d2n flight recorder of unit 2 (replica 0, stage 1, shard 0): the last 4 of 6 "
+                       "communication operations, oldest first\n"));
+  CHECK(text.find("  #3 step 7 exchange to unit 3 (1024 bytes), from unit 1 (1024 bytes) failed in ") !=
+        std::string::npos);
+  CHECK(text.find("#5 step 8 receive from unit 1 (512 bytes) timed out in ") != std::string::npos);
+  CHECK(text.find(": gradients (backward) of layer 1, bucket 0\n") != std::string::npos);
+  CHECK(text.find("#6 step 9 receive from unit 1 (4096 bytes) started, for ") != std::string::npos);
+  CHECK(text.find("so far: activation (forward) of layer 3, micro-batch 1\n") != std::string::npos);
+  CHECK(text.find("#2 ") == std::string::npos);
+  // Every recorder of the process is in the process's dump while it exists.
+  CHECK(nn::dump_flight_recorders().find("f2d2n flight recorder of unit 2 (replica 0, stage 1, shard 0)") !=
+        std::string::npos);
+
+  nn::flight_recorder off(0, "unit 0", 0);
+  CHECK(off.begin(op::send, act, 1, 1, 1, 8, 0) == 0);
+  CHECK(off.operations() == 0);
+  CHECK(off.dump().find("off (distributed_options::flight_records is 0)") != std::string::npos);
+}
+
+TEST_CASE("SIGUSR1 prints every unit's flight recorder, live, through a pipe and a sleeping thread") {
+  using op = nn::operation_kind;
+  nn::flight_recorder r(5, "unit 5 (replica 1, stage 1, shard 1)", 8);
+  r.begin(op::receive, nn::message_id(nn::message_kind::activation, false, 2, 0), 11, 4, 4, 0, 256);  // blocked
+  struct sigaction ignore {
+  }, seen{};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  REQUIRE(::sigaction(SIGUSR1, &ignore, nullptr) == 0);  // so that a handler left behind cannot end the tests
+  std::mutex m;
+  std::condition_variable cv;
+  std::vector<std::string> dumps;
+  {
+    const auto printer = nn::print_flight_recorder_on(SIGUSR1, [&](const std::string& text) {
+      const std::lock_guard lock(m);
+      dumps.push_back(text);
+      cv.notify_all();
+    });
+    CHECK_THROWS_AS(nn::print_flight_recorder_on(SIGUSR2), nn::configuration_error);  // one per process
+    for (int k = 1; k <= 2; ++k) {
+      REQUIRE(std::raise(SIGUSR1) == 0);
+      std::unique_lock lock(m);
+      REQUIRE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return dumps.size() == static_cast<std::size_t>(k); }));
+    }
+  }  // the printer's thread ends and the signal's previous action is back
+  REQUIRE(::sigaction(SIGUSR1, nullptr, &seen) == 0);
+  CHECK((seen.sa_handler == SIG_IGN));
+  signal(SIGUSR1, SIG_DFL);
+  const auto& text = dumps[1];
+  INFO(text);
+  CHECK(text.find("f2d2n flight recorder of unit 5 (replica 1, stage 1, shard 1): the last 1 of 1") !=
+        std::string::npos);
+  CHECK(text.find("#1 step 11 receive from unit 4 (256 bytes) started, for ") != std::string::npos);
+  CHECK(text.find("so far: activation (forward) of layer 2, micro-batch 0") != std::string::npos);
+  // Another printer may be installed once this one is gone.
+  const auto again = nn::print_flight_recorder_on(SIGUSR2, [](const std::string&) {});
 }
 
 TEST_CASE("a short run on real Fashion-MNIST reaches 80% test accuracy") {

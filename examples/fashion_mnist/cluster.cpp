@@ -9,7 +9,9 @@
 //   f2d2n_launch -n 4 --max-restarts 3 -- fashion_mnist_cluster --checkpoint-dir ck --resume
 //                                  checkpoints after every epoch; a unit that dies restarts them all from the newest
 // Unit 0 draws the progress bar and prints the result. Plans: dp2, dp4, tp2, tp2_inputs, dp2_tp2,
-// pp2, dp2_pp2.
+// pp2, dp2_pp2. A unit that waits too long for a peer, or gets SIGUSR1, prints its flight recorder:
+// its last messages (docs/debugging.md). A statistic that is not finite (a diverging run) or out of
+// range (a corrupted sum) ends every unit with exit status 1.
 #include "settings.hpp"
 
 #include <f2d2n/launch/config.hpp>
@@ -19,6 +21,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <exception>
 #include <tuple>
@@ -113,6 +116,8 @@ int main(int argc, char** argv) try {
     }
     *into = std::chrono::milliseconds(std::max<long long>(1, static_cast<long long>(value * 1000 + 0.5)));
   }
+  // kill -USR1 <pid> prints the unit's last messages (docs/debugging.md); a timeout prints them too.
+  const auto flight_recorder = nn::print_flight_recorder_on(SIGUSR1);
   if (s.plan == "dp2") return run<nn::distribute<mlp, nn::data_parallel<2>>>(s, c);
   if (s.plan == "dp4") return run<nn::distribute<mlp, nn::data_parallel<4>>>(s, c);
   if (s.plan == "tp2") return run<nn::distribute<mlp, nn::tensor_parallel<2>>>(s, c);

@@ -6,6 +6,8 @@
 // cluster.cpp trains the same models on a cluster of units under a plan.
 #include "train.hpp"
 
+#include <csignal>
+
 namespace {
 
 template <class Net>
@@ -24,6 +26,8 @@ int main(int argc, char** argv) try {
   example::settings s;
   const auto opts = example::options(s, "Train an MLP on Fashion-MNIST (or any MNIST-format data)");
   if (const auto stop = example::parse(argc, argv, s, opts)) return *stop;
+  // As the cluster's units do; one process has no messages, so SIGUSR1 only says so (and does not end it).
+  const auto flight_recorder = f2d2n::print_flight_recorder_on(SIGUSR1);
   return s.preset == "f2d2n" ? run<example::prototype>(s) : run<example::mlp>(s);
 } catch (const boost::program_options::error& e) {
   std::cerr << "fashion_mnist: " << e.what() << " (see --help)\n";

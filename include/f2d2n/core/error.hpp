@@ -4,6 +4,7 @@
 #include <f2d2n/core/unit.hpp>
 
 #include <cstdint>
+#include <cstdio>
 #include <exception>
 #include <optional>
 #include <stdexcept>
@@ -24,6 +25,35 @@ class configuration_error : public error {
  public:
   using error::error;
 };
+
+/// A training statistic that is not finite or outside its range: a loss that is NaN or infinite
+/// (a diverging run, or NaN in the data), an accuracy outside [0, 1], a correct count that is
+/// negative, not whole or larger than its batch (a corrupted or forged sum from a peer). The rest
+/// of a run would be meaningless, so it stops. The message names the statistic, its value and
+/// where (the epoch and step, the unit); statistic() and value() give them to a program.
+class numerical_error : public error {
+ public:
+  numerical_error(std::string statistic, double value, const std::string& what)
+      : error(what), statistic_(std::move(statistic)), value_(value) {}
+
+  [[nodiscard]] const std::string& statistic() const noexcept { return statistic_; }
+  [[nodiscard]] double value() const noexcept { return value_; }
+
+ private:
+  std::string statistic_;
+  double value_;
+};
+
+namespace detail {
+/// A statistic's value as errors print it: nine significant digits, "nan" (whatever its sign bit),
+/// "inf", "-inf".
+[[nodiscard]] inline std::string format_value(double v) {
+  if (v != v) return "nan";
+  char text[32];
+  std::snprintf(text, sizeof text, "%.9g", v);
+  return text;
+}
+}  // namespace detail
 
 /// What is wrong with a data file.
 enum class data_problem {
@@ -126,6 +156,10 @@ class comm_error : public error {
       : error("f2d2n: " + where.describe() + ": " + what), where_(where) {}
   [[nodiscard]] const comm_context& where() const noexcept { return where_; }
 
+ protected:
+  /// `e` with `more` after its text.
+  comm_error(const comm_error& e, const std::string& more) : error(e.what() + more), where_(e.where_) {}
+
  private:
   comm_context where_;
 };
@@ -134,6 +168,9 @@ class comm_error : public error {
 class timeout_error : public comm_error {
  public:
   using comm_error::comm_error;
+  /// The same timeout, with `more` after its text (what a unit's flight recorder adds: the message
+  /// in words and the unit's last operations).
+  timeout_error(const timeout_error& e, const std::string& more) : comm_error(e, more) {}
 };
 
 /// Why a unit shut its transport down after a failure, as its goodbye tells its peers: the unit

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace f2d2n {
 
@@ -34,6 +35,56 @@ inline constexpr std::size_t max_message_index = std::size_t{1} << 16;
   return (static_cast<std::uint32_t>(kind) + 1) << 28 | (backward ? std::uint32_t{1} << 27 : 0) |
          static_cast<std::uint32_t>(layer % max_message_layers) << 16 |
          static_cast<std::uint32_t>(index % max_message_index);
+}
+
+/// The name of a message kind ("activation", ...), as the flight recorder and errors print it.
+[[nodiscard]] constexpr const char* to_string(message_kind k) noexcept {
+  switch (k) {
+    case message_kind::all_gather: return "all_gather";
+    case message_kind::all_reduce: return "all_reduce";
+    case message_kind::activation: return "activation";
+    case message_kind::gradient: return "gradient";
+    case message_kind::statistics: return "statistics";
+    case message_kind::gradients: return "gradients";
+    case message_kind::evaluation: return "evaluation";
+    case message_kind::agreement: return "agreement";
+  }
+  return "unknown";
+}
+
+/// A wire id taken apart: message_id's fields. `known` is false for an id message_id cannot make
+/// (kind bits 0 or past the last kind: e.g. the TCP handshake's own frames, or a forged id).
+struct message_fields {
+  bool known = false;
+  message_kind kind = message_kind::all_reduce;
+  bool backward = false;
+  std::size_t layer = 0;
+  std::size_t index = 0;
+  friend constexpr bool operator==(const message_fields&, const message_fields&) = default;
+};
+
+/// The inverse of message_id (layer and index as they travel: modulo their fields' limits).
+[[nodiscard]] constexpr message_fields decode_message_id(std::uint32_t id) noexcept {
+  const std::uint32_t kind = id >> 28;
+  if (kind == 0 || kind > static_cast<std::uint32_t>(message_kind::agreement) + 1) return {};
+  return {true, static_cast<message_kind>(kind - 1), (id >> 27 & 1) != 0, id >> 16 & (max_message_layers - 1),
+          id & (max_message_index - 1)};
+}
+
+/// A wire id in words, e.g. "activation (forward) of layer 3, micro-batch 1" or "gradients
+/// (backward) of layer 1, bucket 0"; the kinds without a layer say what they carry instead.
+[[nodiscard]] inline std::string describe_message(std::uint32_t id) {
+  const auto f = decode_message_id(id);
+  if (!f.known) return "message " + std::to_string(id) + " (not a training message)";
+  switch (f.kind) {
+    case message_kind::statistics: return "statistics (the step's loss and correct count, among the stages)";
+    case message_kind::evaluation: return "evaluation (a batch's loss and correct count, among the replicas)";
+    case message_kind::agreement: return "agreement (a sum over every unit)";
+    default: break;
+  }
+  return std::string(to_string(f.kind)) + (f.backward ? " (backward)" : " (forward)") + " of layer " +
+         std::to_string(f.layer) + (f.kind == message_kind::gradients ? ", bucket " : ", micro-batch ") +
+         std::to_string(f.index);
 }
 
 /// One message of a unit's training step, as the plan knows it at compile time: which tensor

@@ -20,6 +20,11 @@ struct distributed_options {
   /// the results are the same either way. The second thread competes with the compute threads for
   /// the cores: it pays where a unit has a core to spare (measurements: docs/plan.md).
   bool overlap = false;
+  /// How many of its last communication operations the unit keeps in its flight recorder
+  /// (train/flight_recorder.hpp): a timeout_error carries them, print_flight_recorder_on prints
+  /// them on a signal. Allocated once; recording costs two locks and two clock reads per frame. 0
+  /// records nothing.
+  std::size_t flight_records = 64;
 };
 
 }  // namespace f2d2n

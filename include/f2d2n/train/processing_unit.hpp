@@ -7,10 +7,12 @@
 #include <f2d2n/train/detail/bucket_summer.hpp>
 #include <f2d2n/train/detail/unit_description.hpp>
 #include <f2d2n/train/distributed_options.hpp>
+#include <f2d2n/train/flight_recorder.hpp>
 
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <exception>
 #include <optional>
@@ -42,12 +44,13 @@ class processing_unit {
   using scalar = Scalar;
 
   processing_unit(Transport& t, detail::unit_description<Scalar> d, distributed_options options)
-      : t_(t), d_(std::move(d)), options_(options), acts_(d_.microbatches), inputs_(d_.microbatches),
-        dlogits_(d_.microbatches) {
+      : t_(t), d_(std::move(d)), options_(options),
+        recorder_(t.rank(), unit_name(t.rank(), d_), options.flight_records), rt_(t, recorder_), acts_(d_.microbatches),
+        inputs_(d_.microbatches), dlogits_(d_.microbatches) {
     for (auto& a : acts_) a.resize(d_.layers.size());
     params_.assign(d_.parameters, Scalar(0));
     grads_.assign(d_.header + d_.parameters, Scalar(0));  // the step's loss and correct count, padding, the gradients
-    if (options_.overlap && d_.replicas > 1 && d_.buckets.size() > 1) summer_.emplace(t_, d_.data_group);
+    if (options_.overlap && d_.replicas > 1 && d_.buckets.size() > 1) summer_.emplace(rt_, d_.data_group);
   }
   processing_unit(const processing_unit&) = delete;
   processing_unit& operator=(const processing_unit&) = delete;
@@ -71,6 +74,13 @@ class processing_unit {
   /// Steps (training and evaluation) this unit has taken part in: the step of its next frames.
   [[nodiscard]] std::uint64_t steps() const noexcept { return step_; }
 
+  /// How errors and the flight recorder name this unit: "unit 3 (replica 1, stage 0, shard 1)".
+  [[nodiscard]] std::string name() const { return unit_name(t_.rank(), d_); }
+
+  /// This unit's last communication operations (train/flight_recorder.hpp): what a timeout_error
+  /// carries and print_flight_recorder_on prints.
+  [[nodiscard]] const flight_recorder& recorder() const noexcept { return recorder_; }
+
   /// What this unit runs: its layers' partitions, its groups, its model and plan.
   [[nodiscard]] const detail::unit_description<Scalar>& description() const noexcept { return d_; }
 
@@ -81,7 +91,7 @@ class processing_unit {
     for (std::size_t r = 0; r < d_.world_size; ++r) everyone.units.push_back(static_cast<unit_id>(r));
     if (everyone.size() > 1) {
       try {
-        all_reduce(t_, everyone, values, call(message_id(message_kind::agreement, false, 0, 0)));
+        all_reduce(rt_, everyone, values, call(message_id(message_kind::agreement, false, 0, 0)));
       } catch (...) {
         shut_down_after_failure();
         throw;
@@ -174,7 +184,7 @@ class processing_unit {
       grads_[1] = static_cast<Scalar>(correct_);
       if (d_.stages > 1) {  // the loss is known on the last stage: every stage learns it
         const detail::stopwatch timing(times_.communication);
-        all_reduce(t_, d_.pipeline_group, std::span<Scalar>(grads_).first(2), call(statistics_id()));
+        all_reduce(rt_, d_.pipeline_group, std::span<Scalar>(grads_).first(2), call(statistics_id()));
       }
       while (next_bucket_ < d_.buckets.size()) post_bucket();  // the last one holds the loss and count
       {
@@ -185,12 +195,31 @@ class processing_unit {
       shut_down_after_failure();  // before the drain: a bucket waiting on a peer ends at once
       throw;
     }
+    check_sums(static_cast<double>(grads_[0]), static_cast<double>(grads_[1]), sh.batch, "training");
     ++step_;
     batch_result r;
     r.samples = static_cast<std::size_t>(sh.batch);
     r.loss = static_cast<double>(grads_[0]) / static_cast<double>(sh.batch);
     r.correct = static_cast<std::size_t>(grads_[1]);
     return r;
+  }
+
+  /// The batch's loss and correct count as the sums over the units gave them: a count that is not
+  /// a whole number from 0 to the batch's samples, or a negative loss (every loss of the library
+  /// is a mean of non-negative terms), cannot come from the units' own arithmetic: a corrupted or
+  /// forged sum. A loss that is not finite is a diverging run or NaN in the data; the trainer
+  /// reports it with its epoch and step.
+  void check_sums(double loss_sum, double correct, Eigen::Index batch, const char* what) const {
+    const auto n = static_cast<double>(batch);
+    auto fail = [&](const char* statistic, double value, const std::string& expected) {
+      throw numerical_error(statistic, value,
+                            "f2d2n: " + name() + ", step " + std::to_string(step_) + ": the " + what + " batch's " +
+                                statistic + " is " + detail::format_value(value) + " after the sum over the units, " +
+                                expected + ": a peer sent a corrupted or forged sum");
+    };
+    if (!(correct >= 0 && correct <= n && correct == std::floor(correct)))
+      fail("correct count", correct, "not a whole number from 0 to the batch's " + std::to_string(batch) + " samples");
+    if (loss_sum < 0) fail("loss", loss_sum / n, "below 0 (the losses are never negative)");
   }
 
  public:
@@ -207,18 +236,19 @@ class processing_unit {
       sums = {loss_sum_, static_cast<double>(correct_)};
       if (d_.stages > 1) {
         const detail::stopwatch timing(times_.communication);
-        all_reduce(t_, d_.pipeline_group, std::span<double>(sums), call(statistics_id()));
+        all_reduce(rt_, d_.pipeline_group, std::span<double>(sums), call(statistics_id()));
       }
       {
         const detail::stopwatch timing(times_.communication);
         if (d_.data_group.size() > 1)
-          all_reduce(t_, d_.data_group, std::span<double>(sums),
+          all_reduce(rt_, d_.data_group, std::span<double>(sums),
                      call(message_id(message_kind::evaluation, false, 0, 0)));
       }
     } catch (...) {
       shut_down_after_failure();
       throw;
     }
+    check_sums(sums[0], sums[1], sh.batch, "evaluated");
     ++step_;
     batch_result r;
     r.samples = static_cast<std::size_t>(sh.batch);
@@ -229,6 +259,12 @@ class processing_unit {
   }
 
  private:
+  /// "unit 3 (replica 1, stage 0, shard 1)": how errors and the flight recorder name a unit.
+  static std::string unit_name(unit_id rank, const detail::unit_description<Scalar>& d) {
+    return "unit " + std::to_string(rank) + " (replica " + std::to_string(d.coordinates.replica) + ", stage " +
+           std::to_string(d.coordinates.stage) + ", shard " + std::to_string(d.coordinates.shard) + ")";
+  }
+
   /// The replica's rows of a batch, and how they split into micro-batches.
   struct share {
     Eigen::Index first, rows, batch, micro_rows;
@@ -351,7 +387,7 @@ class processing_unit {
       const auto mine = blocks.subspan(part_begin(cols, p, me) * r, part_size(cols, p, me) * r);
       const auto id = message(key, cols, p).id;
       const detail::stopwatch timing(times_.communication);
-      all_gather(t_, g, std::span<const Scalar>(mine), blocks, call(id), r);
+      all_gather(rt_, g, std::span<const Scalar>(mine), blocks, call(id), r);
     }
     for (std::size_t s = 0; s < p; ++s) {
       const auto b = static_cast<Eigen::Index>(part_begin(cols, p, s));
@@ -366,7 +402,7 @@ class processing_unit {
     if (g.size() < 2) return;
     const auto id = message(key, static_cast<std::size_t>(m.cols()), g.size()).id;
     const detail::stopwatch timing(times_.communication);
-    all_reduce(t_, g, std::span<Scalar>(m.data(), static_cast<std::size_t>(m.size())), call(id));
+    all_reduce(rt_, g, std::span<Scalar>(m.data(), static_cast<std::size_t>(m.size())), call(id));
   }
 
   /// Micro-batch m forward through this unit's stage: its input from the batch (first stage) or
@@ -394,7 +430,7 @@ class processing_unit {
     const std::span<Scalar> part = std::span<Scalar>(grads_).subspan(b.begin, b.size);
     if (!summer_) {
       const detail::stopwatch timing(times_.communication);
-      all_reduce(t_, d_.data_group, part, c);
+      all_reduce(rt_, d_.data_group, part, c);
       return;
     }
     summer_->post(part, c);
@@ -453,6 +489,9 @@ class processing_unit {
   Transport& t_;
   detail::unit_description<Scalar> d_;
   distributed_options options_;
+  // Every operation on the transport goes through rt_, which records it in recorder_.
+  flight_recorder recorder_;
+  detail::recording_transport<Transport> rt_;
   // Eigen's alignment for every buffer a kernel reads: Eigen peels unaligned heads off its
   // vectorised reductions, so the alignment of an operand decides the order of a sum. With
   // malloc's alignment, two runs of one plan differed in the last bit.
@@ -471,7 +510,7 @@ class processing_unit {
   std::uint64_t step_ = 0;
   // The summing thread (only when overlapping a data-parallel all-reduce). Last: started when
   // everything it uses exists, joined first.
-  std::optional<detail::bucket_summer<Transport, Scalar>> summer_;
+  std::optional<detail::bucket_summer<detail::recording_transport<Transport>, Scalar>> summer_;
 };
 
 }  // namespace f2d2n

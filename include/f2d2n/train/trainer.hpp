@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <concepts>
 #include <cstdint>
 #include <functional>
@@ -152,9 +153,10 @@ class trainer {
       for (std::size_t step = first_step; step < steps && !batches.done(); ++step) {
         batch_result r;
         auto step_start = std::chrono::steady_clock::now();
+        const std::size_t batch = batches.next_size();
         if constexpr (partial_batch_network<Network>) {
           // A distributed unit: copy only the rows (samples, labels) it computes.
-          const auto part = net_.part_of_batch(batches.next_size());
+          const auto part = net_.part_of_batch(batch);
           const auto b = batches.next(part);
           step_start = std::chrono::steady_clock::now();
           r = net_.compute_gradients(b.samples, b.labels, part);
@@ -163,6 +165,10 @@ class trainer {
           step_start = std::chrono::steady_clock::now();
           r = net_.compute_gradients(b.samples, b.labels);
         }
+        // Before the update: a step whose loss is not finite leaves the parameters as they were.
+        check_result(r, batch, "training",
+                     "in epoch " + std::to_string(epoch + 1) + ", step " + std::to_string(step + 1) + " of " +
+                         std::to_string(steps));
         optimizer_.step(net_.parameters(), net_.gradients());
         position_.step = step + 1;
         ++position_.global_step;
@@ -190,6 +196,7 @@ class trainer {
       report.learning_rate = optimizer_.options().learning_rate;
       report.steps = s.step - first_step;
       report.time = s.time;
+      check_range("training", report.train, "over epoch " + std::to_string(epoch + 1));
       if (validation) report.validation = evaluate(*validation);
       // The epoch is over: the next one's rate, and the position a checkpoint taken now resumes at.
       if (options.learning_rate_decay != 1.0)
@@ -226,12 +233,16 @@ class trainer {
       const auto r =
           net_.evaluate_batch(data.samples.middleRows(static_cast<Eigen::Index>(begin), static_cast<Eigen::Index>(n)),
                               std::span<const std::int32_t>(data.labels).subspan(begin, n));
+      check_result(r, n, "evaluation",
+                   "on samples " + std::to_string(begin) + " to " + std::to_string(begin + n - 1) + " of " +
+                       data.source);
       loss_sum += r.loss * static_cast<double>(n);
       correct += r.correct;
     }
     e.samples = data.size();
     e.loss = e.samples ? loss_sum / static_cast<double>(e.samples) : 0;
     e.accuracy = e.samples ? static_cast<double>(correct) / static_cast<double>(e.samples) : 0;
+    check_range("evaluation", e, "over " + data.source);
     return e;
   }
 
@@ -253,6 +264,47 @@ class trainer {
     if (p.step > steps)
       throw configuration_error("f2d2n: cannot resume at step " + std::to_string(p.step) + " of an epoch of " +
                                 std::to_string(steps) + " steps");
+  }
+
+  // A statistic that is not finite or outside its range is a numerical_error (core/error.hpp)
+  // naming the statistic, its value, where (epoch and step, or the samples) and the unit: the
+  // rest of the run would be meaningless. A distributed unit's statistics are sums over every
+  // unit, the same on all of them: every unit stops in the same step.
+
+  /// " on unit 3 (replica 1, stage 0, shard 1)" for a distributed unit; nothing for a serial network.
+  [[nodiscard]] std::string on_unit() const {
+    if constexpr (requires { net_.name(); }) return " on " + net_.name();
+    else return {};
+  }
+
+  [[noreturn]] void fail(const std::string& statistic, double value, const std::string& where,
+                         const std::string& why) const {
+    throw numerical_error(statistic, value,
+                          "f2d2n: the " + statistic + " is " + detail::format_value(value) + " " + where + on_unit() +
+                              ": " + why);
+  }
+
+  /// One batch's result: a finite loss, a correct count within the batch's samples.
+  void check_result(const batch_result& r, std::size_t batch, const char* what, const std::string& where) const {
+    const std::string name(what);
+    if (!std::isfinite(r.loss))
+      fail(name + " loss", r.loss, where,
+           name == "training" ? "the run diverged (a learning rate too large?) or the data hold NaN or infinity; the "
+                                "step's update was not applied"
+                              : "the model has diverged or the data hold NaN or infinity");
+    if (r.samples != batch)
+      fail(name + " sample count", static_cast<double>(r.samples), where,
+           "the network computed another number of samples than the batch's " + std::to_string(batch));
+    if (r.correct > batch)
+      fail(name + " correct count", static_cast<double>(r.correct), where,
+           "more than the batch's " + std::to_string(batch) + " samples");
+  }
+
+  /// A mean over many batches: a finite loss, an accuracy in [0, 1].
+  void check_range(const char* what, const evaluation& e, const std::string& where) const {
+    const std::string name(what);
+    if (!std::isfinite(e.loss)) fail(name + " loss", e.loss, where, "not a finite number");
+    if (!(e.accuracy >= 0 && e.accuracy <= 1)) fail(name + " accuracy", e.accuracy, where, "outside [0, 1]");
   }
 
   static double seconds_since(std::chrono::steady_clock::time_point start) {

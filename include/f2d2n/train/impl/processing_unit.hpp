@@ -17,7 +17,7 @@ void processing_unit<Transport, Scalar>::forward_micro(const_matrix_ref<Scalar> 
     const auto& msg = message({message_kind::activation, false, d_.first, m}, d_.layers[d_.first].in, 2);
     {
       const detail::stopwatch timing(times_.wait);
-      receive_tensor(t_, msg.peer, msg.id, step_,
+      receive_tensor(rt_, msg.peer, msg.id, step_,
                      std::span<Scalar>(inputs_[m].data(), static_cast<std::size_t>(inputs_[m].size())),
                      clock::now() + options_.timeout);
     }
@@ -29,7 +29,7 @@ void processing_unit<Transport, Scalar>::forward_micro(const_matrix_ref<Scalar> 
   if (!last_stage) {
     const auto& msg = message({message_kind::activation, false, d_.end, m}, d_.layers[d_.end].in, 2);
     const detail::stopwatch timing(times_.communication);
-    send_tensor(t_, msg.peer, msg.id, step_, std::span<const Scalar>(out.data(), static_cast<std::size_t>(out.size())),
+    send_tensor(rt_, msg.peer, msg.id, step_, std::span<const Scalar>(out.data(), static_cast<std::size_t>(out.size())),
                 clock::now() + options_.timeout);
     return;
   }
@@ -53,7 +53,7 @@ void processing_unit<Transport, Scalar>::backward_micro(const_matrix_ref<Scalar>
   } else {
     const auto& msg = message({message_kind::gradient, true, d_.end, m}, d_.layers[d_.end].in, 2);
     const detail::stopwatch timing(times_.wait);
-    receive_tensor(t_, msg.peer, msg.id, step_, std::span<Scalar>(dy.data(), static_cast<std::size_t>(dy.size())),
+    receive_tensor(rt_, msg.peer, msg.id, step_, std::span<Scalar>(dy.data(), static_cast<std::size_t>(dy.size())),
                    clock::now() + options_.timeout);
   }
   const std::size_t last_buffer = backward(m,
@@ -64,7 +64,7 @@ void processing_unit<Transport, Scalar>::backward_micro(const_matrix_ref<Scalar>
     const auto dx = gradient_buffer(last_buffer, rows, d_.layers[d_.first].in);
     const auto& msg = message({message_kind::gradient, true, d_.first, m}, d_.layers[d_.first].in, 2);
     const detail::stopwatch timing(times_.communication);
-    send_tensor(t_, msg.peer, msg.id, step_, std::span<const Scalar>(dx.data(), static_cast<std::size_t>(dx.size())),
+    send_tensor(rt_, msg.peer, msg.id, step_, std::span<const Scalar>(dx.data(), static_cast<std::size_t>(dx.size())),
                 clock::now() + options_.timeout);
   }
 }
