@@ -5,8 +5,9 @@
 //                comm_error within the deadline plus a margin (exit 0 when it does)
 //   silent       unit 1 stays connected but says nothing; the others must time out in time
 //   fingerprint  unit 1 runs another plan; every unit must be told by a handshake_error
-//   soak S       all-reduces of 16384 doubles, each result checked exactly, until unit 0 has run S
-//                seconds (it tells the others through the all-reduce, so all stop at the same one);
+//   soak S [F]   all-reduces of 16384 doubles, each result checked exactly, until unit 0 has run S
+//                seconds or file F exists (unit 0 tells the others through the all-reduce, so all
+//                stop at the same one);
 //                each wait's deadline is F2D2N_TIMEOUT. Prints "soaking" once connected, then how
 //                many all-reduces ran and the longest; exit 0 when all were right, 3 when a
 //                comm_error ended the run (printed with its type), 1 for a wrong sum.
@@ -23,6 +24,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <span>
 #include <string>
 #include <thread>
@@ -51,8 +53,9 @@ const char* type_of(const nn::comm_error& e) {
   return "comm_error";
 }
 
-/// All-reduces until unit 0 has run `seconds`; every result is checked exactly (small integers).
-int soak(nn::tcp_transport& t, const nn::cluster_config& c, double seconds) {
+/// All-reduces until unit 0 has run `seconds` or finds `stop_file`; every result is checked exactly
+/// (small integers).
+int soak(nn::tcp_transport& t, const nn::cluster_config& c, double seconds, const std::string& stop_file) {
   std::printf("unit %u of %u, soak: soaking\n", c.rank, c.world_size);
   std::fflush(stdout);
   constexpr std::size_t n = 16384;  // the last value is unit 0's "stop" flag
@@ -65,7 +68,10 @@ int soak(nn::tcp_transport& t, const nn::cluster_config& c, double seconds) {
   try {
     for (bool stop = false; !stop; ++round) {
       for (std::size_t i = 0; i + 1 < n; ++i) data[i] = (c.rank + 1.0) * static_cast<double>((i + round) % 1000);
-      data[n - 1] = c.rank == 0 && nn::clock::now() - start >= run_for ? 1 : 0;
+      data[n - 1] = c.rank == 0 && (nn::clock::now() - start >= run_for ||
+                                    (!stop_file.empty() && std::filesystem::exists(stop_file)))
+                        ? 1
+                        : 0;
       const auto begun = nn::clock::now();
       nn::all_reduce(t, nn::group::world(c.world_size), std::span<double>(data),
                      nn::call_options{.message_id = 3, .step = round, .timeout = c.timeout});
@@ -107,7 +113,7 @@ int main(int argc, char** argv) try {
   }
 
   nn::tcp_transport t(config.rank, config.peers, plan, nn::tcp_options_of(config));
-  if (mode == "soak") return soak(t, config, argc > 2 ? std::stod(argv[2]) : 5.0);
+  if (mode == "soak") return soak(t, config, argc > 2 ? std::stod(argv[2]) : 5.0, argc > 3 ? argv[3] : "");
   if (mode == "adjoint") {
     const auto failures = nn::testing::adjoint_suite(t);
     for (const auto& f : failures) report(config, "adjoint", false, f);

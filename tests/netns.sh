@@ -16,8 +16,8 @@
 #           1's link 20 Mbit/s): the check passes again, each unit's weights digest is bit for bit
 #           the one of the unshaped run, and every shaper counted the run's bytes
 #   cut     3 units all-reduce without pause (comm_worker soak) with F2D2N_TIMEOUT=3; unit 1's link
-#           goes down for good: every unit ends with a typed comm_error (exit 3) within 10 s of
-#           the cut, none hangs
+#           goes down for good: every unit ends with a typed comm_error (exit 3) within 15 s of
+#           the cut (deadline, linger, slack for a busy machine), none hangs
 #   heal    the same with F2D2N_TIMEOUT=15, but the link is down for 1.5 s only: the run completes
 #           on every unit with every sum right, and each unit's longest all-reduce spans the cut
 #           (at least 1 s: the cut happened under the run)
@@ -242,48 +242,58 @@ case_plans() {
   check_shapers 4
 }
 
-# soak on 3 units; unit 1's link down after they run, for DOWN seconds (empty: for good).
+# comm_worker soak on 3 units, each wait's deadline TIMEOUT_S, each unit under timeout(1) LIMIT;
+# once all run, unit 1's link (its bridge port) goes down for DOWN seconds, or for good when DOWN
+# is empty. A healed run is stopped 1 s after the heal (a stop file unit 0 looks for), so the cut
+# falls inside the run however slowly this script gets there. Sets cut_at, cut_done (ms).
 soak_cut() {
-  local timeout_s=$1 limit=$2 seconds=$3 down=${4:-}
+  local timeout_s=$1 limit=$2 down=${3:-}
   make_network 3
-  start_units 3 "$limit" key F2D2N_TIMEOUT="$timeout_s" -- "$comm_worker" soak "$seconds"
-  wait_for_all 3 soaking 20
+  start_units 3 "$limit" key F2D2N_TIMEOUT="$timeout_s" -- "$comm_worker" soak "$limit" "$work/stop"
+  wait_for_all 3 soaking 30
   sleep 0.5
   cut_at=$(now_ms)
   ip -n "$sw" link set p1 down
+  cut_done=$(now_ms)
   if [[ -n $down ]]; then
-    local cut_done healing
-    cut_done=$(now_ms)
+    local healing
     sleep "$down"
     healing=$(now_ms)
     ip -n "$sw" link set p1 up
     echo "unit 1's link was down $((healing - cut_done)) ms (from the end of 'ip link set down' to the start" \
       "of 'up'; $(($(now_ms) - cut_at)) ms from the start of one to the end of the other), now up again"
+    sleep 1
+    touch "$work/stop"
   else
-    echo "unit 1's link is down (for good)"
+    echo "unit 1's link is down (for good; 'ip link set down' took $((cut_done - cut_at)) ms)"
   fi
   wait_units
   show_units
 }
 
+# A unit's deadline (3 s), plus shutdown's linger (2 s) while frames to unit 1 are queued, plus
+# slack for a loaded machine (CI runs other tests beside these); a unit that waited without a
+# deadline would reach timeout(1)'s 60 s.
+cut_bound_ms=15000
+
 case_cut() {
-  soak_cut 3 40 120
+  soak_cut 3 60
   local k after
   for k in 0 1 2; do
-    after=$((ended[k] - cut_at))
+    after=$((ended[k] - cut_done))
     case ${rcs[k]} in
       3) grep -q "soak: ended by a [a-z_]*_error after" "$work/unit$k.log" || fail "unit $k: exit 3 without its error" ;;
       124 | 137) fail "unit $k hung: timeout(1) ended it ${after} ms after the cut" ;;
       *) fail "unit $k exited with ${rcs[k]}, not a comm_error's 3" ;;
     esac
     echo "unit $k: $(grep -o 'ended by a [a-z_]*' "$work/unit$k.log"), ${after} ms after the cut"
-    ((after <= 10000)) || fail "unit $k ended ${after} ms after the cut (F2D2N_TIMEOUT=3: at most 10 s)"
+    ((after <= cut_bound_ms)) || fail "unit $k ended ${after} ms after the cut (F2D2N_TIMEOUT=3: at most $cut_bound_ms ms)"
   done
-  echo "cut: every unit ended with a typed error within 10 s of the cut"
+  echo "cut: every unit ended with a typed error within $cut_bound_ms ms of the cut"
 }
 
 case_heal() {
-  soak_cut 15 60 6 1.5
+  soak_cut 15 60 1.5
   local k longest
   for k in 0 1 2; do
     [[ ${rcs[k]} -eq 0 ]] || fail "unit $k exited with ${rcs[k]} after a cut of 1.5 s"
