@@ -51,6 +51,7 @@ fail() {
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 # --- can this machine do it at all? -----------------------------------------------------------------
+PATH=$PATH:/usr/sbin:/sbin  # ip and tc live there; a root shell's PATH may lack them
 [[ $(id -u) -eq 0 ]] || skip "network namespaces need root (this runs as uid $(id -u))"
 for tool in ip tc timeout; do
   command -v "$tool" >/dev/null || skip "no '$tool' on PATH (Debian: iproute2 for ip and tc, coreutils for timeout)"
