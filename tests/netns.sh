@@ -64,7 +64,7 @@ sw=$prefix-$run-sw
 unit_ns() { echo "$prefix-$run-u$1"; }
 made=()  # namespaces made by this run
 pids=()  # units running now (timeout(1) processes: a TERM reaches the unit too)
-work=$(mktemp -d "${TMPDIR:-/tmp}/f2d2n-netns.XXXXXX")
+work=$(mktemp -d "${TMPDIR:-/tmp}/$prefix-$run.XXXXXX")
 cleanup() {
   local p n
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -86,6 +86,12 @@ while read -r n _; do
   for p in $(ip netns pids "$n" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
   ip netns del "$n" 2>/dev/null && echo "removed $n, left by run $owner, which is gone"
 done < <(ip netns list 2>/dev/null)
+for d in "${TMPDIR:-/tmp}/$prefix-"*; do  # and their logs
+  [[ -d $d && $d =~ /$prefix-([0-9]+)\.[A-Za-z0-9]+$ ]] || continue
+  owner=${BASH_REMATCH[1]}
+  if [[ $d == "$work" ]] || { [[ $owner != "$run" ]] && kill -0 "$owner" 2>/dev/null; }; then continue; fi
+  rm -rf "$d"
+done
 
 # --- the network ----------------------------------------------------------------------------------------
 address() { echo "10.213.0.$(($1 + 1))"; }
