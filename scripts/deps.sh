@@ -19,6 +19,7 @@ packages=(
   libbenchmark-dev                     # bench/
   dataset-fashion-mnist                # the data: /usr/share/datasets/fashion-mnist
   python3-numpy                        # tests/torch_peer.py: the safetensors peer (PyTorch's, else numpy's)
+  iproute2                             # tests/netns.sh: ip netns, veth, bridge, tc tbf (run as root)
 )
 for arg in "$@"; do
   case "$arg" in

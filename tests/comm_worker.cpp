@@ -8,6 +8,13 @@
 //   stop         unit 1 stops itself (SIGSTOP) after connecting; the others wait on it with a 10 s
 //                deadline. The launcher must report unit 1 as stopped at once, not a unit that
 //                waited for it (tests/CMakeLists.txt checks the launcher's words)
+//   soak S [F]   all-reduces of 16384 doubles, each result checked exactly, until unit 0 has run S
+//                seconds or file F exists (unit 0 tells the others through the all-reduce, so all
+//                stop at the same one);
+//                each wait's deadline is F2D2N_TIMEOUT. Prints "soaking" once connected, then how
+//                many all-reduces ran and the longest; exit 0 when all were right, 3 when a
+//                comm_error ended the run (printed with its type), 1 for a wrong sum.
+//                tests/netns.sh cuts links under it.
 #include "comm_suite.hpp"
 
 #include <f2d2n/launch/config.hpp>
@@ -16,13 +23,17 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <span>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace nn = f2d2n;
 
@@ -35,6 +46,58 @@ constexpr auto margin = std::chrono::milliseconds(1500);
 int report(const nn::cluster_config& c, const char* mode, bool ok, const std::string& what) {
   std::printf("unit %u of %u, %s: %s: %s\n", c.rank, c.world_size, mode, ok ? "ok" : "FAILED", what.c_str());
   return ok ? 0 : 1;
+}
+
+long long ms(nn::clock::duration d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); }
+
+const char* type_of(const nn::comm_error& e) {
+  if (dynamic_cast<const nn::timeout_error*>(&e)) return "timeout_error";
+  if (dynamic_cast<const nn::peer_error*>(&e)) return "peer_error";
+  if (dynamic_cast<const nn::protocol_error*>(&e)) return "protocol_error";
+  if (dynamic_cast<const nn::handshake_error*>(&e)) return "handshake_error";
+  return "comm_error";
+}
+
+/// All-reduces until unit 0 has run `seconds` or finds `stop_file`; every result is checked exactly
+/// (small integers).
+int soak(nn::tcp_transport& t, const nn::cluster_config& c, double seconds, const std::string& stop_file) {
+  std::printf("unit %u of %u, soak: soaking\n", c.rank, c.world_size);
+  std::fflush(stdout);
+  constexpr std::size_t n = 16384;  // the last value is unit 0's "stop" flag
+  const double units_sum = c.world_size * (c.world_size + 1.0) / 2;  // sum of rank + 1
+  std::vector<double> data(n);
+  const auto start = nn::clock::now();
+  const auto run_for = std::chrono::duration<double>(seconds);
+  auto longest = nn::clock::duration::zero();
+  std::uint64_t round = 0;
+  try {
+    for (bool stop = false; !stop; ++round) {
+      for (std::size_t i = 0; i + 1 < n; ++i) data[i] = (c.rank + 1.0) * static_cast<double>((i + round) % 1000);
+      data[n - 1] = c.rank == 0 && (nn::clock::now() - start >= run_for ||
+                                    (!stop_file.empty() && std::filesystem::exists(stop_file)))
+                        ? 1
+                        : 0;
+      const auto begun = nn::clock::now();
+      nn::all_reduce(t, nn::group::world(c.world_size), std::span<double>(data),
+                     nn::call_options{.message_id = 3, .step = round, .timeout = c.timeout});
+      longest = std::max(longest, nn::clock::now() - begun);
+      for (std::size_t i = 0; i + 1 < n; ++i)
+        if (data[i] != units_sum * static_cast<double>((i + round) % 1000))
+          return report(c, "soak", false,
+                        "all-reduce " + std::to_string(round) + ", value " + std::to_string(i) + ": " +
+                            std::to_string(data[i]) + ", expected " +
+                            std::to_string(units_sum * static_cast<double>((i + round) % 1000)));
+      stop = data[n - 1] != 0;
+    }
+  } catch (const nn::comm_error& e) {
+    std::printf("unit %u of %u, soak: ended by a %s after %llu all-reduces, %lld ms into the run: %s\n", c.rank,
+                c.world_size, type_of(e), static_cast<unsigned long long>(round), ms(nn::clock::now() - start),
+                e.what());
+    return 3;
+  }
+  return report(c, "soak", true,
+                std::to_string(round) + " all-reduces in " + std::to_string(ms(nn::clock::now() - start)) +
+                    " ms, every sum right; the longest took " + std::to_string(ms(longest)) + " ms");
 }
 
 }  // namespace
@@ -55,6 +118,7 @@ int main(int argc, char** argv) try {
   }
 
   nn::tcp_transport t(config.rank, config.peers, plan, nn::tcp_options_of(config));
+  if (mode == "soak") return soak(t, config, argc > 2 ? std::stod(argv[2]) : 5.0, argc > 3 ? argv[3] : "");
   if (mode == "adjoint") {
     const auto failures = nn::testing::adjoint_suite(t);
     for (const auto& f : failures) report(config, "adjoint", false, f);

@@ -101,9 +101,11 @@ void compare_layers(const std::vector<S>& unit, std::type_identity_t<std::span<c
                        std::to_string(expected_count));
 }
 
-/// Trains Plan on this unit and the serial model side by side; returns what differs.
+/// Trains Plan on this unit and the serial model side by side; returns what differs. `weights`,
+/// when given, receives the unit's parameters after the 20 steps in the serial layout (NaN where
+/// the unit holds nothing): tests/netns.sh compares their digest between runs.
 template <class Plan, class Scalar, class Transport>
-std::vector<std::string> equivalence(Transport& t, double tolerance) {
+std::vector<std::string> equivalence(Transport& t, double tolerance, std::vector<Scalar>* weights = nullptr) {
   std::vector<std::string> failures;
   const auto data = plan_data<Scalar>();
   network<plan_mlp, Scalar> serial(11);
@@ -146,6 +148,7 @@ std::vector<std::string> equivalence(Transport& t, double tolerance) {
   if (!std::equal(a.begin(), a.end(), after.begin(), after.end(),
                   [](Scalar x, Scalar y) { return (std::isnan(x) && std::isnan(y)) || x == y; }))
     failures.push_back("a second run of the same plan and seed gave other weights");
+  if (weights) *weights = after;
   return failures;
 }
 

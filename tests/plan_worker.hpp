@@ -3,7 +3,9 @@
 // plan_worker_*.cpp so that each translation unit stays within the compile-time budget.
 //   plan_worker <plan>            trains <plan> (dp2, dp4, tp2, tp2_inputs, tp3_mixed, tp2x2, dp2_tp2,
 //                                 pp2_gpipe, pp2_1f1b, pp4, dp2_pp2_tp2) and
-//                                 compares with the serial trainer; exit 0 when equal
+//                                 compares with the serial trainer; exit 0 when equal. Prints
+//                                 the XXH3 digest of the unit's float32 weights after training
+//                                 (tests/netns.sh compares runs bit for bit)
 //   plan_worker mismatch <plan>   the launcher started another number of units than <plan> has:
 //                                 every unit must refuse with a configuration_error naming both
 //   plan_worker origin            dp4; unit 2 fails between steps 2 and 3 (as a data loader might)
@@ -18,6 +20,7 @@
 #include <f2d2n/launch/config.hpp>
 #include <f2d2n/launch/tcp.hpp>
 #include <f2d2n/plan/description.hpp>
+#include <f2d2n/store/checksum.hpp>
 #include <f2d2n/transport/tcp.hpp>
 
 #include <chrono>
@@ -29,6 +32,7 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <vector>
 
 namespace f2d2n::testing {
 
@@ -41,13 +45,15 @@ inline constexpr bool also_double =
 template <class Plan>
 int train(const cluster_config& c, const std::string& name) {
   tcp_transport t(c.rank, c.peers, Plan::fingerprint, tcp_options_of(c, {}, peer_description<Plan>()));
-  auto failures = equivalence<Plan, float>(t, 1e-5);
+  std::vector<float> weights;
+  auto failures = equivalence<Plan, float>(t, 1e-5, &weights);
   if constexpr (also_double<Plan>)
     for (const auto& f : equivalence<Plan, double>(t, 1e-12)) failures.push_back("float64: " + f);
   for (const auto& f : failures) std::printf("unit %u, %s: FAILED: %s\n", c.rank, name.c_str(), f.c_str());
   if (failures.empty())
-    std::printf("unit %u, %s: 20 steps equal the serial weights (float32%s)\n", c.rank, name.c_str(),
-                also_double<Plan> ? " and float64" : "");
+    std::printf("unit %u, %s: 20 steps equal the serial weights (float32%s); weights digest %s\n", c.rank,
+                name.c_str(), also_double<Plan> ? " and float64" : "",
+                to_hex(checksum(std::as_bytes(std::span<const float>(weights)))).c_str());
   t.shutdown();
   return failures.empty() ? 0 : 1;
 }
