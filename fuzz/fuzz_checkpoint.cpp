@@ -10,7 +10,7 @@
 #include "fuzz_store.hpp"
 
 #include <f2d2n/core/error.hpp>
-#include <f2d2n/model.hpp>
+#include <f2d2n/model/summary.hpp>
 #include <f2d2n/store/checkpoint_reader.hpp>
 #include <f2d2n/store/checksum.hpp>
 #include <f2d2n/store/detail/checkpoint_format.hpp>

@@ -3,7 +3,8 @@
 #pragma once
 
 #include <f2d2n/core/error.hpp>
-#include <f2d2n/model.hpp>
+#include <f2d2n/model/layers.hpp>
+#include <f2d2n/model/sequential.hpp>
 #include <f2d2n/store/backend.hpp>
 
 #include <algorithm>
