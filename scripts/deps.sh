@@ -3,6 +3,7 @@
 #   scripts/deps.sh            build, tests, examples, benchmarks, Fashion-MNIST
 #   scripts/deps.sh --compare  also what bench/compare/ needs (python3-torch with OpenBLAS, Open MPI)
 #   scripts/deps.sh --plot     also gnuplot (scripts/experiment.sh draws its PNG with it)
+#   scripts/deps.sh --fuzz     also clang and libFuzzer with clang's sanitizer runtimes (scripts/fuzz.sh)
 set -euo pipefail
 
 packages=(
@@ -25,7 +26,9 @@ for arg in "$@"; do
   case "$arg" in
     --compare) packages+=(python3-torch libopenblas0-openmp openmpi-bin libopenmpi-dev) ;;  # OpenBLAS: else PyTorch runs the reference BLAS
     --plot) packages+=(gnuplot-nox) ;;
-    *) echo "deps.sh: unknown option '$arg' (use --compare or --plot)" >&2; exit 2 ;;
+    # libclang-rt-14-dev holds libFuzzer and the sanitizer runtimes; clang only recommends it.
+    --fuzz) packages+=(clang libclang-rt-14-dev) ;;
+    *) echo "deps.sh: unknown option '$arg' (use --compare, --plot or --fuzz)" >&2; exit 2 ;;
   esac
 done
 

@@ -219,6 +219,24 @@ TEST_CASE("a checkpoint of another model is refused with the difference") {
                        doctest::Contains("holds F32 values, this network F64"), nn::storage_error);
 }
 
+TEST_CASE("a checkpoint whose model description differs only by a last space is refused, and says so") {
+  // describe_difference split descriptions into words and dropped a last empty one: it found no
+  // difference, and the refusal read "another model: " with nothing after it.
+  nn::testing::temp_dir dir;
+  nn::directory_backend store(dir.path());
+  train_and_checkpoint<void>(store, 1);
+  const std::string name = *nn::latest_checkpoint(store);
+  auto body = nn::detail::unwrap_manifest(store.get(name + "/manifest.json"), "manifest");
+  body["model"]["description"] = body["model"]["description"].get<std::string>() + " ";
+  const std::string text = nn::detail::wrap_manifest(body);
+  store.commit(name + "/manifest.json", std::as_bytes(std::span<const char>(text)));
+  serial_net net(1);
+  CHECK_THROWS_WITH_AS(nn::load_parameters(net, store, name),
+                       doctest::Contains(
+                           "another model: the stored description differs from the model's in its spaces"),
+                       nn::storage_error);
+}
+
 TEST_CASE_TEMPLATE("each plan's checkpoint, loaded serially, equals serial training", Plan, plan_dp2_tp2,
                    plan_tp3_mixed, plan_pp2_1f1b, plan_tp2x2, plan_dp2_pp2_tp2, plan_tp2_chain, plan_dp3_buckets) {
   nn::testing::temp_dir dir;

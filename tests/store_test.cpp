@@ -418,6 +418,17 @@ TEST_CASE("safetensors: malformed headers and data sections") {
     expect_storage_error(
         [&] { load(edited([](json& g) { g["__metadata__"]["f2d2n.fingerprint"] = "0123456789abcdef"; })); },
         storage_problem::corrupt);
+    // The description with one more space at its end, the fingerprint right: another description
+    // (describe_difference split it into the same words and found no difference: the file loaded).
+    const auto what = expect_storage_error(
+        [&] {
+          load(edited([](json& g) {
+            g["__metadata__"]["f2d2n.model"] = g["__metadata__"]["f2d2n.model"].get<std::string>() + " ";
+          }));
+        },
+        storage_problem::model_mismatch);
+    CHECK(
+        contains(what, "the file holds another model: the stored description differs from the model's in its spaces"));
     // Another fingerprint and no description: another model.
     expect_storage_error(
         [&] {

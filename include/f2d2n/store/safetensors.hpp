@@ -281,7 +281,9 @@ std::vector<std::uint64_t> verify(const model_summary& model, std::span<const st
       metadata = &value;
       continue;
     }
-    auto bad = [&](const std::string& what) { return corrupt("tensor '" + key + "': " + what); };
+    // A named reference for the lambda: Clang before 16 cannot capture a structured binding.
+    const std::string& name = key;
+    auto bad = [&](const std::string& what) { return corrupt("tensor '" + name + "': " + what); };
     if (!value.is_object()) throw bad("its entry is not a JSON object");
     entry e;
     e.name = key;
