@@ -21,6 +21,9 @@
 //   --warmup N          untimed all-reduces per size first (default 2; at least 1 runs, checked)
 //   --chunk-bytes N     call_options::chunk_bytes: the largest frame of a ring step (default the library's)
 //   --timeout-ms N      collective::timeout (default 60000)
+//
+// With F2D2N_TLS_CA, F2D2N_TLS_CERT and F2D2N_TLS_KEY set, the units talk mutual TLS
+// (bench/compare/allreduce_tls.sh runs both, side by side).
 #include "allreduce_options.hpp"
 
 #include <f2d2n/comm/primitives.hpp>
@@ -78,8 +81,8 @@ int main(int argc, char** argv) {
     auto barrier = [&] { f2d2n::all_reduce(t, world, std::span<float>(token), call(1)); };
 
     if (cfg.rank == 0)
-      std::printf("# f2d2n ring all-reduce over tcp (loopback), p=%zu, chunk_bytes=%zu, warmup=%zu\n", p, o.chunk_bytes,
-                  o.warmup);
+      std::printf("# f2d2n ring all-reduce over %s (loopback), p=%zu, chunk_bytes=%zu, warmup=%zu\n",
+                  cfg.tls ? "tcp with mutual TLS" : "tcp", p, o.chunk_bytes, o.warmup);
     const float expected = static_cast<float>(p * (p + 1) / 2);
     for (const std::size_t mib : o.sizes_mib) {
       const std::size_t bytes = mib << 20;

@@ -16,6 +16,7 @@ packages=(
   libxxhash-dev                        # frame checksums (XXH3, header-only)
   nlohmann-json3-dev                   # JSON: safetensors headers, checkpoint manifests
   libssl-dev                           # OpenSSL: the cluster key (HMAC-SHA256), TLS between units
+  openssl                              # tests and bench/compare/allreduce_tls.sh make throwaway TLS certificates
   doctest-dev                          # tests
   libbenchmark-dev                     # bench/
   dataset-fashion-mnist                # the data: /usr/share/datasets/fashion-mnist

@@ -8,9 +8,12 @@
 
 #include <boost/asio/use_future.hpp>
 
+#include <openssl/ssl.h>
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -19,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -29,9 +33,11 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -1173,4 +1179,381 @@ TEST_CASE("tcp: frames keep their order when queued sends and blocking sends to 
     }
   });
   rethrow_first(errors);
+}
+
+// ---- mutual TLS (tcp_options::tls) ----
+
+namespace {
+
+/// A throwaway cluster CA with a unit certificate, and a second CA with its own certificate (a
+/// stranger's), made once per run with the openssl command in a temporary directory.
+struct tls_files {
+  std::string dir;
+  f2d2n::tls_options unit;      // the cluster's CA, a certificate it signed and its key
+  f2d2n::tls_options stranger;  // the cluster's CA, but a certificate signed by another CA
+
+  static const tls_files& get() {
+    static const tls_files files;
+    return files;
+  }
+
+ private:
+  tls_files() {
+    char pattern[] = "/tmp/f2d2n-tls-test-XXXXXX";
+    REQUIRE(::mkdtemp(pattern) != nullptr);
+    dir = pattern;
+    const std::string ec = " -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    const auto ca = [&](const std::string& name) {
+      return "openssl req -x509" + ec + " -days 2 -subj /CN=" + name + " -keyout " + name + ".key -out " + name +
+             ".pem";
+    };
+    const auto signed_by = [&](const std::string& name, const std::string& by) {
+      return "openssl req" + ec + " -subj /CN=" + name + " -keyout " + name + ".key -out " + name +
+             ".csr && openssl x509 -req -days 2 -in " + name + ".csr -CA " + by + ".pem -CAkey " + by +
+             ".key -CAcreateserial -out " + name + ".pem";
+    };
+    const std::string script = "cd " + dir + " && (" + ca("cluster-ca") + " && " + signed_by("unit", "cluster-ca") +
+                               " && " + ca("other-ca") + " && " + signed_by("stranger", "other-ca") + ") >log 2>&1";
+    REQUIRE_MESSAGE(std::system(script.c_str()) == 0, "openssl could not make the test certificates: see " << dir);
+    unit = {dir + "/cluster-ca.pem", dir + "/unit.pem", dir + "/unit.key"};
+    stranger = {dir + "/cluster-ca.pem", dir + "/stranger.pem", dir + "/stranger.key"};
+  }
+};
+
+f2d2n::tcp_options tls_options(std::uint64_t send_buffer = std::uint64_t{256} << 20) {
+  f2d2n::tcp_options o;
+  o.tls = tls_files::get().unit;
+  o.send_buffer = send_buffer;
+  return o;
+}
+
+/// A TLS client made with OpenSSL directly, without a certificate: it trusts the cluster CA and
+/// completes its side of a TLS 1.3 handshake (the server refuses it afterwards).
+struct certificateless_client {
+  explicit certificateless_client(const f2d2n::endpoint& to) : raw(to), ctx(SSL_CTX_new(TLS_client_method())) {
+    REQUIRE(ctx);
+    SSL_CTX_load_verify_locations(ctx, tls_files::get().unit.ca_file.c_str(), nullptr);
+    ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, raw.fd());
+  }
+  ~certificateless_client() {
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+  }
+  certificateless_client(const certificateless_client&) = delete;
+  certificateless_client& operator=(const certificateless_client&) = delete;
+  /// Whether the server let it read anything after the handshake (the challenge, were it in).
+  bool gets_in() {
+    if (SSL_connect(ssl) != 1) return false;
+    std::array<char, 64> b{};
+    return SSL_read(ssl, b.data(), static_cast<int>(b.size())) > 0;
+  }
+  raw_client raw;
+  SSL_CTX* ctx;
+  SSL* ssl = nullptr;
+};
+
+/// A TCP relay between a dialler and `to`, as an attacker on the path would run one: it keeps
+/// what passes from the dialler and, once told, changes one byte of it.
+class relay {
+ public:
+  explicit relay(const f2d2n::endpoint& to) : to_(to), listener_(::socket(AF_INET, SOCK_STREAM, 0)) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(listener_, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(listener_, 4) == 0);
+    socklen_t n = sizeof a;
+    ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &n);
+    here = {"127.0.0.1", ntohs(a.sin_port)};
+    thread_ = std::thread([this] { run(); });
+  }
+  relay(const relay&) = delete;
+  relay& operator=(const relay&) = delete;
+  ~relay() {
+    stop_ = true;
+    thread_.join();
+    ::close(listener_);
+  }
+  f2d2n::endpoint here;
+  std::atomic<bool> tamper{false};  // flip a bit of the next bytes from the dialler
+  std::atomic<bool> tampered{false};
+  /// Whether `text` passed from the dialler, as it is (after stop or join only).
+  [[nodiscard]] bool saw(std::string_view text) {
+    const std::lock_guard lock(m_);
+    return std::string_view(seen_).find(text) != std::string_view::npos;
+  }
+
+ private:
+  void run() {
+    pollfd l{listener_, POLLIN, 0};
+    while (!stop_ && ::poll(&l, 1, 50) <= 0) {
+    }
+    if (stop_) return;
+    const int in = ::accept(listener_, nullptr, nullptr);
+    raw_client out(to_);
+    std::array<pollfd, 2> fds{pollfd{in, POLLIN, 0}, pollfd{out.fd(), POLLIN, 0}};
+    std::vector<char> buf(1 << 16);
+    while (!stop_) {
+      if (::poll(fds.data(), 2, 50) <= 0) continue;
+      bool closed = false;
+      for (int k = 0; k < 2; ++k) {
+        if (!(fds[k].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        const auto n = ::recv(fds[k].fd, buf.data(), buf.size(), 0);
+        if (n <= 0) {
+          closed = true;
+          break;
+        }
+        if (k == 0) {
+          const std::lock_guard lock(m_);
+          seen_.append(buf.data(), static_cast<std::size_t>(n));
+          if (tamper && !tampered && n > 8) {
+            buf[static_cast<std::size_t>(n) / 2] ^= 0x01;
+            tampered = true;
+          }
+        }
+        std::size_t at = 0;
+        while (at < static_cast<std::size_t>(n)) {
+          const auto w = ::send(fds[1 - k].fd, buf.data() + at, static_cast<std::size_t>(n) - at, MSG_NOSIGNAL);
+          if (w <= 0) break;
+          at += static_cast<std::size_t>(w);
+        }
+      }
+      if (closed) break;
+    }
+    ::close(in);
+  }
+
+  f2d2n::endpoint to_;
+  int listener_;
+  std::atomic<bool> stop_{false};
+  std::mutex m_;
+  std::string seen_;
+  std::thread thread_;
+};
+
+}  // namespace
+
+TEST_CASE("tcp over TLS: a world of 3 moves frames both ways: blocking, exchange, async, 16 MiB frames") {
+  constexpr std::uint32_t messages = 12;
+  const auto errors = run_cluster(
+      3,
+      [&](tcp_transport& t) {
+        const unit_id me = t.rank(), world = 3;
+        // Every pair, small frames, on the caller's thread while the directions are idle.
+        for (std::uint32_t m = 0; m < messages; ++m)
+          for (unit_id p = 0; p < world; ++p)
+            if (p != me) {
+              const auto v = payload(me, p, m, size_of(me, p, m));
+              f2d2n::send_tensor(t, p, m, 100 + m, std::span<const std::uint32_t>(v), in(ms(5000)));
+            }
+        for (unit_id p = 0; p < world; ++p)
+          for (std::uint32_t m = 0; p != me && m < messages; ++m) {
+            std::vector<std::uint32_t> got(size_of(p, me, m));
+            f2d2n::receive_tensor(t, p, m, 100 + m, std::span(got), in(ms(5000)));
+            REQUIRE(got == payload(p, me, m, got.size()));
+          }
+        // A ring of 16 MiB frames, sent and received at once (both directions of TLS at work).
+        const unit_id right = (me + 1) % world, left = (me + world - 1) % world;
+        std::vector<std::uint32_t> mine(std::size_t{4} << 20), theirs(mine.size());
+        for (std::size_t i = 0; i < mine.size(); ++i) mine[i] = static_cast<std::uint32_t>(i * 2654435761u + me);
+        for (std::uint64_t step = 0; step < 2; ++step) {
+          f2d2n::exchange_tensor(t, right, std::span<const std::uint32_t>(mine), left, std::span(theirs), 4, step,
+                                 in(ms(20000)));
+          for (std::size_t i = 0; i < theirs.size(); ++i)
+            if (theirs[i] != static_cast<std::uint32_t>(i * 2654435761u + left)) FAIL("wrong element " << i);
+        }
+        // The async API: both directions queued on the strands, then a future.
+        const auto bytes = std::as_bytes(std::span(mine));
+        const auto header = f2d2n::wire::make_header(f2d2n::wire::frame_kind::data, t.fingerprint(), 5, me, 9, bytes);
+        const f2d2n::wire::expectation expected{
+            f2d2n::wire::frame_kind::data, t.fingerprint(), 5, left, 9, bytes.size()};
+        auto sent = t.async_send(right, header, bytes, in(ms(20000)), asio::use_future);
+        auto received =
+            t.async_receive(left, expected, std::as_writable_bytes(std::span(theirs)), in(ms(20000)), asio::use_future);
+        sent.get();
+        CHECK(received.get().sender == left);
+        CHECK(theirs.back() == static_cast<std::uint32_t>((mine.size() - 1) * 2654435761u + left));
+      },
+      tls_options());
+  rethrow_first(errors);
+}
+
+TEST_CASE("tcp over TLS: a 64 MiB payload both ways at once, copied and zero-copy") {
+  constexpr std::size_t big = (std::size_t{64} << 20) / sizeof(std::uint32_t);
+  for (const std::uint64_t send_buffer : {std::uint64_t{256} << 20, std::uint64_t{0}}) {
+    CAPTURE(send_buffer);
+    const auto errors = run_cluster(
+        2,
+        [&](tcp_transport& t) {
+          const unit_id other = 1 - t.rank();
+          std::vector<std::uint32_t> v(big);
+          for (std::size_t i = 0; i < big; ++i) v[i] = static_cast<std::uint32_t>(i * 2654435761u + t.rank());
+          // Copied: both send, then receive. Zero-copy: unit 0 sends while unit 1 receives.
+          if (send_buffer != 0 || t.rank() == 0)
+            f2d2n::send_tensor(t, other, 2, 0, std::span<const std::uint32_t>(v), in(ms(20000)));
+          if (send_buffer != 0 || t.rank() == 1) {
+            std::vector<std::uint32_t> got(big);
+            f2d2n::receive_tensor(t, other, 2, 0, std::span(got), in(ms(20000)));
+            for (std::size_t i = 0; i < big; ++i)
+              if (got[i] != static_cast<std::uint32_t>(i * 2654435761u + other)) FAIL("wrong element " << i);
+          }
+        },
+        tls_options(send_buffer));
+    rethrow_first(errors);
+  }
+}
+
+TEST_CASE("tcp over TLS: another CA's certificate, no certificate, plain TCP: dropped; the real unit gets in") {
+  constexpr unit_id world = 2;
+  auto options = tls_options();
+  options.handshake_timeout = ms(1000);
+  tcp_transport unit0(0, world, fingerprint, options);
+  const auto here = unit0.listen();
+  auto connected = std::async(std::launch::async, [&] { unit0.connect({here, {"127.0.0.1", 1}}, in(ms(5000))); });
+  // A unit whose certificate another CA signed (it trusts the cluster's CA): unit 0 refuses it.
+  auto stranger_options = options;
+  stranger_options.tls = tls_files::get().stranger;
+  auto stranger = std::async(std::launch::async, [&] {
+    tcp_transport s(1, world, fingerprint, stranger_options);
+    try {
+      s.connect({here, {"127.0.0.1", 1}}, in(ms(700)));
+    } catch (const f2d2n::timeout_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("connected");
+  });
+  // A TLS client without a certificate; a plain-TCP client that proves the (empty) key.
+  bool certificateless_in = true, plain_in = true;
+  std::thread certificateless([&] {
+    certificateless_client c(here);
+    certificateless_in = c.gets_in();
+  });
+  std::thread plain([&] {  // the challenge of the key's exchange, where TLS is expected: no challenge comes back
+    namespace d = f2d2n::detail::tcp_impl;
+    raw_client c(here);
+    c.write(d::encode_challenge(d::fresh_nonce()));
+    const auto answer = c.read_some(d::challenge_bytes{}.size());
+    plain_in = answer.size() == d::challenge_bytes{}.size();
+  });
+  certificateless.join();
+  plain.join();
+  CHECK_FALSE(certificateless_in);
+  CHECK_FALSE(plain_in);
+  const std::string refused = stranger.get();
+  CAPTURE(refused);
+  CHECK(refused.find("certificate") != std::string::npos);
+  // The real unit 1 still gets in, and frames move.
+  tcp_transport unit1(1, world, fingerprint, options);
+  unit1.connect({here, {"127.0.0.1", 1}}, in(ms(5000)));
+  connected.get();
+  std::vector<float> v(1000, 4.5f), got(1000);
+  f2d2n::send_tensor(unit1, 0, 3, 1, std::span<const float>(v), in(ms(5000)));
+  f2d2n::receive_tensor(unit0, 1, 3, 1, std::span(got), in(ms(5000)));
+  CHECK(got == v);
+}
+
+TEST_CASE("tcp over TLS: a connection silent in its TLS handshake is closed at the handshake deadline") {
+  auto options = tls_options();
+  options.handshake_timeout = ms(300);
+  tcp_transport unit0(0, 2, fingerprint, options);
+  const auto here = unit0.listen();
+  auto connecting = std::async(std::launch::async, [&] {
+    try {
+      unit0.connect({here, {"127.0.0.1", 1}}, in(ms(1500)));
+    } catch (const f2d2n::timeout_error&) {
+    }
+  });
+  raw_client silent(here);
+  const auto t0 = f2d2n::clock::now();
+  CHECK(silent.read_some(1).empty());  // closed by the unit, without a byte
+  CHECK(since(t0) < 0.3 + 1.0);
+  connecting.get();
+}
+
+TEST_CASE("tcp over TLS: deadlines, the goodbye of a shutdown and a failure's reason pass through TLS") {
+  std::atomic<bool> timed_out{false};
+  const auto errors = run_cluster(
+      2,
+      [&](tcp_transport& t) {
+        std::vector<float> v(8, 1.5f);
+        if (t.rank() == 0) {
+          const auto t0 = f2d2n::clock::now();
+          CHECK_THROWS_AS(f2d2n::receive_tensor(t, 1, 7, 3, std::span(v), in(ms(300))), f2d2n::timeout_error);
+          CHECK(since(t0) >= 0.29);
+          CHECK(since(t0) < 0.3 + 2.0);
+          timed_out = true;
+          f2d2n::receive_tensor(t, 1, 7, 3, std::span(v), in(ms(5000)));  // the link is still usable
+          CHECK(v[0] == 2.5f);
+          try {
+            f2d2n::receive_tensor(t, 1, 7, 4, std::span(v), in(ms(5000)));
+            FAIL("a message arrived");
+          } catch (const f2d2n::peer_error& e) {
+            CHECK(std::string(e.what()).find("unit 1 failed first") != std::string::npos);
+            CHECK(std::string(e.what()).find("it broke on purpose") != std::string::npos);
+          }
+          return;
+        }
+        while (!timed_out) std::this_thread::sleep_for(ms(5));
+        std::fill(v.begin(), v.end(), 2.5f);
+        f2d2n::send_tensor(t, 0, 7, 3, std::span<const float>(v), in(ms(5000)));
+        throw std::runtime_error("it broke on purpose");  // run_cluster shuts down with the reason
+      },
+      tls_options());
+  CHECK_FALSE(errors[0]);
+  REQUIRE(errors[1]);
+}
+
+TEST_CASE("tcp over TLS: an attacker on the path sees no clear text, and a changed byte is detected") {
+  auto options = tls_options();
+  tcp_transport unit0(0, 2, fingerprint, options);
+  tcp_transport unit1(1, 2, fingerprint, options);
+  const auto here0 = unit0.listen();
+  relay path(here0);
+  auto connected = std::async(std::launch::async, [&] { unit0.connect({here0, {"127.0.0.1", 1}}, in(ms(5000))); });
+  unit1.connect({path.here, {"127.0.0.1", 1}}, in(ms(5000)));  // unit 1 reaches unit 0 through the relay
+  connected.get();
+  const std::string secret = "f2d2n-secret-gradient-bytes-";
+  std::string text;
+  while (text.size() < 4096) text += secret;
+  const auto bytes = std::span<const char>(text.data(), text.size());
+  std::vector<char> got(text.size());
+  f2d2n::send_tensor(unit1, 0, 3, 1, bytes, in(ms(5000)));
+  f2d2n::receive_tensor(unit0, 1, 3, 1, std::span(got), in(ms(5000)));
+  CHECK(std::string(got.data(), got.size()) == text);
+  CHECK_FALSE(path.saw(secret));
+  path.tamper = true;
+  f2d2n::send_tensor(unit1, 0, 3, 2, bytes, in(ms(5000)));
+  try {
+    f2d2n::receive_tensor(unit0, 1, 3, 2, std::span(got), in(ms(5000)));
+    FAIL("a changed frame was taken");
+  } catch (const f2d2n::peer_error& e) {
+    CHECK(path.tampered);
+    CHECK(std::string(e.what()).find("TLS") != std::string::npos);
+  }
+}
+
+TEST_CASE("tcp over TLS: unreadable files and half-set variables are configuration errors that name them") {
+  auto options = tls_options();
+  options.tls->private_key_file = tls_files::get().dir + "/missing.key";
+  try {
+    tcp_transport t(0, 2, fingerprint, options);
+    FAIL("a unit started without its key");
+  } catch (const f2d2n::configuration_error& e) {
+    CHECK(std::string(e.what()).find("missing.key") != std::string::npos);
+  }
+  options = tls_options();
+  options.tls->private_key_file = tls_files::get().dir + "/stranger.key";  // another certificate's key
+  CHECK_THROWS_AS(tcp_transport(0, 2, fingerprint, options), f2d2n::configuration_error);
+  ::setenv(f2d2n::tls_ca_variable, "ca.pem", 1);
+  CHECK_THROWS_AS((void)f2d2n::tls_options_from_environment(), f2d2n::configuration_error);
+  ::setenv(f2d2n::tls_cert_variable, "unit.pem", 1);
+  ::setenv(f2d2n::tls_key_variable, "unit.key", 1);
+  const auto o = f2d2n::tls_options_from_environment();
+  REQUIRE(o);
+  CHECK(o->certificate_file == "unit.pem");
+  ::unsetenv(f2d2n::tls_ca_variable);
+  ::unsetenv(f2d2n::tls_cert_variable);
+  ::unsetenv(f2d2n::tls_key_variable);
+  CHECK_FALSE(f2d2n::tls_options_from_environment());
 }

@@ -8,6 +8,8 @@
 //   F2D2N_PEERS=127.0.0.1:29500,127.0.0.1:29501,...   where unit r listens, for r = 0 .. world size - 1
 //   F2D2N_CLUSTER_KEY=... or F2D2N_CLUSTER_KEY_FILE=path   the cluster's secret (transport/cluster_key.hpp);
 //                                                  f2d2n_launch makes one per run unless one is set
+//   F2D2N_TLS_CA, F2D2N_TLS_CERT, F2D2N_TLS_KEY=path   optional, all three or none: mutual TLS between
+//                                                  units (transport/tls_options.hpp)
 //   F2D2N_CONNECT_TIMEOUT=10                       optional: seconds to connect to every unit (default 10)
 //   F2D2N_TIMEOUT=60                               optional: seconds one wait for a peer may take (default 60)
 //
@@ -36,6 +38,7 @@
 #include <f2d2n/core/unit.hpp>
 #include <f2d2n/transport/cluster_key.hpp>
 #include <f2d2n/transport/endpoint.hpp>
+#include <f2d2n/transport/tls_options.hpp>
 
 #include <algorithm>
 #include <cerrno>
@@ -63,6 +66,7 @@ struct cluster_config {
   unit_id world_size = 0;
   std::vector<endpoint> peers;                       ///< peers[r] is where unit r listens; peers.size() == world_size
   std::optional<cluster_key> key;                    ///< the cluster's secret, when one is set
+  std::optional<tls_options> tls;                    ///< the files of mutual TLS between units, when set
   std::chrono::milliseconds connect_timeout{10000};  ///< how long connecting to every unit may take
   std::chrono::milliseconds timeout{60000};          ///< how long one wait for a peer may take
 
@@ -256,10 +260,9 @@ inline void check_host(std::string_view host, const std::string& context) {
 }
 
 /// Reads F2D2N_RANK, F2D2N_WORLD_SIZE and F2D2N_PEERS, and the optional F2D2N_CLUSTER_KEY (or
-/// F2D2N_CLUSTER_KEY_FILE), F2D2N_CONNECT_TIMEOUT and F2D2N_TIMEOUT. Any problem (a variable missing, not a
-/// number, a rank not below the world size, a number of peers other than the world size, a bad
-/// host:port, a port outside 1..65535, a duplicate endpoint) is a configuration_error that names
-/// the variable and its value.
+/// F2D2N_CLUSTER_KEY_FILE), F2D2N_TLS_*, F2D2N_CONNECT_TIMEOUT and F2D2N_TIMEOUT. Any problem (a variable missing, not
+/// a number, a rank not below the world size, a number of peers other than the world size, a bad host:port, a port
+/// outside 1..65535, a duplicate endpoint) is a configuration_error that names the variable and its value.
 [[nodiscard]] inline cluster_config config_from_environment() {
   constexpr std::uint64_t unit_max = std::numeric_limits<unit_id>::max();
   const std::string world_text = detail::environment_value(world_size_variable);
@@ -289,6 +292,7 @@ inline void check_host(std::string_view host, const std::string& context) {
   c.world_size = static_cast<unit_id>(*world);
   c.peers = std::move(peers);
   c.key = cluster_key_from_environment();
+  c.tls = tls_options_from_environment();
   if (const char* v = std::getenv(connect_timeout_variable); v && *v)
     c.connect_timeout = detail::parse_seconds(v, connect_timeout_variable);
   if (const char* v = std::getenv(timeout_variable); v && *v) c.timeout = detail::parse_seconds(v, timeout_variable);
@@ -379,6 +383,7 @@ inline void check_host(std::string_view host, const std::string& context) {
   c.world_size = world;
   c.peers = std::move(peers);
   c.key = cluster_key_from_environment();  // several machines: the key is what keeps others out
+  c.tls = tls_options_from_environment();
   return c;
 }
 

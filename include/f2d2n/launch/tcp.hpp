@@ -12,11 +12,12 @@
 
 namespace f2d2n {
 
-/// `base` with the cluster's key and its deadline to connect; `description` (peer_description<Plan>(),
-/// optional) lets units of different plans say what differs.
+/// `base` with the cluster's key, its TLS files (when set) and its deadline to connect; `description`
+/// (peer_description<Plan>(), optional) lets units of different plans say what differs.
 [[nodiscard]] inline tcp_options tcp_options_of(const cluster_config& c, tcp_options base = {},
                                                 std::string description = {}) {
   base.key = c.key;
+  if (c.tls) base.tls = c.tls;
   base.connect_timeout = c.connect_timeout;
   if (!description.empty()) base.description = std::move(description);
   return base;

@@ -34,6 +34,7 @@
 #include <f2d2n/transport/cluster_key.hpp>
 #include <f2d2n/transport/concept.hpp>
 #include <f2d2n/transport/endpoint.hpp>
+#include <f2d2n/transport/tls_options.hpp>
 #include <f2d2n/wire/frame.hpp>
 
 #include <utility>  // before Boost.Asio: 1.74's asio/awaitable.hpp needs it under g++ 12
@@ -59,6 +60,13 @@ struct tcp_options {
   /// listens on and connects to loopback addresses only, and the proof is made with an empty key:
   /// it then keeps out nothing but programs that are not f2d2n units (see docs/security.md).
   std::optional<cluster_key> key;
+  /// Mutual TLS on every connection (tls_options_from_environment() reads the files' names where
+  /// F2D2N_TLS_* put them): each side presents its certificate and verifies the other's against
+  /// the cluster CA; a peer that does not is dropped like one that does not prove the key. The
+  /// key's proof, the handshake and every frame then travel inside TLS (encrypted, and altered
+  /// bytes are detected). A unit with TLS may listen on and connect to any address without a key.
+  /// Without it (the default), frames travel in clear text (docs/security.md).
+  std::optional<tls_options> tls;
   /// How long the one-step constructor may take to connect to every unit and handshake.
   std::chrono::milliseconds connect_timeout{10000};
   /// How long one connection may take to authenticate and handshake once it is open; a

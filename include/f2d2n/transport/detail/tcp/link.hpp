@@ -7,6 +7,7 @@
 #include <f2d2n/transport/detail/tcp/asio.hpp>
 #include <f2d2n/transport/detail/tcp/failure.hpp>
 #include <f2d2n/transport/detail/tcp/operation.hpp>
+#include <f2d2n/transport/detail/tcp/tls.hpp>
 
 #include <cstdint>
 #include <deque>
@@ -32,13 +33,14 @@ struct direction {
 /// touched only with `m` held, by the strand or by a caller's thread on the fast path of a
 /// blocking call (recursive: completion handlers may run inline on the strand and start more).
 struct link {
-  link(asio::io_context& io, unit_id p, socket_type s)
-      : peer(p), strand(asio::make_strand(io)), socket(std::move(s)), fd(socket.native_handle()) {}
+  link(asio::io_context& io, unit_id p, socket_type s, std::unique_ptr<tls_session> t)
+      : peer(p), strand(asio::make_strand(io)), socket(std::move(s)), fd(socket.native_handle()), tls(std::move(t)) {}
   unit_id peer;
   strand_type strand;
   std::recursive_mutex m;
   socket_type socket;
-  int fd;  // the socket's descriptor, for poll() on a caller's thread
+  int fd;                            // the socket's descriptor, for poll() on a caller's thread
+  std::unique_ptr<tls_session> tls;  // null for plain TCP: then frames move by the socket's read_some / write_some
   direction<send_op> tx;
   direction<receive_op> rx;
   std::uint64_t backlog = 0;                   // bytes of tx's frames copied and not yet written
@@ -47,6 +49,15 @@ struct link {
   bool closing = false;                        // this unit is shutting the link down
   bool close_deferred = false;                 // shutdown() closed the link while a caller's thread held it
 
+  /// What the waiter of Op's direction waits for: its own readiness, except when TLS must read in
+  /// order to write or the reverse.
+  template <class Op>
+  [[nodiscard]] socket_type::wait_type waits_for() const noexcept {
+    if (!tls) return Op::ready;
+    if constexpr (std::is_same_v<Op, send_op>) return tls->write_waits();
+    else return tls->read_waits();
+  }
+
   /// The direction that operations of type Op use.
   template <class Op>
   [[nodiscard]] direction<Op>& along() noexcept {
@@ -54,6 +65,10 @@ struct link {
     else return rx;
   }
 };
+
+/// With TLS, a write that could not finish has put part of its bytes in a record that waits
+/// inside TLS: the stream holds them now, even if the kernel took nothing yet.
+[[nodiscard]] inline bool committed(const link& l) noexcept { return l.tls && l.tls->write_committed(); }
 
 /// The peer_error of an operation at `where` that finds a direction of `l` down for `why`: it
 /// carries the reason the peer gave in its goodbye, when it gave one, so that every operation

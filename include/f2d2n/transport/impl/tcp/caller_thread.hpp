@@ -89,7 +89,7 @@ inline bool transport_impl::run_here(link* tl, const std::shared_ptr<send_op>& s
     if (sending) sending = !step_here(*tl, s, shutting, expired, sf);
     if (receiving) receiving = !step_here(*rl, *r, shutting, expired, rf);
     if (!sending && !receiving) break;
-    wait_for_sockets(sending ? tl->fd : -1, receiving ? rl->fd : -1, watch_shutdown, until);
+    wait_for_sockets(sending ? tl : nullptr, receiving ? rl : nullptr, watch_shutdown, until);
   }
   if (tl) hand_back<send_op>(*tl);
   if (rl) hand_back<receive_op>(*rl);
@@ -113,7 +113,7 @@ inline bool transport_impl::step_here(link& l, const std::shared_ptr<send_op>& s
     l.tx.queue.push_front(s);
     return true;
   }
-  if (shutting && s->sent == 0) {
+  if (shutting && s->sent == 0 && !committed(l)) {
     f = fail<peer_error>(s->where, "this unit has shut down");
     return true;
   }
@@ -177,16 +177,27 @@ void transport_impl::hand_back(link& l) {
   }
 }
 
-/// Sleeps in poll() until `write_fd` may take bytes, `read_fd` has some, shutdown() was called
+/// Sleeps in poll() until the socket of `tl` may take bytes, the one of `rl` has some (with TLS:
+/// is ready as the session waits for, which may be the other way round), shutdown() was called
 /// (when `watch_shutdown`), or the deadline. Never spins: poll() sleeps.
-inline void transport_impl::wait_for_sockets(int write_fd, int read_fd, bool watch_shutdown, deadline until) const {
+inline void transport_impl::wait_for_sockets(link* tl, link* rl, bool watch_shutdown, deadline until) const {
+  const auto events = [](link& l, auto ready) -> short {
+    socket_type::wait_type w = ready;
+    if (l.tls) {
+      const std::lock_guard lock(l.m);
+      w = ready == socket_type::wait_write ? l.tls->write_waits() : l.tls->read_waits();
+    }
+    return w == socket_type::wait_write ? POLLOUT : POLLIN;
+  };
   std::array<pollfd, 3> fds{};
   nfds_t n = 0;
-  if (write_fd >= 0 && write_fd == read_fd) {
-    fds[n++] = {write_fd, POLLOUT | POLLIN, 0};
+  const short out = tl ? events(*tl, send_op::ready) : 0;
+  const short in = rl ? events(*rl, receive_op::ready) : 0;
+  if (tl && rl && tl->fd == rl->fd) {
+    fds[n++] = {tl->fd, static_cast<short>(out | in), 0};
   } else {
-    if (write_fd >= 0) fds[n++] = {write_fd, POLLOUT, 0};
-    if (read_fd >= 0) fds[n++] = {read_fd, POLLIN, 0};
+    if (tl) fds[n++] = {tl->fd, out, 0};
+    if (rl) fds[n++] = {rl->fd, in, 0};
   }
   if (watch_shutdown) fds[n++] = {wake_.read_end(), POLLIN, 0};
   int ms = -1;

@@ -25,6 +25,7 @@ inline transport_impl::transport_impl(unit_id rank, unit_id world_size, std::uin
   if (rank >= world_size)
     throw configuration_error("f2d2n: unit " + std::to_string(rank) + " does not exist in a world of " +
                               std::to_string(world_size));
+  if (options.tls) tls_ = std::make_unique<tls_context>(*options.tls);  // unreadable files: configuration_error now
   links_.resize(world_size);
   auto finished = std::make_shared<std::promise<void>>();
   thread_done_ = finished->get_future();
@@ -68,13 +69,14 @@ inline endpoint transport_impl::listen(const endpoint& where) {
   return local_endpoint();
 }
 
-/// Without a cluster key, a unit talks over loopback only: anything else would let any host in.
+/// Without a cluster key or TLS, a unit talks over loopback only: anything else would let any host in.
 inline void transport_impl::check_loopback(const asio::ip::tcp::endpoint& e, const char* doing) const {
-  if (options_.key || e.address().is_loopback()) return;
+  if (options_.key || options_.tls || e.address().is_loopback()) return;
   throw configuration_error("f2d2n: unit " + std::to_string(rank_) + " has no cluster key and will not " + doing + " " +
                             e.address().to_string() +
                             ", which is not a loopback address: set F2D2N_CLUSTER_KEY (e.g. to the output of "
-                            "`openssl rand -hex 32`, the same on every unit) or F2D2N_CLUSTER_KEY_FILE");
+                            "`openssl rand -hex 32`, the same on every unit) or F2D2N_CLUSTER_KEY_FILE, or use TLS "
+                            "(F2D2N_TLS_CA, F2D2N_TLS_CERT, F2D2N_TLS_KEY)");
 }
 
 inline endpoint transport_impl::local_endpoint() const {
@@ -128,16 +130,17 @@ inline asio::awaitable<std::vector<asio::ip::tcp::endpoint>> transport_impl::res
   co_return all;
 }
 
-/// Closes `sock` when `after` has passed, unless it is gone by then: the deadline of one connection's
-/// authentication and handshake. Returns the timer (cancel it, or let it go, once that is done).
-inline std::shared_ptr<timer_type> transport_impl::connection_deadline(const std::shared_ptr<socket_type>& sock) {
+/// Closes the socket of `c` when options.handshake_timeout has passed, unless it is gone by then:
+/// the deadline of one connection's TLS handshake, authentication and handshake. Returns the timer
+/// (cancel it, or let it go, once that is done).
+inline std::shared_ptr<timer_type> transport_impl::connection_deadline(const std::shared_ptr<connection>& c) {
   auto t = std::make_shared<timer_type>(setup_);
   t->expires_after(options_.handshake_timeout);
-  t->async_wait([weak = std::weak_ptr<socket_type>(sock)](const error_code& ec) {
+  t->async_wait([weak = std::weak_ptr<connection>(c)](const error_code& ec) {
     if (ec) return;
     if (const auto p = weak.lock()) {
       error_code ignored;
-      p->close(ignored);
+      p->socket.close(ignored);
     }
   });
   return t;
@@ -151,8 +154,9 @@ inline asio::awaitable<void> transport_impl::dial(std::shared_ptr<setup_session>
   failure f;
   bool refused = false;
   try {  // the socket is closed, and out of the session's list, before the failure is reported
-    auto sock = std::make_shared<socket_type>(io_);
-    open_guard guard(*s, sock.get());
+    auto conn = std::make_shared<connection>(io_);
+    socket_type* sock = &conn->socket;
+    open_guard guard(*s, conn.get());
     const auto targets = co_await resolve(s->peers[r], where);
     for (const auto& t : targets) check_loopback(t, "connect to");
     timer_type pause(setup_);
@@ -175,8 +179,13 @@ inline asio::awaitable<void> transport_impl::dial(std::shared_ptr<setup_session>
       if (!ec) {
         error_code ignored;
         sock->set_option(asio::ip::tcp::no_delay(true), ignored);
-        limit = connection_deadline(sock);
-        problem = co_await authenticate_dialled(*sock, r, describe(s->peers[r]));
+        limit = connection_deadline(conn);
+        conn->tls.reset();  // a session belongs to one connection: a new one for every attempt
+        if (tls_) {
+          problem = co_await tls_handshake(*conn, true);
+          if (!problem.empty()) problem = describe(s->peers[r]) + ": " + problem;
+        }
+        if (problem.empty()) problem = co_await authenticate_dialled(*conn, r, describe(s->peers[r]));
         if (problem.empty()) break;
         limit->cancel();
       } else {
@@ -189,11 +198,11 @@ inline asio::awaitable<void> transport_impl::dial(std::shared_ptr<setup_session>
       backoff = std::min(backoff * 2, std::chrono::milliseconds(200));
     }
     s->problems[r].clear();
-    co_await handshake(s, *sock, r, true);
+    co_await handshake(s, *conn, r, true);
     limit->cancel();
     if (s->finished) co_return;
     guard.release();
-    s->ready[r].emplace(std::move(*sock));
+    s->ready[r].emplace(std::move(*conn));
     pair_connected(*s, r);
     co_return;
   } catch (const handshake_error&) {
@@ -243,37 +252,39 @@ inline asio::awaitable<void> transport_impl::accept_loop(std::shared_ptr<setup_s
 /// Closes the accepted connection that has waited longest without proving the key.
 inline void transport_impl::evict_oldest(setup_session& s) {
   if (s.unauthenticated.empty()) return;
-  socket_type* oldest = s.unauthenticated.front();
+  connection* oldest = s.unauthenticated.front();
   s.unauthenticated.pop_front();
   error_code ignored;
-  oldest->close(ignored);
+  oldest->socket.close(ignored);
 }
 
-/// Authenticates an accepted connection, then handshakes. A connection that does not prove the
-/// key, or proves it for another unit, is closed and changes nothing else.
+/// Authenticates an accepted connection (after the TLS handshake, with options.tls), then
+/// handshakes. A connection that does not complete TLS with a certificate of the cluster CA, does
+/// not prove the key, or proves it for another unit, is closed and changes nothing else.
 inline asio::awaitable<void> transport_impl::serve(std::shared_ptr<setup_session> s, socket_type accepted) {
   failure f;
   std::optional<unit_id> peer;
   try {  // the socket is closed, and out of the session's lists, before a refusal is reported
-    auto sock = std::make_shared<socket_type>(std::move(accepted));
-    open_guard guard(*s, sock.get());
-    s->unauthenticated.push_back(sock.get());
+    auto conn = std::make_shared<connection>(std::move(accepted));
+    open_guard guard(*s, conn.get());
+    s->unauthenticated.push_back(conn.get());
     struct unlist {
       setup_session& s;
-      socket_type* p;
+      connection* p;
       ~unlist() { std::erase(s.unauthenticated, p); }
-    } pending{*s, sock.get()};
-    const auto limit = connection_deadline(sock);
+    } pending{*s, conn.get()};
+    const auto limit = connection_deadline(conn);
     error_code ignored;
-    sock->set_option(asio::ip::tcp::no_delay(true), ignored);
-    peer = co_await authenticate_accepted(*sock);
-    std::erase(s->unauthenticated, sock.get());
+    conn->socket.set_option(asio::ip::tcp::no_delay(true), ignored);
+    if (tls_ && !(co_await tls_handshake(*conn, false)).empty()) co_return;
+    peer = co_await authenticate_accepted(*conn);
+    std::erase(s->unauthenticated, conn.get());
     if (!peer || s->finished) co_return;
-    co_await handshake(s, *sock, *peer, false);
+    co_await handshake(s, *conn, *peer, false);
     limit->cancel();
     if (s->finished) co_return;
     guard.release();
-    s->ready[*peer].emplace(std::move(*sock));
+    s->ready[*peer].emplace(std::move(*conn));
     pair_connected(*s, *peer);
     co_return;
   } catch (const handshake_error&) {
@@ -316,15 +327,18 @@ inline void transport_impl::setup_timed_out(setup_session& s) {
                                                  " did not connect and complete the handshake before the deadline"));
 }
 
-/// Writes a goodbye now if the socket takes it (a connection that is given up), and closes.
-inline void transport_impl::goodbye_now(socket_type& sock, const std::string& why) {
+/// Writes a goodbye now if the socket takes it (a connection that is given up), and closes. With
+/// TLS, only on a connection whose TLS handshake is done (its session then writes it).
+inline void transport_impl::goodbye_now(connection& c, const std::string& why) {
   error_code ec;
+  socket_type& sock = c.socket;
   const auto text = std::string_view(why).substr(0, max_handshake_payload);
   const auto header = wire::encode(wire::make_header(wire::frame_kind::goodbye, fingerprint_, hello_message, rank_, 0,
                                                      std::as_bytes(std::span(text))));
   const std::array<asio::const_buffer, 2> bufs{asio::buffer(header), asio::buffer(text.data(), text.size())};
   sock.non_blocking(true, ec);
-  if (!ec) sock.write_some(bufs, ec);
+  if (!ec && !tls_) sock.write_some(bufs, ec);
+  else if (!ec && c.tls && c.tls->established()) c.tls->write(sock, bufs, ec);
   sock.shutdown(socket_type::shutdown_send, ec);
   sock.close(ec);
 }
@@ -338,7 +352,7 @@ inline void transport_impl::finish_setup(setup_session& s, failure err) {
   if (acceptor_) acceptor_->close(ec);
   if (err) {
     const std::string why = "unit " + std::to_string(rank_) + " gave up connecting: " + message_of(err);
-    for (socket_type* p : s.open) goodbye_now(*p, why);
+    for (connection* p : s.open) goodbye_now(*p, why);
     for (auto& r : s.ready)
       if (r) goodbye_now(*r, why);
     s.result.set_value(std::move(err));
@@ -346,11 +360,11 @@ inline void transport_impl::finish_setup(setup_session& s, failure err) {
   }
   // Connections still in their authentication or handshake (a late duplicate, an idle stranger)
   // end with the setup: their coroutines find the socket closed and return.
-  for (socket_type* p : s.open) p->close(ec);
+  for (connection* p : s.open) p->socket.close(ec);
   for (unit_id r = 0; r < world_; ++r) {
     if (!s.ready[r]) continue;
-    s.ready[r]->non_blocking(true, ec);
-    links_[r] = std::make_unique<link>(io_, r, std::move(*s.ready[r]));
+    s.ready[r]->socket.non_blocking(true, ec);
+    links_[r] = std::make_unique<link>(io_, r, std::move(s.ready[r]->socket), std::move(s.ready[r]->tls));
   }
   s.result.set_value(nullptr);
 }

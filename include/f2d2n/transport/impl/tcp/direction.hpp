@@ -126,15 +126,19 @@ template <class Op>
 asio::awaitable<void> transport_impl::waiter(link& l) {
   auto& d = l.along<Op>();
   for (;;) {
+    socket_type::wait_type ready = Op::ready;
     {
       const std::lock_guard lock(l.m);
       if (d.queue.empty() || !d.down.empty() || d.caller) {
         d.waiting = false;
         break;
       }
+      // TLS may need the other readiness (its reads and writes stop only when the socket's do, so
+      // nothing it has decrypted is left behind when it waits: see tls_session).
+      ready = l.waits_for<Op>();
     }
     error_code ec;
-    co_await l.socket.async_wait(Op::ready, asio::redirect_error(asio::use_awaitable, ec));
+    co_await l.socket.async_wait(ready, asio::redirect_error(asio::use_awaitable, ec));
     const std::lock_guard lock(l.m);
     if (ec && !l.socket.is_open()) {
       d.waiting = false;

@@ -4,6 +4,7 @@
 
 #include <f2d2n/transport/impl/tcp/transport_impl.hpp>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <span>
@@ -13,18 +14,85 @@
 
 namespace f2d2n::detail::tcp_impl {
 
-inline asio::awaitable<void> transport_impl::write_frame(socket_type& sock, wire::frame_kind kind,
-                                                         std::uint32_t message, std::span<const std::byte> payload) {
+/// With options.tls, the TLS handshake on a connection just opened (before the cluster key's
+/// proof): "" once both sides have verified the other's certificate, else what went wrong. Drives
+/// OpenSSL's non-blocking handshake with waits for the socket; the connection's deadline closes
+/// the socket of a peer that stalls.
+inline asio::awaitable<std::string> transport_impl::tls_handshake(connection& c, bool dialled) {
+  error_code ec;
+  c.socket.non_blocking(true, ec);
+  if (ec) co_return "the TLS handshake failed: " + ec.message();
+  c.tls = std::make_unique<tls_session>(*tls_, c.socket.native_handle(), !dialled);
+  for (;;) {
+    if (!c.socket.is_open()) co_return std::string("the connection was closed during the TLS handshake");
+    std::string problem;
+    socket_type::wait_type waits = socket_type::wait_read;
+    if (c.tls->handshake(problem, waits)) co_return problem.empty() ? problem : "the TLS handshake failed: " + problem;
+    co_await c.socket.async_wait(waits, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) co_return "the connection was closed during the TLS handshake";
+  }
+}
+
+/// Writes all of `bufs` on a connection being set up (through TLS when it has a session).
+inline asio::awaitable<error_code> transport_impl::put(connection& c, std::array<asio::const_buffer, 2> bufs) {
+  error_code ec;
+  if (!c.tls) {
+    co_await asio::async_write(c.socket, bufs, asio::redirect_error(asio::use_awaitable, ec));
+    co_return ec;
+  }
+  while (bufs[0].size() + bufs[1].size() != 0) {
+    std::size_t n = c.tls->write(c.socket, bufs, ec);
+    if (ec == asio::error::would_block) {
+      co_await c.socket.async_wait(c.tls->write_waits(), asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) co_return ec;
+      continue;
+    }
+    if (ec) co_return ec;
+    for (auto& b : bufs) {
+      const std::size_t k = std::min(n, b.size());
+      b += k;
+      n -= k;
+    }
+  }
+  co_return ec;
+}
+
+/// Reads exactly `buf`'s size on a connection being set up (through TLS when it has a session).
+inline asio::awaitable<error_code> transport_impl::take(connection& c, asio::mutable_buffer buf) {
+  error_code ec;
+  if (!c.tls) {
+    co_await asio::async_read(c.socket, buf, asio::redirect_error(asio::use_awaitable, ec));
+    co_return ec;
+  }
+  while (buf.size() != 0) {
+    const std::size_t n = c.tls->read(c.socket, buf, ec);
+    if (ec == asio::error::would_block) {
+      co_await c.socket.async_wait(c.tls->read_waits(), asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) co_return ec;
+      continue;
+    }
+    if (ec) co_return ec;
+    buf += n;
+  }
+  co_return ec;
+}
+
+/// put() and take() for the steps that end in an exception when the connection fails.
+inline void throw_if(const error_code& ec) {
+  if (ec) throw boost::system::system_error(ec);
+}
+
+inline asio::awaitable<void> transport_impl::write_frame(connection& c, wire::frame_kind kind, std::uint32_t message,
+                                                         std::span<const std::byte> payload) {
   const auto header = wire::encode(wire::make_header(kind, fingerprint_, message, rank_, 0, payload));
-  const std::array<asio::const_buffer, 2> bufs{asio::buffer(header), asio::buffer(payload.data(), payload.size())};
-  co_await asio::async_write(sock, bufs, asio::use_awaitable);
+  throw_if(co_await put(c, {asio::buffer(header), asio::buffer(payload.data(), payload.size())}));
 }
 
 /// Reads one handshake or goodbye frame; its payload is bounded before it is read.
 inline asio::awaitable<std::pair<wire::frame_header, std::vector<std::byte>>> transport_impl::read_handshake_frame(
-    socket_type& sock, comm_context where) {
+    connection& c, comm_context where) {
   wire::header_bytes b{};
-  co_await asio::async_read(sock, asio::buffer(b), asio::use_awaitable);
+  throw_if(co_await take(c, asio::buffer(b)));
   const wire::frame_header h = wire::decode(b, where);
   if (h.kind != wire::frame_kind::handshake && h.kind != wire::frame_kind::goodbye)
     throw protocol_error(where, frame_problem::bad_kind,
@@ -34,7 +102,7 @@ inline asio::awaitable<std::pair<wire::frame_header, std::vector<std::byte>>> tr
                          "a handshake of " + std::to_string(h.payload_length) + " bytes exceeds " +
                              std::to_string(max_handshake_payload));
   std::vector<std::byte> payload(static_cast<std::size_t>(h.payload_length));
-  if (!payload.empty()) co_await asio::async_read(sock, asio::buffer(payload), asio::use_awaitable);
+  if (!payload.empty()) throw_if(co_await take(c, asio::buffer(payload)));
   wire::verify(h, payload, where);
   co_return std::pair<wire::frame_header, std::vector<std::byte>>{h, std::move(payload)};
 }
@@ -44,47 +112,50 @@ inline asio::awaitable<std::pair<wire::frame_header, std::vector<std::byte>>> tr
 /// (no proof, a wrong one, another unit's, a rank that does not connect here). Nothing of a
 /// connection that has not proved the key is interpreted beyond its fixed-size records, and such a
 /// connection touches no state but its own.
-inline asio::awaitable<std::optional<unit_id>> transport_impl::authenticate_accepted(socket_type& sock) {
+inline asio::awaitable<std::optional<unit_id>> transport_impl::authenticate_accepted(connection& c) {
   const nonce mine = fresh_nonce();
   const auto hello_bytes = encode_challenge(mine);
-  co_await asio::async_write(sock, asio::buffer(hello_bytes), asio::use_awaitable);
+  throw_if(co_await put(c, {asio::buffer(hello_bytes), asio::const_buffer()}));
   challenge_bytes theirs{};
-  co_await asio::async_read(sock, asio::buffer(theirs), asio::use_awaitable);
+  throw_if(co_await take(c, asio::buffer(theirs)));
   const auto nonce_d = decode_challenge(theirs);
   if (!nonce_d) co_return std::nullopt;
   dialler_proof_bytes proof{};
-  co_await asio::async_read(sock, asio::buffer(proof), asio::use_awaitable);
+  throw_if(co_await take(c, asio::buffer(proof)));
   if (!dialler_proof_holds(key_bytes(), *nonce_d, mine, proof)) co_return std::nullopt;
-  const auth_claim c = claim_of(proof);
+  const auth_claim claim = claim_of(proof);
   // Proved, so a unit of this cluster: it learns who is here (a misdirected unit can say why it
   // gave up), and nothing else happens unless it dialled this unit and is one that does.
-  const auto answer =
-      encode_acceptor_proof(rank_, proof_mac(key_bytes(), acceptor_label, *nonce_d, mine, {c.dialler, rank_, c.world}));
-  co_await asio::async_write(sock, asio::buffer(answer), asio::use_awaitable);
-  if (c.target != rank_ || c.dialler <= rank_ || c.dialler >= world_) co_return std::nullopt;
-  co_return c.dialler;
+  const auto answer = encode_acceptor_proof(rank_, proof_mac(key_bytes(), acceptor_label, *nonce_d, mine,
+                                                             {claim.dialler, rank_, claim.world}));
+  throw_if(co_await put(c, {asio::buffer(answer), asio::const_buffer()}));
+  if (claim.target != rank_ || claim.dialler <= rank_ || claim.dialler >= world_) co_return std::nullopt;
+  co_return claim.dialler;
 }
 
 /// The dialling side's authentication with the unit it dialled as unit `r`: "" once that unit has
 /// proved the key and that it is unit r; otherwise what went wrong (the dialler tries again).
-inline asio::awaitable<std::string> transport_impl::authenticate_dialled(socket_type& sock, unit_id r,
+inline asio::awaitable<std::string> transport_impl::authenticate_dialled(connection& conn, unit_id r,
                                                                          const std::string& at) {
   const nonce mine = fresh_nonce();
   const auto hello_bytes = encode_challenge(mine);
-  error_code ec;
-  co_await asio::async_write(sock, asio::buffer(hello_bytes), asio::redirect_error(asio::use_awaitable, ec));
+  error_code ec = co_await put(conn, {asio::buffer(hello_bytes), asio::const_buffer()});
   challenge_bytes theirs{};
-  if (!ec) co_await asio::async_read(sock, asio::buffer(theirs), asio::redirect_error(asio::use_awaitable, ec));
+  if (!ec) ec = co_await take(conn, asio::buffer(theirs));
+  // With TLS, the acceptor verifies this unit's certificate after this unit's handshake is done:
+  // its refusal arrives here, as an alert, or as the connection closed (even reset) at once.
+  if (ec && ec.category() == tls_category())
+    co_return at + ": the unit there refused this unit's TLS certificate (" + ec.message() + ")";
   if (ec)
     co_return at + ": " + (ec == asio::error::eof ? std::string("the connection was closed") : ec.message()) +
-        " before authentication";
+        " before authentication" + (tls_ ? " (does it accept this unit's TLS certificate?)" : "");
   const auto nonce_a = decode_challenge(theirs);
   if (!nonce_a) co_return at + ": what listens there is not an f2d2n unit of this version";
   const auth_claim c{rank_, r, world_};
   const auto proof = encode_dialler_proof(c, proof_mac(key_bytes(), dialler_label, mine, *nonce_a, c));
-  co_await asio::async_write(sock, asio::buffer(proof), asio::redirect_error(asio::use_awaitable, ec));
+  ec = co_await put(conn, {asio::buffer(proof), asio::const_buffer()});
   acceptor_proof_bytes answer{};
-  if (!ec) co_await asio::async_read(sock, asio::buffer(answer), asio::redirect_error(asio::use_awaitable, ec));
+  if (!ec) ec = co_await take(conn, asio::buffer(answer));
   if (ec)
     co_return at + ": the unit there closed the connection during authentication (" +
         (options_.key ? "is its cluster key this unit's?" : "does it expect a cluster key? this unit has none") + ")";
@@ -100,14 +171,14 @@ inline asio::awaitable<std::string> transport_impl::authenticate_dialled(socket_
 /// (accepted, or a goodbye saying what differs) and read the other's. `peer` is the unit at the
 /// other end (authenticated); `dialled`: this unit connected. Returns when the pair is set up;
 /// throws handshake_error (refused, by either side), protocol_error or peer_error.
-inline asio::awaitable<void> transport_impl::handshake(std::shared_ptr<setup_session> s, socket_type& sock,
-                                                       unit_id peer, bool dialled) {
+inline asio::awaitable<void> transport_impl::handshake(std::shared_ptr<setup_session> s, connection& c, unit_id peer,
+                                                       bool dialled) {
   const hello mine{rank_, world_, fingerprint_, wire::wire_version, options_.description};
   const comm_context where{rank_, peer, hello_message, 0};
   try {
     const auto payload = encode_hello(mine);
-    co_await write_frame(sock, wire::frame_kind::handshake, hello_message, payload);
-    auto [h, p] = co_await read_handshake_frame(sock, where);
+    co_await write_frame(c, wire::frame_kind::handshake, hello_message, payload);
+    auto [h, p] = co_await read_handshake_frame(c, where);
     if (h.kind == wire::frame_kind::goodbye)
       throw handshake_error(where, "the peer refused the handshake: " + text_of(p));
     if (h.message_id != hello_message)
@@ -125,14 +196,13 @@ inline asio::awaitable<void> transport_impl::handshake(std::shared_ptr<setup_ses
       error_code ignored;
       const auto header = wire::encode(wire::make_header(wire::frame_kind::goodbye, fingerprint_, hello_message, rank_,
                                                          0, std::as_bytes(std::span(diff))));
-      const std::array<asio::const_buffer, 2> bufs{asio::buffer(header), asio::buffer(diff)};
-      co_await asio::async_write(sock, bufs, asio::redirect_error(asio::use_awaitable, ignored));
-      sock.shutdown(socket_type::shutdown_send, ignored);
+      (void)co_await put(c, {asio::buffer(header), asio::buffer(diff)});
+      c.socket.shutdown(socket_type::shutdown_send, ignored);
       throw handshake_error(where, "handshake refused: " + diff);
     }
     if (!dialled) s->claimed[peer] = true;
-    co_await write_frame(sock, wire::frame_kind::handshake, verdict_message, {});
-    auto [v, vp] = co_await read_handshake_frame(sock, where);
+    co_await write_frame(c, wire::frame_kind::handshake, verdict_message, {});
+    auto [v, vp] = co_await read_handshake_frame(c, where);
     if (v.kind == wire::frame_kind::goodbye)
       throw handshake_error(where, "the peer refused the handshake: " + text_of(vp));
     if (v.message_id != verdict_message || !vp.empty())

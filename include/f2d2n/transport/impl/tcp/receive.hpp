@@ -46,7 +46,7 @@ inline progress transport_impl::advance(link& l, receive_op& op, failure& f) {
     else if (op.goodbye) buf = asio::buffer(l.goodbye_text.data() + (op.got - wire::header_size), op.total() - op.got);
     else buf = asio::buffer(op.out.data() + (op.got - wire::header_size), op.total() - op.got);
     error_code ec;
-    const std::size_t n = l.socket.read_some(buf, ec);
+    const std::size_t n = l.tls ? l.tls->read(l.socket, buf, ec) : l.socket.read_some(buf, ec);
     if (would_block(ec)) return progress::wait;
     if (ec) {
       f = read_failed(l, op, ec);

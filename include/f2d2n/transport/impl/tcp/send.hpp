@@ -43,7 +43,7 @@ inline std::shared_ptr<send_op> transport_impl::make_send_op(unit_id peer, const
 inline progress transport_impl::advance(link& l, send_op& op, failure& f) {
   while (op.sent < op.total) {
     error_code ec;
-    const std::size_t n = l.socket.write_some(op.rest(), ec);
+    const std::size_t n = l.tls ? l.tls->write(l.socket, op.rest(), ec) : l.socket.write_some(op.rest(), ec);
     if (would_block(ec)) return progress::wait;
     if (ec) {
       l.tx.down = connection_failure(ec);
@@ -67,7 +67,8 @@ inline void transport_impl::peek_goodbye(link& l) const {
   if (l.peer_reason || l.rx.caller || (!l.rx.queue.empty() && l.rx.queue.front()->got != 0)) return;
   std::array<std::byte, wire::header_size + wire::reason_prefix + wire::max_reason_text> buf;
   error_code ec;
-  const std::size_t n = l.socket.receive(asio::buffer(buf), socket_type::message_peek, ec);
+  const std::size_t n = l.tls ? l.tls->peek(l.socket, asio::buffer(buf), ec)
+                              : l.socket.receive(asio::buffer(buf), socket_type::message_peek, ec);
   if (ec || n < wire::header_size) return;
   try {
     const auto h = wire::decode(std::span<const std::byte, wire::header_size>(buf.data(), wire::header_size), {});
@@ -84,7 +85,8 @@ inline void transport_impl::peek_goodbye(link& l) const {
 
 /// A send's deadline passed: the failure to report; a frame given up half-way puts tx down.
 inline failure transport_impl::timed_out(link& l, const send_op& op) {
-  if (op.sent == 0) return fail<timeout_error>(op.where, "the peer took nothing of the frame before the deadline");
+  if (op.sent == 0 && !committed(l))
+    return fail<timeout_error>(op.where, "the peer took nothing of the frame before the deadline");
   l.tx.down = "a send gave up in the middle of a frame; the stream to this peer is out of sync";
   return fail<timeout_error>(op.where, "the deadline passed after " + std::to_string(op.sent) + " of " +
                                            std::to_string(op.total) +

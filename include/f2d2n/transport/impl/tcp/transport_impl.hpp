@@ -17,10 +17,12 @@
 #include <f2d2n/transport/detail/tcp/link.hpp>
 #include <f2d2n/transport/detail/tcp/operation.hpp>
 #include <f2d2n/transport/detail/tcp/setup_session.hpp>
+#include <f2d2n/transport/detail/tcp/tls.hpp>
 #include <f2d2n/transport/detail/tcp/wake_pipe.hpp>
 #include <f2d2n/transport/endpoint.hpp>
 #include <f2d2n/wire/frame.hpp>
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -90,23 +92,26 @@ class transport_impl {
   asio::awaitable<void> dial(std::shared_ptr<setup_session> s, unit_id r);
   asio::awaitable<void> accept_loop(std::shared_ptr<setup_session> s);
   asio::awaitable<void> serve(std::shared_ptr<setup_session> s, socket_type accepted);
-  asio::awaitable<void> write_frame(socket_type& sock, wire::frame_kind kind, std::uint32_t message,
+  asio::awaitable<std::string> tls_handshake(connection& c, bool dialled);
+  static asio::awaitable<error_code> put(connection& c, std::array<asio::const_buffer, 2> bufs);
+  static asio::awaitable<error_code> take(connection& c, asio::mutable_buffer buf);
+  asio::awaitable<void> write_frame(connection& c, wire::frame_kind kind, std::uint32_t message,
                                     std::span<const std::byte> payload);
-  asio::awaitable<std::pair<wire::frame_header, std::vector<std::byte>>> read_handshake_frame(socket_type& sock,
+  asio::awaitable<std::pair<wire::frame_header, std::vector<std::byte>>> read_handshake_frame(connection& c,
                                                                                               comm_context where);
-  asio::awaitable<std::optional<unit_id>> authenticate_accepted(socket_type& sock);
-  asio::awaitable<std::string> authenticate_dialled(socket_type& sock, unit_id r, const std::string& at);
-  asio::awaitable<void> handshake(std::shared_ptr<setup_session> s, socket_type& sock, unit_id peer, bool dialled);
+  asio::awaitable<std::optional<unit_id>> authenticate_accepted(connection& c);
+  asio::awaitable<std::string> authenticate_dialled(connection& c, unit_id r, const std::string& at);
+  asio::awaitable<void> handshake(std::shared_ptr<setup_session> s, connection& c, unit_id peer, bool dialled);
   [[nodiscard]] std::span<const std::byte> key_bytes() const noexcept {
     return options_.key ? options_.key->bytes() : std::span<const std::byte>();
   }
   void check_loopback(const asio::ip::tcp::endpoint& e, const char* doing) const;
-  std::shared_ptr<timer_type> connection_deadline(const std::shared_ptr<socket_type>& sock);
+  std::shared_ptr<timer_type> connection_deadline(const std::shared_ptr<connection>& c);
   static void evict_oldest(setup_session& s);
   void pair_connected(setup_session& s, unit_id peer);
   void pair_failed(setup_session& s, unit_id peer, failure f, bool refused);
   void setup_timed_out(setup_session& s);
-  void goodbye_now(socket_type& sock, const std::string& why);
+  void goodbye_now(connection& c, const std::string& why);
   void finish_setup(setup_session& s, failure err);
 
   // ---- one direction of a link, on the peer's strand: one template for both (impl/tcp/direction.hpp) ----
@@ -157,7 +162,7 @@ class transport_impl {
   static bool claim(link& l);
   template <class Op>
   void hand_back(link& l);
-  void wait_for_sockets(int write_fd, int read_fd, bool watch_shutdown, deadline until) const;
+  void wait_for_sockets(link* tl, link* rl, bool watch_shutdown, deadline until) const;
 
   // ---- closing, on the peer's strand (impl/tcp/shutdown.hpp) ----
 
@@ -168,7 +173,8 @@ class transport_impl {
   unit_id world_;
   std::uint64_t fingerprint_;
   tcp_options options_;
-  asio::io_context io_;  // declared before everything that holds its executor: destroyed last
+  std::unique_ptr<tls_context> tls_;  // with options_.tls: made before any connection, shared by all
+  asio::io_context io_;               // declared before everything that holds its executor: destroyed last
   asio::executor_work_guard<asio::io_context::executor_type> work_;
   strand_type setup_;
   std::optional<acceptor_type> acceptor_;
