@@ -9,6 +9,7 @@
 
 #include <f2d2n/model.hpp>
 #include <f2d2n/store.hpp>
+#include <f2d2n/transport/detail/tcp/authentication.hpp>
 #include <f2d2n/transport/detail/tcp/handshake.hpp>
 #include <f2d2n/wire/frame.hpp>
 
@@ -181,8 +182,26 @@ int main(int argc, char** argv) {
 
     // fuzz_handshake: hellos.
     namespace tcp = nn::detail::tcp_impl;
-    write(root / "handshake" / "hello_rank1", tcp::encode_hello({1, 4, 0x0123456789abcdefu, nn::wire::wire_version}));
-    write(root / "handshake" / "hello_rank0", tcp::encode_hello({0, 2, 0x0123456789abcdefu, nn::wire::wire_version}));
+    write(root / "handshake" / "hello_rank1",
+          tcp::encode_hello({1, 4, 0x0123456789abcdefu, nn::wire::wire_version, {}}));
+    write(root / "handshake" / "hello_rank0",
+          tcp::encode_hello({0, 2, 0x0123456789abcdefu, nn::wire::wire_version, "dense[4]->[3]:15\nplan"}));
+    // ... and an authentication stream whose proof holds for fuzz_handshake's key and nonce.
+    {
+      const std::string_view key = "fuzz-cluster-key-0123456789abcdef";
+      tcp::nonce acceptor{};
+      for (std::size_t i = 0; i < acceptor.size(); ++i) acceptor[i] = static_cast<std::byte>(0xa0 + i);
+      tcp::nonce dialler{};
+      for (std::size_t i = 0; i < dialler.size(); ++i) dialler[i] = static_cast<std::byte>(i);
+      const tcp::auth_claim c{2, 0, 3};
+      const auto k = std::as_bytes(std::span(key));
+      bytes stream;
+      auto add = [&stream](const auto& record) { stream.insert(stream.end(), record.begin(), record.end()); };
+      add(tcp::encode_challenge(dialler));
+      add(tcp::encode_dialler_proof(c, tcp::proof_mac(k, tcp::dialler_label, dialler, acceptor, c)));
+      add(tcp::encode_acceptor_proof(0, tcp::proof_mac(k, tcp::acceptor_label, dialler, acceptor, c)));
+      write(root / "handshake" / "authentication", stream);
+    }
 
     // fuzz_idx: an images file (2 images of 3x3) and a labels file, plain and gzipped.
     const bytes images = idx({2, 3, 3}, 1), labels = idx({2}, 7);

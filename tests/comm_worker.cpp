@@ -24,9 +24,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <csignal>
-
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
