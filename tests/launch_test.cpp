@@ -14,6 +14,7 @@
 #include "launch/launcher.hpp"  // tools/launch/: the supervisor behind f2d2n_launch
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -831,4 +832,20 @@ TEST_CASE("environment: the cluster key and the deadlines") {
     }
     CHECK(config_error([] { (void)f2d2n::config_from_environment(); }).find("F2D2N_TIMEOUT") != std::string::npos);
   }
+}
+
+TEST_CASE("launch: the launcher sleeps while its units run (no polling loop)") {
+  // A launcher that spins takes a core from the units it supervises: while two units sleep for a
+  // second, it may use a small part of that second, not all of it.
+  rusage before{}, after{};
+  ::getrusage(RUSAGE_SELF, &before);
+  const auto r = run_sh(units(2), "sleep 1");
+  ::getrusage(RUSAGE_SELF, &after);
+  REQUIRE(r.code == 0);
+  const auto cpu = [](const rusage& u) {
+    return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+           static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+  };
+  CAPTURE(r.seconds);
+  CHECK(cpu(after) - cpu(before) < 0.25 * r.seconds);
 }

@@ -389,11 +389,14 @@ inline int launch(const launch_options& options, const std::vector<std::string>&
 
       // Wait for output, an exec report, a signal (SIGCHLD included), or the next deadline.
       std::optional<clock::time_point> next;
-      if (state == phase::running) next = run_deadline;
-      if (state == phase::running && bystander_deadline)
-        next = next ? std::min(*next, *bystander_deadline) : bystander_deadline;
-      else if (restart_pending && run_deadline) next = std::min(phase_deadline, *run_deadline);
-      else next = phase_deadline;
+      if (state == phase::running) {
+        next = run_deadline;
+        if (bystander_deadline) next = next ? std::min(*next, *bystander_deadline) : bystander_deadline;
+      } else if (restart_pending && run_deadline) {
+        next = std::min(phase_deadline, *run_deadline);
+      } else {
+        next = phase_deadline;
+      }
       int wait_ms = -1;
       if (next) {
         const auto ms = std::chrono::ceil<std::chrono::milliseconds>(*next - clock::now()).count();
