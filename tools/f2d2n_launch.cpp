@@ -101,9 +101,9 @@ int main(int argc, char** argv) try {
        {std::pair{"unit-timeout", &options.unit_timeout}, std::pair{"connect-timeout", &options.connect_timeout}}) {
     if (!vm.count(name)) continue;
     const double v = vm[name].as<double>();
-    if (!(v > 0) || v > 365.0 * 24 * 3600)
+    *into = f2d2n::seconds_duration(v);
+    if (!*into)
       throw po::error("--" + std::string(name) + " " + std::to_string(v) + " is not a number of seconds above 0");
-    *into = std::chrono::milliseconds(std::max<long long>(1, static_cast<long long>(v * 1000 + 0.5)));
   }
   return f2d2n::launch(options, command, std::cout, std::cerr);
 } catch (const po::error& e) {

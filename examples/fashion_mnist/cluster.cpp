@@ -110,11 +110,12 @@ int main(int argc, char** argv) try {
   for (auto [value, name, into] : {std::tuple{timeout, "--timeout", &c.timeout},
                                    std::tuple{connect_timeout, "--connect-timeout", &c.connect_timeout}}) {
     if (value == 0) continue;
-    if (!(value > 0) || value > 365.0 * 24 * 3600) {
+    const auto d = nn::seconds_duration(value);
+    if (!d) {
       std::cerr << "fashion_mnist_cluster: " << name << " " << value << " is not a number of seconds above 0\n";
       return 2;
     }
-    *into = std::chrono::milliseconds(std::max<long long>(1, static_cast<long long>(value * 1000 + 0.5)));
+    *into = *d;
   }
   // kill -USR1 <pid> prints the unit's last messages (docs/debugging.md); a timeout prints them too.
   const auto flight_recorder = nn::print_flight_recorder_on(SIGUSR1);

@@ -113,6 +113,14 @@ struct hosts_entry {
   std::size_t line = 0;  ///< 1-based line number in the file
 };
 
+/// A deadline given in seconds (0.5 is half a second), in milliseconds (at least 1); nothing when
+/// it is not above 0 or is more than a year. F2D2N_TIMEOUT, F2D2N_CONNECT_TIMEOUT and the
+/// command-line options that set them all go through it.
+[[nodiscard]] inline std::optional<std::chrono::milliseconds> seconds_duration(double seconds) {
+  if (!(seconds > 0.0) || seconds > 365.0 * 24 * 3600) return std::nullopt;
+  return std::chrono::milliseconds(std::max<std::int64_t>(1, static_cast<std::int64_t>(seconds * 1000.0 + 0.5)));
+}
+
 namespace detail {
 
 /// Whether `c` may appear in a host name or address (IPv6 colons and zone ids included).
@@ -183,9 +191,10 @@ inline void check_host(std::string_view host, const std::string& context) {
   char* end = nullptr;
   errno = 0;
   const double v = t.empty() ? -1.0 : std::strtod(t.c_str(), &end);
-  if (t.empty() || errno != 0 || end != t.c_str() + t.size() || !(v > 0.0) || v > 365.0 * 24 * 3600)
+  const auto d = seconds_duration(v);
+  if (t.empty() || errno != 0 || end != t.c_str() + t.size() || !d)
     throw configuration_error(name + "=" + quoted(text) + " is not a number of seconds above 0 (e.g. 30 or 0.5)");
-  return std::chrono::milliseconds(std::max<std::int64_t>(1, static_cast<std::int64_t>(v * 1000.0 + 0.5)));
+  return *d;
 }
 
 [[nodiscard]] inline std::string environment_value(const char* name) {
