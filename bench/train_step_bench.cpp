@@ -34,6 +34,7 @@
 //   bench/compare/mlp_vs_pytorch.sh
 #include <f2d2n/core/denormals.hpp>
 #include <f2d2n/core/random.hpp>
+#include <f2d2n/kernel/gemm.hpp>
 #include <f2d2n/model/network.hpp>
 #include <f2d2n/train/optimizers.hpp>
 
@@ -44,9 +45,11 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace {
@@ -143,10 +146,15 @@ void BM_train_step(benchmark::State& state) {
   set_counters(state, batch);
 }
 
+/// The step's GEMMs, with operands laid out as the library lays them out (samples are rows, W is
+/// out x in). Argument 1: through the kernel layer (the backend this program was built with,
+/// kernel/gemm.hpp), each layer with its own workspace as in a network; 0: Eigen's products
+/// directly (the portable fallback's rate, whatever the backend).
 void BM_gemms(benchmark::State& state) {
+  namespace k = f2d2n::kernel;
   const auto b = static_cast<Eigen::Index>(state.range(0));
+  const bool kernel_layer = state.range(1) != 0;
   const auto [d0, d1, d2, d3] = widths;
-  // Inputs and weights as the library lays them out: samples are rows, W is out x in.
   const matrix x0 = pool().x.topRows(b);
   const matrix w1 = random_matrix(d1, d0, 1, 0.08f), w2 = random_matrix(d2, d1, 2, 0.15f),
                w3 = random_matrix(d3, d2, 3, 0.2f);
@@ -154,21 +162,91 @@ void BM_gemms(benchmark::State& state) {
   const matrix dy3 = random_matrix(b, d3, 4, 0.01f);
   matrix dy2(b, d2), dy1(b, d1);
   matrix dw1(d1, d0), dw2(d2, d1), dw3(d3, d2);
+  std::array<k::workspace<float>, 3> ws;
   for (auto _ : state) {
-    y1.noalias() = x0 * w1.transpose();
-    y2.noalias() = y1 * w2.transpose();
-    y3.noalias() = y2 * w3.transpose();
-    dw3.noalias() = dy3.transpose() * y2;
-    dy2.noalias() = dy3 * w3;
-    dw2.noalias() = dy2.transpose() * y1;
-    dy1.noalias() = dy2 * w2;
-    dw1.noalias() = dy1.transpose() * x0;
+    if (kernel_layer) {
+      k::multiply<float>(ws[0], k::form::nt, x0, w1, y1);
+      k::multiply<float>(ws[1], k::form::nt, y1, w2, y2);
+      k::multiply<float>(ws[2], k::form::nt, y2, w3, y3);
+      k::multiply<float>(ws[2], k::form::tn, dy3, y2, dw3);
+      k::multiply<float>(ws[2], k::form::nn, dy3, w3, dy2);
+      k::multiply<float>(ws[1], k::form::tn, dy2, y1, dw2);
+      k::multiply<float>(ws[1], k::form::nn, dy2, w2, dy1);
+      k::multiply<float>(ws[0], k::form::tn, dy1, x0, dw1);
+    } else {
+      y1.noalias() = x0 * w1.transpose();
+      y2.noalias() = y1 * w2.transpose();
+      y3.noalias() = y2 * w3.transpose();
+      dw3.noalias() = dy3.transpose() * y2;
+      dy2.noalias() = dy3 * w3;
+      dw2.noalias() = dy2.transpose() * y1;
+      dy1.noalias() = dy2 * w2;
+      dw1.noalias() = dy1.transpose() * x0;
+    }
     benchmark::DoNotOptimize(y3.data());
     benchmark::DoNotOptimize(dw1.data());
     benchmark::ClobberMemory();
   }
   set_counters(state, b);
 }
+
+/// One GEMM of the step alone, through the kernel layer: args batch, layer (0..2), form (0 nn, 1 nt
+/// forward, 2 tn weight gradient).
+void BM_gemm(benchmark::State& state) {
+  namespace k = f2d2n::kernel;
+  const auto b = static_cast<Eigen::Index>(state.range(0));
+  const auto layer = static_cast<std::size_t>(state.range(1));
+  const auto op = static_cast<k::form>(state.range(2));
+  const Eigen::Index in = widths[layer], out = widths[layer + 1];
+  const matrix x = random_matrix(b, in, 8, 1), w = random_matrix(out, in, 9, 0.1f), dy = random_matrix(b, out, 10, 0.1f);
+  matrix y(b, out), dw(out, in), dx(b, in);
+  k::workspace<float> ws;
+  for (auto _ : state) {
+    switch (op) {
+      case k::form::nt: k::multiply<float>(ws, op, x, w, y); break;
+      case k::form::tn: k::multiply<float>(ws, op, dy, x, dw); break;
+      case k::form::nn: k::multiply<float>(ws, op, dy, w, dx); break;
+    }
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(b * in * out) / 1e9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Eigen's packet types carry vector attributes that GCC drops (and warns about) in template arguments.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#endif
+/// The core's single-precision peak: an FMA loop over 16 independent accumulators of Eigen's
+/// widest packet for this build (-march=native: 16 floats with AVX-512), enough to cover the FMA
+/// units' latency, nothing loaded from memory. GFLOP/s counts 2 per lane per FMA. What the step's
+/// and the GEMMs' rates are compared with (mlp_vs_pytorch.sh); no GEMM can beat it, and the
+/// script checks that none did (a probe that runs below the core's peak would flatter the step).
+void BM_fma_peak(benchmark::State& state) {
+  using packet = Eigen::internal::packet_traits<float>::type;
+  constexpr int lanes = Eigen::internal::unpacket_traits<packet>::size;
+  constexpr int accumulators = 16;
+  constexpr int rounds = 4096;
+  std::array<packet, accumulators> acc{};
+  for (int j = 0; j < accumulators; ++j) acc[static_cast<std::size_t>(j)] = Eigen::internal::pset1<packet>(float(j));
+  // a = a * 0.999 + 0.5 converges to 500: no overflow, no subnormal, whatever the iteration count.
+  const packet x = Eigen::internal::pset1<packet>(0.999f), y = Eigen::internal::pset1<packet>(0.5f);
+  for (auto _ : state) {
+    for (int i = 0; i < rounds; ++i) {
+#pragma GCC unroll 16
+      for (int j = 0; j < accumulators; ++j)
+        acc[static_cast<std::size_t>(j)] = Eigen::internal::pmadd(acc[static_cast<std::size_t>(j)], x, y);
+    }
+    for (auto& a : acc) benchmark::DoNotOptimize(a);
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * lanes * accumulators * rounds / 1e9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["lanes"] = lanes;
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 void BM_sgd_update(benchmark::State& state) {
   constexpr auto n = static_cast<Eigen::Index>(net_type::parameter_count);
@@ -211,13 +289,24 @@ void BM_sgd_update_subnormal_velocity(benchmark::State& state) {
 }
 
 BENCHMARK(BM_train_step)->Arg(32)->Arg(64)->Arg(256)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gemms)->Arg(32)->Arg(64)->Arg(256)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gemms)
+    ->ArgNames({"batch", "kernel_layer"})
+    ->ArgsProduct({{32, 64, 256}, {1, 0}})
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gemm)->ArgNames({"batch", "layer", "form"})->ArgsProduct({{64, 256}, {0, 1, 2}, {0, 1, 2}})
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_fma_peak)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_sgd_update)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_sgd_update_subnormal_velocity)->ArgName("flushed")->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 2 && std::string_view(argv[1]) == "--backend") {  // for bench/compare/mlp_vs_pytorch.sh
+    std::printf("%s\n", f2d2n::kernel::backend_description().c_str());
+    return 0;
+  }
+  benchmark::AddCustomContext("kernels", f2d2n::kernel::backend_description());
   benchmark::AddCustomContext("eigen", std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) +
                                            "." + std::to_string(EIGEN_MINOR_VERSION));
   benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());

@@ -53,6 +53,9 @@ class F2d2nConan(ConanFile):
         tc = CMakeToolchain(self)
         for option in ("TESTS", "EXAMPLES", "BENCH", "TOOLS"):
             tc.cache_variables[f"F2D2N_BUILD_{option}"] = False
+        # ConanCenter has no libxsmm: the portable kernel backend, whatever the build machine has
+        # (docs/kernels.md).
+        tc.cache_variables["F2D2N_KERNELS"] = "eigen"
         tc.generate()
         CMakeDeps(self).generate()
 

@@ -12,6 +12,7 @@ packages=(
   libboost-serialization-dev           # Boost.Serialization
   libboost-program-options-dev         # the examples' command lines
   libeigen3-dev                        # Eigen 3.4
+  libxsmm-dev                          # JIT GEMM kernels: the default kernel backend (docs/kernels.md)
   zlib1g-dev                           # gzipped IDX files
   libxxhash-dev                        # frame checksums (XXH3, header-only)
   nlohmann-json3-dev                   # JSON: safetensors headers, checkpoint manifests

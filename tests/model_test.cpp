@@ -82,12 +82,13 @@ TEST_CASE("mean squared error against one-hot labels matches PyTorch's definitio
 TEST_CASE("activations compute their functions") {
   nn::matrix<double> x(1, 3), y(1, 3);
   x << -2, 0.5, 3;
-  nn::relu::forward<double>(nullptr, x, y);
+  nn::kernel::workspace<double> ws;
+  nn::relu::forward<double>(ws, nullptr, x, y);
   CHECK(y(0, 0) == 0);
   CHECK(y(0, 1) == 0.5);
-  nn::sigmoid::forward<double>(nullptr, x, y);
+  nn::sigmoid::forward<double>(ws, nullptr, x, y);
   CHECK(y(0, 2) == doctest::Approx(1 / (1 + std::exp(-3.0))));
-  nn::tanh::forward<double>(nullptr, x, y);
+  nn::tanh::forward<double>(ws, nullptr, x, y);
   CHECK(y(0, 0) == doctest::Approx(std::tanh(-2.0)));
 }
 
@@ -161,8 +162,8 @@ namespace {
 /// A user-defined layer (relu forward) whose backward forgets the relu mask: a wrong gradient.
 struct leaky_backward_relu : nn::relu {
   template <class S>
-  static void backward(const S*, S*, nn::const_matrix_ref<S>, nn::const_matrix_ref<S>, nn::const_matrix_ref<S> dy,
-                       nn::matrix_ref<S> dx, bool want_dx) {
+  static void backward(nn::kernel::workspace<S>&, const S*, S*, nn::const_matrix_ref<S>, nn::const_matrix_ref<S>,
+                       nn::const_matrix_ref<S> dy, nn::matrix_ref<S> dx, bool want_dx) {
     if (want_dx) dx = dy;
   }
 };

@@ -13,8 +13,11 @@
 # on one side only); each turn runs each batch size for at least MIN_TIME CPU seconds. Rates are per
 # CPU second on both sides (Google Benchmark's default), so time spent descheduled on a busy shared
 # machine counts on neither. The table gives medians over the rounds. f2d2n's number is
-# BM_train_step/B of $BUILD_DIR/bench/train_step_bench; BM_gemms/B (the same step's GEMMs alone,
-# plain Eigen) is printed next to it, for the issue's other target (step >= 80 % of its GEMMs' rate).
+# BM_train_step/B of $BUILD_DIR/bench/train_step_bench, built with the kernel backend its
+# configuration chose (docs/kernels.md; the first line names it). Next to it, in GFLOP/s: the
+# step's GEMMs alone through the kernel layer (BM_gemms/B/1) and as plain Eigen products
+# (BM_gemms/B/0), and the core's FMA peak (BM_fma_peak), measured in the same turn; the last columns
+# are the step's and its GEMMs' shares of that peak, and the step's share of its GEMMs' rate.
 #
 # Environment:
 #   BUILD_DIR    f2d2n build directory (default build). Reused when configured; otherwise configured
@@ -56,10 +59,12 @@ trap 'rm -rf "$tmp"' EXIT
 batch_regex="$(echo $BATCHES | tr ' ' '|')"
 batch_args=()
 for b in $BATCHES; do batch_args+=(--batch "$b"); done
-echo "# $ROUNDS rounds, each: $bench (BM_train_step, BM_gemms), then bench/compare/pytorch_mlp.py;" \
-  "batch $BATCHES, ${MIN_TIME} CPU seconds each"
+echo "# $ROUNDS rounds, each: $bench (BM_train_step, BM_gemms, BM_fma_peak), then" \
+  "bench/compare/pytorch_mlp.py; batch $BATCHES, ${MIN_TIME} CPU seconds each"
+echo "# f2d2n's kernel backend: $("$bench" --backend)"
 for (( r = 1; r <= ROUNDS; ++r )); do
-  "$bench" --benchmark_filter="^BM_(train_step|gemms)/($batch_regex)\$" --benchmark_min_time="$MIN_TIME" \
+  "$bench" --benchmark_filter="^BM_(train_step/($batch_regex)|gemms/batch:($batch_regex)/kernel_layer:[01]|fma_peak)\$" \
+    --benchmark_min_time="$MIN_TIME" \
     --benchmark_out="$tmp/f2d2n.$r.json" --benchmark_out_format=json >"$tmp/f2d2n.log" 2>&1 ||
     { cat "$tmp/f2d2n.log" >&2; die "$bench failed"; }
   "$PYTHON" bench/compare/pytorch_mlp.py "${batch_args[@]}" --threads 1 --min-time "$MIN_TIME" --repetitions 1 \
@@ -73,25 +78,47 @@ done
 import json, re, statistics, sys
 
 tmp, rounds, batches = sys.argv[1], int(sys.argv[2]), [int(b) for b in sys.argv[3:]]
-step, gemms, torch_ = ({b: [] for b in batches} for _ in range(3))
+step, step_gf, gemms, gemms_gf, eigen_gf, torch_ = ({b: [] for b in batches} for _ in range(6))
+peak = []
 for r in range(1, rounds + 1):
     for run in json.load(open(f"{tmp}/f2d2n.{r}.json"))["benchmarks"]:
-        name, batch = run["run_name"].split("/")
-        {"BM_train_step": step, "BM_gemms": gemms}[name][int(batch)].append(run["samples/s"])
+        parts = run["run_name"].split("/")
+        if parts[0] == "BM_fma_peak":
+            peak.append(run["GFLOP/s"])
+        elif parts[0] == "BM_train_step":
+            step[int(parts[1])].append(run["samples/s"])
+            step_gf[int(parts[1])].append(run["GFLOP/s"])
+        elif parts[0] == "BM_gemms":
+            batch, layer = int(parts[1].split(":")[1]), parts[2] == "kernel_layer:1"
+            if layer:
+                gemms[batch].append(run["samples/s"])
+                gemms_gf[batch].append(run["GFLOP/s"])
+            else:
+                eigen_gf[batch].append(run["GFLOP/s"])
     for line in open(f"{tmp}/pytorch.{r}.txt"):
         m = re.match(r"pytorch_mlp batch=(\d+) .* samples/s=([0-9.]+)", line)
         if m:
             torch_[int(m.group(1))].append(float(m.group(2)))
 
 med = statistics.median
+if len(peak) != rounds:
+    sys.exit("mlp_vs_pytorch.sh: missing results for the FMA peak")
 print(f"\n# medians over {rounds} round(s); ratios are medians of the per-round ratios")
+print(f"# the core's FMA peak: {med(peak):.0f} GFLOP/s (BM_fma_peak)")
 print(f"{'batch':>5}  {'f2d2n samples/s':>15}  {'PyTorch samples/s':>17}  {'f2d2n/PyTorch':>13}  "
-      f"{'GEMMs samples/s':>15}  {'step/GEMMs':>10}")
+      f"{'GEMMs GFLOP/s':>13}  {'Eigen GFLOP/s':>13}  {'step/peak':>9}  {'GEMMs/peak':>10}  {'step/GEMMs':>10}")
+worst = 0.0
 for b in batches:
-    if not (len(step[b]) == len(gemms[b]) == len(torch_[b]) == rounds):
+    if not (len(step[b]) == len(gemms[b]) == len(eigen_gf[b]) == len(torch_[b]) == rounds):
         sys.exit(f"mlp_vs_pytorch.sh: missing results for batch {b}")
     vs_torch = med(s / t for s, t in zip(step[b], torch_[b]))
     vs_gemms = med(s / g for s, g in zip(step[b], gemms[b]))
+    step_peak = med(s / p for s, p in zip(step_gf[b], peak))
+    gemm_peak = med(g / p for g, p in zip(gemms_gf[b], peak))
+    worst = max(worst, max(g / p for g, p in zip(gemms_gf[b], peak)))
     print(f"{b:>5}  {med(step[b]):>15.0f}  {med(torch_[b]):>17.0f}  {vs_torch:>12.2f}x  "
-          f"{med(gemms[b]):>15.0f}  {vs_gemms:>10.2f}")
+          f"{med(gemms_gf[b]):>13.0f}  {med(eigen_gf[b]):>13.0f}  {step_peak:>9.2f}  {gemm_peak:>10.2f}  {vs_gemms:>10.2f}")
+if worst > 1.05:
+    print(f"# warning: a GEMM rate measured {worst:.2f}x the FMA probe's peak in one round: the probe ran in a slow "
+          "phase of the machine (or below the core's peak); the peak ratios of that round are not trustworthy")
 PY

@@ -18,6 +18,8 @@ vcpkg_cmake_configure(
     -DF2D2N_BUILD_EXAMPLES=OFF
     -DF2D2N_BUILD_BENCH=OFF
     -DF2D2N_BUILD_TOOLS=OFF
+    # vcpkg has no libxsmm: the portable kernel backend, whatever the build machine has (docs/kernels.md)
+    -DF2D2N_KERNELS=eigen
 )
 vcpkg_cmake_install()
 # share/cmake/f2d2n -> share/f2d2n, where vcpkg's find_package looks; FindxxHash.cmake moves with it

@@ -53,9 +53,20 @@ int main() {
   const bool found = ck2.resume().has_value();
   std::filesystem::remove_all(dir);
 
+  // The kernel backend the package chose reaches this program: with libxsmm, its generated code runs.
+  nn::kernel::workspace<float> ws;
+  const nn::matrix<float> a = nn::matrix<float>::Random(5, 3), b = nn::matrix<float>::Random(3, 4);
+  nn::matrix<float> c(5, 4);
+  nn::kernel::multiply<float>(ws, nn::kernel::form::nn, a, b, c);
+  const bool kernels = ws.kernels().size() == 1 &&
+                       ws.kernels()[0].generated() == (nn::kernel::active_backend == nn::kernel::backend::libxsmm) &&
+                       c.isApprox(a * b, 1e-5f);
+
   static_assert(nn::default_base_port == 29500);
-  const bool ok = after.loss < before.loss && same(from_file) && same(from_archive) && found && same(resumed);
-  std::printf("f2d2n %d.%d.%d consumer: loss %.4f -> %.4f; safetensors, archive and checkpoint %s\n", nn::version_major,
-              nn::version_minor, nn::version_patch, before.loss, after.loss, ok ? "round-trip" : "FAILED");
+  const bool ok =
+      after.loss < before.loss && same(from_file) && same(from_archive) && found && same(resumed) && kernels;
+  std::printf("f2d2n %d.%d.%d consumer (kernels: %s): loss %.4f -> %.4f; safetensors, archive and checkpoint %s\n",
+              nn::version_major, nn::version_minor, nn::version_patch, nn::kernel::backend_description().c_str(),
+              before.loss, after.loss, ok ? "round-trip" : "FAILED");
   return ok ? 0 : 1;
 }

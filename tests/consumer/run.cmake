@@ -9,7 +9,8 @@ if(MODE STREQUAL "package")
     message(FATAL_ERROR "cmake --install failed")
   endif()
   set(expected include/f2d2n/f2d2n.hpp include/f2d2n/launch.hpp share/cmake/f2d2n/f2d2nConfig.cmake
-               share/cmake/f2d2n/f2d2nConfigVersion.cmake share/cmake/f2d2n/FindxxHash.cmake share/doc/f2d2n/LICENSE)
+               share/cmake/f2d2n/f2d2nConfigVersion.cmake share/cmake/f2d2n/FindxxHash.cmake
+               share/cmake/f2d2n/Findlibxsmm.cmake share/doc/f2d2n/LICENSE)
   if(EXISTS ${BUILD_DIR}/tools/f2d2n_launch)
     list(APPEND expected bin/f2d2n_launch)  # installed with the package when the tools are built
   endif()

@@ -5,7 +5,8 @@
 //   parameter_count(extents in) -> std::size_t (constexpr)
 //   at_layer<Index, Last, InDims...>           a class template whose static_asserts check that the
 //                                              layer fits at position Index after input shape InDims
-//   forward / backward (see below)             kernels over runtime extents, templated on the scalar only
+//   forward / backward (see below)             kernels over runtime extents, templated on the scalar only;
+//                                              their products go through the layer's kernel::workspace
 //   kind                                        input, hidden or loss
 //   name                                        a short name (optional; part of a plan's fingerprint)
 // The kernels never depend on the layer's position, so a network of many layers instantiates each
@@ -14,6 +15,7 @@
 
 #include <f2d2n/core/random.hpp>
 #include <f2d2n/core/shape.hpp>
+#include <f2d2n/kernel/gemm.hpp>
 #include <f2d2n/model/tensor.hpp>
 
 #include <cmath>
@@ -71,11 +73,11 @@ namespace detail {
 /// once per scalar type, not once per N.
 struct dense_kernels {
   template <class S>
-  static void forward(const S* params, const_matrix_ref<S> x, matrix_ref<S> y) {
+  static void forward(kernel::workspace<S>& ws, const S* params, const_matrix_ref<S> x, matrix_ref<S> y) {
     const auto in = x.cols(), n = y.cols();
     const_matrix_map<S> w(params, n, in);
     Eigen::Map<const vector<S>> b(params + n * in, n);
-    y.noalias() = x * w.transpose();
+    kernel::multiply<S>(ws, kernel::form::nt, x, w, y);
     y.rowwise() += b.transpose();
   }
 
@@ -95,15 +97,15 @@ struct dense_kernels {
 
   /// Writes (not adds) this layer's gradients; computes dx only when want_dx.
   template <class S>
-  static void backward(const S* params, S* grads, const_matrix_ref<S> x, const_matrix_ref<S> /*y*/,
-                       const_matrix_ref<S> dy, matrix_ref<S> dx, bool want_dx) {
+  static void backward(kernel::workspace<S>& ws, const S* params, S* grads, const_matrix_ref<S> x,
+                       const_matrix_ref<S> /*y*/, const_matrix_ref<S> dy, matrix_ref<S> dx, bool want_dx) {
     const auto in = x.cols(), n = dy.cols();
     const_matrix_map<S> w(params, n, in);
     matrix_map<S> dw(grads, n, in);
     Eigen::Map<vector<S>> db(grads + n * in, n);
-    dw.noalias() = dy.transpose() * x;
+    kernel::multiply<S>(ws, kernel::form::tn, dy, x, dw);
     bias_gradient(dy, db);
-    if (want_dx) dx.noalias() = dy * w;
+    if (want_dx) kernel::multiply<S>(ws, kernel::form::nn, dy, w, dx);
   }
 
   /// Fills the block of rows [row_begin, row_begin + rows) and input columns [col_begin,
@@ -165,12 +167,12 @@ struct elementwise {
 struct relu : detail::elementwise {
   static constexpr std::string_view name = "relu";
   template <class S>
-  static void forward(const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
+  static void forward(kernel::workspace<S>&, const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
     y.array() = x.array().max(S(0));
   }
   template <class S>
-  static void backward(const S*, S*, const_matrix_ref<S>, const_matrix_ref<S> y, const_matrix_ref<S> dy,
-                       matrix_ref<S> dx, bool want_dx) {
+  static void backward(kernel::workspace<S>&, const S*, S*, const_matrix_ref<S>, const_matrix_ref<S> y,
+                       const_matrix_ref<S> dy, matrix_ref<S> dx, bool want_dx) {
     if (want_dx) dx.array() = (y.array() > S(0)).select(dy.array(), S(0));
   }
 };
@@ -179,12 +181,12 @@ struct relu : detail::elementwise {
 struct sigmoid : detail::elementwise {
   static constexpr std::string_view name = "sigmoid";
   template <class S>
-  static void forward(const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
+  static void forward(kernel::workspace<S>&, const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
     y.array() = x.array().logistic();
   }
   template <class S>
-  static void backward(const S*, S*, const_matrix_ref<S>, const_matrix_ref<S> y, const_matrix_ref<S> dy,
-                       matrix_ref<S> dx, bool want_dx) {
+  static void backward(kernel::workspace<S>&, const S*, S*, const_matrix_ref<S>, const_matrix_ref<S> y,
+                       const_matrix_ref<S> dy, matrix_ref<S> dx, bool want_dx) {
     if (want_dx) dx.array() = dy.array() * y.array() * (S(1) - y.array());
   }
 };
@@ -193,12 +195,12 @@ struct sigmoid : detail::elementwise {
 struct tanh : detail::elementwise {
   static constexpr std::string_view name = "tanh";
   template <class S>
-  static void forward(const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
+  static void forward(kernel::workspace<S>&, const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
     y.array() = x.array().tanh();
   }
   template <class S>
-  static void backward(const S*, S*, const_matrix_ref<S>, const_matrix_ref<S> y, const_matrix_ref<S> dy,
-                       matrix_ref<S> dx, bool want_dx) {
+  static void backward(kernel::workspace<S>&, const S*, S*, const_matrix_ref<S>, const_matrix_ref<S> y,
+                       const_matrix_ref<S> dy, matrix_ref<S> dx, bool want_dx) {
     if (want_dx) dx.array() = dy.array() * (S(1) - y.array().square());
   }
 };
@@ -209,12 +211,12 @@ struct reshaping {
   static constexpr layer_kind kind = layer_kind::hidden;
   static constexpr std::size_t parameter_count(extents) noexcept { return 0; }
   template <class S>
-  static void forward(const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
+  static void forward(kernel::workspace<S>&, const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
     y = x;
   }
   template <class S>
-  static void backward(const S*, S*, const_matrix_ref<S>, const_matrix_ref<S>, const_matrix_ref<S> dy, matrix_ref<S> dx,
-                       bool want_dx) {
+  static void backward(kernel::workspace<S>&, const S*, S*, const_matrix_ref<S>, const_matrix_ref<S>,
+                       const_matrix_ref<S> dy, matrix_ref<S> dx, bool want_dx) {
     if (want_dx) dx = dy;
   }
 };

@@ -50,9 +50,9 @@ concept has_initializer = requires {
 /// layer type and scalar, however deep the network (compile time stays linear and small).
 template <class S>
 struct layer_ops {
-  void (*forward)(const S*, const_matrix_ref<S>, matrix_ref<S>) = nullptr;
-  void (*backward)(const S*, S*, const_matrix_ref<S>, const_matrix_ref<S>, const_matrix_ref<S>, matrix_ref<S>,
-                   bool) = nullptr;
+  void (*forward)(kernel::workspace<S>&, const S*, const_matrix_ref<S>, matrix_ref<S>) = nullptr;
+  void (*backward)(kernel::workspace<S>&, const S*, S*, const_matrix_ref<S>, const_matrix_ref<S>, const_matrix_ref<S>,
+                   matrix_ref<S>, bool) = nullptr;
   void (*initialize)(std::span<S>, std::size_t, std::uint64_t, std::uint64_t) = nullptr;
 };
 
@@ -113,7 +113,8 @@ class network {
   [[nodiscard]] static constexpr std::size_t classes() noexcept { return output_size; }
 
   /// A network initialised from `seed` (He or Xavier uniform weights, zero biases).
-  explicit network(std::uint64_t seed = 0) : params_(parameter_count), grads_(parameter_count) {
+  explicit network(std::uint64_t seed = 0)
+      : params_(parameter_count), grads_(parameter_count), workspaces_(layer_count) {
     params_.setZero();
     grads_.setZero();
     initialize(seed);
@@ -275,7 +276,8 @@ class network {
 
   void forward_hidden(const_matrix_ref<Scalar> x) {
     for (std::size_t i = 1; i + 1 < layer_count; ++i)
-      ops_[i].forward(params_.data() + Net::parameter_offsets[i], activation(i - 1, x), buffer(i, x.rows()));
+      ops_[i].forward(workspaces_[i], params_.data() + Net::parameter_offsets[i], activation(i - 1, x),
+                      buffer(i, x.rows()));
   }
 
   /// Walks hidden layers from last to first; the loss gradient is in dgrad_[0] on entry.
@@ -285,7 +287,8 @@ class network {
     for (std::size_t i = layer_count - 2; i >= 1; --i) {
       auto dy = gradient_buffer(current, rows, Net::output_extents[i].size());
       auto dx = gradient_buffer(1 - current, rows, Net::input_extents[i].size());
-      ops_[i].backward(params_.data() + Net::parameter_offsets[i], grads_.data() + Net::parameter_offsets[i],
+      ops_[i].backward(workspaces_[i], params_.data() + Net::parameter_offsets[i],
+                       grads_.data() + Net::parameter_offsets[i],
                        activation(i - 1, x), activation(i, x), dy, dx, /*want_dx=*/i > 1);
       current = 1 - current;
     }
@@ -298,6 +301,7 @@ class network {
   vector<Scalar> grads_;
   std::vector<matrix<Scalar>> acts_;
   matrix<Scalar> dgrad_[2];
+  std::vector<kernel::workspace<Scalar>> workspaces_;  // each layer's kernels, per shape seen (kernel/gemm.hpp)
 };
 
 }  // namespace f2d2n

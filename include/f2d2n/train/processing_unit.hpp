@@ -48,6 +48,7 @@ class processing_unit {
         recorder_(t.rank(), unit_name(t.rank(), d_), options.flight_records), rt_(t, recorder_), acts_(d_.microbatches),
         inputs_(d_.microbatches), dlogits_(d_.microbatches) {
     for (auto& a : acts_) a.resize(d_.layers.size());
+    workspaces_.resize(d_.layers.size());
     params_.assign(d_.parameters, Scalar(0));
     grads_.assign(d_.header + d_.parameters, Scalar(0));  // the step's loss and correct count, padding, the gradients
     if (options_.overlap && d_.replicas > 1 && d_.buckets.size() > 1) summer_.emplace(rt_, d_.data_group);
@@ -500,6 +501,7 @@ class processing_unit {
   std::vector<std::vector<matrix<Scalar>>> acts_;  // [micro-batch][layer]: each layer's output
   std::vector<matrix<Scalar>> inputs_;             // [micro-batch]: what the stage before sent
   std::vector<matrix<Scalar>> dlogits_;            // [micro-batch]: the loss gradient (last stage)
+  std::vector<kernel::workspace<Scalar>> workspaces_;  // [layer]: its kernels, per shape seen (kernel/gemm.hpp)
   matrix<Scalar> dgrad_[2];
   bool accumulate_ = false;
   bool last_backward_ = false;

@@ -86,19 +86,19 @@ void processing_unit<Transport, Scalar>::forward(std::size_t m, const_matrix_ref
       const_matrix_map<Scalar> ws(w, rows_n, cols);
       Eigen::Map<const vector<Scalar>> b(w + p.count * p.input_count, rows_n);
       if (p.sharded_output) {
-        y.noalias() = x * ws.transpose();
+        kernel::multiply<Scalar>(workspaces_[i], kernel::form::nt, x, ws, y);
         sum_over(l.row_group, y, {message_kind::all_reduce, false, i, m});
         y.rowwise() += b.transpose();
       } else {
         const auto blocks = gather_buffer(static_cast<std::size_t>(rows) * l.out);
         matrix_map<Scalar> mine(blocks.data() + p.begin * static_cast<std::size_t>(rows), rows, rows_n);
-        mine.noalias() = x * ws.transpose();
+        kernel::multiply<Scalar>(workspaces_[i], kernel::form::nt, x, ws, mine);
         sum_over(l.row_group, mine, {message_kind::all_reduce, false, i, m});
         mine.rowwise() += b.transpose();
         gather_columns(blocks, rows, l.out, y, l.column_group, p.out_index, {message_kind::all_gather, false, i, m});
       }
     } else {
-      l.ops.forward(w, in, y);
+      l.ops.forward(workspaces_[i], w, in, y);
     }
   }
 }
@@ -126,21 +126,21 @@ std::size_t processing_unit<Transport, Scalar>::backward(std::size_t m, const_ma
       const_matrix_map<Scalar> ws(w, rows_n, cols);
       matrix_map<Scalar> dws(g, rows_n, cols);
       Eigen::Map<vector<Scalar>> db(g + p.count * p.input_count, rows_n);
-      dws.noalias() =
-          dys.transpose() * in.middleCols(p.sharded_input ? 0 : static_cast<Eigen::Index>(p.input_begin), cols);
+      kernel::multiply<Scalar>(workspaces_[i], kernel::form::tn, dys,
+                               in.middleCols(p.sharded_input ? 0 : static_cast<Eigen::Index>(p.input_begin), cols), dws);
       detail::dense_kernels::bias_gradient(dys, db);
       if (want_dx && p.sharded_input) {  // the chain's units keep their own columns of dx
-        dx.noalias() = dys * ws;
+        kernel::multiply<Scalar>(workspaces_[i], kernel::form::nn, dys, ws, dx);
         sum_over(l.column_group, dx, {message_kind::all_reduce, true, i, m});
       } else if (want_dx) {
         const auto blocks = gather_buffer(static_cast<std::size_t>(rows) * l.in);
         matrix_map<Scalar> mine(blocks.data() + p.input_begin * static_cast<std::size_t>(rows), rows, cols);
-        mine.noalias() = dys * ws;
+        kernel::multiply<Scalar>(workspaces_[i], kernel::form::nn, dys, ws, mine);
         sum_over(l.column_group, mine, {message_kind::all_reduce, true, i, m});
         gather_columns(blocks, rows, l.in, dx, l.row_group, p.in_index, {message_kind::all_gather, true, i, m});
       }
     } else {
-      l.ops.backward(w, g, in, acts_[m][i].topRows(rows), dy, dx, want_dx);
+      l.ops.backward(workspaces_[i], w, g, in, acts_[m][i].topRows(rows), dy, dx, want_dx);
     }
     if (accumulate_) {
       Scalar* to = grads_.data() + d_.header + p.parameter_offset;
