@@ -1,12 +1,15 @@
 // bench/train_step_bench.cpp: one training step (forward, backward, SGD update) of the
-// 784-256-128-10 MLP, next to the plain Eigen GEMMs of the same shapes measured in the same run.
+// 784-256-128-10 MLP, next to the same shapes' GEMMs (through the kernel layer and as plain Eigen
+// products) and the core's FMA peak, measured in the same run.
 //
 //   BM_train_step/B  net.compute_gradients(x, labels) then optimizer<float, sgd>::step, batch B
-//   BM_gemms/B       exactly the GEMMs a step performs, row-major like the library, nothing else:
+//   BM_gemms/B/L     exactly the GEMMs a step performs, row-major like the library, nothing else,
+//                    through the kernel layer (L = 1: the configured backend) or Eigen (L = 0):
 //                      forward   Y = X W^T          (3 layers)
 //                      backward  dW = dY^T X        (3 layers)
 //                                dX = dY W          (layers 2 and 3; layer 1's dX is not computed)
-//   BM_sgd_update    the optimizer step alone over the MLP's 235146 parameters
+//   BM_sgd_update    the optimizer step alone over the MLP's 235146 parameters (BM_adam_update: Adam's)
+//   BM_fma_peak      the core's single-precision FMA peak (see there)
 //   BM_sgd_update_subnormal_velocity  the same with every momentum value stuck at a subnormal and
 //                    zero gradients (dead units, always-zero input pixels): see "Training state"
 //
@@ -264,6 +267,23 @@ void BM_sgd_update(benchmark::State& state) {
       benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+/// Adam's update alone over the MLP's parameters (the examples' default optimizer).
+void BM_adam_update(benchmark::State& state) {
+  constexpr auto n = static_cast<Eigen::Index>(net_type::parameter_count);
+  f2d2n::vector<float> params = random_matrix(n, 1, 5, 0.1f);
+  const f2d2n::vector<float> grads = random_matrix(n, 1, 6, 1e-3f);
+  f2d2n::optimizer<float, f2d2n::adam> opt(f2d2n::adam{});
+  for (auto _ : state) {
+    opt.step(std::span<float>(params.data(), static_cast<std::size_t>(n)),
+             std::span<const float>(grads.data(), static_cast<std::size_t>(n)));
+    benchmark::ClobberMemory();
+  }
+  // w, g, m and v read, m, v and w written.
+  state.SetBytesProcessed(state.iterations() * n * static_cast<std::int64_t>(sizeof(float)) * 7);
+  state.counters["params/s"] =
+      benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 /// The end state of the trap described at the top: every momentum value subnormal and stuck there
 /// (0.9 * 4 * denorm_min rounds back to 4 * denorm_min), gradients exactly zero. Argument 0: IEEE
 /// arithmetic; 1: under f2d2n::flush_denormals, as trainer::fit runs (the fix).
@@ -297,6 +317,7 @@ BENCHMARK(BM_gemm)->ArgNames({"batch", "layer", "form"})->ArgsProduct({{64, 256}
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_fma_peak)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_sgd_update)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_adam_update)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_sgd_update_subnormal_velocity)->ArgName("flushed")->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
 
 }  // namespace

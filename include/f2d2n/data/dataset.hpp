@@ -210,7 +210,21 @@ class batcher {
       throw configuration_error("f2d2n: rows " + std::to_string(part.first) + " + " + std::to_string(part.count) +
                                 " of a batch of " + std::to_string(part.batch) + " asked of a batch of " +
                                 std::to_string(n));
+    // Shuffled rows come from anywhere in a data set far larger than the caches: each row's
+    // cache lines are requested a few rows ahead of its copy, so that its misses overlap the
+    // copies before it (measured on Fashion-MNIST: the copy of a 64-row batch took about as long
+    // as the step's forward pass without it).
+    constexpr std::size_t ahead = 4;
+    const auto row_bytes = static_cast<std::size_t>(data_->samples.cols()) * sizeof(Scalar);
+    const auto prefetch = [&](std::size_t r) {
+      if (!part.samples || r >= part.count) return;
+      const auto* p = reinterpret_cast<const char*>(
+          data_->samples.row(static_cast<Eigen::Index>(order_[position_ + part.first + r])).data());
+      for (std::size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(p + b);
+    };
+    for (std::size_t r = 0; r < ahead; ++r) prefetch(r);
     for (std::size_t r = 0; r < part.count; ++r) {
+      prefetch(r + ahead);
       const std::size_t i = order_[position_ + part.first + r];
       if (part.samples) buffer_.row(static_cast<Eigen::Index>(r)) = data_->samples.row(static_cast<Eigen::Index>(i));
       if (part.labels) labels_[r] = data_->labels[i];
