@@ -7,8 +7,8 @@
 #
 # Both sides: float32, batch B, SGD(lr 0.01, momentum 0.9), softmax cross-entropy, one process and
 # one thread (OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1, torch.set_num_threads(1);
-# Eigen in f2d2n is single-threaded), the same synthetic pool of 4096 samples bit for bit, trained
-# on in the same order (see the header of pytorch_mlp.py). The two sides take turns, ROUNDS times
+# f2d2n's kernels, libxsmm's or Eigen's, run on the calling thread), the same synthetic pool of
+# 4096 samples bit for bit, trained on in the same order (see the header of pytorch_mlp.py). The two sides take turns, ROUNDS times
 # (this machine's speed drifts by 20 % and more over seconds: turns keep a slow phase from landing
 # on one side only); each turn runs each batch size for at least MIN_TIME CPU seconds. Rates are per
 # CPU second on both sides (Google Benchmark's default), so time spent descheduled on a busy shared
