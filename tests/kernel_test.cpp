@@ -68,8 +68,11 @@ void check_product(k::workspace<S>& ws, k::form op, Eigen::Index m, Eigen::Index
 
 template <class S>
 void check_products() {
-  const Eigen::Index sizes[][3] = {{1, 1, 1},   {1, 10, 128},  {3, 7, 5},     {17, 33, 65}, {64, 256, 784},
-                                   {64, 10, 128}, {256, 128, 256}, {200, 256, 784}, {5, 300, 2}};
+  // m, n, k; a sum over more than 512 (kernel::tn_chunk) splits tn into chunks: exactly two, and
+  // chunks with a shorter last one.
+  const Eigen::Index sizes[][3] = {{1, 1, 1},       {1, 10, 128},   {3, 7, 5},    {17, 33, 65},
+                                   {64, 256, 784},  {64, 10, 128},  {256, 128, 256}, {200, 256, 784},
+                                   {5, 300, 2},     {16, 40, 1024}, {3, 5, 513},  {7, 9, 1700}};
   for (const auto op : {k::form::nn, k::form::nt, k::form::tn}) {
     k::workspace<S> ws;
     for (const auto& s : sizes) check_product<S>(ws, op, s[0], s[1], s[2]);
