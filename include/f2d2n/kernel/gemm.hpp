@@ -140,6 +140,12 @@ void eigen_multiply(const gemm_shape& s, const S* a, const S* b, S* c) {
 }
 }  // namespace detail
 
+/// The longest sum a tn product (the weight gradient, summing over the batch) hands to one libxsmm
+/// kernel. libxsmm's kernels do not block for the caches and slow down as that sum grows (measured
+/// at 784 x 256: 217 GFLOP/s over 256 rows, 110 over 4096, 51 over 10000, Eigen's product 131-156
+/// throughout); past tn_chunk rows the sum runs in chunks: the first writes C, the others add to it.
+inline constexpr std::ptrdiff_t tn_chunk = 512;
+
 /// One product of a fixed shape: a JIT kernel where the backend has one, Eigen otherwise.
 ///
 /// A row-major product is the column-major product of the transposes, C^T = op(B)^T op(A)^T, so
@@ -152,10 +158,7 @@ void eigen_multiply(const gemm_shape& s, const S* a, const S* b, S* c) {
 /// Both sum each element of C over k in the same order, so the route changes no bit of C.
 ///
 /// tn sums over the batch (the weight gradient), and libxsmm's kernels, which do not block for
-/// the caches, slow down as that sum grows (measured at 784 x 256: 217 GFLOP/s over 256 rows, 110
-/// over 4096, 51 over 10000, Eigen's product 131-156 throughout). Past tn_chunk rows the sum runs
-/// in chunks of tn_chunk: the first writes C, the others add to it.
-inline constexpr std::ptrdiff_t tn_chunk = 512;
+/// the caches, slow down as that sum grows: past tn_chunk rows the sum runs in chunks (above).
 template <class S>
 class gemm {
  public:
