@@ -251,38 +251,26 @@ void BM_fma_peak(benchmark::State& state) {
 #pragma GCC diagnostic pop
 #endif
 
-void BM_sgd_update(benchmark::State& state) {
+/// One optimizer's update alone over the MLP's parameters: SGD with momentum (w, g and v read, v
+/// and w written: 5 buffers' bytes) and Adam, the examples' default (w, g, m and v read, m, v and w
+/// written: 7).
+template <class Options, int Buffers>
+void update_benchmark(benchmark::State& state, Options options) {
   constexpr auto n = static_cast<Eigen::Index>(net_type::parameter_count);
   f2d2n::vector<float> params = random_matrix(n, 1, 5, 0.1f);
   const f2d2n::vector<float> grads = random_matrix(n, 1, 6, 1e-3f);
-  f2d2n::optimizer<float, f2d2n::sgd> opt(sgd_options);
+  f2d2n::optimizer<float, Options> opt(options);
   for (auto _ : state) {
     opt.step(std::span<float>(params.data(), static_cast<std::size_t>(n)),
              std::span<const float>(grads.data(), static_cast<std::size_t>(n)));
     benchmark::ClobberMemory();
   }
-  // w, g and v read, v and w written.
-  state.SetBytesProcessed(state.iterations() * n * static_cast<std::int64_t>(sizeof(float)) * 5);
+  state.SetBytesProcessed(state.iterations() * n * static_cast<std::int64_t>(sizeof(float)) * Buffers);
   state.counters["params/s"] =
       benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
 }
-
-/// Adam's update alone over the MLP's parameters (the examples' default optimizer).
-void BM_adam_update(benchmark::State& state) {
-  constexpr auto n = static_cast<Eigen::Index>(net_type::parameter_count);
-  f2d2n::vector<float> params = random_matrix(n, 1, 5, 0.1f);
-  const f2d2n::vector<float> grads = random_matrix(n, 1, 6, 1e-3f);
-  f2d2n::optimizer<float, f2d2n::adam> opt(f2d2n::adam{});
-  for (auto _ : state) {
-    opt.step(std::span<float>(params.data(), static_cast<std::size_t>(n)),
-             std::span<const float>(grads.data(), static_cast<std::size_t>(n)));
-    benchmark::ClobberMemory();
-  }
-  // w, g, m and v read, m, v and w written.
-  state.SetBytesProcessed(state.iterations() * n * static_cast<std::int64_t>(sizeof(float)) * 7);
-  state.counters["params/s"] =
-      benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
-}
+void BM_sgd_update(benchmark::State& state) { update_benchmark<f2d2n::sgd, 5>(state, sgd_options); }
+void BM_adam_update(benchmark::State& state) { update_benchmark<f2d2n::adam, 7>(state, f2d2n::adam{}); }
 
 /// The end state of the trap described at the top: every momentum value subnormal and stuck there
 /// (0.9 * 4 * denorm_min rounds back to 4 * denorm_min), gradients exactly zero. Argument 0: IEEE
