@@ -50,12 +50,25 @@ inline constexpr backend active_backend = backend::eigen;
   return b == backend::libxsmm ? "libxsmm" : "eigen";
 }
 
+/// Whether products run generated code on this CPU: the libxsmm backend, and an instruction set
+/// libxsmm generates code for (SSE3 and later; not with LIBXSMM_TARGET=generic, nor where the system
+/// forbids writable-executable memory). Where not, every product runs Eigen's instead.
+inline bool generates_code() {
+#if F2D2N_KERNELS_LIBXSMM
+  libxsmm_init();
+  return libxsmm_get_target_archid() > LIBXSMM_X86_GENERIC;
+#else
+  return false;
+#endif
+}
+
 /// The backend in words, for logs and benchmarks: "libxsmm 1.17 (code for cpx)" names the
 /// instruction set libxsmm generates code for on this CPU (LIBXSMM_TARGET overrides it).
 inline std::string backend_description() {
 #if F2D2N_KERNELS_LIBXSMM
   libxsmm_init();
-  return std::string("libxsmm ") + LIBXSMM_CONFIG_VERSION + " (code for " + libxsmm_get_target_arch() + ")";
+  return std::string("libxsmm ") + LIBXSMM_CONFIG_VERSION + " (code for " + libxsmm_get_target_arch() + ")" +
+         (generates_code() ? "" : ": no code generated for this CPU, Eigen's products run");
 #else
   return "eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) + "." +
          std::to_string(EIGEN_MINOR_VERSION);
