@@ -23,7 +23,6 @@
 #include <f2d2n/model/tensor.hpp>
 
 #if F2D2N_KERNELS_LIBXSMM
-#include <utility>  // before libxsmm.h, which includes C headers only
 #include <libxsmm.h>
 #endif
 

@@ -166,9 +166,10 @@ class trainer {
           r = net_.compute_gradients(b.samples, b.labels);
         }
         // Before the update: a step whose loss is not finite leaves the parameters as they were.
-        check_result(r, batch, "training",
-                     "in epoch " + std::to_string(epoch + 1) + ", step " + std::to_string(step + 1) + " of " +
-                         std::to_string(steps));
+        check_result(r, batch, "training", [&] {
+          return "in epoch " + std::to_string(epoch + 1) + ", step " + std::to_string(step + 1) + " of " +
+                 std::to_string(steps);
+        });
         optimizer_.step(net_.parameters(), net_.gradients());
         position_.step = step + 1;
         ++position_.global_step;
@@ -233,9 +234,9 @@ class trainer {
       const auto r =
           net_.evaluate_batch(data.samples.middleRows(static_cast<Eigen::Index>(begin), static_cast<Eigen::Index>(n)),
                               std::span<const std::int32_t>(data.labels).subspan(begin, n));
-      check_result(r, n, "evaluation",
-                   "on samples " + std::to_string(begin) + " to " + std::to_string(begin + n - 1) + " of " +
-                       data.source);
+      check_result(r, n, "evaluation", [&] {
+        return "on samples " + std::to_string(begin) + " to " + std::to_string(begin + n - 1) + " of " + data.source;
+      });
       loss_sum += r.loss * static_cast<double>(n);
       correct += r.correct;
     }
@@ -284,19 +285,21 @@ class trainer {
                               ": " + why);
   }
 
-  /// One batch's result: a finite loss, a correct count within the batch's samples.
-  void check_result(const batch_result& r, std::size_t batch, const char* what, const std::string& where) const {
+  /// One batch's result: a finite loss, a correct count within the batch's samples. `where()`
+  /// says where in words; it runs only when a check fails (this runs once per step).
+  template <class Where>
+  void check_result(const batch_result& r, std::size_t batch, const char* what, const Where& where) const {
     const std::string name(what);
     if (!std::isfinite(r.loss))
-      fail(name + " loss", r.loss, where,
+      fail(name + " loss", r.loss, where(),
            name == "training" ? "the run diverged (a learning rate too large?) or the data hold NaN or infinity; the "
                                 "step's update was not applied"
                               : "the model has diverged or the data hold NaN or infinity");
     if (r.samples != batch)
-      fail(name + " sample count", static_cast<double>(r.samples), where,
+      fail(name + " sample count", static_cast<double>(r.samples), where(),
            "the network computed another number of samples than the batch's " + std::to_string(batch));
     if (r.correct > batch)
-      fail(name + " correct count", static_cast<double>(r.correct), where,
+      fail(name + " correct count", static_cast<double>(r.correct), where(),
            "more than the batch's " + std::to_string(batch) + " samples");
   }
 
