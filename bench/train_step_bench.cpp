@@ -9,6 +9,9 @@
 //                      backward  dW = dY^T X        (3 layers)
 //                                dX = dY W          (layers 2 and 3; layer 1's dX is not computed)
 //   BM_sgd_update    the optimizer step alone over the MLP's 235146 parameters (BM_adam_update: Adam's)
+//   BM_gemm/B/L/F    one of those GEMMs alone (also at batches 4096 and 10000 for the first layer)
+//   BM_transpose/K   the forward pass's transpose of the first layer's weights (K = 1: the kernel
+//                    layer's, 0: Eigen's transpose() assignment)
 //   BM_fma_peak      the core's single-precision FMA peak (see there)
 //   BM_sgd_update_subnormal_velocity  the same with every momentum value stuck at a subnormal and
 //                    zero gradients (dead units, always-zero input pixels): see "Training state"
@@ -216,6 +219,21 @@ void BM_gemm(benchmark::State& state) {
                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
 
+/// The transpose behind the forward pass's nt form (kernel/transpose.hpp) on the first layer's
+/// 256 x 784 weights; argument 1: kernel::transpose, 0: Eigen's transpose() assignment.
+void BM_transpose(benchmark::State& state) {
+  const matrix w = random_matrix(widths[1], widths[0], 11, 1);
+  matrix t(widths[0], widths[1]);
+  for (auto _ : state) {
+    if (state.range(0) != 0)
+      f2d2n::kernel::transpose(w.data(), w.cols(), t.data(), t.cols(), w.rows(), w.cols());
+    else
+      t.noalias() = w.transpose();
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * w.size() * static_cast<std::int64_t>(sizeof(float)));
+}
+
 // Eigen's packet types carry vector attributes that GCC drops (and warns about) in template arguments.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
@@ -303,6 +321,10 @@ BENCHMARK(BM_gemms)
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gemm)->ArgNames({"batch", "layer", "form"})->ArgsProduct({{64, 256}, {0, 1, 2}, {0, 1, 2}})
     ->Unit(benchmark::kMicrosecond);
+// Long sums: the weight gradient (form 2) over large batches runs in chunks of kernel::tn_chunk rows.
+BENCHMARK(BM_gemm)->ArgNames({"batch", "layer", "form"})->ArgsProduct({{4096, 10000}, {0}, {0, 1, 2}})
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_transpose)->ArgName("kernel")->Arg(1)->Arg(0)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_fma_peak)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_sgd_update)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_adam_update)->Unit(benchmark::kMicrosecond);
