@@ -92,70 +92,33 @@ TEST_CASE("activations compute their functions") {
   CHECK(y(0, 0) == doctest::Approx(std::tanh(-2.0)));
 }
 
-namespace {
-
-/// Central-difference check of every parameter gradient of a float64 network; returns the worst
-/// relative error max|analytic - numeric| / max(1, max|numeric|).
-template <class Net>
-double gradient_check(std::uint64_t seed, std::size_t batch) {
-  nn::network<Net, double> net(seed);
-  // Random, non-zero biases so that every path is exercised.
-  for (std::size_t k = 0; k < Net::parameter_count; ++k)
-    net.parameters()[k] += 0.1 * nn::random_symmetric(seed, 999, k);
-  nn::matrix<double> x(static_cast<Eigen::Index>(batch), static_cast<Eigen::Index>(Net::input_size));
-  for (Eigen::Index i = 0; i < x.size(); ++i)
-    x.data()[i] = nn::random_symmetric(seed, 7, static_cast<std::uint64_t>(i));
-  std::vector<std::int32_t> labels(batch);
-  for (std::size_t i = 0; i < batch; ++i)
-    labels[i] = static_cast<std::int32_t>(nn::random_bits(seed, 8, i) % Net::output_size);
-
-  net.compute_gradients(x, labels);
-  const std::vector<double> analytic(net.gradients().begin(), net.gradients().end());
-  double worst = 0, scale = 1;
-  const double h = 1e-6;
-  for (std::size_t k = 0; k < Net::parameter_count; ++k) {
-    const double saved = net.parameters()[k];
-    net.parameters()[k] = saved + h;
-    const double up = net.evaluate_batch(x, labels).loss;
-    net.parameters()[k] = saved - h;
-    const double down = net.evaluate_batch(x, labels).loss;
-    net.parameters()[k] = saved;
-    const double numeric = (up - down) / (2 * h);
-    worst = std::max(worst, std::abs(numeric - analytic[k]));
-    scale = std::max(scale, std::abs(numeric));
-  }
-  // The analytic gradient must not have changed while probing (evaluate_batch leaves it alone).
-  for (std::size_t k = 0; k < Net::parameter_count; ++k) REQUIRE(net.gradients()[k] == analytic[k]);
-  return worst / scale;
-}
-
-}  // namespace
+#include "gradient_check.hpp"
 
 TEST_CASE("gradient check: dense, relu, softmax cross-entropy") {
   using net = nn::sequential<nn::input<6>, nn::dense<5>, nn::relu, nn::dense<4>, nn::softmax_cross_entropy>;
-  CHECK(gradient_check<net>(1, 7) < 1e-7);
+  CHECK(test::gradient_check<net>(1, 7) < 1e-7);
 }
 
 TEST_CASE("gradient check: sigmoid and tanh") {
   using net = nn::sequential<nn::input<5>, nn::dense<4>, nn::sigmoid, nn::dense<4>, nn::tanh, nn::dense<3>,
                              nn::softmax_cross_entropy>;
-  CHECK(gradient_check<net>(2, 5) < 1e-7);
+  CHECK(test::gradient_check<net>(2, 5) < 1e-7);
 }
 
 TEST_CASE("gradient check: mean squared error") {
   using net = nn::sequential<nn::input<4>, nn::dense<6>, nn::tanh, nn::dense<3>, nn::mean_squared_error>;
-  CHECK(gradient_check<net>(3, 4) < 1e-7);
+  CHECK(test::gradient_check<net>(3, 4) < 1e-7);
 }
 
 TEST_CASE("gradient check: reshape and flatten pass gradients through") {
   using net = nn::sequential<nn::input<2, 3>, nn::reshape<3, 2>, nn::flatten, nn::dense<4>, nn::relu, nn::dense<3>,
                              nn::softmax_cross_entropy>;
-  CHECK(gradient_check<net>(4, 3) < 1e-7);
+  CHECK(test::gradient_check<net>(4, 3) < 1e-7);
 }
 
 TEST_CASE("gradient check: one sample and a loss straight after the input") {
   using net = nn::sequential<nn::input<3>, nn::dense<3>, nn::softmax_cross_entropy>;
-  CHECK(gradient_check<net>(5, 1) < 1e-7);
+  CHECK(test::gradient_check<net>(5, 1) < 1e-7);
 }
 
 namespace {
@@ -172,7 +135,7 @@ struct leaky_backward_relu : nn::relu {
 TEST_CASE("the gradient check catches a wrong backward pass in a user-defined layer") {
   static_assert(nn::layer<leaky_backward_relu>);
   using net = nn::sequential<nn::input<6>, nn::dense<5>, leaky_backward_relu, nn::dense<4>, nn::softmax_cross_entropy>;
-  CHECK(gradient_check<net>(1, 7) > 1e-3);
+  CHECK(test::gradient_check<net>(1, 7) > 1e-3);
 }
 
 TEST_CASE("initialisation: He before relu, Xavier otherwise, zero biases, counter-based") {

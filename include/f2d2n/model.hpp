@@ -2,6 +2,7 @@
 #pragma once
 
 #include <f2d2n/core.hpp>
+#include <f2d2n/model/conv.hpp>
 #include <f2d2n/model/layers.hpp>
 #include <f2d2n/model/network.hpp>
 #include <f2d2n/model/sequential.hpp>

@@ -19,6 +19,7 @@
 // computed by two units agree bit for bit with the same rows computed by one.
 #pragma once
 
+#include <f2d2n/core/layer_context.hpp>
 #include <f2d2n/kernel/transpose.hpp>
 #include <f2d2n/model/tensor.hpp>
 
@@ -265,11 +266,24 @@ class workspace {
     return scratch_.data();
   }
 
+  /// The layer's own buffer `slot` (0 to 2) of at least `count` elements, 64-byte aligned
+  /// (grown, never shrunk): memory a layer keeps apart from the products' scratch, e.g. a
+  /// convolution's patches.
+  S* buffer(std::size_t slot, std::size_t count) {
+    auto& b = buffers_[slot];
+    if (b.size() < count) b.resize(count);
+    return b.data();
+  }
+
   [[nodiscard]] const std::vector<gemm<S>>& kernels() const noexcept { return kernels_; }
+
+  /// What the layer's owner says of the pass at hand (core/layer_context.hpp).
+  layer_context context;
 
  private:
   std::vector<gemm<S>> kernels_;
   std::vector<S> scratch_;
+  std::vector<S, Eigen::aligned_allocator<S>> buffers_[3];
 };
 
 /// c = op(a) op(b) through the layer's workspace: c = a b (nn), a b^T (nt), a^T b (tn).

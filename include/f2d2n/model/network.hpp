@@ -117,12 +117,19 @@ class network {
       : params_(parameter_count), grads_(parameter_count), workspaces_(layer_count) {
     params_.setZero();
     grads_.setZero();
+    for (std::size_t i = 0; i < layer_count; ++i) {
+      auto& c = workspaces_[i].context;
+      c.in = Net::input_extents[i];
+      c.out = Net::output_extents[i];
+      c.layer = i;
+    }
     initialize(seed);
   }
 
   /// Re-initialises every parameter from `seed`. Weight k of layer i is a pure function of
   /// (seed, i, k), so a unit holding any slice of a layer can draw exactly that slice.
   void initialize(std::uint64_t seed) {
+    seed_ = seed;
     for (std::size_t i = 0; i < layer_count; ++i)
       if (ops_[i].initialize) ops_[i].initialize(layer_parameters(i), Net::input_extents[i].size(), seed, i);
   }
@@ -147,6 +154,7 @@ class network {
   /// The view stays valid until the next call on this network.
   const_matrix_ref<Scalar> predict(const_matrix_ref<Scalar> x) {
     check_batch(x);
+    set_pass(false);
     forward_hidden(x);
     auto out = buffer(layer_count - 1, x.rows());
     using Loss = typename Net::template layer_at<layer_count - 1>;
@@ -158,6 +166,8 @@ class network {
   batch_result compute_gradients(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels) {
     check_batch(x, labels);
     const auto rows = x.rows();
+    set_pass(true);
+    ++training_steps_;
     forward_hidden(x);
     using Loss = typename Net::template layer_at<layer_count - 1>;
     const auto logits = last_hidden(x);
@@ -173,6 +183,7 @@ class network {
   /// Loss and correct predictions for one batch, without touching the gradients.
   batch_result evaluate_batch(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels) {
     check_batch(x, labels);
+    set_pass(false);
     forward_hidden(x);
     using Loss = typename Net::template layer_at<layer_count - 1>;
     const auto logits = last_hidden(x);
@@ -183,6 +194,13 @@ class network {
     r.loss = static_cast<double>(Loss::template loss<Scalar>(logits, labels, scratch));
     return r;
   }
+
+  /// Training steps (compute_gradients calls) taken since construction or set_training_steps:
+  /// what keys the random numbers of layers such as dropout (core/layer_context.hpp).
+  [[nodiscard]] std::uint64_t training_steps() const noexcept { return training_steps_; }
+  /// Sets the count of training steps taken (a run resumed at a given step draws the masks the
+  /// uninterrupted run drew).
+  void set_training_steps(std::uint64_t steps) noexcept { training_steps_ = steps; }
 
   /// The class version Boost.Serialization archives record (raise it when serialize changes).
   static constexpr unsigned serialization_version = 1;
@@ -235,6 +253,15 @@ class network {
     std::vector<Scalar> loaded(parameter_count);
     ar >> make_nvp("parameters", boost::serialization::make_array(loaded.data(), parameter_count));
     std::copy(loaded.begin(), loaded.end(), params_.data());
+  }
+
+  /// Tells every layer what pass comes: a training step (the count before it) or an evaluation.
+  void set_pass(bool training) noexcept {
+    for (auto& w : workspaces_) {
+      w.context.training = training;
+      w.context.step = training_steps_;
+      w.context.seed = seed_;
+    }
   }
 
   void check_batch(const_matrix_ref<Scalar> x) const {
@@ -302,6 +329,8 @@ class network {
   std::vector<matrix<Scalar>> acts_;
   matrix<Scalar> dgrad_[2];
   std::vector<kernel::workspace<Scalar>> workspaces_;  // each layer's kernels, per shape seen (kernel/gemm.hpp)
+  std::uint64_t seed_ = 0;
+  std::uint64_t training_steps_ = 0;
 };
 
 }  // namespace f2d2n

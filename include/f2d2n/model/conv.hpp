@@ -1,0 +1,506 @@
+// f2d2n/model/conv.hpp: the layers of convolutional networks: conv2d, max_pool, avg_pool and
+// dropout, in the style of model/layers.hpp (empty specification types, constexpr shapes and
+// parameter counts, static_asserts that name the layer's index).
+//
+// Images are channels-last (NHWC): a sample of extents (height, width, channels) is stored row
+// after row, each pixel's channels together, and the extents name the dimensions in that memory
+// order: input<28, 28, 1>, or input<28, 28> for one channel. A convolution's output is always
+// (height, width, channels). The layout was chosen by measured speed (docs/decisions.md): each
+// kernel row of a patch is one contiguous run of width x channels values, and the products see
+// the channels as the contiguous dimension.
+//
+// A convolution's weights are stored as PyTorch's dense layers store theirs: one row per output
+// channel, (Channels) x (kernel height x kernel width x input channels) in that order, then the
+// biases. The forward pass is im2col (the patches of a few samples into the layer's buffer) and
+// one product through the kernel layer (kernel/gemm.hpp) per group of samples: Y = P W^T. The
+// backward pass is dW = dY^T P, dP = dY W and col2im (adding each patch's gradient back).
+#pragma once
+
+#include <f2d2n/core/layer_context.hpp>
+#include <f2d2n/model/layers.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <type_traits>
+
+namespace f2d2n {
+
+/// A two-dimensional extent: a rectangular kernel, stride or padding, e.g.
+/// conv2d<16, window{5, 3}, 1, window{2, 1}>. A single number means the same both ways.
+struct window {
+  std::size_t height = 1, width = 1;
+  friend constexpr bool operator==(const window&, const window&) = default;
+};
+
+namespace detail {
+
+/// A kernel, stride or padding given as a number (negative: a window of extent 0, refused by the
+/// layer's checks) or as a window.
+template <auto V>
+constexpr window as_window() {
+  if constexpr (std::is_same_v<std::remove_cv_t<decltype(V)>, window>) {
+    return V;
+  } else {
+    static_assert(std::is_integral_v<decltype(V)>,
+                  "f2d2n: a kernel, stride or padding is a number or f2d2n::window{height, width}");
+    const auto n = V < 0 ? std::size_t{0} : static_cast<std::size_t>(V);
+    return window{n, n};
+  }
+}
+
+/// An image's extents: (height, width, channels), or (height, width) with one channel.
+struct image {
+  std::size_t height = 0, width = 0, channels = 0;
+  bool ok = false;
+};
+constexpr image image_of(const extents& e) noexcept {
+  if (e.rank == 3) return {e.dims[0], e.dims[1], e.dims[2], true};
+  if (e.rank == 2) return {e.dims[0], e.dims[1], 1, true};
+  return {};
+}
+
+/// Outputs of a window of `k` moved by `s` over `n` cells with `p` zero cells each side (0 when it does not fit).
+constexpr std::size_t sliding_outputs(std::size_t n, std::size_t k, std::size_t s, std::size_t p) noexcept {
+  if (s == 0 || k == 0 || n + 2 * p < k) return 0;
+  return (n + 2 * p - k) / s + 1;
+}
+
+/// One sample's convolution as the kernels run it: the input block (h x w x c, with any halo),
+/// the output block (ho x wo x co), the kernel and stride, and the zero rows and columns before
+/// the block's first input row and column (the rest of the padding follows from the extents).
+struct conv_geometry {
+  std::ptrdiff_t h = 0, w = 0, c = 0, ho = 0, wo = 0, co = 0, kh = 0, kw = 0, sh = 1, sw = 1, top = 0, left = 0;
+  [[nodiscard]] std::ptrdiff_t patch() const noexcept { return kh * kw * c; }
+  [[nodiscard]] std::ptrdiff_t pixels() const noexcept { return ho * wo; }
+};
+
+/// The block the owner set in the context, with the layer's own padding unless the owner set the block's.
+inline conv_geometry geometry_of(const layer_context& ctx, window k, window s, window p) {
+  const image in = image_of(ctx.in), out = image_of(ctx.out);
+  conv_geometry g;
+  g.h = static_cast<std::ptrdiff_t>(in.height);
+  g.w = static_cast<std::ptrdiff_t>(in.width);
+  g.c = static_cast<std::ptrdiff_t>(in.channels);
+  g.ho = static_cast<std::ptrdiff_t>(out.height);
+  g.wo = static_cast<std::ptrdiff_t>(out.width);
+  g.co = static_cast<std::ptrdiff_t>(out.channels);
+  g.kh = static_cast<std::ptrdiff_t>(k.height);
+  g.kw = static_cast<std::ptrdiff_t>(k.width);
+  g.sh = static_cast<std::ptrdiff_t>(s.height);
+  g.sw = static_cast<std::ptrdiff_t>(s.width);
+  g.top = static_cast<std::ptrdiff_t>(ctx.block ? ctx.pad_top : p.height);
+  g.left = static_cast<std::ptrdiff_t>(ctx.block ? ctx.pad_left : p.width);
+  return g;
+}
+
+/// The kernels of conv2d over run-time geometry: instantiated once per scalar type.
+struct conv_kernels {
+  /// Patch values of the samples one product handles: about 256 KiB of floats (the patches of a
+  /// group stay in the core's L2 cache between im2col and the product). At least one sample.
+  static constexpr std::ptrdiff_t group_elements = std::ptrdiff_t{1} << 16;
+
+  static std::ptrdiff_t samples_per_group(const conv_geometry& g, std::ptrdiff_t batch, bool contiguous) {
+    if (!contiguous) return 1;
+    const std::ptrdiff_t per_sample = std::max<std::ptrdiff_t>(1, g.pixels() * g.patch());
+    return std::clamp<std::ptrdiff_t>(group_elements / per_sample, 1, std::max<std::ptrdiff_t>(batch, 1));
+  }
+
+  /// Calls f(patch row, kernel row k, first valid kernel column lo, end hi, input offset of (row, lo))
+  /// for every kernel row of every output pixel whose input row is inside the block; rows outside
+  /// (padding) are reported with lo == hi.
+  template <class F>
+  static void for_each_run(const conv_geometry& g, F&& f) {
+    for (std::ptrdiff_t oh = 0; oh < g.ho; ++oh)
+      for (std::ptrdiff_t ow = 0; ow < g.wo; ++ow) {
+        const std::ptrdiff_t row = oh * g.wo + ow, w0 = ow * g.sw - g.left;
+        const std::ptrdiff_t lo = std::max<std::ptrdiff_t>(0, -w0), hi = std::min(g.kw, g.w - w0);
+        for (std::ptrdiff_t k = 0; k < g.kh; ++k) {
+          const std::ptrdiff_t r = oh * g.sh - g.top + k;
+          if (r < 0 || r >= g.h || lo >= hi) f(row, k, std::ptrdiff_t{0}, std::ptrdiff_t{0}, std::ptrdiff_t{0});
+          else f(row, k, lo, hi, (r * g.w + w0 + lo) * g.c);
+        }
+      }
+  }
+
+  /// One sample's patches: p is pixels x patch, row-major; zeros where the kernel covers padding.
+  template <class S>
+  static void im2col(const conv_geometry& g, const S* x, S* p) {
+    const std::ptrdiff_t patch = g.patch(), run = g.kw * g.c;
+    for_each_run(g, [&](std::ptrdiff_t row, std::ptrdiff_t k, std::ptrdiff_t lo, std::ptrdiff_t hi, std::ptrdiff_t at) {
+      S* seg = p + row * patch + k * run;
+      if (lo >= hi) {
+        std::fill_n(seg, run, S(0));
+        return;
+      }
+      std::fill_n(seg, lo * g.c, S(0));
+      std::copy_n(x + at, (hi - lo) * g.c, seg + lo * g.c);
+      std::fill(seg + hi * g.c, seg + run, S(0));
+    });
+  }
+
+  /// One sample's patch gradients added back into dx (which the caller zeroed): the adjoint of im2col.
+  template <class S>
+  static void col2im(const conv_geometry& g, const S* dp, S* dx) {
+    const std::ptrdiff_t patch = g.patch(), run = g.kw * g.c;
+    for_each_run(g, [&](std::ptrdiff_t row, std::ptrdiff_t k, std::ptrdiff_t lo, std::ptrdiff_t hi, std::ptrdiff_t at) {
+      if (lo >= hi) return;
+      const S* seg = dp + row * patch + k * run + lo * g.c;
+      S* to = dx + at;
+      const std::ptrdiff_t n = (hi - lo) * g.c;
+      for (std::ptrdiff_t i = 0; i < n; ++i) to[i] += seg[i];
+    });
+  }
+
+  template <class S>
+  static void forward(kernel::workspace<S>& ws, const conv_geometry& g, const S* params, const_matrix_ref<S> x,
+                      matrix_ref<S> y) {
+    const std::ptrdiff_t batch = x.rows(), patch = g.patch(), pixels = g.pixels();
+    const_matrix_map<S> w(params, g.co, patch);
+    Eigen::Map<const vector<S>> b(params + g.co * patch, g.co);
+    const std::ptrdiff_t group = samples_per_group(g, batch, y.outerStride() == y.cols());
+    S* p = ws.buffer(0, static_cast<std::size_t>(group * pixels * patch));
+    for (std::ptrdiff_t n0 = 0; n0 < batch; n0 += group) {
+      const std::ptrdiff_t nb = std::min(group, batch - n0);
+      for (std::ptrdiff_t j = 0; j < nb; ++j) im2col(g, x.row(n0 + j).data(), p + j * pixels * patch);
+      matrix_map<S> out(y.row(n0).data(), nb * pixels, g.co);
+      kernel::multiply<S>(ws, kernel::form::nt, const_matrix_map<S>(p, nb * pixels, patch), w, out);
+      out.rowwise() += b.transpose();
+    }
+  }
+
+  /// Writes (not adds) the weight and bias gradients; dx only when want_dx.
+  template <class S>
+  static void backward(kernel::workspace<S>& ws, const conv_geometry& g, const S* params, S* grads,
+                       const_matrix_ref<S> x, const_matrix_ref<S> dy, matrix_ref<S> dx, bool want_dx) {
+    const std::ptrdiff_t batch = x.rows(), patch = g.patch(), pixels = g.pixels();
+    const_matrix_map<S> w(params, g.co, patch);
+    matrix_map<S> dw(grads, g.co, patch);
+    Eigen::Map<vector<S>> db(grads + g.co * patch, g.co);
+    // The bias gradient: every pixel's dy added in order, sample after sample.
+    db.setZero();
+    for (std::ptrdiff_t n = 0; n < batch; ++n) {
+      const S* row = dy.row(n).data();
+      for (std::ptrdiff_t q = 0; q < pixels; ++q) db += Eigen::Map<const vector<S>>(row + q * g.co, g.co);
+    }
+    const bool contiguous = dy.outerStride() == dy.cols() && (!want_dx || dx.outerStride() == dx.cols());
+    const std::ptrdiff_t group = samples_per_group(g, batch, contiguous);
+    const auto size = static_cast<std::size_t>(group * pixels * patch);
+    S* p = ws.buffer(0, size);
+    S* dp = want_dx ? ws.buffer(1, size) : nullptr;
+    S* part = ws.buffer(2, static_cast<std::size_t>(g.co * patch));
+    if (batch == 0) dw.setZero();
+    for (std::ptrdiff_t n0 = 0; n0 < batch; n0 += group) {
+      const std::ptrdiff_t nb = std::min(group, batch - n0);
+      for (std::ptrdiff_t j = 0; j < nb; ++j) im2col(g, x.row(n0 + j).data(), p + j * pixels * patch);
+      const const_matrix_map<S> dyg(dy.row(n0).data(), nb * pixels, g.co);
+      const const_matrix_map<S> pg(p, nb * pixels, patch);
+      if (n0 == 0) {
+        kernel::multiply<S>(ws, kernel::form::tn, dyg, pg, dw);
+      } else {
+        matrix_map<S> partial(part, g.co, patch);
+        kernel::multiply<S>(ws, kernel::form::tn, dyg, pg, partial);
+        dw += partial;
+      }
+      if (!want_dx) continue;
+      matrix_map<S> dpg(dp, nb * pixels, patch);
+      kernel::multiply<S>(ws, kernel::form::nn, dyg, w, dpg);
+      for (std::ptrdiff_t j = 0; j < nb; ++j) {
+        S* to = dx.row(n0 + j).data();
+        std::fill_n(to, dx.cols(), S(0));
+        col2im(g, dp + j * pixels * patch, to);
+      }
+    }
+  }
+};
+
+/// One sample's pooling as the kernels run it (no padding: windows start at the block's first cell).
+struct pool_geometry {
+  std::ptrdiff_t h = 0, w = 0, c = 0, ho = 0, wo = 0, kh = 0, kw = 0, sh = 1, sw = 1;
+};
+inline pool_geometry pool_geometry_of(const layer_context& ctx, window k, window s) {
+  const image in = image_of(ctx.in), out = image_of(ctx.out);
+  return {static_cast<std::ptrdiff_t>(in.height),  static_cast<std::ptrdiff_t>(in.width),
+          static_cast<std::ptrdiff_t>(in.channels), static_cast<std::ptrdiff_t>(out.height),
+          static_cast<std::ptrdiff_t>(out.width),  static_cast<std::ptrdiff_t>(k.height),
+          static_cast<std::ptrdiff_t>(k.width),    static_cast<std::ptrdiff_t>(s.height),
+          static_cast<std::ptrdiff_t>(s.width)};
+}
+
+/// Shared parts of the pooling layers: shapes and checks.
+template <auto Kernel, auto Stride>
+struct pooling {
+  static constexpr window kernel_window = as_window<Kernel>();
+  static constexpr window stride_window = as_window<Stride>();
+  static constexpr layer_kind kind = layer_kind::hidden;
+  static constexpr std::size_t parameter_count(extents) noexcept { return 0; }
+  static constexpr extents output(extents in) noexcept {
+    const image im = image_of(in);
+    const std::size_t ho = sliding_outputs(im.height, kernel_window.height, stride_window.height, 0),
+                      wo = sliding_outputs(im.width, kernel_window.width, stride_window.width, 0);
+    if (!im.ok || ho == 0 || wo == 0) return {};
+    return in.rank == 2 ? extents{{ho, wo}, 2} : extents{{ho, wo, im.channels}, 3};
+  }
+  template <std::size_t Index, bool Last, std::size_t... In>
+  struct at_layer {
+    static constexpr std::size_t rank = sizeof...(In);
+    static constexpr extents in{{In...}, rank};
+    static_assert(kernel_window.height > 0 && kernel_window.width > 0,
+                  "f2d2n: the pooling layer at the layer index named above has a window of extent 0");
+    static_assert(stride_window.height > 0 && stride_window.width > 0,
+                  "f2d2n: the pooling layer at the layer index named above has a stride of 0: it would not move");
+    static_assert(rank == 0 || rank == 2 || rank == 3,
+                  "f2d2n: the pooling layer at the layer index named above needs an image (height, width[, channels]); "
+                  "its input is flat or of another rank: put reshape<height, width, channels> before it");
+    static_assert((rank != 2 && rank != 3) ||
+                      (image_of(in).height >= kernel_window.height && image_of(in).width >= kernel_window.width),
+                  "f2d2n: the pooling window at the layer index named above is larger than its input (input shape "
+                  "named above)");
+    static constexpr bool ok = true;
+  };
+};
+
+}  // namespace detail
+
+/// A 2-D convolution of Channels output channels over a channels-last image: Kernel, Stride and
+/// Padding are numbers or window{height, width}. The output is (height, width, Channels) with
+/// height = (H + 2 padding - kernel) / stride + 1 (PyTorch's Conv2d, zero padding, floor).
+/// Weights: Channels x (kernel height x kernel width x input channels), then Channels biases.
+template <std::size_t Channels, auto Kernel, auto Stride = 1, auto Padding = 0, class Init = auto_init>
+struct conv2d : detail::conv_kernels {
+  static constexpr std::string_view name = "conv2d";
+  static constexpr layer_kind kind = layer_kind::hidden;
+  static constexpr std::size_t channels = Channels;
+  static constexpr window kernel_window = detail::as_window<Kernel>();
+  static constexpr window stride_window = detail::as_window<Stride>();
+  static constexpr window padding_window = detail::as_window<Padding>();
+  using initializer = Init;
+
+  static constexpr extents output(extents in) noexcept {
+    const detail::image im = detail::image_of(in);
+    const std::size_t ho = detail::sliding_outputs(im.height, kernel_window.height, stride_window.height,
+                                                   padding_window.height),
+                      wo = detail::sliding_outputs(im.width, kernel_window.width, stride_window.width,
+                                                   padding_window.width);
+    if (!im.ok || ho == 0 || wo == 0 || Channels == 0) return {};
+    return extents{{ho, wo, Channels}, 3};
+  }
+  static constexpr std::size_t parameter_count(extents in) noexcept {
+    const detail::image im = detail::image_of(in);
+    if (!im.ok) return 0;
+    return Channels * kernel_window.height * kernel_window.width * im.channels + Channels;
+  }
+
+  template <std::size_t Index, bool Last, std::size_t... In>
+  struct at_layer {
+    static constexpr std::size_t rank = sizeof...(In);
+    static constexpr extents in{{In...}, rank};
+    static_assert(Channels > 0,
+                  "f2d2n: conv2d<Channels, ...> at the layer index named above has no output channels: Channels must "
+                  "be at least 1");
+    static_assert(kernel_window.height > 0 && kernel_window.width > 0,
+                  "f2d2n: conv2d at the layer index named above has a kernel of extent 0");
+    static_assert(stride_window.height > 0 && stride_window.width > 0,
+                  "f2d2n: conv2d at the layer index named above has a stride of 0: the kernel would not move");
+    static_assert(rank == 0 || rank == 2 || rank == 3,
+                  "f2d2n: conv2d at the layer index named above needs an image (height, width[, channels]); its "
+                  "input is flat or of another rank: put reshape<height, width, channels> before it");
+    static_assert((rank != 2 && rank != 3) ||
+                      (detail::image_of(in).height + 2 * padding_window.height >= kernel_window.height &&
+                       detail::image_of(in).width + 2 * padding_window.width >= kernel_window.width),
+                  "f2d2n: the kernel of conv2d at the layer index named above is larger than its padded input (input "
+                  "shape named above)");
+    static constexpr bool ok = true;
+  };
+
+  template <class S>
+  static void forward(kernel::workspace<S>& ws, const S* params, const_matrix_ref<S> x, matrix_ref<S> y) {
+    conv_kernels::forward(ws, geometry(ws.context), params, x, y);
+  }
+  template <class S>
+  static void backward(kernel::workspace<S>& ws, const S* params, S* grads, const_matrix_ref<S> x,
+                       const_matrix_ref<S> /*y*/, const_matrix_ref<S> dy, matrix_ref<S> dx, bool want_dx) {
+    conv_kernels::backward(ws, geometry(ws.context), params, grads, x, dy, dx, want_dx);
+  }
+
+  /// Weight (j, k) from random stream `stream` as a dense layer's: fan-in kernel height x kernel
+  /// width x input channels, fan-out Channels x kernel height x kernel width (PyTorch's).
+  template <class S, class Resolved>
+  static void initialize(std::span<S> params, std::size_t /*in*/, std::uint64_t seed, std::uint64_t stream) {
+    const std::size_t fan_in = params.size() / Channels - 1;
+    detail::dense_kernels::initialize_block(params, fan_in, 0, Channels, 0, fan_in,
+                                            Resolved::limit(fan_in, Channels * kernel_window.height * kernel_window.width),
+                                            seed, stream);
+  }
+
+  static detail::conv_geometry geometry(const layer_context& ctx) {
+    return detail::geometry_of(ctx, kernel_window, stride_window, padding_window);
+  }
+};
+
+/// The largest value of each channel in each window (PyTorch's MaxPool2d without padding); the
+/// gradient goes to the window's first cell holding the largest value.
+template <auto Kernel, auto Stride = Kernel>
+struct max_pool : detail::pooling<Kernel, Stride> {
+  static constexpr std::string_view name = "max_pool";
+  using base = detail::pooling<Kernel, Stride>;
+
+  template <class S>
+  static void forward(kernel::workspace<S>& ws, const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
+    const auto g = detail::pool_geometry_of(ws.context, base::kernel_window, base::stride_window);
+    using row = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>;
+    using crow = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
+    for (Eigen::Index n = 0; n < x.rows(); ++n) {
+      const S* in = x.row(n).data();
+      S* out = y.row(n).data();
+      for (std::ptrdiff_t oh = 0; oh < g.ho; ++oh)
+        for (std::ptrdiff_t ow = 0; ow < g.wo; ++ow) {
+          row o(out + (oh * g.wo + ow) * g.c, g.c);
+          const S* corner = in + ((oh * g.sh) * g.w + ow * g.sw) * g.c;
+          o = crow(corner, g.c);
+          for (std::ptrdiff_t i = 0; i < g.kh; ++i)
+            for (std::ptrdiff_t j = 0; j < g.kw; ++j) o = o.max(crow(corner + (i * g.w + j) * g.c, g.c));
+        }
+    }
+  }
+  template <class S>
+  static void backward(kernel::workspace<S>& ws, const S*, S*, const_matrix_ref<S> x, const_matrix_ref<S> y,
+                       const_matrix_ref<S> dy, matrix_ref<S> dx, bool want_dx) {
+    if (!want_dx) return;
+    const auto g = detail::pool_geometry_of(ws.context, base::kernel_window, base::stride_window);
+    for (Eigen::Index n = 0; n < x.rows(); ++n) {
+      const S* in = x.row(n).data();
+      const S* out = y.row(n).data();
+      const S* d = dy.row(n).data();
+      S* to = dx.row(n).data();
+      std::fill_n(to, dx.cols(), S(0));
+      for (std::ptrdiff_t oh = 0; oh < g.ho; ++oh)
+        for (std::ptrdiff_t ow = 0; ow < g.wo; ++ow) {
+          const std::ptrdiff_t o = (oh * g.wo + ow) * g.c, corner = ((oh * g.sh) * g.w + ow * g.sw) * g.c;
+          for (std::ptrdiff_t ch = 0; ch < g.c; ++ch) {
+            std::ptrdiff_t at = corner + ch;  // the first cell holding the maximum
+            for (std::ptrdiff_t i = 0, found = 0; i < g.kh && !found; ++i)
+              for (std::ptrdiff_t j = 0; j < g.kw; ++j) {
+                const std::ptrdiff_t cell = corner + (i * g.w + j) * g.c + ch;
+                if (in[cell] == out[o + ch]) {
+                  at = cell;
+                  found = 1;
+                  break;
+                }
+              }
+            to[at] += d[o + ch];
+          }
+        }
+    }
+  }
+};
+
+/// The mean of each channel in each window (PyTorch's AvgPool2d without padding).
+template <auto Kernel, auto Stride = Kernel>
+struct avg_pool : detail::pooling<Kernel, Stride> {
+  static constexpr std::string_view name = "avg_pool";
+  using base = detail::pooling<Kernel, Stride>;
+
+  template <class S>
+  static void forward(kernel::workspace<S>& ws, const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
+    const auto g = detail::pool_geometry_of(ws.context, base::kernel_window, base::stride_window);
+    using row = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>;
+    using crow = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
+    const S scale = S(1) / static_cast<S>(g.kh * g.kw);
+    for (Eigen::Index n = 0; n < x.rows(); ++n) {
+      const S* in = x.row(n).data();
+      S* out = y.row(n).data();
+      for (std::ptrdiff_t oh = 0; oh < g.ho; ++oh)
+        for (std::ptrdiff_t ow = 0; ow < g.wo; ++ow) {
+          row o(out + (oh * g.wo + ow) * g.c, g.c);
+          const S* corner = in + ((oh * g.sh) * g.w + ow * g.sw) * g.c;
+          o.setZero();
+          for (std::ptrdiff_t i = 0; i < g.kh; ++i)
+            for (std::ptrdiff_t j = 0; j < g.kw; ++j) o += crow(corner + (i * g.w + j) * g.c, g.c);
+          o *= scale;
+        }
+    }
+  }
+  template <class S>
+  static void backward(kernel::workspace<S>& ws, const S*, S*, const_matrix_ref<S> x, const_matrix_ref<S>,
+                       const_matrix_ref<S> dy, matrix_ref<S> dx, bool want_dx) {
+    if (!want_dx) return;
+    const auto g = detail::pool_geometry_of(ws.context, base::kernel_window, base::stride_window);
+    using row = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>;
+    using crow = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
+    const S scale = S(1) / static_cast<S>(g.kh * g.kw);
+    for (Eigen::Index n = 0; n < x.rows(); ++n) {
+      const S* d = dy.row(n).data();
+      S* to = dx.row(n).data();
+      std::fill_n(to, dx.cols(), S(0));
+      for (std::ptrdiff_t oh = 0; oh < g.ho; ++oh)
+        for (std::ptrdiff_t ow = 0; ow < g.wo; ++ow) {
+          const crow share(d + (oh * g.wo + ow) * g.c, g.c);
+          S* corner = to + ((oh * g.sh) * g.w + ow * g.sw) * g.c;
+          for (std::ptrdiff_t i = 0; i < g.kh; ++i)
+            for (std::ptrdiff_t j = 0; j < g.kw; ++j) row(corner + (i * g.w + j) * g.c, g.c) += share * scale;
+        }
+    }
+  }
+};
+
+namespace detail {
+/// Whether dropout keeps element `index` (the whole layer's: batch row x features + feature) in
+/// the training step and layer the context names: a pure function of (seed, step, layer, index),
+/// so that any unit draws the serial network's mask for the elements it holds.
+inline bool dropout_keeps(const layer_context& ctx, std::uint64_t threshold, std::uint64_t index) noexcept {
+  const std::uint64_t stream = mix64(0x64726f706f7574ULL ^ ctx.step) ^ ctx.layer;
+  return (random_bits(ctx.seed, stream, index) >> 32) >= threshold;
+}
+
+template <class S, class F>
+void for_each_dropout(const layer_context& ctx, double rate, Eigen::Index rows, Eigen::Index cols, F&& f) {
+  const auto threshold = static_cast<std::uint64_t>(rate * 4294967296.0);
+  const std::uint64_t width = ctx.columns != 0 ? ctx.columns : static_cast<std::uint64_t>(cols);
+  for (Eigen::Index r = 0; r < rows; ++r) {
+    const std::uint64_t base = (ctx.row_offset + static_cast<std::uint64_t>(r)) * width + ctx.column_offset;
+    for (Eigen::Index c = 0; c < cols; ++c) f(r, c, dropout_keeps(ctx, threshold, base + static_cast<std::uint64_t>(c)));
+  }
+}
+}  // namespace detail
+
+/// Inverted dropout: in a training step each element is zeroed with probability Rate and the
+/// others scaled by 1 / (1 - Rate); in evaluation the layer passes its input on. The mask is drawn
+/// from counter-based random numbers keyed by the network's seed, the training step, the layer's
+/// index and the element's place in the whole batch, so that a distributed run draws the serial
+/// run's mask (layer_context says which step and rows).
+template <double Rate>
+struct dropout : detail::elementwise {
+  static_assert(Rate >= 0.0 && Rate < 1.0, "f2d2n: dropout<Rate> needs 0 <= Rate < 1");
+  static constexpr std::string_view name = "dropout";
+  static constexpr double rate = Rate;
+
+  template <class S>
+  static void forward(kernel::workspace<S>& ws, const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
+    if (!ws.context.training || Rate == 0.0) {
+      y = x;
+      return;
+    }
+    const S scale = static_cast<S>(1.0 / (1.0 - Rate));
+    detail::for_each_dropout<S>(ws.context, Rate, x.rows(), x.cols(), [&](Eigen::Index r, Eigen::Index c, bool keep) {
+      y(r, c) = keep ? x(r, c) * scale : S(0);
+    });
+  }
+  template <class S>
+  static void backward(kernel::workspace<S>& ws, const S*, S*, const_matrix_ref<S>, const_matrix_ref<S>,
+                       const_matrix_ref<S> dy, matrix_ref<S> dx, bool want_dx) {
+    if (!want_dx) return;
+    if (!ws.context.training || Rate == 0.0) {
+      dx = dy;
+      return;
+    }
+    const S scale = static_cast<S>(1.0 / (1.0 - Rate));
+    detail::for_each_dropout<S>(ws.context, Rate, dy.rows(), dy.cols(), [&](Eigen::Index r, Eigen::Index c, bool keep) {
+      dx(r, c) = keep ? dy(r, c) * scale : S(0);
+    });
+  }
+};
+
+}  // namespace f2d2n
