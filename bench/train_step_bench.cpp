@@ -36,11 +36,21 @@
 // random_bits(42, 0, k) / 2^24 in [0, 1); label i = random_bits(42, 1, i) % 10). Step s trains on
 // samples [s*B, s*B + B) of the pool, cyclically, as the PyTorch script does.
 //
+// The CNN of bench/compare/cnn_vs_pytorch.sh (28 x 28 x 1 -> conv 16 5x5 pad 2 -> relu -> max pool 2
+// -> conv 32 5x5 pad 2 -> relu -> max pool 2 -> dense 64 -> relu -> dense 10, channels-last):
+//   BM_cnn_step/B       compute_gradients then the SGD step, batch B (pytorch_cnn.py is PyTorch's side)
+//   BM_conv_layer/L/B   conv layer L (1: 1 -> 16 channels on 28 x 28; 2: 16 -> 32 on 14 x 14) alone:
+//                       forward, then backward (weight gradient; input gradient for layer 2 only, as
+//                       in the network), im2col and col2im included
+//   BM_conv_gemms/L/B   exactly that layer's products on the same shapes, nothing else
+// GFLOP/s of both: the layer's products' FLOPs; their ratio is the layer's share of its GEMMs' rate.
+//
 //   build/bench/train_step_bench --benchmark_min_time=0.5
 //   bench/compare/mlp_vs_pytorch.sh
 #include <f2d2n/core/denormals.hpp>
 #include <f2d2n/core/random.hpp>
 #include <f2d2n/kernel/gemm.hpp>
+#include <f2d2n/model/conv.hpp>
 #include <f2d2n/model/network.hpp>
 #include <f2d2n/train/optimizers.hpp>
 
@@ -314,6 +324,110 @@ void BM_sgd_update_subnormal_velocity(benchmark::State& state) {
       benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// The CNN (see the top of the file).
+
+using cnn = f2d2n::sequential<f2d2n::input<28, 28>, f2d2n::conv2d<16, 5, 1, 2>, f2d2n::relu, f2d2n::max_pool<2>,
+                              f2d2n::conv2d<32, 5, 1, 2>, f2d2n::relu, f2d2n::max_pool<2>, f2d2n::flatten,
+                              f2d2n::dense<64>, f2d2n::relu, f2d2n::dense<10>, f2d2n::softmax_cross_entropy>;
+using cnn_type = f2d2n::network<cnn, float>;
+
+void BM_cnn_step(benchmark::State& state) {
+  const f2d2n::flush_denormals ftz;
+  const auto batch = static_cast<Eigen::Index>(state.range(0));
+  const auto& data = pool();
+  cnn_type net(1);
+  f2d2n::optimizer<float, f2d2n::sgd> opt(sgd_options);
+  Eigen::Index start = 0;
+  int steps = 0;
+  f2d2n::batch_result r;
+  for (auto _ : state) {
+    if (steps == steps_per_model) {
+      state.PauseTiming();
+      net.initialize(1);
+      opt = f2d2n::optimizer<float, f2d2n::sgd>(sgd_options);
+      start = 0;
+      steps = 0;
+      state.ResumeTiming();
+    }
+    ++steps;
+    r = net.compute_gradients(data.x.middleRows(start, batch),
+                              std::span<const std::int32_t>(data.labels.data() + start,
+                                                            static_cast<std::size_t>(batch)));
+    opt.step(net.parameters(), net.gradients());
+    benchmark::DoNotOptimize(r);
+    benchmark::ClobberMemory();
+    start = (start + batch) % pool_samples;
+  }
+  if (!std::isfinite(r.loss)) state.SkipWithError("the loss is not finite: the step measured is not a sane one");
+  state.counters["samples/s"] =
+      benchmark::Counter(static_cast<double>(batch), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+/// Conv layer 1 or 2 of the CNN: its index in the sequential, and its geometry.
+struct conv_case {
+  std::size_t index;
+  f2d2n::detail::conv_geometry g;
+  bool input_gradient;
+};
+conv_case conv_of(std::int64_t which) {
+  const std::size_t i = which == 1 ? 1 : 4;
+  f2d2n::layer_context ctx;
+  ctx.in = cnn::input_extents[i];
+  ctx.out = cnn::output_extents[i];
+  return {i, f2d2n::detail::geometry_of(ctx, f2d2n::window{5, 5}, f2d2n::window{1, 1}, f2d2n::window{2, 2}), which != 1};
+}
+double conv_flops(const conv_case& c, Eigen::Index batch) {
+  const double mnk = static_cast<double>(batch * c.g.pixels() * c.g.co * c.g.patch());
+  return 2 * mnk * (c.input_gradient ? 3 : 2);
+}
+
+void BM_conv_layer(benchmark::State& state) {
+  const auto c = conv_of(state.range(0));
+  const auto batch = static_cast<Eigen::Index>(state.range(1));
+  const auto in = static_cast<Eigen::Index>(c.g.h * c.g.w * c.g.c), out = static_cast<Eigen::Index>(c.g.pixels() * c.g.co);
+  const matrix x = random_matrix(batch, in, 20, 1), dy = random_matrix(batch, out, 21, 0.01f);
+  const matrix w = random_matrix(1, c.g.co * c.g.patch() + c.g.co, 22, 0.1f);
+  matrix y(batch, out), dx(batch, in), g(1, w.cols());
+  f2d2n::kernel::workspace<float> ws;
+  for (auto _ : state) {
+    f2d2n::detail::conv_kernels::forward<float>(ws, c.g, w.data(), x, y);
+    f2d2n::detail::conv_kernels::backward<float>(ws, c.g, w.data(), g.data(), x, dy, dx, c.input_gradient);
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(conv_flops(c, batch) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+/// The products BM_conv_layer runs, in the same groups of samples, on ready patches.
+void BM_conv_gemms(benchmark::State& state) {
+  namespace k = f2d2n::kernel;
+  const auto c = conv_of(state.range(0));
+  const auto batch = static_cast<Eigen::Index>(state.range(1));
+  const auto group = f2d2n::detail::conv_kernels::samples_per_group(c.g, batch, true);
+  const auto rows = c.g.pixels() * group;
+  const matrix p = random_matrix(rows, c.g.patch(), 23, 1), w = random_matrix(c.g.co, c.g.patch(), 24, 0.1f),
+               dy = random_matrix(rows, c.g.co, 25, 0.01f);
+  matrix y(rows, c.g.co), dw(c.g.co, c.g.patch()), dp(rows, c.g.patch());
+  k::workspace<float> ws;
+  for (auto _ : state) {
+    for (Eigen::Index n0 = 0; n0 < batch; n0 += group) {
+      const auto r = std::min(group, batch - n0) * c.g.pixels();
+      k::multiply<float>(ws, k::form::nt, p.topRows(r), w, y.topRows(r));
+    }
+    for (Eigen::Index n0 = 0; n0 < batch; n0 += group) {
+      const auto r = std::min(group, batch - n0) * c.g.pixels();
+      k::multiply<float>(ws, k::form::tn, dy.topRows(r), p.topRows(r), dw);
+      if (c.input_gradient) k::multiply<float>(ws, k::form::nn, dy.topRows(r), w, dp.topRows(r));
+    }
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(conv_flops(c, batch) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+BENCHMARK(BM_cnn_step)->Arg(64)->Arg(256)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_conv_layer)->ArgNames({"layer", "batch"})->ArgsProduct({{1, 2}, {64}})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_conv_gemms)->ArgNames({"layer", "batch"})->ArgsProduct({{1, 2}, {64}})->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_train_step)->Arg(32)->Arg(64)->Arg(256)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gemms)
     ->ArgNames({"batch", "kernel_layer"})

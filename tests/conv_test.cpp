@@ -122,15 +122,21 @@ TEST_CASE("conv2d: many samples per product give each sample the values of one s
 }
 
 TEST_CASE("im2col and col2im are adjoint: <im2col(x), p> == <x, col2im(p)>") {
+  // h, w, c, ho, wo, co, kh, kw, sh, sw, top, left: strides, padding, a window that leaves the
+  // last input rows and columns unread (floor), a block with padding on one side only.
   for (const auto& g : {nn::detail::conv_geometry{7, 6, 3, 4, 3, 2, 3, 4, 2, 2, 1, 1},
                         nn::detail::conv_geometry{5, 5, 1, 5, 5, 1, 5, 5, 1, 1, 2, 2},
-                        nn::detail::conv_geometry{6, 4, 2, 2, 2, 1, 3, 3, 1, 1, 0, 0}}) {
+                        nn::detail::conv_geometry{6, 4, 2, 2, 2, 1, 3, 3, 1, 1, 0, 0},
+                        nn::detail::conv_geometry{8, 9, 2, 3, 4, 1, 3, 2, 2, 2, 0, 0},
+                        nn::detail::conv_geometry{6, 5, 4, 6, 3, 1, 3, 3, 1, 2, 2, 0}}) {
     const auto in = g.h * g.w * g.c, patches = g.pixels() * g.patch();
     const auto x = random_matrix<double>(1, in, 20);
     const auto p = random_matrix<double>(1, patches, 21);
-    std::vector<double> px(static_cast<std::size_t>(patches)), xp(static_cast<std::size_t>(in), 0.0);
-    nn::detail::conv_kernels::im2col(g, x.data(), px.data());
-    nn::detail::conv_kernels::col2im(g, p.data(), xp.data());
+    using kernels = nn::detail::conv_kernels;
+    std::vector<double> px(static_cast<std::size_t>(patches + kernels::copy_packet)), xp(static_cast<std::size_t>(in), 7.0),
+        padded(kernels::padded_size(g));
+    kernels::im2col(g, x.data(), px.data(), padded.data());
+    kernels::col2im(g, p.data(), xp.data(), padded.data());  // overwrites xp
     double left = 0, right = 0;
     for (Eigen::Index k = 0; k < patches; ++k) left += px[static_cast<std::size_t>(k)] * p.data()[k];
     for (Eigen::Index k = 0; k < in; ++k) right += x.data()[k] * xp[static_cast<std::size_t>(k)];
@@ -191,6 +197,24 @@ TEST_CASE("max_pool sends a window's gradient to the first cell holding its larg
   CHECK(dx(0, 1) == 5);
   CHECK(dx(0, 2) == 0);
   CHECK(dx(0, 3) == 0);
+  // 37 channels: whole SIMD packets and a tail. Channel ch's maximum is at cell (ch % 4) and also,
+  // tied, at every later cell for even ch: the gradient goes to cell ch % 4 alone.
+  constexpr Eigen::Index c = 37;
+  ws.context.in = nn::shape<2, 2, c>::value;
+  ws.context.out = nn::shape<1, 1, c>::value;
+  nn::matrix<double> xs(1, 4 * c), ys(1, c), dys(1, c), dxs(1, 4 * c);
+  for (Eigen::Index ch = 0; ch < c; ++ch) {
+    for (Eigen::Index cell = 0; cell < 4; ++cell)
+      xs(0, cell * c + ch) = cell < ch % 4 ? -1.0 - static_cast<double>(cell) : (cell == ch % 4 || ch % 2 == 0 ? 2.0 : 1.0);
+    dys(0, ch) = 1.0 + static_cast<double>(ch);
+  }
+  pool::forward<double>(ws, nullptr, xs, ys);
+  pool::backward<double>(ws, nullptr, nullptr, xs, ys, dys, dxs, true);
+  bool routed = true;
+  for (Eigen::Index ch = 0; ch < c; ++ch)
+    for (Eigen::Index cell = 0; cell < 4; ++cell)
+      if (dxs(0, cell * c + ch) != (cell == ch % 4 ? dys(0, ch) : 0.0) || ys(0, ch) != 2.0) routed = false;
+  CHECK(routed);
 }
 
 TEST_CASE("dropout: a counter-based mask, the same for any split of the batch, identity in evaluation") {

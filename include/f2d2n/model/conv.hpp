@@ -26,6 +26,13 @@
 #include <string_view>
 #include <type_traits>
 
+// Eigen's packet types carry vector attributes that GCC drops (and warns about) in template
+// arguments (max_pool's backward pass uses them); Eigen silences the same warning in its own code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#endif
+
 namespace f2d2n {
 
 /// A two-dimensional extent: a rectangular kernel, stride or padding, e.g.
@@ -108,50 +115,98 @@ struct conv_kernels {
     return std::clamp<std::ptrdiff_t>(group_elements / per_sample, 1, std::max<std::ptrdiff_t>(batch, 1));
   }
 
-  /// Calls f(patch row, kernel row k, first valid kernel column lo, end hi, input offset of (row, lo))
-  /// for every kernel row of every output pixel whose input row is inside the block; rows outside
-  /// (padding) are reported with lo == hi.
-  template <class F>
-  static void for_each_run(const conv_geometry& g, F&& f) {
+  /// Rows and columns of a sample's input with its zero padding around it: every cell a kernel
+  /// window reads (and the input's own cells, should the windows not reach them all).
+  static std::ptrdiff_t padded_rows(const conv_geometry& g) noexcept {
+    return std::max((g.ho - 1) * g.sh + g.kh, g.top + g.h);
+  }
+  static std::ptrdiff_t padded_columns(const conv_geometry& g) noexcept {
+    return std::max((g.wo - 1) * g.sw + g.kw, g.left + g.w);
+  }
+  /// Values of a padded sample, with room for the last run's whole-packet copy.
+  static std::size_t padded_size(const conv_geometry& g) noexcept {
+    return static_cast<std::size_t>(padded_rows(g) * padded_columns(g) * g.c + copy_packet);
+  }
+  /// Runs are copied in whole packets of this many values (one 64-byte store for float).
+  static constexpr std::ptrdiff_t copy_packet = 16;
+
+  /// One sample's input into `xp` with its zero padding: later reads need no bounds.
+  template <class S>
+  static void pad(const conv_geometry& g, const S* x, S* xp) {
+    const std::ptrdiff_t rows = padded_rows(g), cols = padded_columns(g), line = cols * g.c;
+    std::fill_n(xp, padded_size(g), S(0));
+    const std::ptrdiff_t w = std::min(g.w, cols - g.left);
+    for (std::ptrdiff_t r = 0; r < g.h && r + g.top < rows; ++r)
+      std::copy_n(x + r * g.w * g.c, w * g.c, xp + (r + g.top) * line + g.left * g.c);
+  }
+
+  /// One padded sample's patches: p is pixels x patch, row-major, and has copy_packet values of
+  /// room after its end. Each kernel row of a patch is one run of kw x c values of the padded input,
+  /// copied in whole packets: a copy past the run's end lands on the next run of the same patch, or
+  /// the next patch's first, both written after it (hence the loop order), or on the room at the end.
+  template <class S>
+  static void im2col_padded(const conv_geometry& g, const S* xp, S* p) {
+    const std::ptrdiff_t patch = g.patch(), run = g.kw * g.c, line = padded_columns(g) * g.c;
     for (std::ptrdiff_t oh = 0; oh < g.ho; ++oh)
       for (std::ptrdiff_t ow = 0; ow < g.wo; ++ow) {
-        const std::ptrdiff_t row = oh * g.wo + ow, w0 = ow * g.sw - g.left;
-        const std::ptrdiff_t lo = std::max<std::ptrdiff_t>(0, -w0), hi = std::min(g.kw, g.w - w0);
+        S* row = p + (oh * g.wo + ow) * patch;
+        const S* corner = xp + oh * g.sh * line + ow * g.sw * g.c;
         for (std::ptrdiff_t k = 0; k < g.kh; ++k) {
-          const std::ptrdiff_t r = oh * g.sh - g.top + k;
-          if (r < 0 || r >= g.h || lo >= hi) f(row, k, std::ptrdiff_t{0}, std::ptrdiff_t{0}, std::ptrdiff_t{0});
-          else f(row, k, lo, hi, (r * g.w + w0 + lo) * g.c);
+          S* to = row + k * run;
+          const S* from = corner + k * line;
+          for (std::ptrdiff_t i = 0; i < run; i += copy_packet) {
+            S packet[copy_packet];
+            std::copy_n(from + i, copy_packet, packet);
+            std::copy_n(packet, copy_packet, to + i);
+          }
         }
       }
   }
 
-  /// One sample's patches: p is pixels x patch, row-major; zeros where the kernel covers padding.
+  /// One sample's patch gradients added into the padded dxp (zeroed by the caller): im2col's adjoint.
   template <class S>
-  static void im2col(const conv_geometry& g, const S* x, S* p) {
-    const std::ptrdiff_t patch = g.patch(), run = g.kw * g.c;
-    for_each_run(g, [&](std::ptrdiff_t row, std::ptrdiff_t k, std::ptrdiff_t lo, std::ptrdiff_t hi, std::ptrdiff_t at) {
-      S* seg = p + row * patch + k * run;
-      if (lo >= hi) {
-        std::fill_n(seg, run, S(0));
-        return;
+  static void col2im_padded(const conv_geometry& g, const S* dp, S* dxp) {
+    const std::ptrdiff_t patch = g.patch(), run = g.kw * g.c, line = padded_columns(g) * g.c;
+    for (std::ptrdiff_t oh = 0; oh < g.ho; ++oh)
+      for (std::ptrdiff_t ow = 0; ow < g.wo; ++ow) {
+        const S* row = dp + (oh * g.wo + ow) * patch;
+        S* corner = dxp + oh * g.sh * line + ow * g.sw * g.c;
+        for (std::ptrdiff_t k = 0; k < g.kh; ++k) {
+          const S* from = row + k * run;
+          S* to = corner + k * line;
+          for (std::ptrdiff_t i = 0; i < run; ++i) to[i] += from[i];
+        }
       }
-      std::fill_n(seg, lo * g.c, S(0));
-      std::copy_n(x + at, (hi - lo) * g.c, seg + lo * g.c);
-      std::fill(seg + hi * g.c, seg + run, S(0));
-    });
   }
 
-  /// One sample's patch gradients added back into dx (which the caller zeroed): the adjoint of im2col.
+  /// The input cells of a padded gradient back into dx (the padding's gradients are dropped).
   template <class S>
-  static void col2im(const conv_geometry& g, const S* dp, S* dx) {
-    const std::ptrdiff_t patch = g.patch(), run = g.kw * g.c;
-    for_each_run(g, [&](std::ptrdiff_t row, std::ptrdiff_t k, std::ptrdiff_t lo, std::ptrdiff_t hi, std::ptrdiff_t at) {
-      if (lo >= hi) return;
-      const S* seg = dp + row * patch + k * run + lo * g.c;
-      S* to = dx + at;
-      const std::ptrdiff_t n = (hi - lo) * g.c;
-      for (std::ptrdiff_t i = 0; i < n; ++i) to[i] += seg[i];
-    });
+  static void unpad(const conv_geometry& g, const S* dxp, S* dx) {
+    const std::ptrdiff_t rows = padded_rows(g), cols = padded_columns(g), line = cols * g.c;
+    const std::ptrdiff_t w = std::min(g.w, cols - g.left);
+    for (std::ptrdiff_t r = 0; r < g.h; ++r) {
+      S* to = dx + r * g.w * g.c;
+      if (r + g.top >= rows) {
+        std::fill_n(to, g.w * g.c, S(0));
+        continue;
+      }
+      std::copy_n(dxp + (r + g.top) * line + g.left * g.c, w * g.c, to);
+      std::fill(to + w * g.c, to + g.w * g.c, S(0));
+    }
+  }
+
+  /// im2col for one sample through a padded copy in `xp` (padded_size values).
+  template <class S>
+  static void im2col(const conv_geometry& g, const S* x, S* p, S* xp) {
+    pad(g, x, xp);
+    im2col_padded(g, xp, p);
+  }
+  /// col2im for one sample into dx (overwritten) through a padded buffer `dxp` (padded_size values).
+  template <class S>
+  static void col2im(const conv_geometry& g, const S* dp, S* dx, S* dxp) {
+    std::fill_n(dxp, padded_size(g), S(0));
+    col2im_padded(g, dp, dxp);
+    unpad(g, dxp, dx);
   }
 
   template <class S>
@@ -161,10 +216,11 @@ struct conv_kernels {
     const_matrix_map<S> w(params, g.co, patch);
     Eigen::Map<const vector<S>> b(params + g.co * patch, g.co);
     const std::ptrdiff_t group = samples_per_group(g, batch, y.outerStride() == y.cols());
-    S* p = ws.buffer(0, static_cast<std::size_t>(group * pixels * patch));
+    S* p = ws.buffer(0, static_cast<std::size_t>(group * pixels * patch + copy_packet));
+    S* xp = ws.buffer(3, padded_size(g));
     for (std::ptrdiff_t n0 = 0; n0 < batch; n0 += group) {
       const std::ptrdiff_t nb = std::min(group, batch - n0);
-      for (std::ptrdiff_t j = 0; j < nb; ++j) im2col(g, x.row(n0 + j).data(), p + j * pixels * patch);
+      for (std::ptrdiff_t j = 0; j < nb; ++j) im2col(g, x.row(n0 + j).data(), p + j * pixels * patch, xp);
       matrix_map<S> out(y.row(n0).data(), nb * pixels, g.co);
       kernel::multiply<S>(ws, kernel::form::nt, const_matrix_map<S>(p, nb * pixels, patch), w, out);
       out.rowwise() += b.transpose();
@@ -187,14 +243,15 @@ struct conv_kernels {
     }
     const bool contiguous = dy.outerStride() == dy.cols() && (!want_dx || dx.outerStride() == dx.cols());
     const std::ptrdiff_t group = samples_per_group(g, batch, contiguous);
-    const auto size = static_cast<std::size_t>(group * pixels * patch);
+    const auto size = static_cast<std::size_t>(group * pixels * patch + copy_packet);
     S* p = ws.buffer(0, size);
     S* dp = want_dx ? ws.buffer(1, size) : nullptr;
     S* part = ws.buffer(2, static_cast<std::size_t>(g.co * patch));
+    S* xp = ws.buffer(3, padded_size(g));
     if (batch == 0) dw.setZero();
     for (std::ptrdiff_t n0 = 0; n0 < batch; n0 += group) {
       const std::ptrdiff_t nb = std::min(group, batch - n0);
-      for (std::ptrdiff_t j = 0; j < nb; ++j) im2col(g, x.row(n0 + j).data(), p + j * pixels * patch);
+      for (std::ptrdiff_t j = 0; j < nb; ++j) im2col(g, x.row(n0 + j).data(), p + j * pixels * patch, xp);
       const const_matrix_map<S> dyg(dy.row(n0).data(), nb * pixels, g.co);
       const const_matrix_map<S> pg(p, nb * pixels, patch);
       if (n0 == 0) {
@@ -207,11 +264,7 @@ struct conv_kernels {
       if (!want_dx) continue;
       matrix_map<S> dpg(dp, nb * pixels, patch);
       kernel::multiply<S>(ws, kernel::form::nn, dyg, w, dpg);
-      for (std::ptrdiff_t j = 0; j < nb; ++j) {
-        S* to = dx.row(n0 + j).data();
-        std::fill_n(to, dx.cols(), S(0));
-        col2im(g, dp + j * pixels * patch, to);
-      }
+      for (std::ptrdiff_t j = 0; j < nb; ++j) col2im(g, dp + j * pixels * patch, dx.row(n0 + j).data(), xp);
     }
   }
 };
@@ -379,18 +432,42 @@ struct max_pool : detail::pooling<Kernel, Stride> {
       for (std::ptrdiff_t oh = 0; oh < g.ho; ++oh)
         for (std::ptrdiff_t ow = 0; ow < g.wo; ++ow) {
           const std::ptrdiff_t o = (oh * g.wo + ow) * g.c, corner = ((oh * g.sh) * g.w + ow * g.sw) * g.c;
-          for (std::ptrdiff_t ch = 0; ch < g.c; ++ch) {
-            std::ptrdiff_t at = corner + ch;  // the first cell holding the maximum
-            for (std::ptrdiff_t i = 0, found = 0; i < g.kh && !found; ++i)
-              for (std::ptrdiff_t j = 0; j < g.kw; ++j) {
-                const std::ptrdiff_t cell = corner + (i * g.w + j) * g.c + ch;
-                if (in[cell] == out[o + ch]) {
-                  at = cell;
-                  found = 1;
-                  break;
-                }
-              }
-            to[at] += d[o + ch];
+          route<S>(g, in + corner, out + o, d + o, to + corner);
+        }
+    }
+  }
+
+ private:
+  /// One window's gradient, every channel: to the first cell holding the channel's maximum.
+  /// Channels a SIMD packet at a time (Eigen's packet primitives: compare, mask, add), the rest
+  /// one by one; `open` masks the channels whose maximum has not taken its gradient yet.
+  template <class S>
+  static void route(const detail::pool_geometry& g, const S* cell0, const S* top, const S* grad, S* target0) {
+    namespace ei = Eigen::internal;
+    using packet = typename ei::packet_traits<S>::type;
+    constexpr std::ptrdiff_t width = ei::unpacket_traits<packet>::size;
+    std::ptrdiff_t ch = 0;
+    if constexpr (width > 1) {
+      for (; ch + width <= g.c; ch += width) {
+        const packet t = ei::ploadu<packet>(top + ch), dy = ei::ploadu<packet>(grad + ch);
+        packet open = ei::ptrue(t);
+        for (std::ptrdiff_t i = 0; i < g.kh; ++i)
+          for (std::ptrdiff_t j = 0; j < g.kw; ++j) {
+            const std::ptrdiff_t at = (i * g.w + j) * g.c + ch;
+            const packet hit = ei::pand(ei::pcmp_eq(ei::ploadu<packet>(cell0 + at), t), open);
+            ei::pstoreu(target0 + at, ei::padd(ei::ploadu<packet>(target0 + at), ei::pand(hit, dy)));
+            open = ei::pxor(open, hit);
+          }
+      }
+    }
+    for (; ch < g.c; ++ch) {
+      bool found = false;
+      for (std::ptrdiff_t i = 0; i < g.kh && !found; ++i)
+        for (std::ptrdiff_t j = 0; j < g.kw && !found; ++j) {
+          const std::ptrdiff_t at = (i * g.w + j) * g.c + ch;
+          if (cell0[at] == top[ch]) {
+            target0[at] += grad[ch];
+            found = true;
           }
         }
     }
@@ -504,3 +581,7 @@ struct dropout : detail::elementwise {
 };
 
 }  // namespace f2d2n
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
