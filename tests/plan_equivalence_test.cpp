@@ -29,6 +29,17 @@ TEST_CASE_TEMPLATE("every plan trains to the serial weights (float32, 1e-5)", Pl
   expect_equivalent<Plan, float>(1e-5);
 }
 
+TEST_CASE_TEMPLATE("every plan of a CNN trains to the serial weights (float32, 1e-5)", Plan, plan_cnn_dp2,
+                   plan_cnn_pp2, plan_cnn_dp2_pp2, plan_cnn_tp2_chain, plan_cnn_spatial2, plan_cnn_spatial2x2,
+                   plan_cnn_spatial3, plan_cnn_dp2_spatial2, plan_cnn_pp2_spatial2, plan_cnn_spatial2_tp2) {
+  expect_equivalent<Plan, float>(1e-5);
+}
+
+TEST_CASE_TEMPLATE("spatial plans of a CNN train to the serial weights (float64, 1e-12)", Plan, plan_cnn_spatial3,
+                   plan_cnn_spatial2x2) {
+  expect_equivalent<Plan, double>(1e-12);
+}
+
 TEST_CASE_TEMPLATE("every plan trains to the serial weights (float64, 1e-12)", Plan, plan_dp4, plan_dp3_buckets,
                    plan_tp3_mixed, plan_tp2x2, plan_tp2_chain, plan_dp2_tp2, plan_pp4, plan_dp2_pp2_tp2) {
   expect_equivalent<Plan, double>(1e-12);

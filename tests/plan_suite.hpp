@@ -39,18 +39,45 @@ using plan_pp4 = distribute<plan_mlp, pipeline<4, microbatches<4>, one_f_one_b>>
 using plan_dp2_pp2_tp2 =
     distribute<plan_mlp, data_parallel<2>, pipeline<2, microbatches<2>, one_f_one_b>, tensor_parallel<2>>;
 
-/// 60 samples of 13 features in [-1, 1], labels 0..4.
-template <class Scalar>
+/// A small CNN: an image of 9 x 7 x 2 (odd: 3 spatial blocks of rows leave a remainder), two
+/// convolutions with padding, a pool, and dropout between two dense layers (its masks must be
+/// the serial network's on every unit).
+using plan_cnn = sequential<input<9, 7, 2>, conv2d<4, 3, 1, 1>, relu, max_pool<2>, conv2d<5, 3, 1, 1>, tanh, flatten,
+                            dense<8>, relu, dropout<0.25>, dense<5>, softmax_cross_entropy>;
+using plan_cnn_dp2 = distribute<plan_cnn, data_parallel<2>>;
+/// The second stage starts at the second convolution: a feature map crosses between the stages.
+using plan_cnn_pp2 = distribute<plan_cnn, pipeline<2, microbatches<2>, one_f_one_b, stage_starts<4>>>;
+using plan_cnn_dp2_pp2 = distribute<plan_cnn, data_parallel<2>, pipeline<2, microbatches<3>, gpipe, stage_starts<4>>>;
+/// The dense layers split, chained through relu and dropout (which sees each unit's columns only);
+/// every shard computes the convolutions whole.
+using plan_cnn_tp2_chain = distribute<plan_cnn, tensor_parallel<2, by_outputs, split_layer<10, by_inputs>>>;
+
+/// Spatial partitions of the feature maps (DistDL's): 2 x 1; 2 x 2; 3 x 1, where the 9 rows of the
+/// first map split 3 / 3 / 3 but the pooled 4 rows 2 / 1 / 1 (the pool's windows cross the blocks'
+/// borders: uneven halos, some negative); with 2 replicas; across two pipeline stages (the map
+/// gathered at the stage's end, windows taken from it at the next); with the dense layers chained
+/// over the same 2 units.
+using plan_cnn_spatial2 = distribute<plan_cnn, spatial<2>>;
+using plan_cnn_spatial2x2 = distribute<plan_cnn, spatial<2, 2>>;
+using plan_cnn_spatial3 = distribute<plan_cnn, spatial<3>>;
+using plan_cnn_dp2_spatial2 = distribute<plan_cnn, data_parallel<2>, spatial<2>>;
+using plan_cnn_pp2_spatial2 = distribute<plan_cnn, pipeline<2, microbatches<2>, one_f_one_b, stage_starts<3>>, spatial<2>>;
+using plan_cnn_spatial2_tp2 =
+    distribute<plan_cnn, spatial<2>, tensor_parallel<2, by_outputs, split_layer<10, by_inputs>>>;
+
+/// 60 samples of the model's features in [-1, 1], labels over its classes.
+template <class Scalar, class Model = plan_mlp>
 dataset<Scalar> plan_data() {
   dataset<Scalar> d;
-  d.samples.resize(60, 13);
+  d.samples.resize(60, static_cast<Eigen::Index>(Model::input_size));
   for (Eigen::Index r = 0; r < d.samples.rows(); ++r)
     for (Eigen::Index c = 0; c < d.samples.cols(); ++c)
       d.samples(r, c) =
           static_cast<Scalar>(random_symmetric(77, static_cast<std::uint64_t>(r), static_cast<std::uint64_t>(c)));
-  for (std::size_t r = 0; r < 60; ++r) d.labels.push_back(static_cast<std::int32_t>((r * 7 + r / 3) % 5));
-  d.sample_shape = flat(13);
-  d.classes = 5;
+  for (std::size_t r = 0; r < 60; ++r)
+    d.labels.push_back(static_cast<std::int32_t>((r * 7 + r / 3) % Model::output_size));
+  d.sample_shape = Model::input_shape;
+  d.classes = Model::output_size;
   d.source = "plan_data";
   return d;
 }
@@ -106,19 +133,20 @@ void compare_layers(const std::vector<S>& unit, std::type_identity_t<std::span<c
 /// the unit holds nothing): tests/netns.sh compares their digest between runs.
 template <class Plan, class Scalar, class Transport>
 std::vector<std::string> equivalence(Transport& t, double tolerance, std::vector<Scalar>* weights = nullptr) {
+  using model = typename Plan::model;
   std::vector<std::string> failures;
-  const auto data = plan_data<Scalar>();
-  network<plan_mlp, Scalar> serial(11);
+  const auto data = plan_data<Scalar, model>();
+  network<model, Scalar> serial(11);
   distributed_network<Plan, Transport, Scalar> net(t, 11);
   // The same initial values, bit for bit, at the unit's places.
-  compare_layers<plan_mlp>(exported(net), serial.parameters(), net.parameter_count(), 0.0, "initial values", failures);
+  compare_layers<model>(exported(net), serial.parameters(), net.parameter_count(), 0.0, "initial values", failures);
 
-  trainer<network<plan_mlp, Scalar>, sgd> serial_trainer(serial, plan_sgd());
+  trainer<network<model, Scalar>, sgd> serial_trainer(serial, plan_sgd());
   const auto serial_report = serial_trainer.fit(data, plan_fit<Plan>());
   trainer unit_trainer(net, plan_sgd());  // the engine's trainer (the deduction guide): shared by every plan
   const auto report = unit_trainer.fit(data, plan_fit<Plan>(), &data);
   const auto after = exported(net);
-  compare_layers<plan_mlp>(after, serial.parameters(), net.parameter_count(), tolerance, "after 20 steps", failures);
+  compare_layers<model>(after, serial.parameters(), net.parameter_count(), tolerance, "after 20 steps", failures);
 
   // Where the unit's time went: every plan here communicates; pipelines wait for neighbours.
   if (!(report.time.compute > 0) || !(report.time.communication > 0) || report.steps != 5 ||

@@ -167,8 +167,10 @@ static_assert(nn::transport<counting_transport>);
 
 TEST_CASE_TEMPLATE("a step sends exactly the messages and bytes the plan's schema states", Plan, plan_dp4,
                    plan_dp3_buckets, plan_dp2_pp2_buckets, plan_tp2, plan_tp2_inputs, plan_tp3_mixed, plan_tp2x2,
-                   plan_tp2_chain, plan_dp2_tp2, plan_pp2_gpipe, plan_pp2_1f1b, plan_pp4, plan_dp2_pp2_tp2) {
-  const auto data = plan_data<float>();
+                   plan_tp2_chain, plan_dp2_tp2, plan_pp2_gpipe, plan_pp2_1f1b, plan_pp4, plan_dp2_pp2_tp2,
+                   plan_cnn_pp2, plan_cnn_tp2_chain, plan_cnn_spatial2x2, plan_cnn_spatial3, plan_cnn_dp2_spatial2,
+                   plan_cnn_pp2_spatial2) {
+  const auto data = plan_data<float, typename Plan::model>();
   nn::local_cluster cluster(static_cast<nn::unit_id>(Plan::world_size), Plan::fingerprint);
   std::vector<std::size_t> sent(Plan::world_size);
   std::vector<std::map<std::uint32_t, std::size_t>> by_id(Plan::world_size);
@@ -191,6 +193,45 @@ TEST_CASE_TEMPLATE("a step sends exactly the messages and bytes the plan's schem
     CHECK(by_id[r] == stated);
   }
 }
+
+// ---- spatial partitions: halos at compile time ----------------------------------------------
+// plan_cnn: 9 x 7 x 2 -> conv 3x3 pad 1 (9 x 7 x 4) -> relu -> max_pool 2 (4 x 3 x 4) -> conv 3x3 pad 1
+// (4 x 3 x 5) -> tanh -> flatten. Over 3 x 1 units: the first map's rows 3 / 3 / 3, the pooled 2 / 1 / 1.
+static_assert(plan_cnn_spatial3::world_size == 3 && plan_cnn_spatial3::splits[1] == nn::split_kind::spatial &&
+              plan_cnn_spatial3::splits[7] == nn::split_kind::replicated);
+static_assert(plan_cnn_spatial3::spatial_layers ==
+              std::array<bool, 12>{false, true, true, true, true, true, false, false, false, false, false, false});
+// Layer 1 reads the whole input: unit 1 computes rows 3-5 from rows 2-6 (one more each side).
+static_assert(plan_cnn_spatial3::window_of(1, 1) == nn::map_region{2, 5, 0, 7});
+static_assert(plan_cnn_spatial3::halo_of(1, 1) == nn::halo_extent{1, 1, 1, 1} ||
+              plan_cnn_spatial3::halo_of(1, 1) == nn::halo_extent{1, 1, 0, 0});
+// The pool (layer 3): unit 0's pooled rows 0-1 read rows 0-3, one row of unit 1's block; unit 1's
+// row 2 reads rows 4-5 (not its row 3); unit 2's row 3 reads 6-7 (not its row 8); the 7th column is
+// never read (floor).
+static_assert(plan_cnn_spatial3::halo_of(0, 3) == nn::halo_extent{0, 1, 0, -1});
+static_assert(plan_cnn_spatial3::halo_of(1, 3) == nn::halo_extent{-1, 0, 0, -1});
+static_assert(plan_cnn_spatial3::halo_of(2, 3) == nn::halo_extent{0, -1, 0, -1});
+// The second convolution (layer 4, padding 1): unit 0 (rows 0-1) reads row 2 below, its top is padding.
+static_assert(plan_cnn_spatial3::halo_of(0, 4) == nn::halo_extent{0, 1, 0, 0});
+static_assert(plan_cnn_spatial3::partition_of(0, 4).pad_top == 1 && plan_cnn_spatial3::partition_of(1, 4).pad_top == 0);
+static_assert(plan_cnn_spatial3::halo_of(1, 4) == nn::halo_extent{1, 1, 0, 0});
+// Blocks stay with their unit between spatial layers; the last one's map is gathered whole.
+static_assert(plan_cnn_spatial3::partition_of(1, 4).sharded_input && plan_cnn_spatial3::partition_of(1, 4).sharded_output);
+static_assert(!plan_cnn_spatial3::partition_of(1, 5).sharded_output &&
+              plan_cnn_spatial3::partition_of(1, 5).output_width == 4 * 3 * 5);
+static_assert(plan_cnn_spatial3::partition_of(1, 4).output_width == 1 * 3 * 5);
+// 2 x 2: unit 3 (bottom right) holds rows 5-8 and columns 4-6 of the 9 x 7 map; its pooled rows 2-3
+// and column 2 read rows 4-7 and columns 4-5: one row of the unit above, not its last row or column.
+static_assert(plan_cnn_spatial2x2::halo_of(3, 3) == nn::halo_extent{1, -1, 0, -1});
+static_assert(plan_cnn_spatial2x2::halo_of(0, 4) == nn::halo_extent{0, 1, 0, 1});
+// Unit types: a spatial layer is a block of its map.
+static_assert(std::is_same_v<boost::mp11::mp_at_c<plan_cnn_spatial3::unit<1>::layers, 4>,
+                             nn::spatial_block<plan_cnn::layer_at<4>, 2, 1, 0, 3>>);
+// The halos are messages of the step, in its bytes: unit 1 of 3 x 1 sends layer 3's rows to unit 0,
+// layer 4's row to units 0 and 2, and their gradients back.
+static_assert(plan_cnn_spatial3::message_count(1, 6) > plan_cnn_spatial2::message_count(0, 6));
+static_assert(plan_cnn_spatial3::fingerprint != plan_cnn_spatial2::fingerprint &&
+              plan_cnn_spatial2::fingerprint != nn::distribute<plan_cnn, nn::tensor_parallel<2>>::fingerprint);
 
 // Schema ids are distinct within a unit's step, and decode to their fields.
 static_assert([] {

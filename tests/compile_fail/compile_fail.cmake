@@ -37,6 +37,14 @@ f2d2n_compile_fail(not_a_layer "every argument of sequential<...> must be a laye
 f2d2n_compile_fail(network_of_bad_model "dense<0>::at_layer<1," "has no neurons")
 f2d2n_compile_fail(network_integer_scalar "network<f2d2n::sequential<.*>, int>"
                    "network<model, Scalar> needs a floating-point Scalar")
+# Convolutional layers: each mistake one error, naming the layer's index and input shape.
+f2d2n_plan_fail(conv_kernel_too_large "conv2d<2, 7>::at_layer<2, false, 4, 4, 1>"
+                "the kernel of conv2d at the layer index named above is larger than its padded input")
+f2d2n_plan_fail(conv_stride_zero "conv2d<2, 3, 0>::at_layer<1," "has a stride of 0")
+f2d2n_plan_fail(conv_channels_zero "conv2d<0, 3>::at_layer<1," "has no output channels")
+f2d2n_plan_fail(conv_after_flat "conv2d<4, 3>::at_layer<2, false, 64>" "needs an image .height, width")
+f2d2n_plan_fail(pool_too_large "pooling<5, 5>::at_layer<2, false, 4, 4, 2>" "pooling window at the layer index named above is larger than its input")
+f2d2n_plan_fail(dropout_rate "dropout<1.0e\\+0>" "dropout<Rate> needs 0 <= Rate < 1")
 # A plan's mistake is one error, raised by any use of the plan (plan/detail/checks.hpp).
 f2d2n_plan_fail(plan_too_many_shards
                 "dense_split<f2d2n::plan_check::layer<3>, f2d2n::split_kind::outputs, f2d2n::plan_check::shards<4>, f2d2n::plan_check::neurons<2>"

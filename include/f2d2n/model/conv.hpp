@@ -75,6 +75,10 @@ constexpr std::size_t sliding_outputs(std::size_t n, std::size_t k, std::size_t 
   return (n + 2 * p - k) / s + 1;
 }
 
+/// Layers that slide a window over a feature map (conv2d and the pools): a plan's spatial
+/// partition gives each unit the window of input its block of output reads (plan/distribute.hpp).
+struct windowed {};
+
 /// One sample's convolution as the kernels run it: the input block (h x w x c, with any halo),
 /// the output block (ho x wo x co), the kernel and stride, and the zero rows and columns before
 /// the block's first input row and column (the rest of the padding follows from the extents).
@@ -284,9 +288,10 @@ inline pool_geometry pool_geometry_of(const layer_context& ctx, window k, window
 
 /// Shared parts of the pooling layers: shapes and checks.
 template <auto Kernel, auto Stride>
-struct pooling {
+struct pooling : windowed {
   static constexpr window kernel_window = as_window<Kernel>();
   static constexpr window stride_window = as_window<Stride>();
+  static constexpr window padding_window{0, 0};
   static constexpr layer_kind kind = layer_kind::hidden;
   static constexpr std::size_t parameter_count(extents) noexcept { return 0; }
   static constexpr extents output(extents in) noexcept {
@@ -322,7 +327,7 @@ struct pooling {
 /// height = (H + 2 padding - kernel) / stride + 1 (PyTorch's Conv2d, zero padding, floor).
 /// Weights: Channels x (kernel height x kernel width x input channels), then Channels biases.
 template <std::size_t Channels, auto Kernel, auto Stride = 1, auto Padding = 0, class Init = auto_init>
-struct conv2d : detail::conv_kernels {
+struct conv2d : detail::conv_kernels, detail::windowed {
   static constexpr std::string_view name = "conv2d";
   static constexpr layer_kind kind = layer_kind::hidden;
   static constexpr std::size_t channels = Channels;
@@ -524,6 +529,9 @@ struct avg_pool : detail::pooling<Kernel, Stride> {
 };
 
 namespace detail {
+/// Layers that draw random numbers per element (dropout): their place in the whole batch matters.
+struct random_layer {};
+
 /// Whether dropout keeps element `index` (the whole layer's: batch row x features + feature) in
 /// the training step and layer the context names: a pure function of (seed, step, layer, index),
 /// so that any unit draws the serial network's mask for the elements it holds.
@@ -549,7 +557,7 @@ void for_each_dropout(const layer_context& ctx, double rate, Eigen::Index rows, 
 /// index and the element's place in the whole batch, so that a distributed run draws the serial
 /// run's mask (layer_context says which step and rows).
 template <double Rate>
-struct dropout : detail::elementwise {
+struct dropout : detail::elementwise, detail::random_layer {
   static_assert(Rate >= 0.0 && Rate < 1.0, "f2d2n: dropout<Rate> needs 0 <= Rate < 1");
   static constexpr std::string_view name = "dropout";
   static constexpr double rate = Rate;

@@ -18,7 +18,7 @@ std::string plan_description() {
                   (Plan::schedule_id == gpipe::id ? "gpipe" : "one_f_one_b") + ", stages at layers";
   for (std::size_t k = 0; k < Plan::stages; ++k) s += " " + std::to_string(Plan::stage_begin[k]);
   s += "> tensor_parallel<" + std::to_string(Plan::shards) + ">, layers";
-  static constexpr const char* kinds[] = {"none", "replicated", "outputs", "inputs", "grid"};
+  static constexpr const char* kinds[] = {"none", "replicated", "outputs", "inputs", "grid", "spatial"};
   for (std::size_t i = 0; i < Plan::layer_count; ++i) {
     const auto p = Plan::partition_of(0, i);
     if (Plan::splits[i] == split_kind::none) continue;

@@ -59,25 +59,30 @@ struct distribute {
                 "f2d2n: the first argument of distribute<model, policies...> must be a sequential<...>");
   static_assert(((detail::is_a<Policies, detail::data_parallel_tag> ||
                   detail::is_a<Policies, detail::tensor_parallel_tag> ||
-                  detail::is_a<Policies, detail::pipeline_tag>)&&...),
-                "f2d2n: distribute<model, policies...> takes data_parallel<R>, pipeline<P, ...> and "
-                "tensor_parallel<S, ...>");
+                  detail::is_a<Policies, detail::pipeline_tag> || detail::is_a<Policies, detail::spatial_tag>)&&...),
+                "f2d2n: distribute<model, policies...> takes data_parallel<R>, pipeline<P, ...>, "
+                "tensor_parallel<S, ...> and spatial<Rows, Cols>");
   using policies = boost::mp11::mp_list<Policies...>;
   template <class Tag>
   static constexpr std::size_t named = boost::mp11::mp_count_if_q<policies, detail::is_a_q<Tag>>::value;
   static_assert(named<detail::data_parallel_tag> <= 1, "f2d2n: distribute<...> names data_parallel more than once");
   static_assert(named<detail::tensor_parallel_tag> <= 1, "f2d2n: distribute<...> names tensor_parallel more than once");
   static_assert(named<detail::pipeline_tag> <= 1, "f2d2n: distribute<...> names pipeline more than once");
+  static_assert(named<detail::spatial_tag> <= 1, "f2d2n: distribute<...> names spatial more than once");
 
   using model = Net;
   using data_policy = detail::policy_or<policies, detail::data_parallel_tag, data_parallel<1>>;
   using tensor_policy = detail::policy_or<policies, detail::tensor_parallel_tag, tensor_parallel<1>>;
   using pipeline_policy = detail::policy_or<policies, detail::pipeline_tag, pipeline<1>>;
+  using spatial_policy = detail::policy_or<policies, detail::spatial_tag, spatial<1, 1>>;
+  static constexpr bool has_spatial = named<detail::spatial_tag> == 1;
 
   static constexpr std::size_t replicas = data_policy::replicas;
   static constexpr std::size_t bucket_elements = data_policy::bucket_elements;
   static constexpr std::size_t stages = pipeline_policy::stages;
-  static constexpr std::size_t shards = tensor_policy::shards;
+  /// The units of a stage: tensor_parallel's shards, spatial's grid (both: they must agree).
+  static constexpr std::size_t shards =
+      named<detail::tensor_parallel_tag> == 1 ? tensor_policy::shards : spatial_policy::shards;
   static constexpr std::size_t microbatch_count = pipeline_policy::microbatch_count;
   static constexpr std::size_t schedule_id = pipeline_policy::schedule::id;
   static constexpr std::size_t world_size = replicas * stages * shards;
@@ -102,6 +107,55 @@ struct distribute {
     split_kind kind = split_kind::none;
     std::size_t out_parts = 1, in_parts = 1;
   };
+  /// A layer's window (kernel, stride, padding) where it slides one over a feature map.
+  struct window_params {
+    bool windowed = false;
+    std::size_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0;
+  };
+  template <class L>
+  static constexpr window_params window_params_of() {
+    if constexpr (std::is_base_of_v<detail::windowed, L>)
+      return {true,
+              L::kernel_window.height,
+              L::kernel_window.width,
+              L::stride_window.height,
+              L::stride_window.width,
+              L::padding_window.height,
+              L::padding_window.width};
+    else return {};
+  }
+  template <std::size_t... I>
+  static constexpr std::array<window_params, layer_count> windows_of(std::index_sequence<I...>) {
+    return {window_params_of<layer_t<I>>()...};
+  }
+  static constexpr auto windows_ = windows_of(std::make_index_sequence<layer_count>{});
+  template <std::size_t... I>
+  static constexpr std::array<bool, layer_count> random_of(std::index_sequence<I...>) {
+    return {std::is_base_of_v<detail::random_layer, layer_t<I>>...};
+  }
+
+ public:
+  /// spatial_layers[i]: layer i computes blocks of a feature map over spatial<R, C>'s grid: every
+  /// convolution and pool, and every element-wise layer whose input is a feature map (rank 2 or 3).
+  static constexpr std::array<bool, layer_count> spatial_layers = [] {
+    std::array<bool, layer_count> r{};
+    if (!has_spatial) return r;
+    constexpr auto elementwise = [] {
+      std::array<bool, layer_count> e{};
+      constexpr auto list = []<std::size_t... I>(std::index_sequence<I...>) {
+        return std::array<bool, layer_count>{std::is_base_of_v<detail::elementwise, layer_t<I>>...};
+      }(std::make_index_sequence<layer_count>{});
+      for (std::size_t i = 0; i < layer_count; ++i) e[i] = list[i];
+      return e;
+    }();
+    for (std::size_t i = 1; i + 1 < layer_count; ++i) {
+      const auto rank = Net::input_extents[i].rank;
+      r[i] = windows_[i].windowed || (elementwise[i] && (rank == 2 || rank == 3));
+    }
+    return r;
+  }();
+
+ private:
   template <class Split>
   static constexpr split_choice choice_of() {
     return {Split::kind, Split::out_parts == 0 ? shards : Split::out_parts,
@@ -113,7 +167,7 @@ struct distribute {
     std::array<split_choice, layer_count> s{};
     for (std::size_t i = 0; i < layer_count; ++i)
       s[i] = !is_dense[i]  ? split_choice{}
-             : shards == 1 ? split_choice{split_kind::replicated, 1, 1}
+             : shards == 1 || named<detail::tensor_parallel_tag> == 0 ? split_choice{split_kind::replicated, 1, 1}
                            : choice_of<typename tensor_policy::default_split>();
     if constexpr (shards > 1) {
       boost::mp11::mp_for_each<typename tensor_policy::overrides>([&](auto o) {
@@ -121,6 +175,8 @@ struct distribute {
         if (O::index < layer_count && is_dense[O::index]) s[O::index] = choice_of<typename O::split>();
       });
     }
+    for (std::size_t i = 0; i < layer_count; ++i)
+      if (spatial_layers[i]) s[i] = split_choice{split_kind::spatial, spatial_policy::rows, spatial_policy::cols};
     return s;
   }
   static constexpr auto choices_ = choices_of(std::make_index_sequence<layer_count>{});
@@ -230,6 +286,16 @@ struct distribute {
   static constexpr bool check_splits() {
     if constexpr (I == layer_count) {
       return true;
+    } else if constexpr (spatial_layers[I]) {
+      constexpr auto in = Net::input_extents[I], out = Net::output_extents[I];
+      constexpr bool ok =
+          plan_check::spatial_split<plan_check::layer<I>, plan_check::grid<spatial_policy::rows, spatial_policy::cols>,
+                                    plan_check::output_map<out.dims[0], out.dims[1]>,
+                                    std::conditional_t<random_of(std::make_index_sequence<layer_count>{})[I],
+                                                       plan_check::random_per_element, plan_check::deterministic>>::ok;
+      (void)in;
+      if constexpr (!ok) return false;
+      else return check_splits<I + 1>();
     } else {
       constexpr bool ok = plan_check::dense_split<plan_check::layer<I>, splits[I], plan_check::shards<shards>,
                                                   plan_check::neurons<detail::neurons_of<layer_t<I>>()>,
@@ -240,11 +306,28 @@ struct distribute {
     }
   }
 
+  /// spatial<R, C> against tensor_parallel and the model.
+  static constexpr bool spatial_ok = [] {
+    if constexpr (!has_spatial) {
+      return true;
+    } else {
+      constexpr bool any = [] {
+        for (bool b : spatial_layers)
+          if (b) return true;
+        return false;
+      }();
+      return plan_check::spatial_policy<
+                 plan_check::shards<named<detail::tensor_parallel_tag> == 1 ? tensor_policy::shards : 0>,
+                 plan_check::grid<spatial_policy::rows, spatial_policy::cols>,
+                 std::conditional_t<any, plan_check::with_feature_maps, plan_check::without_feature_maps>>::ok;
+    }
+  }();
+
  public:
   /// True when every check passed. The checks run on any use of the plan (the static_assert
   /// below evaluates this); each failed check is its own compile error, and the only one.
   static constexpr bool checked = [] {
-    if constexpr (!Net::checked || !overrides_ok || !pipeline_ok) return false;
+    if constexpr (!Net::checked || !overrides_ok || !pipeline_ok || !spatial_ok) return false;
     else
       return check_splits() &&
              plan_check::pipeline_schedule<typename pipeline_policy::schedule, plan_check::stages<stages>,
@@ -268,6 +351,28 @@ struct distribute {
     const auto c = coordinates_of(rank);
     return layouts_[c.stage * shards + c.shard][i];
   }
+  /// The block of layer i's input map unit `rank` holds under spatial<R, C> (the block of the
+  /// layer before's output it computed), whether or not its input arrives in blocks.
+  static constexpr map_region owned_input_of(std::size_t rank, std::size_t i) noexcept {
+    const auto p = partition_of(rank, i);
+    const auto in = detail::image_of(Net::input_extents[i]);
+    return {part_begin(in.height, p.out_parts, p.out_index), part_size(in.height, p.out_parts, p.out_index),
+            part_begin(in.width, p.in_parts, p.in_index), part_size(in.width, p.in_parts, p.in_index)};
+  }
+  /// The window of layer i's input map unit `rank`'s block of output reads (spatial layers).
+  static constexpr map_region window_of(std::size_t rank, std::size_t i) noexcept {
+    const auto p = partition_of(rank, i);
+    return {p.in_row, p.in_rows, p.in_col, p.in_cols};
+  }
+  /// Layer i's halo on unit `rank` (spatial layers): how many cells its window reaches past the
+  /// block of the input map it holds, each side (negative: cells of its block it does not read).
+  /// From kernel, stride, padding and the grid, at compile time.
+  static constexpr halo_extent halo_of(std::size_t rank, std::size_t i) noexcept {
+    const auto o = owned_input_of(rank, i), w = window_of(rank, i);
+    auto d = [](std::size_t a, std::size_t b) { return static_cast<std::ptrdiff_t>(a) - static_cast<std::ptrdiff_t>(b); };
+    return {d(o.row, w.row), d(w.row + w.rows, o.row + o.rows), d(o.col, w.col), d(w.col + w.cols, o.col + o.cols)};
+  }
+
   /// Parameters held by unit `rank`.
   static constexpr std::size_t parameter_count_of(std::size_t rank) noexcept {
     std::size_t n = 0;
@@ -318,6 +423,35 @@ struct distribute {
       for (std::size_t i = first; i < end; ++i) {
         const std::size_t in = Net::input_extents[i].size(), out = Net::output_extents[i].size();
         const auto p = partition_of(rank, i);
+        if (p.split == split_kind::spatial) {
+          // The halo to the units whose windows read cells of this unit's block (forward), the
+          // halo's gradient back to the units whose cells this unit's window read (backward).
+          const std::size_t g = shards, me = c.shard, channels = detail::image_of(Net::input_extents[i]).channels;
+          auto halo = [&](bool backward) {
+            for (std::size_t v = 0; v < g; ++v) {
+              if (v == me) continue;
+              const auto peer = rank_of({c.replica, c.stage, v});
+              const auto cells = backward ? overlap(window_of(rank, i), owned_input_of(peer, i))
+                                          : overlap(owned_input_of(rank, i), window_of(peer, i));
+              if (!cells.empty())
+                message(message_kind::halo, backward, i, mb, rows, cells.cells() * channels, 2, peer,
+                        rows * cells.cells() * channels);
+            }
+          };
+          if (p.sharded_input) halo(false);
+          // The blocks gathered whole where the next layer is not spatial (a sum of zero-padded blocks).
+          if (!p.sharded_output)
+            message(message_kind::all_gather, false, i, mb, rows, out, g, 0, ring_reduce_sends(rows * out, g, me));
+          if (i > 1) {
+            if (p.sharded_input) halo(true);
+            else  // the input was whole on every unit: the windows' gradients summed
+              message(message_kind::all_reduce, true, i, mb, rows, in, g, 0, ring_reduce_sends(rows * in, g, me));
+          }
+          if (mb + 1 == m && p.parameter_count > 0)
+            message(message_kind::weight_gradient, true, i, 0, 1, p.parameter_count, g, 0,
+                    ring_reduce_sends(p.parameter_count, g, me));
+          continue;
+        }
         if (p.split != split_kind::outputs && p.split != split_kind::inputs && p.split != split_kind::grid) continue;
         // forward: sum the partial outputs over the grid's row, gather the neurons' blocks over its column
         message(message_kind::all_reduce, false, i, mb, rows, p.count, p.in_parts, 0,
@@ -358,6 +492,16 @@ struct distribute {
     };
     if (c.stage > 0) from(c.stage - 1);
     if (c.stage + 1 < stages) from(c.stage + 1);
+    if constexpr (has_spatial)  // the halos the other units of the grid send to this one
+      for (std::size_t v = 0; v < shards; ++v) {
+        if (v == c.shard) continue;
+        const unit_id sender = rank_of({c.replica, c.stage, v});
+        for_each_message(sender, batch, [&](step_message msg) {
+          if (msg.kind != message_kind::halo || msg.peer != rank) return;
+          msg.peer = sender;
+          f(msg);
+        });
+      }
   }
 
   /// Values before a unit's gradients in the buffer its replicas sum: the step's loss and correct
@@ -402,6 +546,49 @@ struct distribute {
   }
 
  private:
+  /// Layer i's spatial partition on shard s (grid position (s / cols, s % cols)): its block of the
+  /// output map, the window of the input map that block reads (kernel, stride and padding), and
+  /// whether its input arrives / its output stays in blocks.
+  static constexpr void spatial_block_of(layer_partition& p, std::size_t i, std::size_t s) {
+    constexpr std::size_t rows = spatial_policy::rows, cols = spatial_policy::cols;
+    const auto in = detail::image_of(Net::input_extents[i]), out = detail::image_of(Net::output_extents[i]);
+    p.out_parts = rows;
+    p.in_parts = cols;
+    p.out_index = s / cols;
+    p.in_index = s % cols;
+    p.out_row = part_begin(out.height, rows, p.out_index);
+    p.out_rows = part_size(out.height, rows, p.out_index);
+    p.out_col = part_begin(out.width, cols, p.in_index);
+    p.out_cols = part_size(out.width, cols, p.in_index);
+    const auto& w = windows_[i];
+    // The window's first and one-past-last input cell along one dimension (padding cells counted
+    // as negative or past the map), clipped to the map, and the padding cells before it.
+    auto reach = [](std::size_t first_out, std::size_t outs, std::size_t k, std::size_t stride, std::size_t pad,
+                    std::size_t n, std::size_t& begin, std::size_t& count, std::size_t& padding) {
+      const auto first = static_cast<std::ptrdiff_t>(first_out * stride) - static_cast<std::ptrdiff_t>(pad);
+      const auto last = static_cast<std::ptrdiff_t>((first_out + outs - 1) * stride + k) - static_cast<std::ptrdiff_t>(pad);
+      const std::ptrdiff_t lo = first < 0 ? 0 : first;
+      const std::ptrdiff_t hi = last > static_cast<std::ptrdiff_t>(n) ? static_cast<std::ptrdiff_t>(n) : last;
+      begin = static_cast<std::size_t>(lo);
+      count = hi > lo ? static_cast<std::size_t>(hi - lo) : 0;
+      padding = static_cast<std::size_t>(lo - first);
+    };
+    if (w.windowed) {
+      reach(p.out_row, p.out_rows, w.kh, w.sh, w.ph, in.height, p.in_row, p.in_rows, p.pad_top);
+      reach(p.out_col, p.out_cols, w.kw, w.sw, w.pw, in.width, p.in_col, p.in_cols, p.pad_left);
+    } else {
+      p.in_row = p.out_row;
+      p.in_rows = p.out_rows;
+      p.in_col = p.out_col;
+      p.in_cols = p.out_cols;
+    }
+    p.sharded_input = i > 1 && spatial_layers[i - 1] && stage_of_layer(i - 1) == stage_of_layer(i);
+    p.sharded_output = i + 2 < layer_count && spatial_layers[i + 1] && stage_of_layer(i + 1) == stage_of_layer(i);
+    if (p.sharded_output) p.output_width = p.out_rows * p.out_cols * out.channels;
+    if (p.sharded_input)
+      p.input_width = part_size(in.height, rows, p.out_index) * part_size(in.width, cols, p.in_index) * in.channels;
+  }
+
   static constexpr auto layouts_ = [] {
     std::array<std::array<layer_partition, layer_count>, stages * shards> all{};
     for (std::size_t st = 0; st < stages; ++st)
@@ -428,10 +615,11 @@ struct distribute {
           }
           p.output_width = out;
           p.input_width = in;
+          if (splits[i] == split_kind::spatial) spatial_block_of(p, i, s);
           // In a chain every unit keeps the columns of the chain's first layer it computed.
           if (chained[i]) p.sharded_output = true;
           if (i > 0 && chained[i - 1]) p.sharded_input = true;
-          if (p.sharded_output || p.sharded_input) {
+          if (splits[i] != split_kind::spatial && (p.sharded_output || p.sharded_input)) {
             std::size_t first = i;  // the chain's by_outputs layer
             while (splits[first] != split_kind::outputs) --first;
             const std::size_t width = part_size(Net::output_extents[first].size(), shards, s);
@@ -469,9 +657,12 @@ struct distribute {
           std::conditional_t<
               p.split == split_kind::inputs,
               dense_input_shard<Net::output_extents[index].size(), p.input_begin, p.input_begin + p.input_count>,
-              std::conditional_t<p.split == split_kind::grid,
-                                 dense_block<p.begin, p.begin + p.count, p.input_begin, p.input_begin + p.input_count>,
-                                 layer_t<index>>>>;
+              std::conditional_t<
+                  p.split == split_kind::grid,
+                  dense_block<p.begin, p.begin + p.count, p.input_begin, p.input_begin + p.input_count>,
+                  std::conditional_t<p.split == split_kind::spatial,
+                                     spatial_block<layer_t<index>, p.out_row, p.out_rows, p.out_col, p.out_cols>,
+                                     layer_t<index>>>>>;
     };
     /// The layers this unit holds, in order: dense_shard<...> / dense_input_shard<...> /
     /// dense_block<...> for split layers, the layer itself otherwise.

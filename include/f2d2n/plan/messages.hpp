@@ -21,6 +21,8 @@ enum class message_kind : std::uint8_t {
   gradients,   ///< one bucket of the gradients (the last with the loss and count), among the replicas
   evaluation,  ///< an evaluated batch's loss and correct count, among the replicas (not a training step)
   agreement,   ///< a sum over every unit, by which they agree (checkpoints; not a training step)
+  halo,        ///< a spatially split layer's input cells a neighbour's window reads (forward), or their gradient (backward)
+  weight_gradient,  ///< a spatially split layer's weight gradients, summed over the grid
 };
 
 /// Limits of the id's fields (a plan past them does not compile).
@@ -48,6 +50,8 @@ inline constexpr std::size_t max_message_index = std::size_t{1} << 16;
     case message_kind::gradients: return "gradients";
     case message_kind::evaluation: return "evaluation";
     case message_kind::agreement: return "agreement";
+    case message_kind::halo: return "halo";
+    case message_kind::weight_gradient: return "weight_gradient";
   }
   return "unknown";
 }
@@ -66,7 +70,7 @@ struct message_fields {
 /// The inverse of message_id (layer and index as they travel: modulo their fields' limits).
 [[nodiscard]] constexpr message_fields decode_message_id(std::uint32_t id) noexcept {
   const std::uint32_t kind = id >> 28;
-  if (kind == 0 || kind > static_cast<std::uint32_t>(message_kind::agreement) + 1) return {};
+  if (kind == 0 || kind > static_cast<std::uint32_t>(message_kind::weight_gradient) + 1) return {};
   return {true, static_cast<message_kind>(kind - 1), (id >> 27 & 1) != 0, id >> 16 & (max_message_layers - 1),
           id & (max_message_index - 1)};
 }

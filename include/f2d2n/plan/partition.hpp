@@ -37,9 +37,48 @@ struct layer_partition {
   bool sharded_input = false;
   std::size_t output_width = 0;      ///< this unit's columns of the layer's output
   std::size_t input_width = 0;       ///< this unit's columns of the layer's input
+  /// A spatially split layer (split == spatial; the grid is out_parts x in_parts rows and columns
+  /// of units, this unit at (out_index, in_index)): its block of the output map, rows [out_row,
+  /// out_row + out_rows) and columns [out_col, out_col + out_cols), every channel; and the window
+  /// of the input map those outputs read, clipped to the map, with the zero padding above and left
+  /// of it. sharded_input / sharded_output then say that the input arrives as / the output stays in
+  /// blocks (a spatial layer of the same stage before / after it).
+  std::size_t out_row = 0, out_rows = 0, out_col = 0, out_cols = 0;
+  std::size_t in_row = 0, in_rows = 0, in_col = 0, in_cols = 0;
+  std::size_t pad_top = 0, pad_left = 0;
   std::size_t parameter_count = 0;   ///< this unit's parameters of the layer (0 when not held)
   std::size_t parameter_offset = 0;  ///< where they start in the unit's flat parameter buffer
   friend constexpr bool operator==(const layer_partition&, const layer_partition&) = default;
+};
+
+/// A block of rows [Row, Row + Rows) and columns [Col, Col + Cols) of Layer's output map (spatial<R, C>).
+template <class Layer, std::size_t Row, std::size_t Rows, std::size_t Col, std::size_t Cols>
+struct spatial_block {
+  using layer = Layer;
+  static constexpr std::size_t row = Row, rows = Rows, col = Col, cols = Cols;
+};
+
+/// A rectangle of a feature map's cells (every channel): rows [row, row + rows), columns [col, col + cols).
+struct map_region {
+  std::size_t row = 0, rows = 0, col = 0, cols = 0;
+  [[nodiscard]] constexpr std::size_t cells() const noexcept { return rows * cols; }
+  [[nodiscard]] constexpr bool empty() const noexcept { return rows == 0 || cols == 0; }
+  friend constexpr bool operator==(const map_region&, const map_region&) = default;
+};
+/// The cells two regions share (empty when none).
+[[nodiscard]] constexpr map_region overlap(const map_region& a, const map_region& b) noexcept {
+  const std::size_t r0 = a.row > b.row ? a.row : b.row, c0 = a.col > b.col ? a.col : b.col;
+  const std::size_t r1 = a.row + a.rows < b.row + b.rows ? a.row + a.rows : b.row + b.rows;
+  const std::size_t c1 = a.col + a.cols < b.col + b.cols ? a.col + a.cols : b.col + b.cols;
+  if (r1 <= r0 || c1 <= c0) return {};
+  return {r0, r1 - r0, c0, c1 - c0};
+}
+
+/// How far a unit's input window reaches past the block of the input map it holds, each side (in
+/// cells; negative: cells of its block its window does not read): the halo of a spatially split layer.
+struct halo_extent {
+  std::ptrdiff_t top = 0, bottom = 0, left = 0, right = 0;
+  friend constexpr bool operator==(const halo_extent&, const halo_extent&) = default;
 };
 
 /// Shard [Begin, End) of the neurons of a dense layer over In input features (by_outputs).

@@ -22,6 +22,7 @@ struct split_layer_tag {};  // split_layer<I, Split>
 struct schedule_tag {};     // gpipe, one_f_one_b
 struct placement_tag {};    // balanced_by_parameters, stage_starts<...>
 struct microbatches_tag {};
+struct spatial_tag {};
 template <class T, class Tag>
 inline constexpr bool is_a = std::is_base_of_v<Tag, T>;
 /// is_a as a quoted metafunction (for Mp11's *_q algorithms).
@@ -52,6 +53,7 @@ enum class split_kind : std::uint8_t {
   outputs,     ///< shard s owns a block of neurons (rows of W and their biases)
   inputs,      ///< shard s owns a block of input features (columns of W); the biases are replicated
   grid,        ///< shard s owns a block of a P_out x P_in grid over W (DistDL's distributed affine layer)
+  spatial,     ///< a feature map's layer: shard s computes a block of rows x columns of its output (spatial<R, C>)
 };
 
 /// Split a dense layer by output neurons: y = all_gather(x W_s^T + b_s); backward dx = all_reduce(dy_s W_s).
@@ -104,6 +106,20 @@ struct tensor_parallel : detail::tensor_parallel_tag {
   static constexpr std::size_t shards = Shards;
   using default_split = Default;
   using overrides = boost::mp11::mp_list<Overrides...>;
+};
+
+/// Every convolution and pooling layer (and the element-wise layers between them) computes a
+/// block of its output feature map on each of Rows x Cols units: unit (a, b) holds rows
+/// part(a) and columns part(b) of the map, all channels (DistDL's spatial partition). Before a
+/// convolution or pool, units exchange the halo its window needs from their neighbours' blocks;
+/// its adjoint adds the halo's gradient back. The weights are copies; their gradients are summed
+/// over the grid. Where the map goes on to a layer that is not spatial (flatten, dense), the
+/// blocks are gathered whole on every unit. The units are the shards of a stage: with
+/// tensor_parallel<S> too, S must equal Rows x Cols (its splits apply to the dense layers).
+template <std::size_t Rows, std::size_t Cols = 1>
+struct spatial : detail::spatial_tag {
+  static_assert(Rows >= 1 && Cols >= 1, "f2d2n: spatial<Rows, Cols> needs at least one part each way");
+  static constexpr std::size_t rows = Rows, cols = Cols, shards = Rows * Cols;
 };
 
 /// M micro-batches per replica and step: the replica's rows split evenly (M must divide them).

@@ -48,7 +48,24 @@ class processing_unit {
         recorder_(t.rank(), unit_name(t.rank(), d_), options.flight_records), rt_(t, recorder_), acts_(d_.microbatches),
         inputs_(d_.microbatches), dlogits_(d_.microbatches) {
     for (auto& a : acts_) a.resize(d_.layers.size());
+    windows_.resize(d_.microbatches);
+    blocks_.resize(d_.microbatches);
+    for (auto& w : windows_) w.resize(d_.layers.size());
+    for (auto& b : blocks_) b.resize(d_.layers.size());
     workspaces_.resize(d_.layers.size());
+    for (std::size_t i = 0; i < d_.layers.size(); ++i) {
+      const auto& l = d_.layers[i];
+      auto& c = workspaces_[i].context;
+      c.in = l.in_shape;
+      c.out = l.out_shape;
+      c.layer = i;
+      // A layer inside a chain of sharded columns (an element-wise layer between a by_outputs and a
+      // by_inputs layer) sees this unit's columns of the whole layer's.
+      if (!split(l.part) && l.part.split != split_kind::spatial && l.part.output_width != l.out) {
+        c.columns = l.out;
+        c.column_offset = part_begin(l.out, d_.tensor_group.size(), d_.coordinates.shard);
+      }
+    }
     params_.assign(d_.parameters, Scalar(0));
     grads_.assign(d_.header + d_.parameters, Scalar(0));  // the step's loss and correct count, padding, the gradients
     if (options_.overlap && d_.replicas > 1 && d_.buckets.size() > 1) summer_.emplace(rt_, d_.data_group);
@@ -74,6 +91,11 @@ class processing_unit {
 
   /// Steps (training and evaluation) this unit has taken part in: the step of its next frames.
   [[nodiscard]] std::uint64_t steps() const noexcept { return step_; }
+
+  /// Training steps (compute_gradients calls) since construction or set_training_steps: what keys
+  /// the random numbers of layers such as dropout, as network<...>::training_steps() does.
+  [[nodiscard]] std::uint64_t training_steps() const noexcept { return training_steps_; }
+  void set_training_steps(std::uint64_t steps) noexcept { training_steps_ = steps; }
 
   /// How errors and the flight recorder name this unit: "unit 3 (replica 1, stage 0, shard 1)".
   [[nodiscard]] std::string name() const { return unit_name(t_.rank(), d_); }
@@ -103,6 +125,7 @@ class processing_unit {
 
   /// Re-initialises this unit's parameters: the serial network's values for its part.
   void initialize(std::uint64_t seed) {
+    seed_ = seed;
     for (std::size_t i = 0; i < d_.layers.size(); ++i) {
       const auto& l = d_.layers[i];
       if (!l.part.held || l.part.parameter_count == 0) continue;
@@ -167,6 +190,8 @@ class processing_unit {
   struct share;
   batch_result step(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels, const share& sh) {
     const std::size_t m = d_.microbatches;
+    set_pass(true);
+    ++training_steps_;
     accumulate_ = m > 1;
     if (accumulate_) std::fill(grads_.begin() + static_cast<std::ptrdiff_t>(d_.header), grads_.end(), Scalar(0));
     loss_sum_ = 0;
@@ -229,6 +254,7 @@ class processing_unit {
   batch_result evaluate_batch(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels) {
     const auto sh = share_of(x, labels, false);
     const time_split kept = times_;  // evaluation is not a training step's time
+    set_pass(false);
     loss_sum_ = 0;
     correct_ = 0;
     std::array<double, 2> sums{};
@@ -266,10 +292,24 @@ class processing_unit {
            std::to_string(d.coordinates.stage) + ", shard " + std::to_string(d.coordinates.shard) + ")";
   }
 
-  /// The replica's rows of a batch, and how they split into micro-batches.
+  /// The replica's rows of a batch, and how they split into micro-batches: `first` indexes the
+  /// samples given, `origin` is the same row's place in the whole batch.
   struct share {
-    Eigen::Index first, rows, batch, micro_rows;
+    Eigen::Index first, rows, batch, micro_rows, origin;
   };
+
+  /// Tells every layer what pass comes: a training step (the count before it) or an evaluation.
+  void set_pass(bool training) noexcept {
+    for (auto& w : workspaces_) {
+      w.context.training = training;
+      w.context.step = training_steps_;
+      w.context.seed = seed_;
+    }
+  }
+  /// Tells every layer where the micro-batch's first row stands in the whole batch.
+  void set_rows(Eigen::Index origin) noexcept {
+    for (auto& w : workspaces_) w.context.row_offset = static_cast<std::size_t>(origin);
+  }
 
   share share_of(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels, bool training) const {
     if (static_cast<std::size_t>(x.cols()) != d_.input_size)
@@ -284,15 +324,16 @@ class processing_unit {
     const std::size_t replica = d_.coordinates.replica, rows = part_size(batch, d_.replicas, replica);
     const std::size_t m = training ? d_.microbatches : 1;
     check_microbatches(batch, m);
-    return {static_cast<Eigen::Index>(part_begin(batch, d_.replicas, replica)), static_cast<Eigen::Index>(rows),
-            static_cast<Eigen::Index>(batch), static_cast<Eigen::Index>(rows / m)};
+    const auto first = static_cast<Eigen::Index>(part_begin(batch, d_.replicas, replica));
+    return {first, static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(batch),
+            static_cast<Eigen::Index>(rows / m), first};
   }
 
   /// The share of a part given alone: its rows start at 0.
   share share_of_part(const batch_part& part) const {
     check_microbatches(part.batch, d_.microbatches);
     return {0, static_cast<Eigen::Index>(part.count), static_cast<Eigen::Index>(part.batch),
-            static_cast<Eigen::Index>(part.count / d_.microbatches)};
+            static_cast<Eigen::Index>(part.count / d_.microbatches), static_cast<Eigen::Index>(part.first)};
   }
 
   void check_labels(std::span<const std::int32_t> labels) const {
@@ -417,6 +458,56 @@ class processing_unit {
 
   void forward(std::size_t m, const_matrix_ref<Scalar> stage_input);
 
+  /// A spatially split layer (plan: spatial<R, C>) forward: its input window (taken from the whole
+  /// input, or this unit's block and the halo from its neighbours), its block of output, gathered
+  /// whole where the next layer is not spatial.
+  void forward_spatial(std::size_t m, std::size_t i, const_matrix_ref<Scalar> in, Eigen::Index rows);
+  /// Its backward: the block's gradients, the window's gradient back to the units that hold its
+  /// cells (the halo's adjoint) or summed over the grid (the whole input's); weight gradients are
+  /// summed over the grid in the step's last backward pass (backward()).
+  void backward_spatial(std::size_t m, std::size_t i, Scalar* g, const_matrix_ref<Scalar> dy, matrix_ref<Scalar> dx,
+                        bool want_dx);
+  /// Tells layer i's kernels the block they compute (spatial layers).
+  void set_block(std::size_t i);
+
+  /// One halo transfer with t.peer: halo_out_'s rows of `send_columns` out (when t.send has cells),
+  /// halo_in_'s rows of `receive_columns` in (when t.receive has), both as the message of `key`.
+  void exchange_halo(const detail::halo_transfer& t, const detail::message_key& key, std::size_t send_columns,
+                     std::size_t receive_columns) {
+    const bool sends = !t.send.empty(), receives = !t.receive.empty();
+    // Both directions are in the plan's schema (the id is one; the peer and width tell them apart).
+    if (sends) (void)d_.schema.find(key, send_columns, t.peer);
+    if (receives) (void)d_.schema.find(key, receive_columns, t.peer);
+    const std::uint32_t id = message_id(key.kind, key.backward, key.layer, key.index);
+    const std::span<const Scalar> out(halo_out_.data(), static_cast<std::size_t>(halo_out_.rows()) * send_columns);
+    const std::span<Scalar> in(halo_in_.data(), static_cast<std::size_t>(halo_in_.rows()) * receive_columns);
+    const auto until = clock::now() + options_.timeout;
+    const detail::stopwatch timing(times_.communication);
+    if (sends && receives) exchange_tensor(rt_, t.peer, out, t.peer, in, id, step_, until);
+    else if (sends) send_tensor(rt_, t.peer, id, step_, out, until);
+    else if (receives) receive_tensor(rt_, t.peer, id, step_, in, until);
+  }
+
+  /// Copies (or adds) the cells `cells` of every row's map from `from` (each row holds the cells of
+  /// region `from_region` of a map, channel-last) into `to` (region `to_region`).
+  static void copy_cells(const Scalar* from, const map_region& from_region, Scalar* to, const map_region& to_region,
+                         const map_region& cells, std::size_t channels, Eigen::Index rows, bool add) {
+    if (cells.empty()) return;
+    const std::size_t from_width = from_region.cells() * channels, to_width = to_region.cells() * channels;
+    const std::size_t run = cells.cols * channels;
+    for (Eigen::Index n = 0; n < rows; ++n)
+      for (std::size_t r = cells.row; r < cells.row + cells.rows; ++r) {
+        const Scalar* a = from + static_cast<std::size_t>(n) * from_width +
+                          ((r - from_region.row) * from_region.cols + (cells.col - from_region.col)) * channels;
+        Scalar* b = to + static_cast<std::size_t>(n) * to_width +
+                    ((r - to_region.row) * to_region.cols + (cells.col - to_region.col)) * channels;
+        if (add)
+          for (std::size_t k = 0; k < run; ++k) b[k] += a[k];
+        else
+          std::copy_n(a, run, b);
+      }
+  }
+
   /// Walks the stage's layers from last to first; the gradient of the stage's output is in
   /// dgrad_[0] on entry. Returns which dgrad_ buffer holds the gradient of the stage's input.
   std::size_t backward(std::size_t m, const_matrix_ref<Scalar> stage_input, Eigen::Index rows);
@@ -499,6 +590,10 @@ class processing_unit {
   using buffer_type = std::vector<Scalar, Eigen::aligned_allocator<Scalar>>;
   buffer_type params_, grads_, scratch_, gather_;
   std::vector<std::vector<matrix<Scalar>>> acts_;  // [micro-batch][layer]: each layer's output
+  // Spatially split layers, [micro-batch][layer]: the input window the kernels read, and the block
+  // of output where acts_ holds the gathered whole map.
+  std::vector<std::vector<matrix<Scalar>>> windows_, blocks_;
+  matrix<Scalar> halo_out_, halo_in_, block_grad_, window_grad_;
   std::vector<matrix<Scalar>> inputs_;             // [micro-batch]: what the stage before sent
   std::vector<matrix<Scalar>> dlogits_;            // [micro-batch]: the loss gradient (last stage)
   std::vector<kernel::workspace<Scalar>> workspaces_;  // [layer]: its kernels, per shape seen (kernel/gemm.hpp)
@@ -510,6 +605,8 @@ class processing_unit {
   double loss_sum_ = 0;
   std::size_t correct_ = 0;
   std::uint64_t step_ = 0;
+  std::uint64_t seed_ = 0;            // what initialize() drew the parameters from (keys dropout's masks)
+  std::uint64_t training_steps_ = 0;  // compute_gradients calls (keys dropout's masks)
   // The summing thread (only when overlapping a data-parallel all-reduce). Last: started when
   // everything it uses exists, joined first.
   std::optional<detail::bucket_summer<detail::recording_transport<Transport>, Scalar>> summer_;

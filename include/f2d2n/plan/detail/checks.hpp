@@ -8,6 +8,7 @@
 
 #include <f2d2n/core/partition.hpp>
 #include <f2d2n/core/unit.hpp>
+#include <f2d2n/model/conv.hpp>
 #include <f2d2n/model/layers.hpp>
 #include <f2d2n/model/sequential.hpp>
 
@@ -198,8 +199,14 @@ template <std::size_t N>
 struct micro_batches {};
 template <std::size_t N>
 struct stage_starts_named {};
+template <std::size_t Height, std::size_t Width>
+struct output_map {};
 struct with_weights {};
 struct without_weights {};
+struct with_feature_maps {};
+struct without_feature_maps {};
+struct random_per_element {};
+struct deterministic {};
 struct increasing_within_the_model {};
 struct not_increasing_within_the_model {};
 
@@ -224,6 +231,35 @@ struct dense_split<layer<I>, Split, shards<S>, neurons<N>, input_features<In>, g
                 "features (In), all named above");
   static constexpr bool ok = (Split != split_kind::outputs || N >= S) && (Split != split_kind::inputs || In >= S) &&
                              (Split != split_kind::grid || (Out * P == S && N >= Out && In >= P));
+};
+
+/// A layer of a feature map split over spatial<R, C>'s grid.
+template <class Layer, class Grid, class Map, class Randomness>
+struct spatial_split;
+template <std::size_t I, std::size_t R, std::size_t C, std::size_t H, std::size_t W, class Randomness>
+struct spatial_split<layer<I>, grid<R, C>, output_map<H, W>, Randomness> {
+  static_assert(H >= R && W >= C,
+                "f2d2n: spatial<Rows, Cols> gives this layer's output map (layer, grid and map named above) to more "
+                "rows or columns of units than it has rows or columns of cells: every unit needs a block; use a "
+                "smaller grid");
+  static_assert(std::is_same_v<Randomness, deterministic>,
+                "f2d2n: dropout on a feature map split by spatial<Rows, Cols> is not supported yet (layer named "
+                "above): put it after flatten, where the map is whole again");
+  static constexpr bool ok = H >= R && W >= C && std::is_same_v<Randomness, deterministic>;
+};
+
+/// spatial<R, C> against tensor_parallel's shards (0: no tensor_parallel) and the model.
+template <class Shards, class Grid, class Maps>
+struct spatial_policy;
+template <std::size_t S, std::size_t R, std::size_t C, class Maps>
+struct spatial_policy<shards<S>, grid<R, C>, Maps> {
+  static_assert(S == 0 || S == R * C,
+                "f2d2n: spatial<Rows, Cols> and tensor_parallel<S> share the units of a stage: S must equal "
+                "Rows x Cols (both named above)");
+  static_assert(std::is_same_v<Maps, with_feature_maps>,
+                "f2d2n: spatial<Rows, Cols> names a model without a convolution, pooling layer or feature map to "
+                "split (grid named above)");
+  static constexpr bool ok = (S == 0 || S == R * C) && std::is_same_v<Maps, with_feature_maps>;
 };
 
 /// A split_layer<index, ...> override of tensor_parallel, against the model.

@@ -70,6 +70,19 @@ struct message_key {
 struct message_schema {
   std::vector<step_message> messages;
 
+  /// The message of `k` this unit exchanges with `peer` (a halo: one id, one message per neighbour).
+  [[nodiscard]] const step_message& find(const message_key& k, std::size_t columns, unit_id peer) const {
+    const std::uint32_t id = message_id(k.kind, k.backward, k.layer, k.index);
+    auto it = std::lower_bound(messages.begin(), messages.end(), id,
+                               [](const step_message& m, std::uint32_t v) { return m.id < v; });
+    for (; it != messages.end() && it->id == id; ++it)
+      if (it->peer == peer && it->columns == columns) return *it;
+    throw std::logic_error("f2d2n: a unit's engine exchanges message (kind " + std::to_string(static_cast<int>(k.kind)) +
+                           ", layer " + std::to_string(k.layer) + ", index " + std::to_string(k.index) + ", " +
+                           std::to_string(columns) + " columns) with unit " + std::to_string(peer) +
+                           ", which its plan's schema does not state");
+  }
+
   [[nodiscard]] const step_message& find(const message_key& k, std::size_t columns, std::size_t group_size) const {
     const std::uint32_t id = message_id(k.kind, k.backward, k.layer, k.index);
     const auto it = std::lower_bound(messages.begin(), messages.end(), id,
@@ -83,17 +96,31 @@ struct message_schema {
   }
 };
 
+/// A spatially split layer's halo with one neighbour, in cells of the layer's input map: forward,
+/// `send` (cells of this unit's block the neighbour's window reads) goes out and `receive` (cells
+/// of this unit's window the neighbour holds) comes in; backward, their gradients the other way.
+struct halo_transfer {
+  unit_id peer = 0;
+  map_region send, receive;
+};
+
 /// One layer as a unit runs it: its partition, extents, and the serial kernels.
 template <class S>
 struct unit_layer {
   layer_partition part;
   std::size_t in = 0, out = 0;    ///< features in and out of the whole layer
+  extents in_shape{}, out_shape{};  ///< one sample's input and output extents (of the whole layer)
   std::size_t serial_offset = 0;  ///< where the whole layer's parameters start in the serial layout
   layer_ops<S> ops;               ///< the serial layer's kernels (forward, backward, initialise)
   double (*limit)(std::size_t, std::size_t) = nullptr;  ///< a dense layer's initialiser limit
   /// A split layer's units: those with this unit's neurons (they sum partial outputs; a row of
   /// the grid) and those with its input features (they sum partial input gradients; a column).
   group row_group, column_group;
+  /// A spatially split layer: the block of its input map this unit holds (when its input arrives in
+  /// blocks), and its halo with each neighbour, in increasing order of the neighbours' ranks (every
+  /// pair of units then meets in one global order: no cycle of waits).
+  map_region owned_input;
+  std::vector<halo_transfer> halo;
 };
 
 /// One bucket of the gradient all-reduce: posted when the backward pass has finished `layer`
@@ -137,6 +164,8 @@ unit_description<Scalar> describe_unit(unit_id rank) {
     l.part = Plan::partition_of(rank, i);
     l.in = Net::input_extents[i].size();
     l.out = Net::output_extents[i].size();
+    l.in_shape = Net::input_extents[i];
+    l.out_shape = Net::output_extents[i];
     l.serial_offset = Net::parameter_offsets[i];
     l.ops = ops[i];
     l.limit = limits[i];
@@ -145,6 +174,16 @@ unit_description<Scalar> describe_unit(unit_id rank) {
       l.row_group.units.push_back(Plan::rank_of({c.replica, c.stage, p.out_index * p.in_parts + b}));
     for (std::size_t a = 0; a < p.out_parts; ++a)
       l.column_group.units.push_back(Plan::rank_of({c.replica, c.stage, a * p.in_parts + p.in_index}));
+    if (p.split == split_kind::spatial) {
+      l.owned_input = Plan::owned_input_of(rank, i);
+      for (std::size_t v = 0; v < Plan::shards; ++v) {
+        const unit_id peer = Plan::rank_of({c.replica, c.stage, v});
+        if (peer == rank || !p.sharded_input) continue;
+        const halo_transfer t{peer, overlap(l.owned_input, Plan::window_of(peer, i)),
+                              overlap(Plan::window_of(rank, i), Plan::owned_input_of(peer, i))};
+        if (!t.send.empty() || !t.receive.empty()) l.halo.push_back(t);
+      }
+    }
     d.layers.push_back(l);
   }
   d.loss = &Net::template layer_at<Net::size - 1>::template loss<Scalar>;

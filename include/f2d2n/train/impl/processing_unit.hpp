@@ -24,6 +24,7 @@ void processing_unit<Transport, Scalar>::forward_micro(const_matrix_ref<Scalar> 
   }
   const_matrix_ref<Scalar> in =
       first_stage ? const_matrix_ref<Scalar>(x.middleRows(first_row, rows)) : const_matrix_ref<Scalar>(inputs_[m]);
+  set_rows(sh.origin + static_cast<Eigen::Index>(m) * rows);
   forward(m, in);
   const auto out = acts_[m][d_.end - 1].topRows(rows);
   if (!last_stage) {
@@ -56,6 +57,7 @@ void processing_unit<Transport, Scalar>::backward_micro(const_matrix_ref<Scalar>
     receive_tensor(rt_, msg.peer, msg.id, step_, std::span<Scalar>(dy.data(), static_cast<std::size_t>(dy.size())),
                    clock::now() + options_.timeout);
   }
+  set_rows(sh.origin + static_cast<Eigen::Index>(m) * rows);
   const std::size_t last_buffer = backward(m,
                                            first_stage ? const_matrix_ref<Scalar>(x.middleRows(first_row, rows))
                                                        : const_matrix_ref<Scalar>(inputs_[m]),
@@ -77,6 +79,10 @@ void processing_unit<Transport, Scalar>::forward(std::size_t m, const_matrix_ref
     const auto& p = l.part;
     const Scalar* w = params_.data() + p.parameter_offset;
     const auto in = input_of(m, i, stage_input);
+    if (p.split == split_kind::spatial) {
+      forward_spatial(m, i, in, rows);
+      continue;
+    }
     auto y = output(m, i, rows);
     if (split(p)) {
       // y_a = sum over the row's units of x_b W_ab^T, + b_a; then y = the column's blocks, gathered
@@ -118,7 +124,9 @@ std::size_t processing_unit<Transport, Scalar>::backward(std::size_t m, const_ma
     auto dx = gradient_buffer(1 - current, rows, p.input_width);
     const bool want_dx = i > 1;
     const auto in = input_of(m, i, stage_input);
-    if (split(p)) {
+    if (p.split == split_kind::spatial) {
+      backward_spatial(m, i, g, dy, dx, want_dx);
+    } else if (split(p)) {
       // dW_ab = dy_a^T x_b, db_a = sum dy_a; dx_b = sum over the column's units of dy_a W_ab; then
       // dx = the row's blocks, gathered.
       const auto rows_n = static_cast<Eigen::Index>(p.count), cols = static_cast<Eigen::Index>(p.input_count);
@@ -146,12 +154,113 @@ std::size_t processing_unit<Transport, Scalar>::backward(std::size_t m, const_ma
       Scalar* to = grads_.data() + d_.header + p.parameter_offset;
       for (std::size_t k = 0; k < p.parameter_count; ++k) to[k] += g[k];
     }
+    // A spatially split layer's copies of the weights each saw one block: their sum is the gradient.
+    if (last_backward_ && p.split == split_kind::spatial && p.parameter_count > 0)
+      sum_over(d_.tensor_group,
+               matrix_map<Scalar>(grads_.data() + d_.header + p.parameter_offset, 1,
+                                  static_cast<Eigen::Index>(p.parameter_count)),
+               {message_kind::weight_gradient, true, i, 0});
     // This layer's gradients are final: start the buckets that close here.
     while (last_backward_ && next_bucket_ + 1 < d_.buckets.size() && d_.buckets[next_bucket_].layer == i) post_bucket();
     current = 1 - current;
     if (i == d_.first) break;
   }
   return current;
+}
+
+template <transport Transport, class Scalar>
+void processing_unit<Transport, Scalar>::set_block(std::size_t i) {
+  const auto& l = d_.layers[i];
+  const auto& p = l.part;
+  auto& c = workspaces_[i].context;
+  const auto in = detail::image_of(l.in_shape), out = detail::image_of(l.out_shape);
+  c.in = extents{{p.in_rows, p.in_cols, in.channels}, 3};
+  c.out = extents{{p.out_rows, p.out_cols, out.channels}, 3};
+  c.block = true;
+  c.pad_top = p.pad_top;
+  c.pad_left = p.pad_left;
+}
+
+template <transport Transport, class Scalar>
+void processing_unit<Transport, Scalar>::forward_spatial(std::size_t m, std::size_t i, const_matrix_ref<Scalar> in,
+                                                         Eigen::Index rows) {
+  const auto& l = d_.layers[i];
+  const auto& p = l.part;
+  const std::size_t channels = detail::image_of(l.in_shape).channels, out_channels = detail::image_of(l.out_shape).channels;
+  const map_region window{p.in_row, p.in_rows, p.in_col, p.in_cols}, block{p.out_row, p.out_rows, p.out_col, p.out_cols};
+  auto& x = windows_[m][i];
+  ensure(x, rows, window.cells() * channels);
+  if (!p.sharded_input) {  // the whole map is here: take the window
+    const auto whole = detail::image_of(l.in_shape);
+    copy_cells(in.data(), {0, whole.height, 0, whole.width}, x.data(), window, window, channels, rows, false);
+  } else {  // this unit's block, and the halo from the units that hold the rest of the window
+    copy_cells(in.data(), l.owned_input, x.data(), window, overlap(l.owned_input, window), channels, rows, false);
+    for (const auto& t : l.halo) {
+      ensure(halo_out_, rows, t.send.cells() * channels);
+      ensure(halo_in_, rows, t.receive.cells() * channels);
+      copy_cells(in.data(), l.owned_input, halo_out_.data(), t.send, t.send, channels, rows, false);
+      exchange_halo(t, {message_kind::halo, false, i, m}, t.send.cells() * channels, t.receive.cells() * channels);
+      copy_cells(halo_in_.data(), t.receive, x.data(), window, t.receive, channels, rows, false);
+    }
+  }
+  set_block(i);
+  const Scalar* w = params_.data() + p.parameter_offset;
+  if (p.sharded_output) {
+    l.ops.forward(workspaces_[i], w, x, output(m, i, rows));
+    return;
+  }
+  // The next layer needs the whole map: the blocks, each in place in a zero map, summed over the grid.
+  auto& b = blocks_[m][i];
+  ensure(b, rows, block.cells() * out_channels);
+  l.ops.forward(workspaces_[i], w, x, b);
+  auto y = output(m, i, rows);
+  y.setZero();
+  const auto whole = detail::image_of(l.out_shape);
+  copy_cells(b.data(), block, y.data(), {0, whole.height, 0, whole.width}, block, out_channels, rows, false);
+  sum_over(d_.tensor_group, y, {message_kind::all_gather, false, i, m});
+}
+
+template <transport Transport, class Scalar>
+void processing_unit<Transport, Scalar>::backward_spatial(std::size_t m, std::size_t i, Scalar* g,
+                                                          const_matrix_ref<Scalar> dy, matrix_ref<Scalar> dx,
+                                                          bool want_dx) {
+  const auto& l = d_.layers[i];
+  const auto& p = l.part;
+  const std::size_t channels = detail::image_of(l.in_shape).channels, out_channels = detail::image_of(l.out_shape).channels;
+  const map_region window{p.in_row, p.in_rows, p.in_col, p.in_cols}, block{p.out_row, p.out_rows, p.out_col, p.out_cols};
+  const auto& x = windows_[m][i];
+  const Eigen::Index rows = x.rows();
+  set_block(i);
+  const Scalar* w = params_.data() + p.parameter_offset;
+  ensure(window_grad_, rows, want_dx ? window.cells() * channels : 0);
+  if (p.sharded_output) {
+    l.ops.backward(workspaces_[i], w, g, x, acts_[m][i].topRows(rows), dy, window_grad_, want_dx);
+  } else {  // this unit's block of the whole map's gradient (the same on every unit)
+    ensure(block_grad_, rows, block.cells() * out_channels);
+    const auto whole = detail::image_of(l.out_shape);
+    copy_cells(dy.data(), {0, whole.height, 0, whole.width}, block_grad_.data(), block, block, out_channels, rows, false);
+    l.ops.backward(workspaces_[i], w, g, x, blocks_[m][i], block_grad_, window_grad_, want_dx);
+  }
+  if (!want_dx) return;
+  dx.setZero();
+  if (!p.sharded_input) {  // every unit took its window of the whole input: their gradients add up
+    const auto whole = detail::image_of(l.in_shape);
+    copy_cells(window_grad_.data(), window, dx.data(), {0, whole.height, 0, whole.width}, window, channels, rows, true);
+    sum_over(d_.tensor_group, dx, {message_kind::all_reduce, true, i, m});
+    return;
+  }
+  // The halo's adjoint: the gradient of the cells read from a neighbour goes back to it, and the
+  // gradient of this unit's cells read by its neighbours comes back and adds up here.
+  copy_cells(window_grad_.data(), window, dx.data(), l.owned_input, overlap(l.owned_input, window), channels, rows,
+             true);
+  for (const auto& t : l.halo) {
+    ensure(halo_out_, rows, t.receive.cells() * channels);
+    ensure(halo_in_, rows, t.send.cells() * channels);
+    copy_cells(window_grad_.data(), window, halo_out_.data(), t.receive, t.receive, channels, rows, false);
+    const detail::halo_transfer back{t.peer, t.receive, t.send};
+    exchange_halo(back, {message_kind::halo, true, i, m}, t.receive.cells() * channels, t.send.cells() * channels);
+    copy_cells(halo_in_.data(), t.send, dx.data(), l.owned_input, t.send, channels, rows, true);
+  }
 }
 
 }  // namespace f2d2n
