@@ -64,6 +64,11 @@ using plan_cnn_dp2_spatial2 = distribute<plan_cnn, data_parallel<2>, spatial<2>>
 using plan_cnn_pp2_spatial2 = distribute<plan_cnn, pipeline<2, microbatches<2>, one_f_one_b, stage_starts<3>>, spatial<2>>;
 using plan_cnn_spatial2_tp2 =
     distribute<plan_cnn, spatial<2>, tensor_parallel<2, by_outputs, split_layer<10, by_inputs>>>;
+/// Dropout on a split feature map: each unit draws the serial mask's values for its block.
+using plan_cnn_dropmap = sequential<input<8, 6, 1>, conv2d<3, 3, 1, 1>, relu, dropout<0.3>, avg_pool<2>, flatten,
+                                    dense<5>, softmax_cross_entropy>;
+using plan_cnn_dropmap_spatial2x2 = distribute<plan_cnn_dropmap, spatial<2, 2>>;
+using plan_cnn_dropmap_dp2_spatial2 = distribute<plan_cnn_dropmap, data_parallel<2>, spatial<1, 2>>;
 
 /// 60 samples of the model's features in [-1, 1], labels over its classes.
 template <class Scalar, class Model = plan_mlp>

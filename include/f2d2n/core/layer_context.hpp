@@ -25,6 +25,10 @@ struct layer_context {
   std::size_t column_offset = 0;   ///< the whole layer's feature of the first column the kernels see
   std::size_t columns = 0;         ///< features of one sample of the whole layer's output (0: the kernels' width)
   bool training = false;           ///< a training step (dropout drops), not an evaluation
+  /// A block of a feature map (spatial plans): its first output row and column in the whole map,
+  /// and the whole map's width in cells (0: not a block of a map); `columns` is then the whole
+  /// map's values per sample.
+  std::size_t block_row = 0, block_col = 0, map_width = 0;
 };
 
 }  // namespace f2d2n

@@ -529,24 +529,41 @@ struct avg_pool : detail::pooling<Kernel, Stride> {
 };
 
 namespace detail {
-/// Layers that draw random numbers per element (dropout): their place in the whole batch matters.
-struct random_layer {};
-
-/// Whether dropout keeps element `index` (the whole layer's: batch row x features + feature) in
-/// the training step and layer the context names: a pure function of (seed, step, layer, index),
-/// so that any unit draws the serial network's mask for the elements it holds.
-inline bool dropout_keeps(const layer_context& ctx, std::uint64_t threshold, std::uint64_t index) noexcept {
-  const std::uint64_t stream = mix64(0x64726f706f7574ULL ^ ctx.step) ^ ctx.layer;
-  return (random_bits(ctx.seed, stream, index) >> 32) >= threshold;
-}
-
-template <class S, class F>
-void for_each_dropout(const layer_context& ctx, double rate, Eigen::Index rows, Eigen::Index cols, F&& f) {
+/// Applies a training step's dropout mask to `in` (rows x cols) into `out`: element (r, c) is kept
+/// and scaled when random_bits(seed, mix64(tag ^ step) ^ layer, index) >> 32 >= Rate x 2^32, where
+/// index is the element's place in the whole batch and layer: (batch row) x (the layer's features)
+/// + (its feature), whichever rows, columns or block of a feature map the context says `in` holds.
+/// The same mask in the forward pass (x to y) and the backward pass (dy to dx): the layer is linear.
+template <class S>
+void apply_dropout(const layer_context& ctx, double rate, const_matrix_ref<S> in, matrix_ref<S> out) {
   const auto threshold = static_cast<std::uint64_t>(rate * 4294967296.0);
+  const S scale = static_cast<S>(1.0 / (1.0 - rate));
+  const std::uint64_t key = mix64(ctx.seed ^ mix64(mix64(0x64726f706f7574ULL ^ ctx.step) ^ ctx.layer));
+  const auto cols = in.cols();
   const std::uint64_t width = ctx.columns != 0 ? ctx.columns : static_cast<std::uint64_t>(cols);
-  for (Eigen::Index r = 0; r < rows; ++r) {
-    const std::uint64_t base = (ctx.row_offset + static_cast<std::uint64_t>(r)) * width + ctx.column_offset;
-    for (Eigen::Index c = 0; c < cols; ++c) f(r, c, dropout_keeps(ctx, threshold, base + static_cast<std::uint64_t>(c)));
+  const image block = image_of(ctx.out);
+  const bool map_block = ctx.map_width != 0 && block.ok;
+  for (Eigen::Index r = 0; r < in.rows(); ++r) {
+    const std::uint64_t base = (ctx.row_offset + static_cast<std::uint64_t>(r)) * width;
+    const S* x = in.row(r).data();
+    S* y = out.row(r).data();
+    if (!map_block) {
+      const std::uint64_t first = base + ctx.column_offset;
+      // One mix of a counter per element: vectorised where the CPU multiplies 64-bit lanes.
+      for (Eigen::Index c = 0; c < cols; ++c)
+        y[c] = (mix64(key ^ (first + static_cast<std::uint64_t>(c))) >> 32) >= threshold ? x[c] * scale : S(0);
+      continue;
+    }
+    // A block of a map: each run of the block's row is a run of the whole map's.
+    const std::size_t run = block.width * block.channels;
+    for (std::size_t br = 0; br < block.height; ++br) {
+      const std::uint64_t first =
+          base + ((ctx.block_row + br) * ctx.map_width + ctx.block_col) * block.channels;
+      const S* xr = x + br * run;
+      S* yr = y + br * run;
+      for (std::size_t c = 0; c < run; ++c)
+        yr[c] = (mix64(key ^ (first + c)) >> 32) >= threshold ? xr[c] * scale : S(0);
+    }
   }
 }
 }  // namespace detail
@@ -557,34 +574,22 @@ void for_each_dropout(const layer_context& ctx, double rate, Eigen::Index rows, 
 /// index and the element's place in the whole batch, so that a distributed run draws the serial
 /// run's mask (layer_context says which step and rows).
 template <double Rate>
-struct dropout : detail::elementwise, detail::random_layer {
+struct dropout : detail::elementwise {
   static_assert(Rate >= 0.0 && Rate < 1.0, "f2d2n: dropout<Rate> needs 0 <= Rate < 1");
   static constexpr std::string_view name = "dropout";
   static constexpr double rate = Rate;
 
   template <class S>
   static void forward(kernel::workspace<S>& ws, const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
-    if (!ws.context.training || Rate == 0.0) {
-      y = x;
-      return;
-    }
-    const S scale = static_cast<S>(1.0 / (1.0 - Rate));
-    detail::for_each_dropout<S>(ws.context, Rate, x.rows(), x.cols(), [&](Eigen::Index r, Eigen::Index c, bool keep) {
-      y(r, c) = keep ? x(r, c) * scale : S(0);
-    });
+    if (!ws.context.training || Rate == 0.0) y = x;
+    else detail::apply_dropout<S>(ws.context, Rate, x, y);
   }
   template <class S>
   static void backward(kernel::workspace<S>& ws, const S*, S*, const_matrix_ref<S>, const_matrix_ref<S>,
                        const_matrix_ref<S> dy, matrix_ref<S> dx, bool want_dx) {
     if (!want_dx) return;
-    if (!ws.context.training || Rate == 0.0) {
-      dx = dy;
-      return;
-    }
-    const S scale = static_cast<S>(1.0 / (1.0 - Rate));
-    detail::for_each_dropout<S>(ws.context, Rate, dy.rows(), dy.cols(), [&](Eigen::Index r, Eigen::Index c, bool keep) {
-      dx(r, c) = keep ? dy(r, c) * scale : S(0);
-    });
+    if (!ws.context.training || Rate == 0.0) dx = dy;
+    else detail::apply_dropout<S>(ws.context, Rate, dy, dx);
   }
 };
 

@@ -129,10 +129,6 @@ struct distribute {
     return {window_params_of<layer_t<I>>()...};
   }
   static constexpr auto windows_ = windows_of(std::make_index_sequence<layer_count>{});
-  template <std::size_t... I>
-  static constexpr std::array<bool, layer_count> random_of(std::index_sequence<I...>) {
-    return {std::is_base_of_v<detail::random_layer, layer_t<I>>...};
-  }
 
  public:
   /// spatial_layers[i]: layer i computes blocks of a feature map over spatial<R, C>'s grid: every
@@ -287,13 +283,10 @@ struct distribute {
     if constexpr (I == layer_count) {
       return true;
     } else if constexpr (spatial_layers[I]) {
-      constexpr auto in = Net::input_extents[I], out = Net::output_extents[I];
+      constexpr auto out = Net::output_extents[I];
       constexpr bool ok =
           plan_check::spatial_split<plan_check::layer<I>, plan_check::grid<spatial_policy::rows, spatial_policy::cols>,
-                                    plan_check::output_map<out.dims[0], out.dims[1]>,
-                                    std::conditional_t<random_of(std::make_index_sequence<layer_count>{})[I],
-                                                       plan_check::random_per_element, plan_check::deterministic>>::ok;
-      (void)in;
+                                    plan_check::output_map<out.dims[0], out.dims[1]>>::ok;
       if constexpr (!ok) return false;
       else return check_splits<I + 1>();
     } else {

@@ -205,8 +205,6 @@ struct with_weights {};
 struct without_weights {};
 struct with_feature_maps {};
 struct without_feature_maps {};
-struct random_per_element {};
-struct deterministic {};
 struct increasing_within_the_model {};
 struct not_increasing_within_the_model {};
 
@@ -234,18 +232,15 @@ struct dense_split<layer<I>, Split, shards<S>, neurons<N>, input_features<In>, g
 };
 
 /// A layer of a feature map split over spatial<R, C>'s grid.
-template <class Layer, class Grid, class Map, class Randomness>
+template <class Layer, class Grid, class Map>
 struct spatial_split;
-template <std::size_t I, std::size_t R, std::size_t C, std::size_t H, std::size_t W, class Randomness>
-struct spatial_split<layer<I>, grid<R, C>, output_map<H, W>, Randomness> {
+template <std::size_t I, std::size_t R, std::size_t C, std::size_t H, std::size_t W>
+struct spatial_split<layer<I>, grid<R, C>, output_map<H, W>> {
   static_assert(H >= R && W >= C,
                 "f2d2n: spatial<Rows, Cols> gives this layer's output map (layer, grid and map named above) to more "
                 "rows or columns of units than it has rows or columns of cells: every unit needs a block; use a "
                 "smaller grid");
-  static_assert(std::is_same_v<Randomness, deterministic>,
-                "f2d2n: dropout on a feature map split by spatial<Rows, Cols> is not supported yet (layer named "
-                "above): put it after flatten, where the map is whole again");
-  static constexpr bool ok = H >= R && W >= C && std::is_same_v<Randomness, deterministic>;
+  static constexpr bool ok = H >= R && W >= C;
 };
 
 /// spatial<R, C> against tensor_parallel's shards (0: no tensor_parallel) and the model.

@@ -179,6 +179,10 @@ void processing_unit<Transport, Scalar>::set_block(std::size_t i) {
   c.block = true;
   c.pad_top = p.pad_top;
   c.pad_left = p.pad_left;
+  c.block_row = p.out_row;  // where the block stands in the whole map (dropout's element indices)
+  c.block_col = p.out_col;
+  c.map_width = out.width;
+  c.columns = l.out;
 }
 
 template <transport Transport, class Scalar>
