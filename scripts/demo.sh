@@ -4,15 +4,36 @@
 # by f2d2n_launch. Arguments go to the example (scripts/demo.sh --help lists them), e.g.
 #   scripts/demo.sh --plan dp2_tp2        (the default; dp2, dp4, tp2, tp2_inputs, pp2, dp2_pp2 also run)
 #   scripts/demo.sh --serial              the same training in one process (examples/fashion_mnist)
+#   scripts/demo.sh --model cnn           the CNN (examples/fashion_mnist/settings.hpp) on 4 units, 4 data-parallel
+#                                         replicas (--plan dp2, tp2, dp2_tp2, pp2, dp2_pp2, spatial2,
+#                                         spatial2x2, dp2_spatial2 also run it)
+#   scripts/demo.sh --serial --model cnn  the CNN in one process
 #   scripts/demo.sh --max-restarts 3      checkpoints after every epoch; when a unit dies, every unit
 #                                         restarts and resumes from the newest one
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build="${F2D2N_BUILD_DIR:-build}"
-if [[ "${1:-}" == "--serial" ]]; then
-  shift
+# --model mlp|cnn chooses the example's preset (--preset passes through as it is).
+model=mlp
+rest=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --model) model="${2:?--model needs mlp or cnn}"; shift 2 ;;
+    --model=*) model="${1#--model=}"; shift ;;
+    *) rest+=("$1"); shift ;;
+  esac
+done
+case "$model" in
+  mlp) ;;
+  cnn) rest=(--preset cnn "${rest[@]}") ;;
+  *) echo "demo.sh: --model is mlp or cnn, not '$model'" >&2; exit 2 ;;
+esac
+set -- "${rest[@]}"
+if [[ "${1:-}" == "--serial" || " $* " == *" --serial "* ]]; then
+  args=()
+  for a in "$@"; do [[ "$a" == "--serial" ]] || args+=("$a"); done
   scripts/configure.sh fashion_mnist >/dev/null
-  exec "$build/examples/fashion_mnist" "$@"
+  exec "$build/examples/fashion_mnist" "${args[@]}"
 fi
 scripts/configure.sh fashion_mnist_cluster f2d2n_launch >/dev/null
 units=4
@@ -32,9 +53,13 @@ while [[ $# -gt 0 ]]; do
   args+=("$1")
   shift
 done
+if [[ -z "${plan:-}" && "$model" == cnn ]]; then
+  plan=dp4  # the convolutions are most of the work: four replicas share it (TP would repeat them)
+  args+=(--plan dp4)
+fi
 case "${plan:-dp2_tp2}" in
-  dp2|tp2|tp2_inputs|pp2) units=2 ;;
-  dp4|dp2_tp2|dp2_pp2) units=4 ;;
+  dp2|tp2|tp2_inputs|pp2|spatial2) units=2 ;;
+  dp4|dp2_tp2|dp2_pp2|spatial2x2|dp2_spatial2) units=4 ;;
 esac
 if [[ -n "$restarts" ]]; then
   # A unit that dies restarts every unit, which resume from the newest checkpoint of this run

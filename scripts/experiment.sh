@@ -6,6 +6,7 @@
 #
 #   scripts/experiment.sh                                 (from the repository root)
 #   EPOCHS=3 PLANS="serial dp2 tp2 pp2" OUT=/tmp/exp scripts/experiment.sh
+#   MODEL=cnn scripts/experiment.sh                       the CNN: data parallel, spatial and pipeline plans
 #
 # For each plan: examples/fashion_mnist (serial) or examples/fashion_mnist_cluster --plan P under
 # tools/f2d2n_launch, with the same settings (the MLP preset: Adam, batch 64, seed 1) and a CSV of
@@ -16,7 +17,9 @@
 # per plan, bars split into compute, communication and wait shares).
 #
 # Environment:
-#   PLANS        plans to run (default "serial dp2 dp4 tp2 tp2_inputs pp2 dp2_tp2 dp2_pp2")
+#   MODEL        mlp (default) or cnn (the examples' --preset)
+#   PLANS        plans to run (default "serial dp2 dp4 tp2 tp2_inputs pp2 dp2_tp2 dp2_pp2"; for the CNN
+#                "serial dp2 dp4 spatial2 spatial2x2 dp2_spatial2 tp2 pp2")
 #   EPOCHS       epochs per plan (default 1)
 #   BATCH        global batch size (default 64)
 #   OUT          where results go (default build/experiment)
@@ -27,11 +30,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PLANS="${PLANS:-serial dp2 dp4 tp2 tp2_inputs pp2 dp2_tp2 dp2_pp2}"
+MODEL="${MODEL:-mlp}"
+case "$MODEL" in
+  mlp) PLANS="${PLANS:-serial dp2 dp4 tp2 tp2_inputs pp2 dp2_tp2 dp2_pp2}"; OUT="${OUT:-build/experiment}" ;;
+  cnn) PLANS="${PLANS:-serial dp2 dp4 spatial2 spatial2x2 dp2_spatial2 tp2 pp2}"
+       OUT="${OUT:-build/experiment-cnn}" ;;
+  *) echo "experiment.sh: MODEL is mlp or cnn, not '$MODEL'" >&2; exit 2 ;;
+esac
 EPOCHS="${EPOCHS:-1}"
 BATCH="${BATCH:-64}"
-OUT="${OUT:-build/experiment}"
-EXTRA="${EXTRA:-}"
+EXTRA="--preset $MODEL ${EXTRA:-}"
 build="${F2D2N_BUILD_DIR:-build}"
 
 scripts/deps.sh --plot
@@ -42,8 +50,8 @@ rm -f "$OUT"/*.csv "$OUT"/*.log
 units_of() {
   case "$1" in
     serial) echo 1 ;;
-    dp2|tp2|tp2_inputs|pp2) echo 2 ;;
-    dp4|dp2_tp2|dp2_pp2) echo 4 ;;
+    dp2|tp2|tp2_inputs|pp2|spatial2) echo 2 ;;
+    dp4|dp2_tp2|dp2_pp2|spatial2x2|dp2_spatial2) echo 4 ;;
     *) echo "experiment.sh: unknown plan '$1'" >&2; exit 2 ;;
   esac
 }
@@ -90,7 +98,7 @@ set terminal pngcairo size 900,500 font "sans,10" noenhanced
 set output "$OUT/throughput.png"
 set datafile separator ","
 set key autotitle columnhead outside right top
-set title "f2d2n: MLP on Fashion-MNIST, batch $BATCH, by plan (2-core machine)"
+set title "f2d2n: ${MODEL^^} on Fashion-MNIST, batch $BATCH, by plan (2-core machine)"
 set ylabel "samples / s"
 set y2label "share of a unit's step"
 set yrange [0:*]

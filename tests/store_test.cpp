@@ -234,6 +234,28 @@ TEST_CASE("safetensors: round trips are bit-exact, float and double, through fil
   }
 }
 
+TEST_CASE("safetensors: a CNN's convolutions are (out, kernel height, kernel width, in) weights and biases") {
+  using cnn = nn::sequential<nn::input<9, 7, 2>, nn::conv2d<4, nn::window{3, 2}, 1, 1>, nn::relu, nn::max_pool<2>,
+                             nn::flatten, nn::dense<5>, nn::softmax_cross_entropy>;
+  const auto& s = nn::summary_of<cnn>();
+  REQUIRE(s.tensors.size() == 4);
+  CHECK(s.tensors[0].name == "1.weight");
+  CHECK(s.tensors[0].shape == std::vector<std::size_t>{4, 3, 2, 2});
+  CHECK(s.tensors[0].rows() * s.tensors[0].columns() == s.tensors[0].size());
+  CHECK(s.tensors[1].name == "1.bias");
+  CHECK(s.tensors[1].shape == std::vector<std::size_t>{4});
+  CHECK(s.tensors[2].name == "5.weight");
+  CHECK(s.tensors[1].offset + 4 == s.tensors[2].offset);
+  nn::testing::temp_dir dir("f2d2n-store");
+  auto net = filled<cnn, float>(3);
+  nn::save_safetensors(net, dir.path() / "cnn.safetensors");
+  nn::network<cnn, float> back(5);
+  nn::load_safetensors(back, dir.path() / "cnn.safetensors");
+  CHECK(same_bits<float>(back.parameters(), net.parameters()));
+  const auto h = header_of(nn::to_safetensors<float>(s, net.parameters()));
+  CHECK(h.at("1.weight").at("shape").get<std::vector<std::size_t>>() == std::vector<std::size_t>{4, 3, 2, 2});
+}
+
 TEST_CASE("safetensors: every truncation of a small model's file is a storage_error, the network unchanged") {
   const auto saved = filled<small>(5);
   const bytes f = nn::to_safetensors<float>(nn::summary_of<small>(), saved.parameters());

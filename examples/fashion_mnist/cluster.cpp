@@ -1,5 +1,6 @@
-// Trains the MLP on Fashion-MNIST on a cluster of processing units over TCP, under a plan; the
-// weights, and so the accuracy, are the one-process example's (main.cpp), up to rounding.
+// Trains the MLP (or the CNN: --preset cnn) on Fashion-MNIST on a cluster of processing units over
+// TCP, under a plan; the weights, and so the accuracy, are the one-process example's (main.cpp), up
+// to rounding.
 //
 //   f2d2n_launch -n 4 -- fashion_mnist_cluster                    DP2 x TP2: 2 replicas of 2 neuron shards
 //   f2d2n_launch -n 2 -- fashion_mnist_cluster --plan dp2         data parallel
@@ -8,8 +9,11 @@
 //   f2d2n_launch -n 2 -- fashion_mnist_cluster --plan pp2         2 pipeline stages, 4 micro-batches, 1F1B
 //   f2d2n_launch -n 4 --max-restarts 3 -- fashion_mnist_cluster --checkpoint-dir ck --resume
 //                                  checkpoints after every epoch; a unit that dies restarts them all from the newest
+//   f2d2n_launch -n 4 -- fashion_mnist_cluster --preset cnn --plan spatial2x2
+//                                  the CNN, every feature map in 2 x 2 blocks (halo exchange)
 // Unit 0 draws the progress bar and prints the result. Plans: dp2, dp4, tp2, tp2_inputs, dp2_tp2,
-// pp2, dp2_pp2. A unit that waits too long for a peer, or gets SIGUSR1, prints its flight recorder:
+// pp2, dp2_pp2; for the CNN (--preset cnn) dp2, dp4, tp2, dp2_tp2, pp2, dp2_pp2, spatial2,
+// spatial2x2, dp2_spatial2. A unit that waits too long for a peer, or gets SIGUSR1, prints its flight recorder:
 // its last messages (docs/debugging.md). A statistic that is not finite (a diverging run) or out of
 // range (a corrupted sum) ends every unit with exit status 1.
 #include "settings.hpp"
@@ -35,6 +39,7 @@ int train_unit(f2d2n::processing_unit<f2d2n::tcp_transport, float>& unit, const 
 namespace {
 
 namespace nn = f2d2n;
+using example::cnn;
 using example::mlp;
 
 template <class Plan>
@@ -47,7 +52,8 @@ int run(const example::settings& s, const nn::cluster_config& c) {
   const auto d = example::load(s);
   if (report) {
     std::cout << "f2d2n " << s.plan << ": " << Plan::world_size << " units (" << Plan::replicas << " replicas x "
-              << Plan::stages << " stages x " << Plan::shards << " shards) over TCP; " << mlp::parameter_count
+              << Plan::stages << " stages x " << Plan::shards << " shards) over TCP; "
+              << Plan::model::parameter_count
               << " parameters; " << d.train.size() << " training and " << d.test.size() << " test samples from "
               << s.data_dir << "\n";
     for (std::size_t r = 0; r < Plan::world_size; ++r)
@@ -77,6 +83,28 @@ int run(const example::settings& s, const nn::cluster_config& c) {
   }
 }
 
+/// The CNN's plans. Its layers: 1 conv, 2 relu, 3 pool, 4 conv, 5 relu, 6 pool, 7 flatten, 8 dense,
+/// 9 relu, 10 dropout, 11 dense.
+int run_cnn(const example::settings& s, const nn::cluster_config& c) {
+  if (s.plan == "dp2") return run<nn::distribute<cnn, nn::data_parallel<2>>>(s, c);
+  if (s.plan == "dp4") return run<nn::distribute<cnn, nn::data_parallel<4>>>(s, c);
+  // The dense layers split as Megatron pairs them (through relu and dropout); the convolutions
+  // computed whole on both shards.
+  using chain = nn::tensor_parallel<2, nn::by_outputs, nn::split_layer<11, nn::by_inputs>>;
+  if (s.plan == "tp2") return run<nn::distribute<cnn, chain>>(s, c);
+  if (s.plan == "dp2_tp2") return run<nn::distribute<cnn, nn::data_parallel<2>, chain>>(s, c);
+  // The second stage from the second convolution on: its 14 x 14 x 16 input crosses.
+  using pipe = nn::pipeline<2, nn::microbatches<4>, nn::one_f_one_b, nn::stage_starts<4>>;
+  if (s.plan == "pp2") return run<nn::distribute<cnn, pipe>>(s, c);
+  if (s.plan == "dp2_pp2") return run<nn::distribute<cnn, nn::data_parallel<2>, pipe>>(s, c);
+  // Spatial partitions (DistDL): every unit computes a block of every feature map; halos exchanged.
+  if (s.plan == "spatial2") return run<nn::distribute<cnn, nn::spatial<2>>>(s, c);
+  if (s.plan == "spatial2x2") return run<nn::distribute<cnn, nn::spatial<2, 2>>>(s, c);
+  if (s.plan == "dp2_spatial2") return run<nn::distribute<cnn, nn::data_parallel<2>, nn::spatial<2>>>(s, c);
+  std::cerr << "fashion_mnist_cluster: unknown plan '" << s.plan << "' for the cnn preset (see --help)\n";
+  return 2;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -85,15 +113,17 @@ int main(int argc, char** argv) try {
   opts.add_options()("plan", boost::program_options::value(&s.plan)->default_value("dp2_tp2"),
                      "dp2, dp4 (data parallel), tp2 (neurons split over 2 units), tp2_inputs (inputs split, as "
                      "F2D2N's input units), dp2_tp2 (2 replicas of 2 shards: 4 units), pp2 (2 pipeline stages, "
-                     "4 micro-batches, 1F1B), dp2_pp2 (2 replicas of 2 stages: 4 units)");
+                     "4 micro-batches, 1F1B), dp2_pp2 (2 replicas of 2 stages: 4 units); the cnn preset: dp2, dp4, "
+                     "tp2 (its dense layers split), dp2_tp2, pp2, dp2_pp2, spatial2 (feature maps split in 2 blocks of "
+                     "rows), spatial2x2 (2 x 2 blocks), dp2_spatial2 (2 replicas of 2 blocks)");
   double timeout = 0, connect_timeout = 0;
   opts.add_options()("timeout", boost::program_options::value(&timeout),
                      "seconds a unit waits for a peer before it gives up (default: F2D2N_TIMEOUT, else 60)")(
       "connect-timeout", boost::program_options::value(&connect_timeout),
       "seconds a unit may take to connect to every other (default: F2D2N_CONNECT_TIMEOUT, else 10)");
   if (const auto stop = example::parse(argc, argv, s, opts)) return *stop;
-  if (s.preset != "mlp") {
-    std::cerr << "fashion_mnist_cluster: only the mlp preset runs on a cluster here (fashion_mnist runs f2d2n's)\n";
+  if (s.preset != "mlp" && s.preset != "cnn") {
+    std::cerr << "fashion_mnist_cluster: the mlp and cnn presets run on a cluster (fashion_mnist runs f2d2n's)\n";
     return 2;
   }
   if (!s.save_model.empty() && s.checkpoint_dir.empty()) {
@@ -119,6 +149,7 @@ int main(int argc, char** argv) try {
   }
   // kill -USR1 <pid> prints the unit's last messages (docs/debugging.md); a timeout prints them too.
   const auto flight_recorder = nn::print_flight_recorder_on(SIGUSR1);
+  if (s.preset == "cnn") return run_cnn(s, c);
   if (s.plan == "dp2") return run<nn::distribute<mlp, nn::data_parallel<2>>>(s, c);
   if (s.plan == "dp4") return run<nn::distribute<mlp, nn::data_parallel<4>>>(s, c);
   if (s.plan == "tp2") return run<nn::distribute<mlp, nn::tensor_parallel<2>>>(s, c);

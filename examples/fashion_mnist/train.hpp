@@ -55,13 +55,16 @@ int train_and_report(Net& net, const settings& s, const data& d, bool report, co
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const auto result = t.evaluate(d.test);
     if (!s.save_model.empty()) {
-      if constexpr (requires { net.description(); }) {  // a cluster's unit: the MLP preset
+      if constexpr (requires { net.description(); }) {  // a cluster's unit
         // A unit holds only its part: unit 0 reads the whole model back from the run's last
         // checkpoint (committed by every unit at the end of the last epoch).
         if (report) {
-          nn::network<mlp> whole;
-          nn::load_parameters(whole, *store, *nn::latest_checkpoint(*store));
-          nn::save_safetensors(whole, s.save_model);
+          auto save = [&](auto whole) {
+            nn::load_parameters(whole, *store, *nn::latest_checkpoint(*store));
+            nn::save_safetensors(whole, s.save_model);
+          };
+          if (s.preset == "cnn") save(nn::network<cnn>{});
+          else save(nn::network<mlp>{});
         }
       } else {
         nn::save_safetensors(net, s.save_model);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <f2d2n/core/shape.hpp>
+#include <f2d2n/model/conv.hpp>
 #include <f2d2n/model/layers.hpp>
 #include <f2d2n/model/sequential.hpp>
 
@@ -14,6 +15,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -33,8 +35,11 @@ struct layer_summary {
 };
 
 /// One tensor of a model's flat parameter buffer: a dense layer's weight (rows = neurons, columns =
-/// input features, row-major: PyTorch's layout) or bias (one dimension), or the whole parameter
-/// block of another layer with parameters (one dimension, named "<layer>.parameters").
+/// input features, row-major: PyTorch's layout) or bias (one dimension); a convolution's weight
+/// (output channels, kernel height, kernel width, input channels: channels-last, PyTorch's
+/// weight.permute(0, 2, 3, 1)) or bias; or the whole parameter block of another layer with
+/// parameters (one dimension, named "<layer>.parameters"). A tensor is stored as rows (its first
+/// dimension) of columns (the product of the others).
 struct tensor_summary {
   std::string name;  ///< "<layer index>.weight", "<layer index>.bias", ...
   std::size_t layer = 0;
@@ -46,7 +51,11 @@ struct tensor_summary {
     return n;
   }
   [[nodiscard]] std::size_t rows() const noexcept { return shape.empty() ? 0 : shape[0]; }
-  [[nodiscard]] std::size_t columns() const noexcept { return shape.size() == 2 ? shape[1] : 1; }
+  [[nodiscard]] std::size_t columns() const noexcept {
+    std::size_t n = 1;
+    for (std::size_t k = 1; k < shape.size(); ++k) n *= shape[k];
+    return n;
+  }
   friend bool operator==(const tensor_summary&, const tensor_summary&) = default;
 };
 
@@ -86,7 +95,9 @@ inline std::string to_string(const extents& e) {
 
 /// Builds a summary from its layers (the tensors follow: dense layers get weight and bias).
 /// `dense[i]`: whether layer i has a dense layer's parameters (N x in weights, then N biases).
-inline model_summary make_model_summary(std::vector<layer_summary> layers, const std::vector<bool>& dense) {
+/// `kernels[i]` (when given): a convolution's kernel height and width ({0, 0}: not a convolution).
+inline model_summary make_model_summary(std::vector<layer_summary> layers, const std::vector<bool>& dense,
+                                        const std::vector<std::array<std::size_t, 2>>& kernels = {}) {
   model_summary m;
   m.layers = std::move(layers);
   std::size_t offset = 0;
@@ -101,10 +112,15 @@ inline model_summary make_model_summary(std::vector<layer_summary> layers, const
     m.description += std::to_string(l.parameters);
     if (l.parameters == 0) continue;
     const std::string index = std::to_string(i);
+    const std::array<std::size_t, 2> kernel = i < kernels.size() ? kernels[i] : std::array<std::size_t, 2>{};
     if (dense[i]) {
       const std::size_t n = l.output.size(), in = l.input.size();
       m.tensors.push_back({index + ".weight", i, {n, in}, offset});
       m.tensors.push_back({index + ".bias", i, {n}, offset + n * in});
+    } else if (kernel[0] != 0 && l.output.rank == 3) {
+      const std::size_t out = l.output.dims[2], in = (l.parameters - out) / (out * kernel[0] * kernel[1]);
+      m.tensors.push_back({index + ".weight", i, {out, kernel[0], kernel[1], in}, offset});
+      m.tensors.push_back({index + ".bias", i, {out}, offset + out * kernel[0] * kernel[1] * in});
     } else {
       m.tensors.push_back({index + ".parameters", i, {l.parameters}, offset});
     }
@@ -116,13 +132,21 @@ inline model_summary make_model_summary(std::vector<layer_summary> layers, const
 }
 
 namespace detail {
+/// A convolution's kernel height and width ({0, 0} for any other layer).
+template <class L>
+constexpr std::array<std::size_t, 2> kernel_of() {
+  if constexpr (std::is_base_of_v<conv_kernels, L>) return {L::kernel_window.height, L::kernel_window.width};
+  else return {0, 0};
+}
+
 template <class Net, std::size_t... I>
 model_summary summarize(std::index_sequence<I...>) {
   std::vector<layer_summary> layers{layer_summary{std::string(name_of<typename Net::template layer_at<I>>()),
                                                   Net::input_extents[I], Net::output_extents[I],
                                                   Net::parameter_counts[I]}...};
   const std::vector<bool> dense{std::is_base_of_v<dense_kernels, typename Net::template layer_at<I>>...};
-  return make_model_summary(std::move(layers), dense);
+  const std::vector<std::array<std::size_t, 2>> kernels{kernel_of<typename Net::template layer_at<I>>()...};
+  return make_model_summary(std::move(layers), dense, kernels);
 }
 }  // namespace detail
 

@@ -17,13 +17,17 @@
 //                                    columns, F2D2N's input units; partial pre-activations summed),
 //                                    by_grid<Out, In> (DistDL's 2-D affine layer) or replicated;
 //                                    split_layer<I, ...> overrides layer I.
+//   spatial<Rows, Cols>              every feature map of a stage in Rows x Cols blocks, one per
+//                                    shard (DistDL's spatial partition): halos exchanged before
+//                                    each convolution and pool, their gradients added back after;
+//                                    with tensor_parallel<S>, S = Rows x Cols.
 // rank = (replica * P + stage) * S + shard. Everything below is constexpr: the world size, each
 // unit's coordinates, the stages' layers, each unit's layer partitions (as values and as types),
 // its parameter count, the bytes it sends per step for a given batch, and the plan's 64-bit
 // fingerprint (exchanged in the handshake). A plan that cannot work (more shards than neurons or
 // input features, a grid that does not cover the shards, more stages than layers, a split named
-// for a layer without weights, a schedule that would deadlock) is a static_assert whose
-// instantiation line names the layer index or the pipeline.
+// for a layer without weights, a schedule that would deadlock, a spatial grid larger than a
+// feature map) is a static_assert whose instantiation line names the layer index or the pipeline.
 #pragma once
 
 #include <f2d2n/core/partition.hpp>
