@@ -64,6 +64,15 @@ using plan_cnn_dp2_spatial2 = distribute<plan_cnn, data_parallel<2>, spatial<2>>
 using plan_cnn_pp2_spatial2 = distribute<plan_cnn, pipeline<2, microbatches<2>, one_f_one_b, stage_starts<3>>, spatial<2>>;
 using plan_cnn_spatial2_tp2 =
     distribute<plan_cnn, spatial<2>, tensor_parallel<2, by_outputs, split_layer<10, by_inputs>>>;
+/// Convolutions split by output channels (4 and 5 channels over 2 or 3 shards: uneven blocks), the
+/// dense layers by neurons; with 2 replicas.
+using plan_cnn_channels2 =
+    distribute<plan_cnn, tensor_parallel<2, by_outputs, split_layer<1, by_outputs>, split_layer<4, by_outputs>>>;
+using plan_cnn_channels3 =
+    distribute<plan_cnn, tensor_parallel<3, by_outputs, split_layer<1, by_outputs>, split_layer<4, by_outputs>>>;
+using plan_cnn_dp2_channels2 =
+    distribute<plan_cnn, data_parallel<2>, tensor_parallel<2, by_outputs, split_layer<4, by_outputs>>>;
+
 /// Dropout on a split feature map: each unit draws the serial mask's values for its block.
 using plan_cnn_dropmap = sequential<input<8, 6, 1>, conv2d<3, 3, 1, 1>, relu, dropout<0.3>, avg_pool<2>, flatten,
                                     dense<5>, softmax_cross_entropy>;

@@ -169,7 +169,7 @@ TEST_CASE_TEMPLATE("a step sends exactly the messages and bytes the plan's schem
                    plan_dp3_buckets, plan_dp2_pp2_buckets, plan_tp2, plan_tp2_inputs, plan_tp3_mixed, plan_tp2x2,
                    plan_tp2_chain, plan_dp2_tp2, plan_pp2_gpipe, plan_pp2_1f1b, plan_pp4, plan_dp2_pp2_tp2,
                    plan_cnn_pp2, plan_cnn_tp2_chain, plan_cnn_spatial2x2, plan_cnn_spatial3, plan_cnn_dp2_spatial2,
-                   plan_cnn_pp2_spatial2) {
+                   plan_cnn_pp2_spatial2, plan_cnn_channels3, plan_cnn_dp2_channels2) {
   const auto data = plan_data<float, typename Plan::model>();
   nn::local_cluster cluster(static_cast<nn::unit_id>(Plan::world_size), Plan::fingerprint);
   std::vector<std::size_t> sent(Plan::world_size);
@@ -232,6 +232,15 @@ static_assert(std::is_same_v<boost::mp11::mp_at_c<plan_cnn_spatial3::unit<1>::la
 static_assert(plan_cnn_spatial3::message_count(1, 6) > plan_cnn_spatial2::message_count(0, 6));
 static_assert(plan_cnn_spatial3::fingerprint != plan_cnn_spatial2::fingerprint &&
               plan_cnn_spatial2::fingerprint != nn::distribute<plan_cnn, nn::tensor_parallel<2>>::fingerprint);
+
+// Channel splits: output channels 4 over 3 shards are 2 / 1 / 1, each unit's block of the weights
+// (out channels x 3 x 3 x 2) and biases; the unit types name them.
+static_assert(plan_cnn_channels3::partition_of(0, 1).count == 2 && plan_cnn_channels3::partition_of(2, 1).begin == 3);
+static_assert(plan_cnn_channels3::partition_of(1, 1).parameter_count == 1 * 3 * 3 * 2 + 1);
+static_assert(plan_cnn_channels3::partition_of(1, 4).parameter_count == 2 * 3 * 3 * 4 + 2);
+static_assert(std::is_same_v<boost::mp11::mp_at_c<plan_cnn_channels3::unit<2>::layers, 4>,
+                             nn::channel_shard<plan_cnn::layer_at<4>, 4, 5>>);
+static_assert(plan_cnn_channels3::splits[2] == nn::split_kind::none && !plan_cnn_channels3::chained[1]);
 
 // Schema ids are distinct within a unit's step, and decode to their fields.
 static_assert([] {

@@ -98,7 +98,8 @@ struct distribute {
 
   template <class O>
   static constexpr bool dense_at() {
-    if constexpr (O::index < layer_count) return detail::is_dense_v<layer_t<O::index>>;
+    if constexpr (O::index < layer_count)
+      return detail::is_dense_v<layer_t<O::index>> || std::is_base_of_v<detail::conv_kernels, layer_t<O::index>>;
     else return false;
   }
   template <class O>
@@ -135,6 +136,11 @@ struct distribute {
   static constexpr auto windows_ = windows_of(std::make_index_sequence<layer_count>{});
 
  public:
+  /// conv_layers[i]: layer i is a convolution (its splits are by output channels).
+  static constexpr std::array<bool, layer_count> conv_layers = []<std::size_t... I>(std::index_sequence<I...>) {
+    return std::array<bool, layer_count>{std::is_base_of_v<detail::conv_kernels, layer_t<I>>...};
+  }(std::make_index_sequence<layer_count>{});
+
   /// spatial_layers[i]: layer i computes blocks of a feature map over spatial<R, C>'s grid: every
   /// convolution and pool, and every element-wise layer whose input is a feature map (rank 2 or 3).
   static constexpr std::array<bool, layer_count> spatial_layers = [] {
@@ -164,6 +170,7 @@ struct distribute {
   template <std::size_t... I>
   static constexpr std::array<split_choice, layer_count> choices_of(std::index_sequence<I...>) {
     constexpr bool is_dense[] = {detail::is_dense_v<layer_t<I>>...};
+    constexpr bool is_conv[] = {std::is_base_of_v<detail::conv_kernels, layer_t<I>>...};
     std::array<split_choice, layer_count> s{};
     for (std::size_t i = 0; i < layer_count; ++i)
       s[i] = !is_dense[i]  ? split_choice{}
@@ -172,7 +179,8 @@ struct distribute {
     if constexpr (shards > 1) {
       boost::mp11::mp_for_each<typename tensor_policy::overrides>([&](auto o) {
         using O = decltype(o);
-        if (O::index < layer_count && is_dense[O::index]) s[O::index] = choice_of<typename O::split>();
+        if (O::index < layer_count && (is_dense[O::index] || is_conv[O::index]))
+          s[O::index] = choice_of<typename O::split>();
       });
     }
     for (std::size_t i = 0; i < layer_count; ++i)
@@ -270,7 +278,7 @@ struct distribute {
     constexpr auto elementwise = elementwise_of(std::make_index_sequence<layer_count>{});
     std::array<bool, layer_count> c{};
     for (std::size_t i = 1; i + 1 < layer_count; ++i) {
-      if (splits[i] != split_kind::outputs) continue;
+      if (splits[i] != split_kind::outputs || conv_layers[i]) continue;
       std::size_t j = i + 1;
       while (j + 1 < layer_count && elementwise[j]) ++j;
       if (j + 1 >= layer_count || splits[j] != split_kind::inputs) continue;
@@ -286,6 +294,12 @@ struct distribute {
   static constexpr bool check_splits() {
     if constexpr (I == layer_count) {
       return true;
+    } else if constexpr (conv_layers[I] && !spatial_layers[I]) {
+      constexpr auto out = Net::output_extents[I];
+      constexpr bool ok = plan_check::conv_split<plan_check::layer<I>, splits[I], plan_check::shards<shards>,
+                                                 plan_check::channels<out.dims[2]>>::ok;
+      if constexpr (!ok) return false;
+      else return check_splits<I + 1>();
     } else if constexpr (spatial_layers[I]) {
       constexpr auto out = Net::output_extents[I];
       constexpr bool ok =
@@ -449,6 +463,18 @@ struct distribute {
                     ring_reduce_sends(p.parameter_count, g, me));
           continue;
         }
+        if (conv_layers[i] && p.split == split_kind::outputs) {
+          // Output channels over the shards: the channel blocks of every pixel gathered; backward,
+          // the shards' partial input gradients summed.
+          const auto o = detail::image_of(Net::output_extents[i]);
+          const std::size_t cells = o.height * o.width;
+          message(message_kind::all_gather, false, i, mb, rows * cells, o.channels, p.out_parts, 0,
+                  ring_gather_sends(o.channels, p.out_parts, p.out_index, rows * cells));
+          if (i > 1)
+            message(message_kind::all_reduce, true, i, mb, rows, in, p.out_parts, 0,
+                    ring_reduce_sends(rows * in, p.out_parts, p.out_index));
+          continue;
+        }
         if (p.split != split_kind::outputs && p.split != split_kind::inputs && p.split != split_kind::grid) continue;
         // forward: sum the partial outputs over the grid's row, gather the neurons' blocks over its column
         message(message_kind::all_reduce, false, i, mb, rows, p.count, p.in_parts, 0,
@@ -599,7 +625,18 @@ struct distribute {
           p.count = out;
           p.input_count = in;
           p.parameter_count = Net::parameter_counts[i];
-          if (splits[i] == split_kind::outputs || splits[i] == split_kind::inputs || splits[i] == split_kind::grid) {
+          if (conv_layers[i] && splits[i] == split_kind::outputs) {
+            // A block of output channels: rows of the (channels) x (kh kw in) weights and their biases.
+            const auto o = detail::image_of(Net::output_extents[i]);
+            const std::size_t k = Net::parameter_counts[i] / o.channels - 1;
+            p.out_parts = shards;
+            p.out_index = s;
+            p.begin = part_begin(o.channels, shards, s);
+            p.count = part_size(o.channels, shards, s);
+            p.input_begin = 0;
+            p.input_count = k;
+            p.parameter_count = p.count * k + p.count;
+          } else if (splits[i] == split_kind::outputs || splits[i] == split_kind::inputs || splits[i] == split_kind::grid) {
             p.out_parts = choices_[i].out_parts;
             p.in_parts = choices_[i].in_parts;
             p.out_index = s / p.in_parts;
@@ -650,16 +687,18 @@ struct distribute {
       static constexpr std::size_t index = first_layer + I::value;
       static constexpr layer_partition p = partition_of(K, index);
       using type = std::conditional_t<
+          p.split == split_kind::outputs && conv_layers[index], channel_shard<layer_t<index>, p.begin, p.begin + p.count>,
+          std::conditional_t<
           p.split == split_kind::outputs, dense_shard<Net::input_extents[index].size(), p.begin, p.begin + p.count>,
           std::conditional_t<
               p.split == split_kind::inputs,
               dense_input_shard<Net::output_extents[index].size(), p.input_begin, p.input_begin + p.input_count>,
               std::conditional_t<
-                  p.split == split_kind::grid,
+                  p.split == split_kind::grid && !conv_layers[index],
                   dense_block<p.begin, p.begin + p.count, p.input_begin, p.input_begin + p.input_count>,
                   std::conditional_t<p.split == split_kind::spatial,
                                      spatial_block<layer_t<index>, p.out_row, p.out_rows, p.out_col, p.out_cols>,
-                                     layer_t<index>>>>>;
+                                     layer_t<index>>>>>>;
     };
     /// The layers this unit holds, in order: dense_shard<...> / dense_input_shard<...> /
     /// dense_block<...> for split layers, the layer itself otherwise.

@@ -58,6 +58,14 @@ struct spatial_block {
   static constexpr std::size_t row = Row, rows = Rows, col = Col, cols = Cols;
 };
 
+/// Output channels [Begin, End) of a convolution (split_layer<I, by_outputs> on a conv2d): those
+/// rows of its weights and their biases.
+template <class Layer, std::size_t Begin, std::size_t End>
+struct channel_shard {
+  using layer = Layer;
+  static constexpr std::size_t channel_begin = Begin, channel_end = End;
+};
+
 /// A rectangle of a feature map's cells (every channel): rows [row, row + rows), columns [col, col + cols).
 struct map_region {
   std::size_t row = 0, rows = 0, col = 0, cols = 0;

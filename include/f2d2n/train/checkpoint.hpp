@@ -67,7 +67,7 @@ checkpoint_layout layout_of(const processing_unit<T, S>& unit) {
         l.blocks.push_back({t, 0, tensor.rows(), 0, tensor.columns(),
                             p.parameter_offset + (tensor.offset - layer.serial_offset),
                             first_replica && d.coordinates.shard == 0});
-      } else if (tensor.shape.size() == 2) {  // the weights: this unit's block of the grid
+      } else if (tensor.shape.size() >= 2) {  // the weights: this unit's block of the grid (of rows, for a convolution)
         l.blocks.push_back({t, p.begin, p.count, p.input_begin, p.input_count, p.parameter_offset, first_replica});
       } else {  // the biases of its neurons, which the grid's row shares
         l.blocks.push_back({t, p.begin, p.count, 0, 1, p.parameter_offset + p.count * p.input_count,

@@ -131,8 +131,8 @@ class processing_unit {
       if (!l.part.held || l.part.parameter_count == 0) continue;
       auto w = layer_parameters(i);
       if (split(l.part))
-        detail::dense_kernels::initialize_block(w, l.in, l.part.begin, l.part.count, l.part.input_begin,
-                                                l.part.input_count, l.limit(l.in, l.out), seed, i);
+        detail::dense_kernels::initialize_block(w, l.weight_columns, l.part.begin, l.part.count, l.part.input_begin,
+                                                l.part.input_count, l.limit(l.fan_in, l.fan_out), seed, i);
       else if (l.ops.initialize) l.ops.initialize(w, l.in, seed, i);
     }
   }
@@ -470,6 +470,12 @@ class processing_unit {
   /// Tells layer i's kernels the block they compute (spatial layers).
   void set_block(std::size_t i);
 
+  /// A convolution split by output channels: this unit's channels of every pixel, gathered; and
+  /// backward, its part of the input gradient, summed over the shards.
+  void forward_channels(std::size_t m, std::size_t i, const_matrix_ref<Scalar> in, matrix_ref<Scalar> y);
+  void backward_channels(std::size_t i, Scalar* g, const_matrix_ref<Scalar> in, const_matrix_ref<Scalar> dy,
+                         matrix_ref<Scalar> dx, bool want_dx, std::size_t m);
+
   /// One halo transfer with t.peer: halo_out_'s rows of `send_columns` out (when t.send has cells),
   /// halo_in_'s rows of `receive_columns` in (when t.receive has), both as the message of `key`.
   void exchange_halo(const detail::halo_transfer& t, const detail::message_key& key, std::size_t send_columns,
@@ -565,13 +571,14 @@ class processing_unit {
       if (!p.held || p.parameter_count == 0) continue;
       const std::size_t at = l.serial_offset, local = p.parameter_offset;
       if (split(p)) {
-        if (p.input_count == l.in) {
-          f(at + p.begin * l.in, local, p.count * l.in);  // whole rows of W: one piece
+        const std::size_t cols = l.weight_columns;
+        if (p.input_count == cols) {
+          f(at + p.begin * cols, local, p.count * cols);  // whole rows of W: one piece
         } else {
           for (std::size_t j = 0; j < p.count; ++j)
-            f(at + (p.begin + j) * l.in + p.input_begin, local + j * p.input_count, p.input_count);
+            f(at + (p.begin + j) * cols + p.input_begin, local + j * p.input_count, p.input_count);
         }
-        f(at + l.out * l.in + p.begin, local + p.count * p.input_count, p.count);  // the rows' biases
+        f(at + l.weight_rows * cols + p.begin, local + p.count * p.input_count, p.count);  // the rows' biases
       } else {
         f(at, local, p.parameter_count);
       }

@@ -257,6 +257,24 @@ struct spatial_policy<shards<S>, grid<R, C>, Maps> {
   static constexpr bool ok = (S == 0 || S == R * C) && std::is_same_v<Maps, with_feature_maps>;
 };
 
+/// A convolution split over the shards of tensor_parallel (split_layer<I, by_outputs>).
+template <std::size_t N>
+struct channels {};
+template <class Layer, split_kind Split, class Shards, class Channels>
+struct conv_split;
+template <std::size_t I, split_kind Split, std::size_t S, std::size_t C>
+struct conv_split<layer<I>, Split, shards<S>, channels<C>> {
+  static_assert(Split == split_kind::none || Split == split_kind::replicated || Split == split_kind::outputs,
+                "f2d2n: a convolution splits by_outputs (blocks of output channels) or stays replicated; by_inputs "
+                "and by_grid are not built for convolutions yet (layer named above)");
+  static_assert(Split != split_kind::outputs || C >= S,
+                "f2d2n: tensor_parallel splits this convolution by_outputs into more shards than it has output "
+                "channels (layer, shards and channels named above)");
+  static constexpr bool ok =
+      (Split == split_kind::none || Split == split_kind::replicated || Split == split_kind::outputs) &&
+      (Split != split_kind::outputs || C >= S);
+};
+
 /// A split_layer<index, ...> override of tensor_parallel, against the model.
 template <class Layer, class Layers, class Weights>
 struct split_override;
@@ -266,8 +284,8 @@ struct split_override<layer<I>, layers<L>, Weights> {
                 "f2d2n: split_layer<index, ...> names a layer past the end of the model (layer and the "
                 "model's layers named above)");
   static_assert(I >= L || std::is_same_v<Weights, with_weights>,
-                "f2d2n: split_layer<index, ...> names a layer without weights (named above): only dense layers can "
-                "be split");
+                "f2d2n: split_layer<index, ...> names a layer without weights (named above): only dense layers and "
+                "convolutions can be split");
   static constexpr bool ok = I < L && std::is_same_v<Weights, with_weights>;
 };
 

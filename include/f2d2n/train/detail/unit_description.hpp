@@ -34,7 +34,7 @@ namespace f2d2n::detail {
 /// network resolves it, so that a shard draws the serial layer's values.
 template <class L, class Next>
 constexpr auto limit_of() -> double (*)(std::size_t, std::size_t) {
-  if constexpr (is_dense_v<L>) return &resolved_initializer<L, Next>::limit;
+  if constexpr (is_dense_v<L> || std::is_base_of_v<conv_kernels, L>) return &resolved_initializer<L, Next>::limit;
   else return nullptr;
 }
 template <class... L, class... Next>
@@ -112,7 +112,11 @@ struct unit_layer {
   extents in_shape{}, out_shape{};  ///< one sample's input and output extents (of the whole layer)
   std::size_t serial_offset = 0;  ///< where the whole layer's parameters start in the serial layout
   layer_ops<S> ops;               ///< the serial layer's kernels (forward, backward, initialise)
-  double (*limit)(std::size_t, std::size_t) = nullptr;  ///< a dense layer's initialiser limit
+  double (*limit)(std::size_t, std::size_t) = nullptr;  ///< a dense layer's or convolution's initialiser limit
+  /// Its weights as a matrix (dense: out x in; convolution: out channels x kernel height x kernel
+  /// width x in channels), and the fan-in and fan-out its initialiser takes.
+  std::size_t weight_rows = 0, weight_columns = 0, fan_in = 0, fan_out = 0;
+  bool convolution = false;
   /// A split layer's units: those with this unit's neurons (they sum partial outputs; a row of
   /// the grid) and those with its input features (they sum partial input gradients; a column).
   group row_group, column_group;
@@ -169,6 +173,18 @@ unit_description<Scalar> describe_unit(unit_id rank) {
     l.serial_offset = Net::parameter_offsets[i];
     l.ops = ops[i];
     l.limit = limits[i];
+    l.weight_rows = l.out;
+    l.weight_columns = l.in;
+    l.fan_in = l.in;
+    l.fan_out = l.out;
+    if (Plan::conv_layers[i]) {
+      const auto o = image_of(l.out_shape);
+      l.convolution = true;
+      l.weight_rows = o.channels;
+      l.weight_columns = Net::parameter_counts[i] / o.channels - 1;
+      l.fan_in = l.weight_columns;
+      l.fan_out = o.channels * (l.weight_columns / image_of(l.in_shape).channels);  // out channels x kh x kw
+    }
     const auto& p = l.part;
     for (std::size_t b = 0; b < p.in_parts; ++b)
       l.row_group.units.push_back(Plan::rank_of({c.replica, c.stage, p.out_index * p.in_parts + b}));

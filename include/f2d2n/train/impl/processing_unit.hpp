@@ -84,7 +84,9 @@ void processing_unit<Transport, Scalar>::forward(std::size_t m, const_matrix_ref
       continue;
     }
     auto y = output(m, i, rows);
-    if (split(p)) {
+    if (l.convolution && split(p)) {
+      forward_channels(m, i, in, y);
+    } else if (split(p)) {
       // y_a = sum over the row's units of x_b W_ab^T, + b_a; then y = the column's blocks, gathered
       // (in a chain this unit keeps its block y_a). A chained input is this unit's columns only.
       const auto rows_n = static_cast<Eigen::Index>(p.count), cols = static_cast<Eigen::Index>(p.input_count);
@@ -126,6 +128,8 @@ std::size_t processing_unit<Transport, Scalar>::backward(std::size_t m, const_ma
     const auto in = input_of(m, i, stage_input);
     if (p.split == split_kind::spatial) {
       backward_spatial(m, i, g, dy, dx, want_dx);
+    } else if (l.convolution && split(p)) {
+      backward_channels(i, g, in, dy, dx, want_dx, m);
     } else if (split(p)) {
       // dW_ab = dy_a^T x_b, db_a = sum dy_a; dx_b = sum over the column's units of dy_a W_ab; then
       // dx = the row's blocks, gathered.
@@ -265,6 +269,45 @@ void processing_unit<Transport, Scalar>::backward_spatial(std::size_t m, std::si
     exchange_halo(back, {message_kind::halo, true, i, m}, t.receive.cells() * channels, t.send.cells() * channels);
     copy_cells(halo_in_.data(), t.send, dx.data(), l.owned_input, t.send, channels, rows, true);
   }
+}
+
+template <transport Transport, class Scalar>
+void processing_unit<Transport, Scalar>::forward_channels(std::size_t m, std::size_t i, const_matrix_ref<Scalar> in,
+                                                          matrix_ref<Scalar> y) {
+  const auto& l = d_.layers[i];
+  const auto& p = l.part;
+  const auto o = detail::image_of(l.out_shape);
+  const Eigen::Index rows = in.rows();
+  const auto cells = static_cast<Eigen::Index>(o.height * o.width);
+  auto& c = workspaces_[i].context;
+  c.out = extents{{o.height, o.width, p.count}, 3};
+  // The channel blocks, shard after shard, each (rows x cells) x its channels: this unit's in place.
+  const auto blocks = gather_buffer(static_cast<std::size_t>(rows * cells) * o.channels);
+  matrix_map<Scalar> mine(blocks.data() + p.begin * static_cast<std::size_t>(rows * cells), rows,
+                          cells * static_cast<Eigen::Index>(p.count));
+  l.ops.forward(workspaces_[i], params_.data() + p.parameter_offset, in, mine);
+  gather_columns(blocks, rows * cells, o.channels, matrix_map<Scalar>(y.data(), rows * cells, static_cast<Eigen::Index>(o.channels)),
+                 l.column_group, p.out_index, {message_kind::all_gather, false, i, m});
+}
+
+template <transport Transport, class Scalar>
+void processing_unit<Transport, Scalar>::backward_channels(std::size_t i, Scalar* g, const_matrix_ref<Scalar> in,
+                                                           const_matrix_ref<Scalar> dy, matrix_ref<Scalar> dx,
+                                                           bool want_dx, std::size_t m) {
+  const auto& l = d_.layers[i];
+  const auto& p = l.part;
+  const auto o = detail::image_of(l.out_shape);
+  const Eigen::Index rows = in.rows();
+  const auto cells = static_cast<Eigen::Index>(o.height * o.width);
+  auto& c = workspaces_[i].context;
+  c.out = extents{{o.height, o.width, p.count}, 3};
+  // This unit's channels of every pixel's gradient, contiguous as its kernels read them.
+  ensure(block_grad_, rows, static_cast<std::size_t>(cells) * p.count);
+  matrix_map<Scalar>(block_grad_.data(), rows * cells, static_cast<Eigen::Index>(p.count)) =
+      const_matrix_map<Scalar>(dy.data(), rows * cells, static_cast<Eigen::Index>(o.channels))
+          .middleCols(static_cast<Eigen::Index>(p.begin), static_cast<Eigen::Index>(p.count));
+  l.ops.backward(workspaces_[i], params_.data() + p.parameter_offset, g, in, block_grad_, block_grad_, dx, want_dx);
+  if (want_dx) sum_over(l.column_group, dx, {message_kind::all_reduce, true, i, m});
 }
 
 }  // namespace f2d2n
