@@ -13,7 +13,7 @@
 //                                  the CNN, every feature map in 2 x 2 blocks (halo exchange)
 // Unit 0 draws the progress bar and prints the result. Plans: dp2, dp4, tp2, tp2_inputs, dp2_tp2,
 // pp2, dp2_pp2; for the CNN (--preset cnn) dp2, dp4, tp2, dp2_tp2, pp2, dp2_pp2, spatial2,
-// spatial2x2, dp2_spatial2. A unit that waits too long for a peer, or gets SIGUSR1, prints its flight recorder:
+// spatial2x2, dp2_spatial2, channels2. A unit that waits too long for a peer, or gets SIGUSR1, prints its flight recorder:
 // its last messages (docs/debugging.md). A statistic that is not finite (a diverging run) or out of
 // range (a corrupted sum) ends every unit with exit status 1.
 #include "settings.hpp"
@@ -83,14 +83,14 @@ int run(const example::settings& s, const nn::cluster_config& c) {
   }
 }
 
-/// The CNN's plans. Its layers: 1 conv, 2 relu, 3 pool, 4 conv, 5 relu, 6 pool, 7 flatten, 8 dense,
-/// 9 relu, 10 dropout, 11 dense.
+/// The CNN's plans. Its layers: 1 conv, 2 relu, 3 pool, 4 conv, 5 relu, 6 pool, 7 dropout, 8 conv,
+/// 9 relu, 10 pool, 11 flatten, 12 dropout, 13 dense, 14 relu, 15 dropout, 16 dense.
 int run_cnn(const example::settings& s, const nn::cluster_config& c) {
   if (s.plan == "dp2") return run<nn::distribute<cnn, nn::data_parallel<2>>>(s, c);
   if (s.plan == "dp4") return run<nn::distribute<cnn, nn::data_parallel<4>>>(s, c);
   // The dense layers split as Megatron pairs them (through relu and dropout); the convolutions
   // computed whole on both shards.
-  using chain = nn::tensor_parallel<2, nn::by_outputs, nn::split_layer<11, nn::by_inputs>>;
+  using chain = nn::tensor_parallel<2, nn::by_outputs, nn::split_layer<16, nn::by_inputs>>;
   if (s.plan == "tp2") return run<nn::distribute<cnn, chain>>(s, c);
   if (s.plan == "dp2_tp2") return run<nn::distribute<cnn, nn::data_parallel<2>, chain>>(s, c);
   // The second stage from the second convolution on: its 14 x 14 x 16 input crosses.
@@ -101,6 +101,10 @@ int run_cnn(const example::settings& s, const nn::cluster_config& c) {
   if (s.plan == "spatial2") return run<nn::distribute<cnn, nn::spatial<2>>>(s, c);
   if (s.plan == "spatial2x2") return run<nn::distribute<cnn, nn::spatial<2, 2>>>(s, c);
   if (s.plan == "dp2_spatial2") return run<nn::distribute<cnn, nn::data_parallel<2>, nn::spatial<2>>>(s, c);
+  // The convolutions split by output channels, the dense layers by neurons.
+  using channels = nn::tensor_parallel<2, nn::by_outputs, nn::split_layer<1, nn::by_outputs>,
+                                       nn::split_layer<4, nn::by_outputs>, nn::split_layer<8, nn::by_outputs>>;
+  if (s.plan == "channels2") return run<nn::distribute<cnn, channels>>(s, c);
   std::cerr << "fashion_mnist_cluster: unknown plan '" << s.plan << "' for the cnn preset (see --help)\n";
   return 2;
 }
@@ -115,7 +119,8 @@ int main(int argc, char** argv) try {
                      "F2D2N's input units), dp2_tp2 (2 replicas of 2 shards: 4 units), pp2 (2 pipeline stages, "
                      "4 micro-batches, 1F1B), dp2_pp2 (2 replicas of 2 stages: 4 units); the cnn preset: dp2, dp4, "
                      "tp2 (its dense layers split), dp2_tp2, pp2, dp2_pp2, spatial2 (feature maps split in 2 blocks of "
-                     "rows), spatial2x2 (2 x 2 blocks), dp2_spatial2 (2 replicas of 2 blocks)");
+                     "rows), spatial2x2 (2 x 2 blocks), dp2_spatial2 (2 replicas of 2 blocks), channels2 (the "
+                     "convolutions' output channels split over 2 units)");
   double timeout = 0, connect_timeout = 0;
   opts.add_options()("timeout", boost::program_options::value(&timeout),
                      "seconds a unit waits for a peer before it gives up (default: F2D2N_TIMEOUT, else 60)")(
