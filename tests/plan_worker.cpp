@@ -14,6 +14,7 @@ int run_data_plans(const std::string& name, const cluster_config& c, bool check_
   if (name == "dp2_tp2") return run_plan<plan_dp2_tp2>(name, c, check_mismatch);
   if (name == "dp3_buckets") return run_plan<plan_dp3_buckets>(name, c, check_mismatch);
   if (name == "cnn_dp2_spatial2") return run_plan<plan_cnn_dp2_spatial2>(name, c, check_mismatch);
+  if (name == "cnn_spatial2") return run_plan<plan_cnn_spatial2>(name, c, check_mismatch);
   return -1;
 }
 }  // namespace

@@ -8,6 +8,7 @@ int run_pipeline_plans(const std::string& name, const cluster_config& c, bool ch
   if (name == "pp4") return run_plan<plan_pp4>(name, c, check_mismatch);
   if (name == "dp2_pp2_tp2") return run_plan<plan_dp2_pp2_tp2>(name, c, check_mismatch);
   if (name == "cnn_dp2_pp2") return run_plan<plan_cnn_dp2_pp2>(name, c, check_mismatch);
+  if (name == "cnn_pp2") return run_plan<plan_cnn_pp2>(name, c, check_mismatch);
   return -1;
 }
 }  // namespace f2d2n::testing

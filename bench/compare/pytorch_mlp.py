@@ -106,7 +106,12 @@ def uses_reference_blas(libs):
     return not optimized and any("/blas/" in lib for lib in libs)
 
 
-def measure(batch, x_pool, y_pool, min_time, warmup, repetitions):
+def mlp():
+    """The 784-256-128-10 MLP."""
+    return nn.Sequential(nn.Linear(FEATURES, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, CLASSES))
+
+
+def measure(batch, x_pool, y_pool, min_time, warmup, repetitions, make_model=mlp, name="pytorch_mlp.py"):
     """(steps, seconds, samples/s) of the median of `repetitions` runs of at least `min_time` seconds each."""
     batches = [(x_pool[s : s + batch], y_pool[s : s + batch]) for s in range(0, POOL_SAMPLES, batch)]
     state = {}
@@ -114,9 +119,7 @@ def measure(batch, x_pool, y_pool, min_time, warmup, repetitions):
     def reset():
         """A fresh model and optimizer (same seed every time), back at the pool's first batch."""
         torch.manual_seed(1)
-        model = nn.Sequential(
-            nn.Linear(FEATURES, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, CLASSES)
-        )
+        model = make_model()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         state.update(model=model, opt=opt, next=0, steps=0)
 
@@ -150,7 +153,7 @@ def measure(batch, x_pool, y_pool, min_time, warmup, repetitions):
             done += CHUNK
         runs.append((done, elapsed))
         if not torch.isfinite(state["loss"]).item():
-            sys.exit("pytorch_mlp.py: the loss is not finite: the steps measured are not sane ones")
+            sys.exit(f"{name}: the loss is not finite: the steps measured are not sane ones")
     runs.sort(key=lambda run: run[0] / run[1])
     done, elapsed = runs[len(runs) // 2]  # the median run (the upper one of the middle two when even)
     return done, elapsed, done * batch / elapsed

@@ -407,19 +407,33 @@ struct max_pool : detail::pooling<Kernel, Stride> {
 
   template <class S>
   static void forward(kernel::workspace<S>& ws, const S*, const_matrix_ref<S> x, matrix_ref<S> y) {
+    namespace ei = Eigen::internal;
+    using packet = typename ei::packet_traits<S>::type;
+    constexpr std::ptrdiff_t width = ei::unpacket_traits<packet>::size;
     const auto g = detail::pool_geometry_of(ws.context, base::kernel_window, base::stride_window);
-    using row = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>;
-    using crow = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
     for (Eigen::Index n = 0; n < x.rows(); ++n) {
       const S* in = x.row(n).data();
       S* out = y.row(n).data();
       for (std::ptrdiff_t oh = 0; oh < g.ho; ++oh)
         for (std::ptrdiff_t ow = 0; ow < g.wo; ++ow) {
-          row o(out + (oh * g.wo + ow) * g.c, g.c);
+          S* o = out + (oh * g.wo + ow) * g.c;
           const S* corner = in + ((oh * g.sh) * g.w + ow * g.sw) * g.c;
-          o = crow(corner, g.c);
-          for (std::ptrdiff_t i = 0; i < g.kh; ++i)
-            for (std::ptrdiff_t j = 0; j < g.kw; ++j) o = o.max(crow(corner + (i * g.w + j) * g.c, g.c));
+          std::ptrdiff_t ch = 0;
+          if constexpr (width > 1) {  // a SIMD packet of channels at a time
+            for (; ch + width <= g.c; ch += width) {
+              packet m = ei::ploadu<packet>(corner + ch);
+              for (std::ptrdiff_t i = 0; i < g.kh; ++i)
+                for (std::ptrdiff_t j = 0; j < g.kw; ++j)
+                  m = ei::pmax(m, ei::ploadu<packet>(corner + (i * g.w + j) * g.c + ch));
+              ei::pstoreu(o + ch, m);
+            }
+          }
+          for (; ch < g.c; ++ch) {
+            S m = corner[ch];
+            for (std::ptrdiff_t i = 0; i < g.kh; ++i)
+              for (std::ptrdiff_t j = 0; j < g.kw; ++j) m = std::max(m, corner[(i * g.w + j) * g.c + ch]);
+            o[ch] = m;
+          }
         }
     }
   }
