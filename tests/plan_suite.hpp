@@ -64,6 +64,12 @@ using plan_cnn_dp2_spatial2 = distribute<plan_cnn, data_parallel<2>, spatial<2>>
 using plan_cnn_pp2_spatial2 = distribute<plan_cnn, pipeline<2, microbatches<2>, one_f_one_b, stage_starts<3>>, spatial<2>>;
 using plan_cnn_spatial2_tp2 =
     distribute<plan_cnn, spatial<2>, tensor_parallel<2, by_outputs, split_layer<10, by_inputs>>>;
+/// Windows that reach past the next unit: a 7 x 7 kernel over blocks of 3 and 2 rows (unit 1 reads
+/// from units 0, 2 and 3), a stride-2 convolution, a rectangular average pool with stride 1.
+using plan_cnn_wide = sequential<input<9, 6, 1>, conv2d<3, 3, 1, 1>, tanh, conv2d<2, 7, 1, 3>, relu, conv2d<2, 3, 2, 1>,
+                                 avg_pool<window{2, 1}, 1>, flatten, dense<3>, softmax_cross_entropy>;
+using plan_cnn_wide_spatial4 = distribute<plan_cnn_wide, spatial<4>>;
+
 /// Convolutions split by output channels (4 and 5 channels over 2 or 3 shards: uneven blocks), the
 /// dense layers by neurons; with 2 replicas.
 using plan_cnn_channels2 =

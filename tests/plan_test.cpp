@@ -169,7 +169,7 @@ TEST_CASE_TEMPLATE("a step sends exactly the messages and bytes the plan's schem
                    plan_dp3_buckets, plan_dp2_pp2_buckets, plan_tp2, plan_tp2_inputs, plan_tp3_mixed, plan_tp2x2,
                    plan_tp2_chain, plan_dp2_tp2, plan_pp2_gpipe, plan_pp2_1f1b, plan_pp4, plan_dp2_pp2_tp2,
                    plan_cnn_pp2, plan_cnn_tp2_chain, plan_cnn_spatial2x2, plan_cnn_spatial3, plan_cnn_dp2_spatial2,
-                   plan_cnn_pp2_spatial2, plan_cnn_channels3, plan_cnn_dp2_channels2) {
+                   plan_cnn_pp2_spatial2, plan_cnn_channels3, plan_cnn_dp2_channels2, plan_cnn_wide_spatial4) {
   const auto data = plan_data<float, typename Plan::model>();
   nn::local_cluster cluster(static_cast<nn::unit_id>(Plan::world_size), Plan::fingerprint);
   std::vector<std::size_t> sent(Plan::world_size);
@@ -232,6 +232,13 @@ static_assert(std::is_same_v<boost::mp11::mp_at_c<plan_cnn_spatial3::unit<1>::la
 static_assert(plan_cnn_spatial3::message_count(1, 6) > plan_cnn_spatial2::message_count(0, 6));
 static_assert(plan_cnn_spatial3::fingerprint != plan_cnn_spatial2::fingerprint &&
               plan_cnn_spatial2::fingerprint != nn::distribute<plan_cnn, nn::tensor_parallel<2>>::fingerprint);
+
+// A 7 x 7 window over blocks of 3 / 2 / 2 / 2 rows: unit 1 (rows 3-4) reads rows 0-7, three rows
+// above its block and three below, from three other units; the stride-2 convolution's unit 2
+// (output row 3) reads rows 5-7, a row of unit 3.
+static_assert(plan_cnn_wide_spatial4::halo_of(1, 3) == nn::halo_extent{3, 3, 0, 0});
+static_assert(plan_cnn_wide_spatial4::halo_of(2, 5) == nn::halo_extent{0, 1, 0, 0});
+static_assert(plan_cnn_wide_spatial4::partition_of(0, 5).pad_top == 1);
 
 // Channel splits: output channels 4 over 3 shards are 2 / 1 / 1, each unit's block of the weights
 // (out channels x 3 x 3 x 2) and biases; the unit types name them.
