@@ -258,6 +258,61 @@ TEST_CASE_TEMPLATE("each plan's checkpoint, loaded serially, equals serial train
   CHECK(bytes == 2 * plan_mlp::parameter_count * sizeof(float));
 }
 
+TEST_CASE_TEMPLATE("a CNN plan's checkpoint (spatial blocks, channel shards) loads serially and resumes under "
+                   "another plan, equal to serial training",
+                   Plan, plan_cnn_spatial2x2, plan_cnn_channels3) {
+  nn::testing::temp_dir dir;
+  nn::directory_backend store(dir.path());
+  const auto data = plan_data<float, plan_cnn>();
+  on_units<Plan>([&](nn::local_transport& tr) {
+    nn::distributed_network<Plan, nn::local_transport> net(tr, 11);
+    nn::trainer t(net, plan_sgd());
+    nn::checkpointer ck(t, store, {.keep = 0});
+    t.add(ck);
+    t.fit(data, fit_for(2));
+  });
+  auto serial_after = [&](std::size_t epochs) {
+    nn::network<plan_cnn> serial(11);
+    nn::trainer t(serial, plan_sgd());
+    t.fit(data, fit_for(epochs));
+    return std::vector<float>(serial.parameters().begin(), serial.parameters().end());
+  };
+  nn::network<plan_cnn> loaded(99);
+  nn::load_parameters(loaded, store, *nn::latest_checkpoint(store));
+  std::vector<std::string> failures;
+  compare_layers<plan_cnn>(std::vector<float>(loaded.parameters().begin(), loaded.parameters().end()), serial_after(2),
+                           plan_cnn::parameter_count, 1e-5, "loaded serially", failures);
+  {  // Resumed serially for a third epoch (not writing checkpoints). Dropout's masks are keyed by
+     // the network's seed and the training step: the run's seed (11), the step from the checkpoint.
+    nn::network<plan_cnn> net(11);
+    nn::trainer t(net, plan_sgd());
+    const auto info = nn::load_checkpoint(t, store, *nn::latest_checkpoint(store));
+    CHECK(info.position.global_step == 10);
+    CHECK(net.training_steps() == 10);
+    t.fit(data, fit_for(3));
+    compare_layers<plan_cnn>(std::vector<float>(net.parameters().begin(), net.parameters().end()), serial_after(3),
+                             plan_cnn::parameter_count, 1e-5, "resumed serially", failures);
+  }
+  // Resumed under DP2 x spatial 2 for a third epoch: the dropout masks of the uninterrupted serial
+  // run too (resuming sets the training step count).
+  on_units<plan_cnn_dp2_spatial2>([&](nn::local_transport& tr) {
+    nn::distributed_network<plan_cnn_dp2_spatial2, nn::local_transport> net(tr, 11);
+    nn::trainer t(net, plan_sgd());
+    nn::checkpointer ck(t, store, {.keep = 0});
+    t.add(ck);
+    REQUIRE(ck.resume());
+    CHECK(net.training_steps() == 10);
+    t.fit(data, fit_for(3));
+    if (tr.rank() == 0) {
+      std::vector<float> got(plan_cnn::parameter_count, 0.0F);
+      net.export_parameters(got);
+      compare_layers<plan_cnn>(got, serial_after(3), net.parameter_count(), 1e-5, "resumed under DP2 x spatial 2",
+                               failures);
+    }
+  });
+  for (const auto& f : failures) FAIL_CHECK(f);
+}
+
 TEST_CASE("a checkpoint of one plan resumes under another (resharding), equal to serial training") {
   // A chain through the plans: each resumes the one before and trains one more epoch.
   nn::testing::temp_dir dir;

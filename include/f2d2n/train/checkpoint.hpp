@@ -151,6 +151,10 @@ void apply_checkpoint(trainer<Network, Options>& t, checkpoint_reader<S>& reader
   opt.set_steps(reader.info().optimizer_steps);
   opt.set_learning_rate(reader.info().learning_rate);
   t.resume(reader.info().position);
+  // Layers that draw per step (dropout) count the run's training steps: resumed, they draw the
+  // masks the uninterrupted run drew.
+  if constexpr (requires(Network& n) { n.set_training_steps(std::uint64_t{}); })
+    t.network().set_training_steps(reader.info().position.global_step);
 }
 
 template <class Optimizer>

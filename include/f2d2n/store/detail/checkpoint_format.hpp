@@ -139,7 +139,7 @@ inline std::vector<stored_chunk> chunks_of(const nlohmann::json& entry, const te
     k.offset = field<std::uint64_t>(c, "offset", where);
     const auto at = c.find("start"), size = c.find("size");
     auto pair = [&](nlohmann::json::const_iterator p, const char* name) {
-      const std::size_t rank = expected.size();
+      const std::size_t rank = expected.size() >= 2 ? 2 : 1;  // rows by columns (the other dimensions)
       if (p == c.end() || !p->is_array() || p->size() != rank || !(*p)[0].is_number_unsigned() ||
           (rank == 2 && !(*p)[1].is_number_unsigned()))
         throw storage_error(where, storage_problem::corrupt, what + ": a chunk's '" + name + "' is wrong");

@@ -41,7 +41,9 @@ void write_checkpoint(storage_backend& store, const std::string& name, const che
                             {"file", file},
                             {"offset", offset},
                             {"xxh3", to_hex(checksum(bytes))}};
-        if (t.shape.size() == 2) c["start"] = {b.row_begin, b.column_begin}, c["size"] = {b.rows, b.columns};
+        // Tensors of two or more dimensions as rows (the first) by columns (the rest): a
+        // convolution's (out, kh, kw, in) weight splits by rows of out channels.
+        if (t.shape.size() >= 2) c["start"] = {b.row_begin, b.column_begin}, c["size"] = {b.rows, b.columns};
         else c["start"] = {b.row_begin}, c["size"] = {b.rows};
         chunks.push_back(std::move(c));
         pieces.push_back(bytes);
