@@ -56,7 +56,7 @@ f2d2n_plan_fail(plan_split_without_weights
                 "split_override<f2d2n::plan_check::layer<2>, f2d2n::plan_check::layers<5>, f2d2n::plan_check::without_weights>"
                 "names a layer without weights")
 f2d2n_plan_fail(plan_twice "names data_parallel more than once")
-f2d2n_plan_fail(plan_unknown_policy "takes data_parallel<R>, pipeline<P, ...> and tensor_parallel<S, ...>")
+f2d2n_plan_fail(plan_unknown_policy "takes data_parallel<R>, pipeline<P, ...>, tensor_parallel<S, ...> and spatial<Rows, Cols>")
 f2d2n_plan_fail(plan_too_many_stages "pipeline_stages<f2d2n::plan_check::stages<4>, f2d2n::plan_check::hidden_layers<3>"
                 "has more stages than the model has hidden layers")
 f2d2n_plan_fail(plan_bad_stage_starts
