@@ -131,11 +131,15 @@ matrix random_matrix(Eigen::Index rows, Eigen::Index cols, std::uint64_t stream,
   return m;
 }
 
-void BM_train_step(benchmark::State& state) {
+/// Training steps of network type Net at the batch of argument 0: compute_gradients then the SGD
+/// step, the network and optimizer afresh every steps_per_model steps (untimed); returns the last
+/// step's result.
+template <class Net>
+f2d2n::batch_result train_steps(benchmark::State& state) {
   const f2d2n::flush_denormals ftz;  // as trainer::fit runs its steps
   const auto batch = static_cast<Eigen::Index>(state.range(0));
   const auto& data = pool();
-  net_type net(1);
+  Net net(1);
   f2d2n::optimizer<float, f2d2n::sgd> opt(sgd_options);
   Eigen::Index start = 0;
   int steps = 0;
@@ -159,7 +163,12 @@ void BM_train_step(benchmark::State& state) {
     start = (start + batch) % pool_samples;
   }
   if (!std::isfinite(r.loss)) state.SkipWithError("the loss is not finite: the step measured is not a sane one");
-  set_counters(state, batch);
+  return r;
+}
+
+void BM_train_step(benchmark::State& state) {
+  train_steps<net_type>(state);
+  set_counters(state, static_cast<Eigen::Index>(state.range(0)));
 }
 
 /// The step's GEMMs, with operands laid out as the library lays them out (samples are rows, W is
@@ -334,35 +343,9 @@ using cnn = f2d2n::sequential<f2d2n::input<28, 28>, f2d2n::conv2d<16, 5, 1, 2>, 
 using cnn_type = f2d2n::network<cnn, float>;
 
 void BM_cnn_step(benchmark::State& state) {
-  const f2d2n::flush_denormals ftz;
-  const auto batch = static_cast<Eigen::Index>(state.range(0));
-  const auto& data = pool();
-  cnn_type net(1);
-  f2d2n::optimizer<float, f2d2n::sgd> opt(sgd_options);
-  Eigen::Index start = 0;
-  int steps = 0;
-  f2d2n::batch_result r;
-  for (auto _ : state) {
-    if (steps == steps_per_model) {
-      state.PauseTiming();
-      net.initialize(1);
-      opt = f2d2n::optimizer<float, f2d2n::sgd>(sgd_options);
-      start = 0;
-      steps = 0;
-      state.ResumeTiming();
-    }
-    ++steps;
-    r = net.compute_gradients(data.x.middleRows(start, batch),
-                              std::span<const std::int32_t>(data.labels.data() + start,
-                                                            static_cast<std::size_t>(batch)));
-    opt.step(net.parameters(), net.gradients());
-    benchmark::DoNotOptimize(r);
-    benchmark::ClobberMemory();
-    start = (start + batch) % pool_samples;
-  }
-  if (!std::isfinite(r.loss)) state.SkipWithError("the loss is not finite: the step measured is not a sane one");
+  train_steps<cnn_type>(state);
   state.counters["samples/s"] =
-      benchmark::Counter(static_cast<double>(batch), benchmark::Counter::kIsIterationInvariantRate);
+      benchmark::Counter(static_cast<double>(state.range(0)), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 /// Conv layer 1 or 2 of the CNN: its index in the sequential, and its geometry.
