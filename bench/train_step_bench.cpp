@@ -382,26 +382,35 @@ void BM_conv_layer(benchmark::State& state) {
   state.counters["GFLOP/s"] = benchmark::Counter(conv_flops(c, batch) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-/// The products BM_conv_layer runs, in the same groups of samples, on ready patches.
+/// The products BM_conv_layer runs, in the same groups of samples and the same route (patches,
+/// or taps for one input channel: conv_kernels::by_taps), on ready operands.
 void BM_conv_gemms(benchmark::State& state) {
   namespace k = f2d2n::kernel;
   const auto c = conv_of(state.range(0));
   const auto batch = static_cast<Eigen::Index>(state.range(1));
   const auto group = f2d2n::detail::conv_kernels::samples_per_group(c.g, batch, true);
-  const auto rows = c.g.pixels() * group;
-  const matrix p = random_matrix(rows, c.g.patch(), 23, 1), w = random_matrix(c.g.co, c.g.patch(), 24, 0.1f),
+  const bool taps = f2d2n::detail::conv_kernels::by_taps(c.g);
+  const auto rows = c.g.pixels() * group, patch = c.g.patch();
+  const matrix p = random_matrix(rows, patch, 23, 1), q = random_matrix(patch, rows, 23, 1),
+               w = random_matrix(c.g.co, patch, 24, 0.1f), wt = random_matrix(patch, c.g.co, 24, 0.1f),
                dy = random_matrix(rows, c.g.co, 25, 0.01f);
-  matrix y(rows, c.g.co), dw(c.g.co, c.g.patch()), dp(rows, c.g.patch());
+  matrix y(rows, c.g.co), dw(c.g.co, patch), gt(patch, c.g.co), dp(rows, patch), dq(patch, rows);
   k::workspace<float> ws;
   for (auto _ : state) {
     for (Eigen::Index n0 = 0; n0 < batch; n0 += group) {
       const auto r = std::min(group, batch - n0) * c.g.pixels();
-      k::multiply<float>(ws, k::form::nt, p.topRows(r), w, y.topRows(r));
+      if (taps) k::multiply<float>(ws, k::form::tn, q.leftCols(r), wt, y.topRows(r));
+      else k::multiply<float>(ws, k::form::nt, p.topRows(r), w, y.topRows(r));
     }
     for (Eigen::Index n0 = 0; n0 < batch; n0 += group) {
       const auto r = std::min(group, batch - n0) * c.g.pixels();
-      k::multiply<float>(ws, k::form::tn, dy.topRows(r), p.topRows(r), dw);
-      if (c.input_gradient) k::multiply<float>(ws, k::form::nn, dy.topRows(r), w, dp.topRows(r));
+      if (taps) {
+        k::multiply<float>(ws, k::form::nn, q.leftCols(r), dy.topRows(r), gt);
+        if (c.input_gradient) k::multiply<float>(ws, k::form::nt, wt, dy.topRows(r), dq.leftCols(r));
+      } else {
+        k::multiply<float>(ws, k::form::tn, dy.topRows(r), p.topRows(r), dw);
+        if (c.input_gradient) k::multiply<float>(ws, k::form::nn, dy.topRows(r), w, dp.topRows(r));
+      }
     }
     benchmark::ClobberMemory();
   }

@@ -63,14 +63,18 @@ TEST_CASE("conv2d and pooling: shapes and parameter counts at compile time") {
   CHECK(lenet::parameter_count == 416 + 12832 + 75312 + 490);
 }
 
-TEST_CASE("conv2d's forward pass equals the direct convolution (strides, padding, rectangular kernels)") {
-  using net = nn::sequential<nn::input<9, 8, 3>, nn::conv2d<5, nn::window{3, 4}, nn::window{2, 1}, nn::window{1, 2}>,
-                             nn::flatten, nn::dense<2>, nn::softmax_cross_entropy>;
-  using conv = net::layer_at<1>;
+TEST_CASE_TEMPLATE("conv2d's forward pass equals the direct convolution (strides, padding, rectangular kernels)",
+                   Image, nn::shape<9, 8, 3>, nn::shape<9, 8, 1>) {
+  // One input channel with unit stride along the width takes the tap-by-tap route (conv_kernels::by_taps).
+  using net = nn::sequential<nn::input<Image::value.dims[0], Image::value.dims[1], Image::value.dims[2]>,
+                             nn::conv2d<5, nn::window{3, 4}, nn::window{2, 1}, nn::window{1, 2}>, nn::flatten,
+                             nn::dense<2>, nn::softmax_cross_entropy>;
+  using conv = typename net::template layer_at<1>;
   nn::kernel::workspace<double> ws;
   ws.context.in = net::input_extents[1];
   ws.context.out = net::output_extents[1];
   const auto g = conv::geometry(ws.context);
+  CHECK(nn::detail::conv_kernels::by_taps(g) == (g.c == 1));
   CHECK(g.ho == 5);  // (9 + 2 - 3) / 2 + 1
   CHECK(g.wo == 9);  // (8 + 4 - 4) / 1 + 1
   const Eigen::Index batch = 5;  // more than one group of samples? no: small; see the next case for groups
@@ -78,7 +82,8 @@ TEST_CASE("conv2d's forward pass equals the direct convolution (strides, padding
   std::vector<double> w(net::parameter_counts[1]);
   for (std::size_t k = 0; k < w.size(); ++k) w[k] = nn::random_symmetric(3, 4, k);
   nn::matrix<double> y(batch, static_cast<Eigen::Index>(net::output_extents[1].size()));
-  conv::forward<double>(ws, w.data(), x, y);
+  REQUIRE(x.cols() == g.h * g.w * g.c);
+  conv::template forward<double>(ws, w.data(), x, y);
   double worst = 0;
   for (Eigen::Index n = 0; n < batch; ++n)
     for (std::ptrdiff_t oh = 0; oh < g.ho; ++oh)
@@ -89,28 +94,32 @@ TEST_CASE("conv2d's forward pass equals the direct convolution (strides, padding
   CHECK(worst < 1e-12);
 }
 
-TEST_CASE("conv2d: many samples per product give each sample the values of one sample alone") {
-  // 8 x 8 x 2 patches of 3 x 3 x 2: 1152 values a sample, so 56 samples a group (conv_kernels::group_elements).
-  using net = nn::sequential<nn::input<8, 8, 2>, nn::conv2d<3, 3, 1, 1>, nn::flatten, nn::dense<2>,
+TEST_CASE_TEMPLATE("conv2d: many samples per product give each sample the values of one sample alone", Channels,
+                   std::integral_constant<std::size_t, 2>, std::integral_constant<std::size_t, 1>) {
+  // 8 x 8 x 2 patches of 3 x 3 x 2: 1152 values a sample, so 56 samples a group
+  // (conv_kernels::group_elements); with one channel (by taps), 113 a group.
+  constexpr std::size_t c = Channels::value;
+  using net = nn::sequential<nn::input<8, 8, c>, nn::conv2d<3, 3, 1, 1>, nn::flatten, nn::dense<2>,
                              nn::softmax_cross_entropy>;
-  using conv = net::layer_at<1>;
+  using conv = typename net::template layer_at<1>;
   nn::kernel::workspace<double> ws, one;
   for (auto* w : {&ws, &one}) {
     w->context.in = net::input_extents[1];
     w->context.out = net::output_extents[1];
   }
-  const Eigen::Index batch = 130;  // three groups, the last one short
-  const auto x = random_matrix<double>(batch, 128, 5);
+  const Eigen::Index batch = 130;  // several groups, the last one short
+  const auto in = static_cast<Eigen::Index>(64 * c);
+  const auto x = random_matrix<double>(batch, in, 5);
   const auto dy = random_matrix<double>(batch, 8 * 8 * 3, 6);
   std::vector<double> w(net::parameter_counts[1]), g(w.size()), g1(w.size()), sum(w.size(), 0.0);
   for (std::size_t k = 0; k < w.size(); ++k) w[k] = nn::random_symmetric(3, 4, k);
-  nn::matrix<double> y(batch, 192), y1(1, 192), dx(batch, 128), dx1(1, 128);
-  conv::forward<double>(ws, w.data(), x, y);
-  conv::backward<double>(ws, w.data(), g.data(), x, y, dy, dx, true);
+  nn::matrix<double> y(batch, 192), y1(1, 192), dx(batch, in), dx1(1, in);
+  conv::template forward<double>(ws, w.data(), x, y);
+  conv::template backward<double>(ws, w.data(), g.data(), x, y, dy, dx, true);
   double worst_y = 0, worst_dx = 0, worst_g = 0;
   for (Eigen::Index n = 0; n < batch; ++n) {
-    conv::forward<double>(one, w.data(), x.middleRows(n, 1), y1);
-    conv::backward<double>(one, w.data(), g1.data(), x.middleRows(n, 1), y1, dy.middleRows(n, 1), dx1, true);
+    conv::template forward<double>(one, w.data(), x.middleRows(n, 1), y1);
+    conv::template backward<double>(one, w.data(), g1.data(), x.middleRows(n, 1), y1, dy.middleRows(n, 1), dx1, true);
     worst_y = std::max(worst_y, (y.row(n) - y1.row(0)).cwiseAbs().maxCoeff());
     worst_dx = std::max(worst_dx, (dx.row(n) - dx1.row(0)).cwiseAbs().maxCoeff());
     for (std::size_t k = 0; k < sum.size(); ++k) sum[k] += g1[k];
@@ -175,6 +184,16 @@ struct flipped : nn::conv2d<3, nn::window{3, 2}> {
   }
 };
 }  // namespace
+
+TEST_CASE("gradient check: one-channel convolutions by taps, after the input and inside the network") {
+  // conv2d<1, ...> makes a one-channel map: the next convolution (stride 2 down, 1 across, a
+  // rectangular kernel) takes the tap-by-tap route and passes its input gradient back.
+  using net = nn::sequential<nn::input<7, 6>, nn::conv2d<1, 3, 1, 1>, nn::tanh,
+                             nn::conv2d<2, nn::window{3, 2}, nn::window{2, 1}, 1>, nn::relu, nn::flatten, nn::dense<3>,
+                             nn::softmax_cross_entropy>;
+  static_assert(net::output_extents[3] == nn::shape<4, 7, 2>::value);
+  CHECK(test::gradient_check<net>(24, 3) < 1e-7);
+}
 
 TEST_CASE("the gradient check catches a wrong conv2d backward pass") {
   using net = nn::sequential<nn::input<5, 4, 2>, nn::conv2d<2, 2>, flipped, nn::flatten, nn::dense<2>,

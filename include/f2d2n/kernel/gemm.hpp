@@ -266,7 +266,7 @@ class workspace {
     return scratch_.data();
   }
 
-  /// The layer's own buffer `slot` (0 to 3) of at least `count` elements, 64-byte aligned
+  /// The layer's own buffer `slot` (0 to 5) of at least `count` elements, 64-byte aligned
   /// (grown, never shrunk): memory a layer keeps apart from the products' scratch, e.g. a
   /// convolution's patches.
   S* buffer(std::size_t slot, std::size_t count) {
@@ -283,7 +283,7 @@ class workspace {
  private:
   std::vector<gemm<S>> kernels_;
   std::vector<S> scratch_;
-  std::vector<S, Eigen::aligned_allocator<S>> buffers_[4];
+  std::vector<S, Eigen::aligned_allocator<S>> buffers_[6];
 };
 
 /// c = op(a) op(b) through the layer's workspace: c = a b (nn), a b^T (nt), a^T b (tn).

@@ -213,9 +213,45 @@ struct conv_kernels {
     unpad(g, dxp, dx);
   }
 
+  /// Patches tap by tap, for one input channel and unit stride along the width: row t = (kernel
+  /// row k, column j) of q holds, for every output pixel of the sample (pixels in row-major order,
+  /// `ldq` apart between rows of q), the padded input cell that tap reads: for each output row,
+  /// one run of wo consecutive cells. The transpose of im2col's patches, built from runs of the
+  /// output's width instead of runs of the kernel's (5 values for a 5 x 5 kernel over one channel).
+  template <class S>
+  static void taps_padded(const conv_geometry& g, const S* xp, S* q, std::ptrdiff_t ldq) {
+    const std::ptrdiff_t line = padded_columns(g);
+    for (std::ptrdiff_t k = 0; k < g.kh; ++k)
+      for (std::ptrdiff_t j = 0; j < g.kw; ++j) {
+        S* row = q + (k * g.kw + j) * ldq;
+        for (std::ptrdiff_t oh = 0; oh < g.ho; ++oh) {
+          const S* from = xp + (oh * g.sh + k) * line + j;
+          S* to = row + oh * g.wo;
+          for (std::ptrdiff_t ow = 0; ow < g.wo; ++ow) to[ow] = from[ow];  // short: no call to memmove
+        }
+      }
+  }
+  /// The adjoint of taps_padded: every tap's gradient added back into the padded sample's cells.
+  template <class S>
+  static void taps_add_padded(const conv_geometry& g, const S* dq, std::ptrdiff_t ldq, S* dxp) {
+    const std::ptrdiff_t line = padded_columns(g);
+    for (std::ptrdiff_t k = 0; k < g.kh; ++k)
+      for (std::ptrdiff_t j = 0; j < g.kw; ++j) {
+        const S* row = dq + (k * g.kw + j) * ldq;
+        for (std::ptrdiff_t oh = 0; oh < g.ho; ++oh) {
+          S* to = dxp + (oh * g.sh + k) * line + j;
+          const S* from = row + oh * g.wo;
+          for (std::ptrdiff_t ow = 0; ow < g.wo; ++ow) to[ow] += from[ow];
+        }
+      }
+  }
+  /// Whether a layer takes the tap-by-tap route: one input channel, unit stride along the width.
+  static bool by_taps(const conv_geometry& g) noexcept { return g.c == 1 && g.sw == 1; }
+
   template <class S>
   static void forward(kernel::workspace<S>& ws, const conv_geometry& g, const S* params, const_matrix_ref<S> x,
                       matrix_ref<S> y) {
+    if (by_taps(g)) return forward_taps(ws, g, params, x, y);
     const std::ptrdiff_t batch = x.rows(), patch = g.patch(), pixels = g.pixels();
     const_matrix_map<S> w(params, g.co, patch);
     Eigen::Map<const vector<S>> b(params + g.co * patch, g.co);
@@ -231,6 +267,65 @@ struct conv_kernels {
     }
   }
 
+  /// forward by taps: Y = Q^T W^T (the kernel layer's tn form) over each group's taps Q.
+  template <class S>
+  static void forward_taps(kernel::workspace<S>& ws, const conv_geometry& g, const S* params, const_matrix_ref<S> x,
+                           matrix_ref<S> y) {
+    const std::ptrdiff_t batch = x.rows(), patch = g.patch(), pixels = g.pixels();
+    Eigen::Map<const vector<S>> b(params + g.co * patch, g.co);
+    const std::ptrdiff_t group = samples_per_group(g, batch, y.outerStride() == y.cols());
+    S* q = ws.buffer(0, static_cast<std::size_t>(group * pixels * patch));
+    S* xp = ws.buffer(3, padded_size(g));
+    matrix_map<S> wt(ws.buffer(4, static_cast<std::size_t>(patch * g.co)), patch, g.co);
+    wt = const_matrix_map<S>(params, g.co, patch).transpose();
+    for (std::ptrdiff_t n0 = 0; n0 < batch; n0 += group) {
+      const std::ptrdiff_t nb = std::min(group, batch - n0), m = nb * pixels;
+      for (std::ptrdiff_t j = 0; j < nb; ++j) {
+        pad(g, x.row(n0 + j).data(), xp);
+        taps_padded(g, xp, q + j * pixels, m);
+      }
+      matrix_map<S> out(y.row(n0).data(), m, g.co);
+      kernel::multiply<S>(ws, kernel::form::tn, const_matrix_map<S>(q, patch, m), wt, out);
+      out.rowwise() += b.transpose();
+    }
+  }
+
+  /// backward by taps: dW = (Q dY)^T, dQ = W^T dY^T, added back tap by tap.
+  template <class S>
+  static void backward_taps(kernel::workspace<S>& ws, const conv_geometry& g, const S* params, S* grads,
+                            const_matrix_ref<S> x, const_matrix_ref<S> dy, matrix_ref<S> dx, bool want_dx) {
+    const std::ptrdiff_t batch = x.rows(), patch = g.patch(), pixels = g.pixels();
+    matrix_map<S> dw(grads, g.co, patch);
+    const bool contiguous = dy.outerStride() == dy.cols() && (!want_dx || dx.outerStride() == dx.cols());
+    const std::ptrdiff_t group = samples_per_group(g, batch, contiguous);
+    const auto size = static_cast<std::size_t>(group * pixels * patch);
+    S* q = ws.buffer(0, size);
+    S* dq = want_dx ? ws.buffer(1, size) : nullptr;
+    matrix_map<S> gt(ws.buffer(2, static_cast<std::size_t>(patch * g.co)), patch, g.co);  // (Q dY): patch x co
+    S* xp = ws.buffer(3, padded_size(g));
+    matrix_map<S> wt(ws.buffer(4, static_cast<std::size_t>(patch * g.co)), patch, g.co);
+    if (want_dx) wt = const_matrix_map<S>(params, g.co, patch).transpose();
+    if (batch == 0) dw.setZero();
+    for (std::ptrdiff_t n0 = 0; n0 < batch; n0 += group) {
+      const std::ptrdiff_t nb = std::min(group, batch - n0), m = nb * pixels;
+      for (std::ptrdiff_t j = 0; j < nb; ++j) {
+        pad(g, x.row(n0 + j).data(), xp);
+        taps_padded(g, xp, q + j * pixels, m);
+      }
+      const const_matrix_map<S> dyg(dy.row(n0).data(), m, g.co);
+      kernel::multiply<S>(ws, kernel::form::nn, const_matrix_map<S>(q, patch, m), dyg, gt);
+      if (n0 == 0) dw = gt.transpose();
+      else dw += gt.transpose();
+      if (!want_dx) continue;
+      kernel::multiply<S>(ws, kernel::form::nt, wt, dyg, matrix_map<S>(dq, patch, m));
+      for (std::ptrdiff_t j = 0; j < nb; ++j) {
+        std::fill_n(xp, padded_size(g), S(0));
+        taps_add_padded(g, dq + j * pixels, m, xp);
+        unpad(g, xp, dx.row(n0 + j).data());
+      }
+    }
+  }
+
   /// Writes (not adds) the weight and bias gradients; dx only when want_dx.
   template <class S>
   static void backward(kernel::workspace<S>& ws, const conv_geometry& g, const S* params, S* grads,
@@ -239,12 +334,18 @@ struct conv_kernels {
     const_matrix_map<S> w(params, g.co, patch);
     matrix_map<S> dw(grads, g.co, patch);
     Eigen::Map<vector<S>> db(grads + g.co * patch, g.co);
-    // The bias gradient: every pixel's dy added in order, sample after sample.
-    db.setZero();
+    // The bias gradient: every pixel's dy added in order, sample after sample, into the layer's
+    // own buffer (a plain loop over the channels: the order of each sum is fixed, whatever the
+    // alignment of db, which differs between units holding copies of the layer).
+    S* acc = ws.buffer(5, static_cast<std::size_t>(g.co));
+    std::fill_n(acc, g.co, S(0));
     for (std::ptrdiff_t n = 0; n < batch; ++n) {
       const S* row = dy.row(n).data();
-      for (std::ptrdiff_t q = 0; q < pixels; ++q) db += Eigen::Map<const vector<S>>(row + q * g.co, g.co);
+      for (std::ptrdiff_t q = 0; q < pixels; ++q)
+        for (std::ptrdiff_t c = 0; c < g.co; ++c) acc[c] += row[q * g.co + c];
     }
+    std::copy_n(acc, g.co, db.data());
+    if (by_taps(g)) return backward_taps(ws, g, params, grads, x, dy, dx, want_dx);
     const bool contiguous = dy.outerStride() == dy.cols() && (!want_dx || dx.outerStride() == dx.cols());
     const std::ptrdiff_t group = samples_per_group(g, batch, contiguous);
     const auto size = static_cast<std::size_t>(group * pixels * patch + copy_packet);
