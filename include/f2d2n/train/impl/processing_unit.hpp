@@ -173,6 +173,43 @@ std::size_t processing_unit<Transport, Scalar>::backward(std::size_t m, const_ma
 }
 
 template <transport Transport, class Scalar>
+void processing_unit<Transport, Scalar>::copy_cells(const Scalar* from, const map_region& from_region, Scalar* to,
+                                                    const map_region& to_region, const map_region& cells,
+                                                    std::size_t channels, Eigen::Index rows, bool add) {
+  if (cells.empty()) return;
+  const std::size_t from_width = from_region.cells() * channels, to_width = to_region.cells() * channels;
+  const std::size_t run = cells.cols * channels;
+  for (Eigen::Index n = 0; n < rows; ++n)
+    for (std::size_t r = cells.row; r < cells.row + cells.rows; ++r) {
+      const Scalar* a = from + static_cast<std::size_t>(n) * from_width +
+                        ((r - from_region.row) * from_region.cols + (cells.col - from_region.col)) * channels;
+      Scalar* b = to + static_cast<std::size_t>(n) * to_width +
+                  ((r - to_region.row) * to_region.cols + (cells.col - to_region.col)) * channels;
+      if (add)
+        for (std::size_t k = 0; k < run; ++k) b[k] += a[k];
+      else
+        std::copy_n(a, run, b);
+    }
+}
+
+template <transport Transport, class Scalar>
+void processing_unit<Transport, Scalar>::exchange_halo(const detail::halo_transfer& t, const detail::message_key& key,
+                                                       std::size_t send_columns, std::size_t receive_columns) {
+  const bool sends = !t.send.empty(), receives = !t.receive.empty();
+  // Both directions are in the plan's schema (the id is one; the peer and width tell them apart).
+  if (sends) (void)d_.schema.find(key, send_columns, t.peer);
+  if (receives) (void)d_.schema.find(key, receive_columns, t.peer);
+  const std::uint32_t id = message_id(key.kind, key.backward, key.layer, key.index);
+  const std::span<const Scalar> out(halo_out_.data(), static_cast<std::size_t>(halo_out_.rows()) * send_columns);
+  const std::span<Scalar> in(halo_in_.data(), static_cast<std::size_t>(halo_in_.rows()) * receive_columns);
+  const auto until = clock::now() + options_.timeout;
+  const detail::stopwatch timing(times_.communication);
+  if (sends && receives) exchange_tensor(rt_, t.peer, out, t.peer, in, id, step_, until);
+  else if (sends) send_tensor(rt_, t.peer, id, step_, out, until);
+  else if (receives) receive_tensor(rt_, t.peer, id, step_, in, until);
+}
+
+template <transport Transport, class Scalar>
 void processing_unit<Transport, Scalar>::set_block(std::size_t i) {
   const auto& l = d_.layers[i];
   const auto& p = l.part;
