@@ -6,7 +6,7 @@
 #   scripts/demo.sh --serial              the same training in one process (examples/fashion_mnist)
 #   scripts/demo.sh --model cnn           the CNN (examples/fashion_mnist/settings.hpp) on 4 units, 4 data-parallel
 #                                         replicas (--plan dp2, tp2, dp2_tp2, pp2, dp2_pp2, spatial2,
-#                                         spatial2x2, dp2_spatial2, channels2 also run it)
+#                                         spatial2x2, dp2_spatial2, channels2, inchannels2 also run it)
 #   scripts/demo.sh --serial --model cnn  the CNN in one process
 #   scripts/demo.sh --max-restarts 3      checkpoints after every epoch; when a unit dies, every unit
 #                                         restarts and resumes from the newest one
@@ -58,7 +58,7 @@ if [[ -z "${plan:-}" && "$model" == cnn ]]; then
   args+=(--plan dp4)
 fi
 case "${plan:-dp2_tp2}" in
-  dp2|tp2|tp2_inputs|pp2|spatial2|channels2) units=2 ;;
+  dp2|tp2|tp2_inputs|pp2|spatial2|channels2|inchannels2) units=2 ;;
   dp4|dp2_tp2|dp2_pp2|spatial2x2|dp2_spatial2) units=4 ;;
 esac
 if [[ -n "$restarts" ]]; then

@@ -19,7 +19,7 @@
 # Environment:
 #   MODEL        mlp (default) or cnn (the examples' --preset)
 #   PLANS        plans to run (default "serial dp2 dp4 tp2 tp2_inputs pp2 dp2_tp2 dp2_pp2"; for the CNN
-#                "serial dp2 dp4 spatial2 spatial2x2 dp2_spatial2 channels2 tp2 pp2")
+#                "serial dp2 dp4 spatial2 spatial2x2 dp2_spatial2 channels2 inchannels2 tp2 pp2")
 #   EPOCHS       epochs per plan (default 1)
 #   BATCH        global batch size (default 64)
 #   OUT          where results go (default build/experiment)
@@ -33,7 +33,7 @@ cd "$(dirname "$0")/.."
 MODEL="${MODEL:-mlp}"
 case "$MODEL" in
   mlp) PLANS="${PLANS:-serial dp2 dp4 tp2 tp2_inputs pp2 dp2_tp2 dp2_pp2}"; OUT="${OUT:-build/experiment}" ;;
-  cnn) PLANS="${PLANS:-serial dp2 dp4 spatial2 spatial2x2 dp2_spatial2 channels2 tp2 pp2}"
+  cnn) PLANS="${PLANS:-serial dp2 dp4 spatial2 spatial2x2 dp2_spatial2 channels2 inchannels2 tp2 pp2}"
        OUT="${OUT:-build/experiment-cnn}" ;;
   *) echo "experiment.sh: MODEL is mlp or cnn, not '$MODEL'" >&2; exit 2 ;;
 esac
@@ -50,7 +50,7 @@ rm -f "$OUT"/*.csv "$OUT"/*.log
 units_of() {
   case "$1" in
     serial) echo 1 ;;
-    dp2|tp2|tp2_inputs|pp2|spatial2|channels2) echo 2 ;;
+    dp2|tp2|tp2_inputs|pp2|spatial2|channels2|inchannels2) echo 2 ;;
     dp4|dp2_tp2|dp2_pp2|spatial2x2|dp2_spatial2) echo 4 ;;
     *) echo "experiment.sh: unknown plan '$1'" >&2; exit 2 ;;
   esac

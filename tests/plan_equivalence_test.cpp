@@ -33,12 +33,14 @@ TEST_CASE_TEMPLATE("every plan of a CNN trains to the serial weights (float32, 1
                    plan_cnn_pp2, plan_cnn_dp2_pp2, plan_cnn_tp2_chain, plan_cnn_spatial2, plan_cnn_spatial2x2,
                    plan_cnn_spatial3, plan_cnn_dp2_spatial2, plan_cnn_pp2_spatial2, plan_cnn_spatial2_tp2,
                    plan_cnn_dropmap_spatial2x2, plan_cnn_dropmap_dp2_spatial2, plan_cnn_channels2,
-                   plan_cnn_channels3, plan_cnn_dp2_channels2, plan_cnn_wide_spatial4) {
+                   plan_cnn_channels3, plan_cnn_dp2_channels2, plan_cnn_wide_spatial4, plan_cnn_inchannels2,
+                   plan_cnn_inchannels3, plan_cnn_channels_mixed, plan_cnn_dp2_inchannels2) {
   expect_equivalent<Plan, float>(1e-5);
 }
 
 TEST_CASE_TEMPLATE("spatial and channel plans of a CNN train to the serial weights (float64, 1e-12)", Plan,
-                   plan_cnn_spatial3, plan_cnn_spatial2x2, plan_cnn_channels3, plan_cnn_wide_spatial4) {
+                   plan_cnn_spatial3, plan_cnn_spatial2x2, plan_cnn_channels3, plan_cnn_wide_spatial4,
+                   plan_cnn_inchannels2, plan_cnn_inchannels3) {
   expect_equivalent<Plan, double>(1e-12);
 }
 

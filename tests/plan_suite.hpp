@@ -79,6 +79,17 @@ using plan_cnn_channels3 =
 using plan_cnn_dp2_channels2 =
     distribute<plan_cnn, data_parallel<2>, tensor_parallel<2, by_outputs, split_layer<4, by_outputs>>>;
 
+/// Convolutions split by input channels: the first (2 channels over 2 shards: one each, the tap
+/// by tap route) and the second (4 channels over 2, and over 3: 2 / 1 / 1); the Megatron order
+/// (output channels, then input channels); with 2 replicas.
+using plan_cnn_inchannels2 =
+    distribute<plan_cnn, tensor_parallel<2, by_outputs, split_layer<1, by_inputs>, split_layer<4, by_inputs>>>;
+using plan_cnn_inchannels3 = distribute<plan_cnn, tensor_parallel<3, by_outputs, split_layer<4, by_inputs>>>;
+using plan_cnn_channels_mixed =
+    distribute<plan_cnn, tensor_parallel<2, by_inputs, split_layer<1, by_outputs>, split_layer<4, by_inputs>>>;
+using plan_cnn_dp2_inchannels2 =
+    distribute<plan_cnn, data_parallel<2>, tensor_parallel<2, by_outputs, split_layer<4, by_inputs>>>;
+
 /// Dropout on a split feature map: each unit draws the serial mask's values for its block.
 using plan_cnn_dropmap = sequential<input<8, 6, 1>, conv2d<3, 3, 1, 1>, relu, dropout<0.3>, avg_pool<2>, flatten,
                                     dense<5>, softmax_cross_entropy>;

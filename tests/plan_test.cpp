@@ -169,7 +169,8 @@ TEST_CASE_TEMPLATE("a step sends exactly the messages and bytes the plan's schem
                    plan_dp3_buckets, plan_dp2_pp2_buckets, plan_tp2, plan_tp2_inputs, plan_tp3_mixed, plan_tp2x2,
                    plan_tp2_chain, plan_dp2_tp2, plan_pp2_gpipe, plan_pp2_1f1b, plan_pp4, plan_dp2_pp2_tp2,
                    plan_cnn_pp2, plan_cnn_tp2_chain, plan_cnn_spatial2x2, plan_cnn_spatial3, plan_cnn_dp2_spatial2,
-                   plan_cnn_pp2_spatial2, plan_cnn_channels3, plan_cnn_dp2_channels2, plan_cnn_wide_spatial4) {
+                   plan_cnn_pp2_spatial2, plan_cnn_channels3, plan_cnn_dp2_channels2, plan_cnn_wide_spatial4,
+                   plan_cnn_inchannels2, plan_cnn_inchannels3, plan_cnn_channels_mixed) {
   const auto data = plan_data<float, typename Plan::model>();
   nn::local_cluster cluster(static_cast<nn::unit_id>(Plan::world_size), Plan::fingerprint);
   std::vector<std::size_t> sent(Plan::world_size);
@@ -248,6 +249,26 @@ static_assert(plan_cnn_channels3::partition_of(1, 4).parameter_count == 2 * 3 * 
 static_assert(std::is_same_v<boost::mp11::mp_at_c<plan_cnn_channels3::unit<2>::layers, 4>,
                              nn::channel_shard<plan_cnn::layer_at<4>, 4, 5>>);
 static_assert(plan_cnn_channels3::splits[2] == nn::split_kind::none && !plan_cnn_channels3::chained[1]);
+// Input channels 4 over 3 shards are 2 / 1 / 1: every output channel's columns of those channels
+// for each of the 3 x 3 taps, and every bias.
+static_assert(plan_cnn_inchannels3::partition_of(0, 4).input_count == 2 &&
+              plan_cnn_inchannels3::partition_of(2, 4).input_begin == 3);
+static_assert(plan_cnn_inchannels3::partition_of(1, 4).parameter_count == 5 * 3 * 3 * 1 + 5);
+static_assert(plan_cnn_inchannels3::partition_of(0, 4).parameter_count == 5 * 3 * 3 * 2 + 5);
+static_assert(std::is_same_v<boost::mp11::mp_at_c<plan_cnn_inchannels3::unit<2>::layers, 4>,
+                             nn::channel_input_shard<plan_cnn::layer_at<4>, 3, 4>>);
+static_assert(plan_cnn_inchannels3::splits[1] == nn::split_kind::none);
+// Forward, the partial outputs (the whole 4 x 3 x 5 map) summed; backward, the input
+// gradient's channel blocks gathered: 4 x 3 pixels of 4 channels, this unit's 1 of them.
+static_assert([] {
+  std::size_t reduces = 0, gathers = 0;
+  plan_cnn_inchannels3::for_each_message(1, 12, [&](const nn::step_message& m) {
+    if (m.layer != 4) return;
+    if (m.kind == nn::message_kind::all_reduce && !m.backward && m.columns == 4 * 3 * 5) ++reduces;
+    if (m.kind == nn::message_kind::all_gather && m.backward && m.columns == 4 && m.rows == 12 * 4 * 3) ++gathers;
+  });
+  return reduces == 1 && gathers == 1;
+}());
 
 // Schema ids are distinct within a unit's step, and decode to their fields.
 static_assert([] {

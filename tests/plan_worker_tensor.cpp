@@ -9,6 +9,8 @@ int run_tensor_plans(const std::string& name, const cluster_config& c, bool chec
   if (name == "cnn_spatial3") return run_plan<plan_cnn_spatial3>(name, c, check_mismatch);
   if (name == "cnn_channels3") return run_plan<plan_cnn_channels3>(name, c, check_mismatch);
   if (name == "cnn_channels2") return run_plan<plan_cnn_channels2>(name, c, check_mismatch);
+  if (name == "cnn_inchannels2") return run_plan<plan_cnn_inchannels2>(name, c, check_mismatch);
+  if (name == "cnn_inchannels3") return run_plan<plan_cnn_inchannels3>(name, c, check_mismatch);
   if (name == "tp2_inputs") return run_plan<plan_tp2_inputs>(name, c, check_mismatch);
   if (name == "tp3_mixed") return run_plan<plan_tp3_mixed>(name, c, check_mismatch);
   if (name == "tp2x2") return run_plan<plan_tp2x2>(name, c, check_mismatch);

@@ -13,8 +13,8 @@
 //                                  the CNN, every feature map in 2 x 2 blocks (halo exchange)
 // Unit 0 draws the progress bar and prints the result. Plans: dp2, dp4, tp2, tp2_inputs, dp2_tp2,
 // pp2, dp2_pp2; for the CNN (--preset cnn) dp2, dp4, tp2, dp2_tp2, pp2, dp2_pp2, spatial2,
-// spatial2x2, dp2_spatial2, channels2. A unit that waits too long for a peer, or gets SIGUSR1, prints its flight recorder:
-// its last messages (docs/debugging.md). A statistic that is not finite (a diverging run) or out of
+// spatial2x2, dp2_spatial2, channels2, inchannels2. A unit that waits too long for a peer, or gets
+// SIGUSR1, prints its flight recorder: its last messages (docs/debugging.md). A statistic that is not finite (a diverging run) or out of
 // range (a corrupted sum) ends every unit with exit status 1.
 #include "settings.hpp"
 
@@ -105,6 +105,11 @@ int run_cnn(const example::settings& s, const nn::cluster_config& c) {
   using channels = nn::tensor_parallel<2, nn::by_outputs, nn::split_layer<1, nn::by_outputs>,
                                        nn::split_layer<4, nn::by_outputs>, nn::split_layer<8, nn::by_outputs>>;
   if (s.plan == "channels2") return run<nn::distribute<cnn, channels>>(s, c);
+  // The second and third convolutions split by input channels (partial outputs summed), the
+  // first computed whole on both units.
+  using input_channels =
+      nn::tensor_parallel<2, nn::by_outputs, nn::split_layer<4, nn::by_inputs>, nn::split_layer<8, nn::by_inputs>>;
+  if (s.plan == "inchannels2") return run<nn::distribute<cnn, input_channels>>(s, c);
   std::cerr << "fashion_mnist_cluster: unknown plan '" << s.plan << "' for the cnn preset (see --help)\n";
   return 2;
 }
@@ -120,7 +125,8 @@ int main(int argc, char** argv) try {
                      "4 micro-batches, 1F1B), dp2_pp2 (2 replicas of 2 stages: 4 units); the cnn preset: dp2, dp4, "
                      "tp2 (its dense layers split), dp2_tp2, pp2, dp2_pp2, spatial2 (feature maps split in 2 blocks of "
                      "rows), spatial2x2 (2 x 2 blocks), dp2_spatial2 (2 replicas of 2 blocks), channels2 (the "
-                     "convolutions' output channels split over 2 units)");
+                     "convolutions' output channels split over 2 units), inchannels2 (the second and third "
+                     "convolutions' input channels split over 2 units)");
   double timeout = 0, connect_timeout = 0;
   opts.add_options()("timeout", boost::program_options::value(&timeout),
                      "seconds a unit waits for a peer before it gives up (default: F2D2N_TIMEOUT, else 60)")(

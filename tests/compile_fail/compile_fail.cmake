@@ -64,6 +64,11 @@ f2d2n_plan_fail(plan_bad_stage_starts
                 "must be increasing layer indices")
 f2d2n_plan_fail(plan_grid_mismatch "layer<1>, f2d2n::split_kind::grid, f2d2n::plan_check::shards<4>, .*grid<2, 3>"
                 "does not cover the shards")
+f2d2n_plan_fail(plan_conv_inputs_too_few
+                "conv_split<f2d2n::plan_check::layer<4>, f2d2n::split_kind::inputs, f2d2n::plan_check::shards<4>, .*input_channels<3>"
+                "splits this convolution by_inputs into more shards than it has input channels")
+f2d2n_plan_fail(plan_conv_by_grid "conv_split<f2d2n::plan_check::layer<1>, f2d2n::split_kind::grid,"
+                "by_grid is not built for convolutions")
 
 add_test(NAME compile_fail_control
          COMMAND ${CMAKE_COMMAND} -DCXX=${CMAKE_CXX_COMPILER} -DFLAGS=${_cf_flags}

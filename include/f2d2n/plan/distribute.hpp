@@ -136,7 +136,7 @@ struct distribute {
   static constexpr auto windows_ = windows_of(std::make_index_sequence<layer_count>{});
 
  public:
-  /// conv_layers[i]: layer i is a convolution (its splits are by output channels).
+  /// conv_layers[i]: layer i is a convolution (its splits are by output or input channels).
   static constexpr std::array<bool, layer_count> conv_layers = []<std::size_t... I>(std::index_sequence<I...>) {
     return std::array<bool, layer_count>{std::is_base_of_v<detail::conv_kernels, layer_t<I>>...};
   }(std::make_index_sequence<layer_count>{});
@@ -296,8 +296,10 @@ struct distribute {
       return true;
     } else if constexpr (conv_layers[I] && !spatial_layers[I]) {
       constexpr auto out = Net::output_extents[I];
+      constexpr auto in = detail::image_of(Net::input_extents[I]);
       constexpr bool ok = plan_check::conv_split<plan_check::layer<I>, splits[I], plan_check::shards<shards>,
-                                                 plan_check::channels<out.dims[2]>>::ok;
+                                                 plan_check::channels<out.dims[2]>,
+                                                 plan_check::input_channels<in.channels>>::ok;
       if constexpr (!ok) return false;
       else return check_splits<I + 1>();
     } else if constexpr (spatial_layers[I]) {
@@ -491,6 +493,20 @@ struct distribute {
             p.input_begin = 0;
             p.input_count = k;
             p.parameter_count = p.count * k + p.count;
+          } else if (conv_layers[i] && splits[i] == split_kind::inputs) {
+            // A block of input channels: for each of the kernel's taps, those columns of the
+            // (channels) x (kh kw in) weights (stored tap after tap: blocks of channels x its
+            // inputs), and every bias (replicated, as a dense layer's by_inputs).
+            const auto o = detail::image_of(Net::output_extents[i]);
+            const auto im = detail::image_of(Net::input_extents[i]);
+            const std::size_t taps = (Net::parameter_counts[i] / o.channels - 1) / im.channels;
+            p.in_parts = shards;
+            p.in_index = s;
+            p.begin = 0;
+            p.count = o.channels;
+            p.input_begin = part_begin(im.channels, shards, s);
+            p.input_count = part_size(im.channels, shards, s);
+            p.parameter_count = o.channels * taps * p.input_count + o.channels;
           } else if (splits[i] == split_kind::outputs || splits[i] == split_kind::inputs || splits[i] == split_kind::grid) {
             p.out_parts = choices_[i].out_parts;
             p.in_parts = choices_[i].in_parts;
@@ -544,6 +560,9 @@ struct distribute {
       using type = std::conditional_t<
           p.split == split_kind::outputs && conv_layers[index], channel_shard<layer_t<index>, p.begin, p.begin + p.count>,
           std::conditional_t<
+          p.split == split_kind::inputs && conv_layers[index],
+          channel_input_shard<layer_t<index>, p.input_begin, p.input_begin + p.input_count>,
+          std::conditional_t<
           p.split == split_kind::outputs, dense_shard<Net::input_extents[index].size(), p.begin, p.begin + p.count>,
           std::conditional_t<
               p.split == split_kind::inputs,
@@ -553,10 +572,11 @@ struct distribute {
                   dense_block<p.begin, p.begin + p.count, p.input_begin, p.input_begin + p.input_count>,
                   std::conditional_t<p.split == split_kind::spatial,
                                      spatial_block<layer_t<index>, p.out_row, p.out_rows, p.out_col, p.out_cols>,
-                                     layer_t<index>>>>>>;
+                                     layer_t<index>>>>>>>;
     };
     /// The layers this unit holds, in order: dense_shard<...> / dense_input_shard<...> /
-    /// dense_block<...> for split layers, the layer itself otherwise.
+    /// dense_block<...> for split dense layers, channel_shard<...> / channel_input_shard<...> for
+    /// split convolutions, spatial_block<...> for a block of a map, the layer itself otherwise.
     using layers = boost::mp11::mp_transform_q<boost::mp11::mp_quote_trait<partition_type_of>,
                                                boost::mp11::mp_iota_c<end_layer - first_layer>>;
   };

@@ -66,6 +66,14 @@ struct channel_shard {
   static constexpr std::size_t channel_begin = Begin, channel_end = End;
 };
 
+/// Input channels [Begin, End) of a convolution (split_layer<I, by_inputs> on a conv2d): for each
+/// of the kernel's taps, those columns of its weights; every bias.
+template <class Layer, std::size_t Begin, std::size_t End>
+struct channel_input_shard {
+  using layer = Layer;
+  static constexpr std::size_t input_channel_begin = Begin, input_channel_end = End;
+};
+
 /// A rectangle of a feature map's cells (every channel): rows [row, row + rows), columns [col, col + cols).
 struct map_region {
   std::size_t row = 0, rows = 0, col = 0, cols = 0;

@@ -67,10 +67,14 @@ checkpoint_layout layout_of(const processing_unit<T, S>& unit) {
         l.blocks.push_back({t, 0, tensor.rows(), 0, tensor.columns(),
                             p.parameter_offset + (tensor.offset - layer.serial_offset),
                             first_replica && d.coordinates.shard == 0});
-      } else if (tensor.shape.size() >= 2) {  // the weights: this unit's block of the grid (of rows, for a convolution)
-        l.blocks.push_back({t, p.begin, p.count, p.input_begin, p.input_count, p.parameter_offset, first_replica});
+      } else if (tensor.shape.size() >= 2) {
+        // The weights: this unit's block of the grid (of rows, for a convolution split by output
+        // channels; one per tap, of columns, for one split by input channels).
+        layer.for_each_weight_block([&](std::size_t r0, std::size_t rows, std::size_t c0, std::size_t cols, std::size_t at) {
+          l.blocks.push_back({t, r0, rows, c0, cols, p.parameter_offset + at, first_replica});
+        });
       } else {  // the biases of its neurons, which the grid's row shares
-        l.blocks.push_back({t, p.begin, p.count, 0, 1, p.parameter_offset + p.count * p.input_count,
+        l.blocks.push_back({t, p.begin, p.count, 0, 1, p.parameter_offset + p.parameter_count - p.count,
                             first_replica && p.in_index == 0});
       }
     }

@@ -4,6 +4,7 @@
 // train/impl/processing_unit.hpp.
 #pragma once
 
+#include <f2d2n/core/random.hpp>
 #include <f2d2n/train/detail/bucket_summer.hpp>
 #include <f2d2n/train/detail/unit_description.hpp>
 #include <f2d2n/train/distributed_options.hpp>
@@ -59,6 +60,15 @@ class processing_unit {
       c.in = l.in_shape;
       c.out = l.out_shape;
       c.layer = i;
+      // A convolution split by channels computes its block of output channels / reads its block of
+      // input channels of every pixel.
+      if (l.convolution && l.part.split == split_kind::outputs) {
+        const auto o = detail::image_of(l.out_shape);
+        c.out = extents{{o.height, o.width, l.part.count}, 3};
+      } else if (l.convolution && l.part.split == split_kind::inputs) {
+        const auto im = detail::image_of(l.in_shape);
+        c.in = extents{{im.height, im.width, l.part.input_count}, 3};
+      }
       // A layer inside a chain of sharded columns (an element-wise layer between a by_outputs and a
       // by_inputs layer) sees this unit's columns of the whole layer's.
       if (!split(l.part) && l.part.split != split_kind::spatial && l.part.output_width != l.out) {
@@ -130,10 +140,19 @@ class processing_unit {
       const auto& l = d_.layers[i];
       if (!l.part.held || l.part.parameter_count == 0) continue;
       auto w = layer_parameters(i);
-      if (split(l.part))
-        detail::dense_kernels::initialize_block(w, l.weight_columns, l.part.begin, l.part.count, l.part.input_begin,
-                                                l.part.input_count, l.limit(l.fan_in, l.fan_out), seed, i);
-      else if (l.ops.initialize) l.ops.initialize(w, l.in, seed, i);
+      if (split(l.part)) {
+        // The serial layer's values (drawn by their place in its weight matrix) for each block held.
+        const double limit = l.limit(l.fan_in, l.fan_out);
+        l.for_each_weight_block([&](std::size_t r0, std::size_t rows, std::size_t c0, std::size_t cols, std::size_t at) {
+          for (std::size_t j = 0; j < rows; ++j)
+            for (std::size_t c = 0; c < cols; ++c)
+              w[at + j * cols + c] =
+                  static_cast<Scalar>(limit * random_symmetric(seed, i, (r0 + j) * l.weight_columns + c0 + c));
+        });
+        std::fill(w.end() - static_cast<std::ptrdiff_t>(l.part.count), w.end(), Scalar(0));
+      } else if (l.ops.initialize) {
+        l.ops.initialize(w, l.in, seed, i);
+      }
     }
   }
 
@@ -475,6 +494,18 @@ class processing_unit {
   void forward_channels(std::size_t m, std::size_t i, const_matrix_ref<Scalar> in, matrix_ref<Scalar> y);
   void backward_channels(std::size_t i, Scalar* g, const_matrix_ref<Scalar> in, const_matrix_ref<Scalar> dy,
                          matrix_ref<Scalar> dx, bool want_dx, std::size_t m);
+  /// A convolution split by input channels: its partial output from this unit's channels, summed
+  /// over the shards; backward, the gradient of its channels of every pixel, gathered.
+  void forward_input_channels(std::size_t m, std::size_t i, const_matrix_ref<Scalar> in, matrix_ref<Scalar> y);
+  void backward_input_channels(std::size_t i, Scalar* g, const_matrix_ref<Scalar> in, const_matrix_ref<Scalar> dy,
+                               matrix_ref<Scalar> dx, bool want_dx, std::size_t m);
+  /// Layer i's weights (split by input channels) as its kernels read them, out channels x (taps x
+  /// this unit's channels), into packed_; its biases only on the shards' first unit (the others'
+  /// partial outputs carry none). And the kernels' gradient in that order back into the stored order.
+  const Scalar* pack_input_channels(std::size_t i);
+  void unpack_input_channels(std::size_t i, const Scalar* packed, Scalar* g) const;
+  /// This unit's channels of every pixel of `in` into channel_input_.
+  void take_input_channels(std::size_t i, const_matrix_ref<Scalar> in);
 
   /// One halo transfer with t.peer: halo_out_'s rows of `send_columns` out (when t.send has cells),
   /// halo_in_'s rows of `receive_columns` in (when t.receive has), both as the message of `key`.
@@ -543,14 +574,15 @@ class processing_unit {
       if (!p.held || p.parameter_count == 0) continue;
       const std::size_t at = l.serial_offset, local = p.parameter_offset;
       if (split(p)) {
-        const std::size_t cols = l.weight_columns;
-        if (p.input_count == cols) {
-          f(at + p.begin * cols, local, p.count * cols);  // whole rows of W: one piece
-        } else {
-          for (std::size_t j = 0; j < p.count; ++j)
-            f(at + (p.begin + j) * cols + p.input_begin, local + j * p.input_count, p.input_count);
-        }
-        f(at + l.weight_rows * cols + p.begin, local + p.count * p.input_count, p.count);  // the rows' biases
+        const std::size_t width = l.weight_columns;
+        l.for_each_weight_block([&](std::size_t r0, std::size_t rows, std::size_t c0, std::size_t cols, std::size_t o) {
+          if (cols == width) {
+            f(at + r0 * width, local + o, rows * width);  // whole rows of W: one piece
+          } else {
+            for (std::size_t j = 0; j < rows; ++j) f(at + (r0 + j) * width + c0, local + o + j * cols, cols);
+          }
+        });
+        f(at + l.weight_rows * width + p.begin, local + p.parameter_count - p.count, p.count);  // the rows' biases
       } else {
         f(at, local, p.parameter_count);
       }
@@ -567,12 +599,12 @@ class processing_unit {
   // vectorised reductions, so the alignment of an operand decides the order of a sum. With
   // malloc's alignment, two runs of one plan differed in the last bit.
   using buffer_type = std::vector<Scalar, Eigen::aligned_allocator<Scalar>>;
-  buffer_type params_, grads_, scratch_, gather_;
+  buffer_type params_, grads_, scratch_, gather_, packed_, packed_grad_;
   std::vector<std::vector<matrix<Scalar>>> acts_;  // [micro-batch][layer]: each layer's output
   // Spatially split layers, [micro-batch][layer]: the input window the kernels read, and the block
   // of output where acts_ holds the gathered whole map.
   std::vector<std::vector<matrix<Scalar>>> windows_, blocks_;
-  matrix<Scalar> halo_out_, halo_in_, block_grad_, window_grad_;
+  matrix<Scalar> halo_out_, halo_in_, block_grad_, window_grad_, channel_input_;
   std::vector<matrix<Scalar>> inputs_;             // [micro-batch]: what the stage before sent
   std::vector<matrix<Scalar>> dlogits_;            // [micro-batch]: the loss gradient (last stage)
   std::vector<kernel::workspace<Scalar>> workspaces_;  // [layer]: its kernels, per shape seen (kernel/gemm.hpp)

@@ -257,22 +257,27 @@ struct spatial_policy<shards<S>, grid<R, C>, Maps> {
   static constexpr bool ok = (S == 0 || S == R * C) && std::is_same_v<Maps, with_feature_maps>;
 };
 
-/// A convolution split over the shards of tensor_parallel (split_layer<I, by_outputs>).
+/// A convolution split over the shards of tensor_parallel (split_layer<I, by_outputs> or
+/// split_layer<I, by_inputs>).
 template <std::size_t N>
 struct channels {};
-template <class Layer, split_kind Split, class Shards, class Channels>
+template <std::size_t N>
+struct input_channels {};
+template <class Layer, split_kind Split, class Shards, class Channels, class InputChannels>
 struct conv_split;
-template <std::size_t I, split_kind Split, std::size_t S, std::size_t C>
-struct conv_split<layer<I>, Split, shards<S>, channels<C>> {
-  static_assert(Split == split_kind::none || Split == split_kind::replicated || Split == split_kind::outputs,
-                "f2d2n: a convolution splits by_outputs (blocks of output channels) or stays replicated; by_inputs "
-                "and by_grid are not built for convolutions yet (layer named above)");
+template <std::size_t I, split_kind Split, std::size_t S, std::size_t C, std::size_t Cin>
+struct conv_split<layer<I>, Split, shards<S>, channels<C>, input_channels<Cin>> {
+  static_assert(Split != split_kind::grid,
+                "f2d2n: a convolution splits by_outputs (blocks of output channels), by_inputs (blocks of input "
+                "channels) or stays replicated; by_grid is not built for convolutions (layer named above)");
   static_assert(Split != split_kind::outputs || C >= S,
                 "f2d2n: tensor_parallel splits this convolution by_outputs into more shards than it has output "
                 "channels (layer, shards and channels named above)");
-  static constexpr bool ok =
-      (Split == split_kind::none || Split == split_kind::replicated || Split == split_kind::outputs) &&
-      (Split != split_kind::outputs || C >= S);
+  static_assert(Split != split_kind::inputs || Cin >= S,
+                "f2d2n: tensor_parallel splits this convolution by_inputs into more shards than it has input "
+                "channels (layer, shards and input channels named above)");
+  static constexpr bool ok = Split != split_kind::grid && (Split != split_kind::outputs || C >= S) &&
+                             (Split != split_kind::inputs || Cin >= S);
 };
 
 /// A split_layer<index, ...> override of tensor_parallel, against the model.

@@ -119,6 +119,17 @@ constexpr void distribute<Net, Policies...>::for_each_message(std::size_t rank, 
                   ring_reduce_sends(rows * in, p.out_parts, p.out_index));
         continue;
       }
+      if (conv_layers[i] && p.split == split_kind::inputs) {
+        // Input channels over the shards: the partial outputs summed; backward, the shards' blocks
+        // of input channels of every pixel gathered.
+        const auto im = detail::image_of(Net::input_extents[i]);
+        message(message_kind::all_reduce, false, i, mb, rows, out, p.in_parts, 0,
+                ring_reduce_sends(rows * out, p.in_parts, p.in_index));
+        if (i > 1)
+          message(message_kind::all_gather, true, i, mb, rows * im.height * im.width, im.channels, p.in_parts, 0,
+                  ring_gather_sends(im.channels, p.in_parts, p.in_index, rows * im.height * im.width));
+        continue;
+      }
       if (p.split != split_kind::outputs && p.split != split_kind::inputs && p.split != split_kind::grid) continue;
       // forward: sum the partial outputs over the grid's row, gather the neurons' blocks over its column
       message(message_kind::all_reduce, false, i, mb, rows, p.count, p.in_parts, 0,

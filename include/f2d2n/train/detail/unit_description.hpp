@@ -117,6 +117,22 @@ struct unit_layer {
   /// width x in channels), and the fan-in and fan-out its initialiser takes.
   std::size_t weight_rows = 0, weight_columns = 0, fan_in = 0, fan_out = 0;
   bool convolution = false;
+  std::size_t taps = 1;  ///< a convolution's kernel height x width (its weight columns: taps x in channels)
+  /// Calls f(row_begin, rows, column_begin, columns, offset) for each rectangle of the weight
+  /// matrix this unit holds of a split layer, stored row-major and contiguous `offset` values into
+  /// the layer's parameters: one block of its grid, or for a convolution split by input channels
+  /// one block per tap (those channels' columns of the tap). Its biases (part.count) follow them.
+  template <class F>
+  void for_each_weight_block(F f) const {
+    const auto& p = part;
+    if (convolution && p.split == split_kind::inputs) {
+      const std::size_t in_channels = weight_columns / taps;
+      for (std::size_t t = 0; t < taps; ++t)
+        f(std::size_t{0}, p.count, t * in_channels + p.input_begin, p.input_count, t * p.count * p.input_count);
+    } else {
+      f(p.begin, p.count, p.input_begin, p.input_count, std::size_t{0});
+    }
+  }
   /// A split layer's units: those with this unit's neurons (they sum partial outputs; a row of
   /// the grid) and those with its input features (they sum partial input gradients; a column).
   group row_group, column_group;
@@ -183,7 +199,8 @@ unit_description<Scalar> describe_unit(unit_id rank) {
       l.weight_rows = o.channels;
       l.weight_columns = Net::parameter_counts[i] / o.channels - 1;
       l.fan_in = l.weight_columns;
-      l.fan_out = o.channels * (l.weight_columns / image_of(l.in_shape).channels);  // out channels x kh x kw
+      l.taps = l.weight_columns / image_of(l.in_shape).channels;
+      l.fan_out = o.channels * l.taps;  // out channels x kh x kw
     }
     const auto& p = l.part;
     for (std::size_t b = 0; b < p.in_parts; ++b)

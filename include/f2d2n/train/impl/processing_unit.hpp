@@ -84,7 +84,9 @@ void processing_unit<Transport, Scalar>::forward(std::size_t m, const_matrix_ref
       continue;
     }
     auto y = output(m, i, rows);
-    if (l.convolution && split(p)) {
+    if (l.convolution && p.split == split_kind::inputs) {
+      forward_input_channels(m, i, in, y);
+    } else if (l.convolution && split(p)) {
       forward_channels(m, i, in, y);
     } else if (split(p)) {
       // y_a = sum over the row's units of x_b W_ab^T, + b_a; then y = the column's blocks, gathered
@@ -128,6 +130,8 @@ std::size_t processing_unit<Transport, Scalar>::backward(std::size_t m, const_ma
     const auto in = input_of(m, i, stage_input);
     if (p.split == split_kind::spatial) {
       backward_spatial(m, i, g, dy, dx, want_dx);
+    } else if (l.convolution && p.split == split_kind::inputs) {
+      backward_input_channels(i, g, in, dy, dx, want_dx, m);
     } else if (l.convolution && split(p)) {
       backward_channels(i, g, in, dy, dx, want_dx, m);
     } else if (split(p)) {
@@ -316,8 +320,6 @@ void processing_unit<Transport, Scalar>::forward_channels(std::size_t m, std::si
   const auto o = detail::image_of(l.out_shape);
   const Eigen::Index rows = in.rows();
   const auto cells = static_cast<Eigen::Index>(o.height * o.width);
-  auto& c = workspaces_[i].context;
-  c.out = extents{{o.height, o.width, p.count}, 3};
   // The channel blocks, shard after shard, each (rows x cells) x its channels: this unit's in place.
   const auto blocks = gather_buffer(static_cast<std::size_t>(rows * cells) * o.channels);
   matrix_map<Scalar> mine(blocks.data() + p.begin * static_cast<std::size_t>(rows * cells), rows,
@@ -336,8 +338,6 @@ void processing_unit<Transport, Scalar>::backward_channels(std::size_t i, Scalar
   const auto o = detail::image_of(l.out_shape);
   const Eigen::Index rows = in.rows();
   const auto cells = static_cast<Eigen::Index>(o.height * o.width);
-  auto& c = workspaces_[i].context;
-  c.out = extents{{o.height, o.width, p.count}, 3};
   // This unit's channels of every pixel's gradient, contiguous as its kernels read them.
   ensure(block_grad_, rows, static_cast<std::size_t>(cells) * p.count);
   matrix_map<Scalar>(block_grad_.data(), rows * cells, static_cast<Eigen::Index>(p.count)) =
@@ -345,6 +345,76 @@ void processing_unit<Transport, Scalar>::backward_channels(std::size_t i, Scalar
           .middleCols(static_cast<Eigen::Index>(p.begin), static_cast<Eigen::Index>(p.count));
   l.ops.backward(workspaces_[i], params_.data() + p.parameter_offset, g, in, block_grad_, block_grad_, dx, want_dx);
   if (want_dx) sum_over(l.column_group, dx, {message_kind::all_reduce, true, i, m});
+}
+
+template <transport Transport, class Scalar>
+void processing_unit<Transport, Scalar>::take_input_channels(std::size_t i, const_matrix_ref<Scalar> in) {
+  const auto& p = d_.layers[i].part;
+  const auto im = detail::image_of(d_.layers[i].in_shape);
+  const auto pixels = in.rows() * static_cast<Eigen::Index>(im.height * im.width);
+  ensure(channel_input_, in.rows(), im.height * im.width * p.input_count);
+  matrix_map<Scalar>(channel_input_.data(), pixels, static_cast<Eigen::Index>(p.input_count)) =
+      const_matrix_map<Scalar>(in.data(), pixels, static_cast<Eigen::Index>(im.channels))
+          .middleCols(static_cast<Eigen::Index>(p.input_begin), static_cast<Eigen::Index>(p.input_count));
+}
+
+template <transport Transport, class Scalar>
+const Scalar* processing_unit<Transport, Scalar>::pack_input_channels(std::size_t i) {
+  const auto& l = d_.layers[i];
+  const auto& p = l.part;
+  const std::size_t outs = p.count, mine = p.input_count, taps = l.taps, weights = outs * taps * mine;
+  if (packed_.size() < p.parameter_count) packed_.resize(p.parameter_count);
+  const Scalar* w = params_.data() + p.parameter_offset;
+  for (std::size_t t = 0; t < taps; ++t)  // stored: tap t's block (outs x mine); packed: row o, columns t x mine
+    for (std::size_t o = 0; o < outs; ++o)
+      std::copy_n(w + (t * outs + o) * mine, mine, packed_.data() + o * taps * mine + t * mine);
+  if (p.in_index == 0) std::copy_n(w + weights, outs, packed_.data() + weights);
+  else std::fill_n(packed_.data() + weights, outs, Scalar(0));
+  return packed_.data();
+}
+
+template <transport Transport, class Scalar>
+void processing_unit<Transport, Scalar>::unpack_input_channels(std::size_t i, const Scalar* packed, Scalar* g) const {
+  const auto& l = d_.layers[i];
+  const auto& p = l.part;
+  const std::size_t outs = p.count, mine = p.input_count, taps = l.taps, weights = outs * taps * mine;
+  for (std::size_t t = 0; t < taps; ++t)
+    for (std::size_t o = 0; o < outs; ++o)
+      std::copy_n(packed + o * taps * mine + t * mine, mine, g + (t * outs + o) * mine);
+  std::copy_n(packed + weights, outs, g + weights);  // every unit's bias gradient: the whole sum of dy
+}
+
+template <transport Transport, class Scalar>
+void processing_unit<Transport, Scalar>::forward_input_channels(std::size_t m, std::size_t i,
+                                                                const_matrix_ref<Scalar> in, matrix_ref<Scalar> y) {
+  const auto& l = d_.layers[i];
+  take_input_channels(i, in);
+  l.ops.forward(workspaces_[i], pack_input_channels(i), channel_input_, y);
+  sum_over(l.row_group, y, {message_kind::all_reduce, false, i, m});
+}
+
+template <transport Transport, class Scalar>
+void processing_unit<Transport, Scalar>::backward_input_channels(std::size_t i, Scalar* g, const_matrix_ref<Scalar> in,
+                                                                 const_matrix_ref<Scalar> dy, matrix_ref<Scalar> dx,
+                                                                 bool want_dx, std::size_t m) {
+  const auto& l = d_.layers[i];
+  const auto& p = l.part;
+  const auto im = detail::image_of(l.in_shape);
+  const Eigen::Index rows = in.rows();
+  const auto pixels = rows * static_cast<Eigen::Index>(im.height * im.width);
+  take_input_channels(i, in);
+  const Scalar* w = pack_input_channels(i);
+  if (packed_grad_.size() < p.parameter_count) packed_grad_.resize(p.parameter_count);
+  // The gradient of this unit's channels, in its place among the shards' blocks for the gather.
+  const auto blocks = gather_buffer(static_cast<std::size_t>(pixels) * im.channels);
+  matrix_map<Scalar> mine(blocks.data() + p.input_begin * static_cast<std::size_t>(pixels), rows,
+                          static_cast<Eigen::Index>(im.height * im.width * p.input_count));
+  l.ops.backward(workspaces_[i], w, packed_grad_.data(), channel_input_, dy, dy, mine, want_dx);
+  unpack_input_channels(i, packed_grad_.data(), g);
+  if (want_dx)
+    gather_columns(blocks, pixels, im.channels,
+                   matrix_map<Scalar>(dx.data(), pixels, static_cast<Eigen::Index>(im.channels)), l.row_group,
+                   p.in_index, {message_kind::all_gather, true, i, m});
 }
 
 }  // namespace f2d2n
