@@ -22,6 +22,8 @@ packages=(
   libbenchmark-dev                     # bench/
   dataset-fashion-mnist                # the data: /usr/share/datasets/fashion-mnist
   python3-numpy                        # tests/torch_peer.py: the safetensors peer (PyTorch's, else numpy's)
+  python3-botocore                     # tests/s3/botocore_sign.py: the SigV4 oracle
+  curl                                 # bench/compare/s3_vs_curl.sh
   iproute2                             # tests/netns.sh: ip netns, veth, bridge, tc tbf (run as root)
 )
 for arg in "$@"; do
@@ -33,6 +35,16 @@ for arg in "$@"; do
     *) echo "deps.sh: unknown option '$arg' (use --compare, --plot or --fuzz)" >&2; exit 2 ;;
   esac
 done
+
+# The S3 tests and scripts/demo.sh --datalake run s3rver (npm registry) on Node.js: Node.js with npm
+# is expected on the machine (Debian's nodejs and npm packages, or NodeSource's nodejs, which holds npm).
+if ! command -v npm >/dev/null; then
+  if dpkg-query -W -f='${Status}' nodejs 2>/dev/null | grep -q "install ok installed"; then
+    echo "f2d2n: nodejs is installed without npm; the S3 tests need npm (apt-get install npm)" >&2
+  else
+    packages+=(nodejs npm)
+  fi
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -6,6 +6,7 @@
 #include <f2d2n/core/shape.hpp>
 #include <f2d2n/data/idx.hpp>
 #include <f2d2n/model/tensor.hpp>
+#include <f2d2n/store/backend.hpp>
 
 #include <cstdint>
 #include <filesystem>
@@ -64,13 +65,22 @@ void check_fits(const dataset<Scalar>& d, std::size_t features, std::size_t outp
                          " outputs");
 }
 
+template <class Scalar>
+dataset<Scalar> to_dataset(const idx_array& images, const idx_array& labels, const std::string& images_path,
+                           const std::string& labels_path, normalization norm, std::size_t classes);
+
 /// Loads an images file (rank >= 2: count x sample extents) and a labels file (rank 1) of the
 /// same count. Labels must be below `classes`.
 template <class Scalar = float>
 dataset<Scalar> load_idx(const std::string& images_path, const std::string& labels_path, normalization norm = {},
                          std::size_t classes = 10) {
-  idx_array images = read_idx(images_path);
-  idx_array labels = read_idx(labels_path);
+  return to_dataset<Scalar>(read_idx(images_path), read_idx(labels_path), images_path, labels_path, norm, classes);
+}
+
+/// A dataset from the contents of an images and a labels IDX file (checked as load_idx says).
+template <class Scalar>
+dataset<Scalar> to_dataset(const idx_array& images, const idx_array& labels, const std::string& images_path,
+                           const std::string& labels_path, normalization norm, std::size_t classes) {
   if (images.dims.size() < 2)
     throw data_error(images_path, data_problem::bad_dimensions,
                      "an images file has rank 2 or more (count, then the extents of one sample); this one has rank " +
@@ -133,14 +143,48 @@ inline std::string find_idx_file(const std::string& dir, const std::string& stem
 /// The standard directory of Debian's dataset-fashion-mnist package.
 inline constexpr const char* fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
 
-/// Loads the train or test half of an MNIST-format directory (train-images-idx3-ubyte[.gz], ...).
+/// Finds `<folder><stem>.gz` or `<folder><stem>` in a store (folder: "" or ending in '/'); throws
+/// data_error(missing) naming both when neither exists.
+inline std::string find_idx_object(const storage_backend& store, const std::string& folder, const std::string& stem) {
+  const std::string plain = folder + stem, gz = plain + ".gz";
+  if (store.size(gz)) return gz;
+  if (store.size(plain)) return plain;
+  throw data_error(store.location() + "/" + plain, data_problem::missing,
+                   "neither it nor " + stem + ".gz exists in the store");
+}
+
+/// Loads samples `range` of the train or test half of an MNIST-format folder of a store: plain
+/// IDX objects are read with ranged reads (only the range's bytes), gzipped ones whole.
 template <class Scalar = float>
-dataset<Scalar> load_mnist(const std::string& dir, split which, normalization norm = {}) {
+dataset<Scalar> load_mnist(const storage_backend& store, const std::string& folder, split which,
+                           normalization norm = {}, sample_range range = {}) {
+  const std::string prefix = which == split::train ? "train" : "t10k";
+  std::string dir = folder;
+  if (!dir.empty() && dir.back() != '/') dir += '/';
+  const std::string images = find_idx_object(store, dir, prefix + "-images-idx3-ubyte");
+  const std::string labels = find_idx_object(store, dir, prefix + "-labels-idx1-ubyte");
+  return to_dataset<Scalar>(read_idx(store, images, {}, range), read_idx(store, labels, {}, range),
+                            store.location() + "/" + images, store.location() + "/" + labels, norm, 10);
+}
+
+/// Loads the train or test half of an MNIST-format directory (train-images-idx3-ubyte[.gz], ...),
+/// or of an object store's folder: "s3://bucket/prefix" (credentials and endpoint from the
+/// environment; the program includes <f2d2n/store/s3_backend.hpp> somewhere, see open_storage).
+/// `range`: only those samples (from a store, only their bytes are read when the files are not
+/// compressed).
+template <class Scalar = float>
+dataset<Scalar> load_mnist(const std::string& where, split which, normalization norm = {}, sample_range range = {}) {
+  if (is_s3_location(where)) return load_mnist<Scalar>(*open_storage(where), "", which, norm, range);
   const std::string prefix = which == split::train ? "train" : "t10k";
   // Look the images up first, so that a directory missing both names the images file everywhere.
-  const std::string images = find_idx_file(dir, prefix + "-images-idx3-ubyte");
-  const std::string labels = find_idx_file(dir, prefix + "-labels-idx1-ubyte");
-  return load_idx<Scalar>(images, labels, norm, 10);
+  const std::string images = find_idx_file(where, prefix + "-images-idx3-ubyte");
+  const std::string labels = find_idx_file(where, prefix + "-labels-idx1-ubyte");
+  auto d = load_idx<Scalar>(images, labels, norm, 10);
+  if (range.first == 0 && range.count >= d.size()) return d;
+  if (range.first >= d.size())
+    throw configuration_error("f2d2n: samples from " + std::to_string(range.first) + " asked of " + images +
+                              ", which holds " + std::to_string(d.size()));
+  return d.slice(range.first, range.count);
 }
 
 /// A view of one batch: rows of samples and their labels.

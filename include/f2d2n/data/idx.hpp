@@ -2,10 +2,13 @@
 //
 // IDX: two zero bytes, an element-type byte (0x08 = unsigned byte, the only type MNIST-format data
 // uses and the only one read here), a rank byte, then rank big-endian 32-bit extents, then the
-// elements. zlib's gz* functions read gzip and plain files alike.
+// elements. zlib's gz* functions read gzip and plain files alike. From a storage backend (a
+// directory or an object store), a plain file is read with ranged reads (its header, then only
+// the samples asked for), a gzipped one whole, inflated in memory.
 #pragma once
 
 #include <f2d2n/core/error.hpp>
+#include <f2d2n/store/backend.hpp>
 
 #include <zlib.h>
 
@@ -13,8 +16,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <type_traits>
 #include <vector>
@@ -147,6 +153,161 @@ inline idx_array read_idx(const std::string& path, idx_limits limits = {}) {
   if (code == Z_BUF_ERROR)
     throw data_error(path, data_problem::truncated, "the gzip stream ends before its trailer (CRC-32 and length)");
   return result;
+}
+
+/// Which samples (entries of the outermost extent) of an IDX file to read: [first, first + count),
+/// count clipped to the end. The default: all.
+struct sample_range {
+  std::size_t first = 0;
+  std::size_t count = std::numeric_limits<std::size_t>::max();
+};
+
+namespace detail {
+/// The header of an IDX file of unsigned bytes, checked as read_idx checks it: `read(offset, out)`
+/// fills out from the file's bytes (throwing data_error(truncated) past its end).
+template <class Read>
+std::vector<std::size_t> idx_header(const std::string& path, const idx_limits& limits, Read&& read) {
+  unsigned char magic[4];
+  read(0, std::as_writable_bytes(std::span<unsigned char>(magic)));
+  if (magic[0] != 0 || magic[1] != 0)
+    throw data_error(path, data_problem::bad_magic, "not an IDX file (it must start with two zero bytes)");
+  if (magic[2] != 0x08) {
+    constexpr char hex[] = "0123456789abcdef";
+    const std::string type{'0', 'x', hex[magic[2] >> 4], hex[magic[2] & 0xf]};
+    throw data_error(path, data_problem::bad_magic,
+                     "element type " + type + " is not supported; MNIST-format files hold unsigned bytes (0x08)");
+  }
+  const std::size_t rank = magic[3];
+  if (rank == 0 || rank > limits.max_rank)
+    throw data_error(path, data_problem::bad_dimensions,
+                     "rank " + std::to_string(rank) + " is outside 1.." + std::to_string(limits.max_rank));
+  std::vector<unsigned char> b(4 * rank);
+  read(4, std::as_writable_bytes(std::span<unsigned char>(b)));
+  std::vector<std::size_t> dims(rank);
+  std::size_t elements = 1;
+  for (std::size_t i = 0; i < rank; ++i) {
+    const std::size_t d = (std::size_t{b[4 * i]} << 24) | (std::size_t{b[4 * i + 1]} << 16) |
+                          (std::size_t{b[4 * i + 2]} << 8) | b[4 * i + 3];
+    if (d == 0) throw data_error(path, data_problem::bad_dimensions, "extent " + std::to_string(i) + " is zero");
+    if (elements > limits.max_elements / d)
+      throw data_error(path, data_problem::bad_dimensions,
+                       "the header announces more than " + std::to_string(limits.max_elements) + " elements");
+    elements *= d;
+    dims[i] = d;
+  }
+  return dims;
+}
+
+/// Reads the range of samples of an IDX file of `size` bytes through `read` (see idx_header).
+template <class Read>
+idx_array read_idx_range(const std::string& path, std::uint64_t size, const idx_limits& limits, sample_range range,
+                         Read&& read) {
+  idx_array a;
+  a.dims = idx_header(path, limits, read);
+  const std::size_t header = 4 + 4 * a.dims.size();
+  std::size_t elements = 1;
+  for (auto d : a.dims) elements *= d;
+  if (size < header + elements)
+    throw data_error(path, data_problem::truncated,
+                     "the header announces " + std::to_string(elements) + " bytes of data, the file holds " +
+                         std::to_string(size - header));
+  if (size > header + elements)
+    throw data_error(path, data_problem::bad_dimensions,
+                     "the file holds more data than the " + std::to_string(elements) + " bytes its header announces");
+  const std::size_t per_sample = elements / a.dims[0];
+  if (range.first >= a.dims[0])
+    throw configuration_error("f2d2n: samples from " + std::to_string(range.first) + " asked of " + path +
+                              ", which holds " + std::to_string(a.dims[0]));
+  const std::size_t count = std::min(range.count, a.dims[0] - range.first);
+  a.dims[0] = count;
+  a.data.resize(count * per_sample);
+  read(header + range.first * per_sample, std::as_writable_bytes(std::span<std::uint8_t>(a.data)));
+  return a;
+}
+
+/// A gzip stream in memory, inflated (at most `limit` bytes out; more is a forged or damaged file).
+inline std::vector<std::byte> gunzip(std::span<const std::byte> in, std::size_t limit, const std::string& path) {
+  z_stream z{};
+  if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) throw data_error(path, data_problem::corrupt, "cannot start zlib");
+  std::vector<std::byte> out(std::min<std::size_t>(limit, std::max<std::size_t>(in.size() * 4, 1 << 16)));
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<std::byte*>(in.data()));
+  std::size_t fed = 0, done = 0;
+  int rc = Z_OK;
+  while (rc != Z_STREAM_END) {
+    if (z.avail_in == 0 && fed < in.size()) {
+      const auto n = static_cast<uInt>(std::min<std::size_t>(in.size() - fed, 1u << 30));
+      z.next_in = reinterpret_cast<Bytef*>(const_cast<std::byte*>(in.data() + fed));
+      z.avail_in = n;
+      fed += n;
+    }
+    if (done == out.size()) {
+      if (out.size() >= limit) {
+        inflateEnd(&z);
+        throw data_error(path, data_problem::bad_dimensions,
+                         "inflates to more than " + std::to_string(limit) +
+                             " bytes (a gzip bomb or a forged header; idx_limits raises the limit)");
+      }
+      out.resize(std::min(limit, out.size() * 2));
+    }
+    z.next_out = reinterpret_cast<Bytef*>(out.data() + done);
+    z.avail_out = static_cast<uInt>(std::min<std::size_t>(out.size() - done, 1u << 30));
+    const uInt before = z.avail_out;
+    rc = inflate(&z, Z_NO_FLUSH);
+    done += before - z.avail_out;
+    if (rc == Z_BUF_ERROR && z.avail_in == 0 && fed == in.size()) {
+      inflateEnd(&z);
+      throw data_error(path, data_problem::truncated, "the gzip stream ends before its trailer (CRC-32 and length)");
+    }
+    if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) {
+      const std::string why = z.msg ? z.msg : "zlib error";
+      inflateEnd(&z);
+      throw data_error(path, data_problem::corrupt, "cannot decompress: " + why);
+    }
+  }
+  inflateEnd(&z);
+  out.resize(done);
+  return out;
+}
+}  // namespace detail
+
+/// Reads samples `range` of an IDX file of unsigned bytes from a storage backend (`key`; ending in
+/// .gz: gzip-compressed). A plain file is read with ranged reads: its header, then only the
+/// samples' bytes. A compressed one is read whole and inflated in memory, within
+/// idx_limits::max_expansion times its size. Throws data_error as read_idx does (missing when
+/// there is no such object), storage_error when the store fails.
+inline idx_array read_idx(const storage_backend& store, const std::string& key, idx_limits limits = {},
+                          sample_range range = {}) {
+  const std::string path = store.location() + "/" + key;
+  const auto size = store.size(key);
+  if (!size) throw data_error(path, data_problem::missing, "no such object");
+  auto from = [&](std::span<const std::byte> bytes) {
+    return [bytes, &path](std::size_t offset, std::span<std::byte> out) {
+      if (offset > bytes.size() || out.size() > bytes.size() - offset)
+        throw data_error(path, data_problem::truncated, "the file ends inside the IDX header");
+      std::copy_n(bytes.data() + offset, out.size(), out.data());
+    };
+  };
+  if (key.ends_with(".gz")) {
+    if (*size > limits.max_elements)
+      throw data_error(path, data_problem::bad_dimensions, "a compressed file larger than idx_limits::max_elements");
+    std::vector<std::byte> packed(static_cast<std::size_t>(*size));
+    store.get(key, 0, packed);
+    const std::size_t limit = limits.max_expansion == 0 ? limits.max_elements + 64
+                                                        : std::min<std::size_t>(limits.max_elements + 64,
+                                                                                packed.size() * limits.max_expansion);
+    const auto plain = detail::gunzip(packed, limit, path);
+    return detail::read_idx_range(path, plain.size(), limits, range, from(plain));
+  }
+  if (*size < 8) {  // not even a header: read what there is to name the problem
+    std::vector<std::byte> all(static_cast<std::size_t>(*size));
+    store.get(key, 0, all);
+    return detail::read_idx_range(path, all.size(), limits, range, from(all));
+  }
+  return detail::read_idx_range(path, *size, limits, range, [&](std::size_t offset, std::span<std::byte> out) {
+    if (offset + out.size() > *size)
+      throw data_error(path, data_problem::truncated, "the file ends inside the IDX header");
+    store.get(key, offset, out);
+  });
 }
 
 }  // namespace f2d2n

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -254,5 +255,28 @@ class directory_backend final : public storage_backend {
 
   std::filesystem::path root_;
 };
+
+/// True for "s3://..." locations.
+[[nodiscard]] inline bool is_s3_location(std::string_view where) noexcept { return where.starts_with("s3://"); }
+
+namespace detail {
+/// How open_storage reaches an object store: <f2d2n/store/s3_backend.hpp> sets it when a program
+/// includes it (the S3 client is compiled only where it is included: it is not light).
+inline std::unique_ptr<storage_backend> (*s3_opener)(std::string_view) = nullptr;
+}  // namespace detail
+
+/// The backend for a place to store: a directory (created when missing), or an s3:// location
+/// (credentials and endpoint from the environment; the program must include
+/// <f2d2n/store/s3_backend.hpp> in one of its source files, else configuration_error says so).
+[[nodiscard]] inline std::unique_ptr<storage_backend> open_storage(std::string_view where) {
+  if (is_s3_location(where)) {
+    if (!detail::s3_opener)
+      throw configuration_error("f2d2n: '" + std::string(where) +
+                                "' is an object store: the program needs #include <f2d2n/store/s3_backend.hpp> "
+                                "(in any one of its source files) to reach it");
+    return detail::s3_opener(where);
+  }
+  return std::make_unique<directory_backend>(std::filesystem::path(std::string(where)));
+}
 
 }  // namespace f2d2n
