@@ -10,6 +10,10 @@
 #   scripts/demo.sh --serial --model cnn  the CNN in one process
 #   scripts/demo.sh --max-restarts 3      checkpoints after every epoch; when a unit dies, every unit
 #                                         restarts and resumes from the newest one
+#   scripts/demo.sh --datalake            the data and the checkpoints in an object store: starts a local
+#                                         S3 server (s3rver, installed into the build), uploads
+#                                         Fashion-MNIST to it, trains the 4 units reading from it and
+#                                         checkpointing to it, saves the model there and prints where
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build="${F2D2N_BUILD_DIR:-build}"
@@ -29,6 +33,36 @@ case "$model" in
   *) echo "demo.sh: --model is mlp or cnn, not '$model'" >&2; exit 2 ;;
 esac
 set -- "${rest[@]}"
+if [[ " $* " == *" --datalake "* ]]; then
+  args=()
+  for a in "$@"; do [[ "$a" == "--datalake" ]] || args+=("$a"); done
+  scripts/configure.sh fashion_mnist_cluster f2d2n_launch f2d2n_s3 >/dev/null
+  entry=$(scripts/s3rver.sh install "$build/s3rver" | tail -n 1)
+  stamp="$(date +%Y%m%d-%H%M%S)-$$"
+  lake="$build/datalake"
+  mkdir -p "$lake"
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  node --openssl-legacy-provider "$entry" --directory "$lake/objects" --address 127.0.0.1 --port "$port" --silent \
+    --configure-bucket f2d2n >/dev/null &
+  server=$!
+  trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true; rm -rf "$lake/upload-$stamp"' EXIT
+  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  # s3rver's fixed credentials; any S3-compatible store works the same with its own.
+  export AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER AWS_ENDPOINT_URL="http://127.0.0.1:$port"
+  echo "datalake: s3rver on $AWS_ENDPOINT_URL, objects under $lake/objects" >&2
+  # Uncompressed IDX files: a unit then reads only the bytes of the samples it loads (ranged GETs).
+  mkdir -p "$lake/upload-$stamp"
+  for f in /usr/share/datasets/fashion-mnist/*-ubyte.gz; do gunzip -c "$f" >"$lake/upload-$stamp/$(basename "$f" .gz)"; done
+  "$build/tools/f2d2n_s3" put-dir "$lake/upload-$stamp" s3://f2d2n/fashion-mnist >&2
+  run="s3://f2d2n/runs/$stamp"
+  "$build/tools/f2d2n_launch" -n 4 -- "$build/examples/fashion_mnist_cluster" --data-dir s3://f2d2n/fashion-mnist \
+    --checkpoint-dir "$run" --save-model "$run/model.safetensors" "${args[@]}"
+  echo "datalake: the run's objects (checkpoints, the model):"
+  "$build/tools/f2d2n_s3" ls "$run"
+  echo "datalake: the model is $run/model.safetensors (on $AWS_ENDPOINT_URL; the server stops with this script," \
+    "its objects stay under $lake/objects/f2d2n)"
+  exit 0
+fi
 if [[ "${1:-}" == "--serial" || " $* " == *" --serial "* ]]; then
   args=()
   for a in "$@"; do [[ "$a" == "--serial" ]] || args+=("$a"); done

@@ -63,7 +63,8 @@ inline po::options_description options(settings& s, const char* title, const cha
   opts.add_options()
     ("help,h", "show this help")
     ("data-dir", po::value(&s.data_dir)->default_value(nn::fashion_mnist_dir),
-        "directory with train-/t10k- images and labels IDX files, gzipped or not")
+        "directory with train-/t10k- images and labels IDX files, gzipped or not, or an object store's folder "
+        "s3://bucket/prefix (credentials and endpoint: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)")
     ("preset", po::value(&s.preset)->default_value(preset),
         "mlp: 784-256-128-10 ReLU, Adam; cnn: three 3x3 convolutions (32, 64, 64 channels) with max pooling, dense "
         "64, dropout, Adam (93,322 parameters); f2d2n: the F2D2N prototype 784-30-10 sigmoid, SGD + L2, batch 30")
@@ -83,14 +84,15 @@ inline po::options_description options(settings& s, const char* title, const cha
         "file; on a cluster each unit writes its own, with .unit<rank> before the extension")
     ("train-limit", po::value(&s.train_limit)->default_value(0), "use only the first N training samples (0: all)")
     ("checkpoint-dir", po::value(&s.checkpoint_dir),
-        "write a checkpoint into this directory after every epoch (and every --checkpoint-every steps); on a "
-        "cluster every unit writes its own part of each")
+        "write a checkpoint into this directory, or s3://bucket/prefix, after every epoch (and every "
+        "--checkpoint-every steps); on a cluster every unit writes its own part of each")
     ("checkpoint-every", po::value(&s.checkpoint_every)->default_value(0), "also checkpoint every N steps (0: only after epochs)")
     ("checkpoint-keep", po::value(&s.checkpoint_keep)->default_value(3), "keep the newest N checkpoints (0: all)")
     ("resume", po::bool_switch(&s.resume),
         "first resume from the newest checkpoint in --checkpoint-dir, if there is one (from any plan of the model)")
     ("save-model", po::value(&s.save_model),
-        "after training, save the model to this safetensors file (PyTorch's state_dict names)");
+        "after training, save the model to this safetensors file, or object s3://bucket/prefix/name "
+        "(PyTorch's state_dict names)");
   // clang-format on
   return opts;
 }
@@ -145,10 +147,11 @@ struct data {
 inline data load(const settings& s) {
   const nn::normalization norm =
       s.normalize == "standard" ? nn::normalization{.mean = 0.2860, .stddev = 0.3530} : nn::normalization{};
-  data d{nn::load_mnist<float>(s.data_dir, nn::split::train, norm),
-         nn::load_mnist<float>(s.data_dir, nn::split::test, norm)};
-  if (s.train_limit != 0 && s.train_limit < d.train.size()) d.train = d.train.slice(0, s.train_limit);
-  return d;
+  // --train-limit N reads only N samples (from an object store, only their bytes when the files are
+  // not compressed).
+  const nn::sample_range train{0, s.train_limit != 0 ? s.train_limit : nn::sample_range{}.count};
+  return {nn::load_mnist<float>(s.data_dir, nn::split::train, norm, train),
+          nn::load_mnist<float>(s.data_dir, nn::split::test, norm)};
 }
 
 /// The settings, in one line after the model's.

@@ -5,14 +5,30 @@
 #include "settings.hpp"
 
 #include <f2d2n/store.hpp>
+#include <f2d2n/store/s3_backend.hpp>
 #include <f2d2n/train/checkpoint.hpp>
 
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <optional>
 #include <string>
 
 namespace example {
+
+/// Saves the network as safetensors to a file, or to an object (s3://bucket/prefix/name.safetensors).
+template <class Network>
+void save_model(const Network& net, const std::string& where) {
+  if (!nn::is_s3_location(where)) {
+    nn::save_safetensors(net, where);
+    return;
+  }
+  const auto slash = where.rfind('/');
+  if (slash == std::string::npos || slash < 5 || slash + 1 == where.size())
+    throw nn::configuration_error("--save-model: '" + where + "' names no object (s3://bucket/[prefix/]name)");
+  nn::s3_backend store(where.substr(0, slash));
+  nn::save_safetensors(net, store, where.substr(slash + 1));
+}
 
 /// Trains with the optimizer the settings name; `report`: this process draws the progress bar and
 /// prints the result (one unit of a cluster does). `metrics` is the CSV file this process writes.
@@ -22,7 +38,7 @@ int train_and_report(Net& net, const settings& s, const data& d, bool report, co
   auto go = [&](auto t) {
     nn::progress_bar bar;
     std::optional<nn::csv_logger> csv;
-    std::optional<nn::directory_backend> store;
+    std::unique_ptr<nn::storage_backend> store;  // a directory or s3://bucket/prefix
     std::optional<nn::checkpointer<decltype(t)>> checkpoints;
     if (report) t.add(bar);
     if (!metrics.empty()) t.add(csv.emplace(metrics));
@@ -31,7 +47,7 @@ int train_and_report(Net& net, const settings& s, const data& d, bool report, co
                               .seed = s.seed,
                               .learning_rate_decay = s.decay};
     if (!s.checkpoint_dir.empty()) {
-      store.emplace(s.checkpoint_dir);
+      store = nn::open_storage(s.checkpoint_dir);
       nn::checkpoint_options o;
       o.every_steps = s.checkpoint_every;
       o.keep = s.checkpoint_keep;
@@ -61,13 +77,13 @@ int train_and_report(Net& net, const settings& s, const data& d, bool report, co
         if (report) {
           auto save = [&](auto whole) {
             nn::load_parameters(whole, *store, *nn::latest_checkpoint(*store));
-            nn::save_safetensors(whole, s.save_model);
+            save_model(whole, s.save_model);
           };
           if (s.preset == "cnn") save(nn::network<cnn>{});
           else save(nn::network<mlp>{});
         }
       } else {
-        nn::save_safetensors(net, s.save_model);
+        save_model(net, s.save_model);
       }
       if (report) std::printf("saved the model to %s\n", s.save_model.c_str());
     }
