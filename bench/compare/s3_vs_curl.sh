@@ -6,7 +6,8 @@
 #   SIZE_MIB=64 ROUNDS=5 bench/compare/s3_vs_curl.sh
 # curl signs with --aws-sigv4 and sends one PUT with UNSIGNED-PAYLOAD. f2d2n is measured as it runs
 # by default (the body's SHA-256 signed; a multipart upload of 16 MiB parts, 4 in flight, above
-# 64 MiB) and as curl does it (one PUT, unsigned). The target (issue "The datalake") is >= 0.9x curl.
+# 64 MiB), as one signed PUT, and as curl does it (one PUT, unsigned). Downloads: curl one GET,
+# f2d2n_s3 ranged GETs of 16 MiB, 4 in flight. The target (issue "The datalake") is >= 0.9x curl.
 # Prints each round's MB/s and the ratios of the medians.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -56,10 +57,11 @@ declare -A runs
 echo "# $SIZE_MIB MiB object, $ROUNDS rounds, s3rver $(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$(dirname "$entry")/../package.json" | head -n 1) on 127.0.0.1"
 printf "%-6s %-26s %10s\n" round client MB/s
 for r in $(seq "$ROUNDS"); do
-  for who in curl_put f2d2n_put f2d2n_put_single_unsigned curl_get f2d2n_get; do
+  for who in curl_put f2d2n_put f2d2n_put_single f2d2n_put_single_unsigned curl_get f2d2n_get; do
     case "$who" in
       curl_put) t=$(seconds curl -sS -f "${sig[@]}" -T "$work/object" -o /dev/null "$url/curl.bin") ;;
       f2d2n_put) t=$(seconds "$tool" -q put "$work/object" s3://bench/f2d2n.bin) ;;
+      f2d2n_put_single) t=$(seconds "$tool" -q --multipart-mib 100000 put "$work/object" s3://bench/f2d2n.bin) ;;
       f2d2n_put_single_unsigned)
         t=$(seconds "$tool" -q --unsigned-payload --multipart-mib 100000 put "$work/object" s3://bench/f2d2n.bin) ;;
       curl_get) t=$(seconds curl -sS -f "${sig[@]}" -o "$work/curl.out" "$url/curl.bin") ;;
@@ -73,12 +75,14 @@ for r in $(seq "$ROUNDS"); do
   cmp -s "$work/object" "$work/f2d2n.out" || die "f2d2n's download differs from the object"
 done
 echo "# medians (MB/s) and ratios to curl"
-for who in curl_put f2d2n_put f2d2n_put_single_unsigned curl_get f2d2n_get; do
+for who in curl_put f2d2n_put f2d2n_put_single f2d2n_put_single_unsigned curl_get f2d2n_get; do
   runs[$who]=$(echo "${runs[$who]}" | median)
 done
-printf "upload:   curl %s, f2d2n as curl (one PUT, unsigned) %s (%.2fx), f2d2n by default %s (%.2fx)\n" \
-  "${runs[curl_put]}" "${runs[f2d2n_put_single_unsigned]}" \
-  "$(echo "${runs[f2d2n_put_single_unsigned]} / ${runs[curl_put]}" | bc -l)" \
-  "${runs[f2d2n_put]}" "$(echo "${runs[f2d2n_put]} / ${runs[curl_put]}" | bc -l)"
-printf "download: curl %s, f2d2n %s (%.2fx)\n" "${runs[curl_get]}" "${runs[f2d2n_get]}" \
+ratio() { echo "$1 / ${runs[curl_put]}" | bc -l; }
+printf "upload:   curl %s; f2d2n as curl (one PUT, unsigned) %s (%.2fx); one PUT, signed %s (%.2fx); by default\n" \
+  "${runs[curl_put]}" "${runs[f2d2n_put_single_unsigned]}" "$(ratio "${runs[f2d2n_put_single_unsigned]}")" \
+  "${runs[f2d2n_put_single]}" "$(ratio "${runs[f2d2n_put_single]}")"
+printf "          (signed; multipart above 64 MiB: 16 MiB parts, 4 in flight) %s (%.2fx)\n" "${runs[f2d2n_put]}" \
+  "$(ratio "${runs[f2d2n_put]}")"
+printf "download: curl %s; f2d2n (ranged GETs of 16 MiB, 4 in flight) %s (%.2fx)\n" "${runs[curl_get]}" "${runs[f2d2n_get]}" \
   "$(echo "${runs[f2d2n_get]} / ${runs[curl_get]}" | bc -l)"

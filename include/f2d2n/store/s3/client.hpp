@@ -210,7 +210,7 @@ class client {
   }
 
   [[nodiscard]] std::string payload_hash(std::span<const std::span<const std::byte>> body) const {
-    if (!o_.sign_payload) return std::string(unsigned_payload);
+    if (!o_.sign_payload.value_or(!endpoint_.tls)) return std::string(unsigned_payload);
     sha256 h;
     for (auto p : body) h.update(p);
     const auto d = h.finish();
