@@ -76,18 +76,13 @@ inline std::size_t gz_read_some(gzFile f, const std::string& path, void* out, st
 }
 }  // namespace detail
 
-/// Reads a whole IDX file of unsigned bytes (plain or gzip-compressed).
-/// Throws data_error naming the file for: missing, bad_magic, bad_dimensions, truncated, corrupt.
-inline idx_array read_idx(const std::string& path, idx_limits limits = {}) {
-  if (std::error_code ec; std::filesystem::is_directory(path, ec))
-    throw data_error(path, data_problem::missing, "is a directory, not a file");
-  detail::gz_handle file(gzopen(path.c_str(), "rb"));
-  if (!file) throw data_error(path, data_problem::missing, "cannot open the file");
-  gzbuffer(file.get(), 1u << 17);
-
+namespace detail {
+/// The header of an IDX file of unsigned bytes, checked as read_idx checks it: `read(offset, out)`
+/// fills out from the file's bytes (throwing data_error(truncated) past its end).
+template <class Read>
+std::vector<std::size_t> idx_header(const std::string& path, const idx_limits& limits, Read&& read) {
   unsigned char magic[4];
-  const std::size_t got = detail::gz_read_some(file.get(), path, magic, 4);
-  if (got < 4) throw data_error(path, data_problem::truncated, "the file ends inside the 4-byte IDX header");
+  read(0, std::as_writable_bytes(std::span<unsigned char>(magic)));
   if (magic[0] != 0 || magic[1] != 0)
     throw data_error(path, data_problem::bad_magic, "not an IDX file (it must start with two zero bytes)");
   if (magic[2] != 0x08) {
@@ -100,22 +95,42 @@ inline idx_array read_idx(const std::string& path, idx_limits limits = {}) {
   if (rank == 0 || rank > limits.max_rank)
     throw data_error(path, data_problem::bad_dimensions,
                      "rank " + std::to_string(rank) + " is outside 1.." + std::to_string(limits.max_rank));
-
-  idx_array result;
-  result.dims.resize(rank);
+  std::vector<unsigned char> b(4 * rank);
+  read(4, std::as_writable_bytes(std::span<unsigned char>(b)));
+  std::vector<std::size_t> dims(rank);
   std::size_t elements = 1;
   for (std::size_t i = 0; i < rank; ++i) {
-    unsigned char b[4];
-    if (detail::gz_read_some(file.get(), path, b, 4) < 4)
-      throw data_error(path, data_problem::truncated, "the file ends inside the IDX header's extents");
-    const std::size_t d = (std::size_t{b[0]} << 24) | (std::size_t{b[1]} << 16) | (std::size_t{b[2]} << 8) | b[3];
+    const std::size_t d = (std::size_t{b[4 * i]} << 24) | (std::size_t{b[4 * i + 1]} << 16) |
+                          (std::size_t{b[4 * i + 2]} << 8) | b[4 * i + 3];
     if (d == 0) throw data_error(path, data_problem::bad_dimensions, "extent " + std::to_string(i) + " is zero");
     if (elements > limits.max_elements / d)
       throw data_error(path, data_problem::bad_dimensions,
                        "the header announces more than " + std::to_string(limits.max_elements) + " elements");
     elements *= d;
-    result.dims[i] = d;
+    dims[i] = d;
   }
+  return dims;
+}
+
+}  // namespace detail
+
+/// Reads a whole IDX file of unsigned bytes (plain or gzip-compressed).
+/// Throws data_error naming the file for: missing, bad_magic, bad_dimensions, truncated, corrupt.
+inline idx_array read_idx(const std::string& path, idx_limits limits = {}) {
+  if (std::error_code ec; std::filesystem::is_directory(path, ec))
+    throw data_error(path, data_problem::missing, "is a directory, not a file");
+  detail::gz_handle file(gzopen(path.c_str(), "rb"));
+  if (!file) throw data_error(path, data_problem::missing, "cannot open the file");
+  gzbuffer(file.get(), 1u << 17);
+
+  idx_array result;
+  // The header, read in order from the stream.
+  result.dims = detail::idx_header(path, limits, [&](std::size_t, std::span<std::byte> out) {
+    if (detail::gz_read_some(file.get(), path, out.data(), out.size()) < out.size())
+      throw data_error(path, data_problem::truncated, "the file ends inside the IDX header");
+  });
+  std::size_t elements = 1;
+  for (auto d : result.dims) elements *= d;
 
   // A gzip stream may announce at most max_expansion times the file's size (plain files are read
   // as far as they go, growing with what arrives).
@@ -163,41 +178,6 @@ struct sample_range {
 };
 
 namespace detail {
-/// The header of an IDX file of unsigned bytes, checked as read_idx checks it: `read(offset, out)`
-/// fills out from the file's bytes (throwing data_error(truncated) past its end).
-template <class Read>
-std::vector<std::size_t> idx_header(const std::string& path, const idx_limits& limits, Read&& read) {
-  unsigned char magic[4];
-  read(0, std::as_writable_bytes(std::span<unsigned char>(magic)));
-  if (magic[0] != 0 || magic[1] != 0)
-    throw data_error(path, data_problem::bad_magic, "not an IDX file (it must start with two zero bytes)");
-  if (magic[2] != 0x08) {
-    constexpr char hex[] = "0123456789abcdef";
-    const std::string type{'0', 'x', hex[magic[2] >> 4], hex[magic[2] & 0xf]};
-    throw data_error(path, data_problem::bad_magic,
-                     "element type " + type + " is not supported; MNIST-format files hold unsigned bytes (0x08)");
-  }
-  const std::size_t rank = magic[3];
-  if (rank == 0 || rank > limits.max_rank)
-    throw data_error(path, data_problem::bad_dimensions,
-                     "rank " + std::to_string(rank) + " is outside 1.." + std::to_string(limits.max_rank));
-  std::vector<unsigned char> b(4 * rank);
-  read(4, std::as_writable_bytes(std::span<unsigned char>(b)));
-  std::vector<std::size_t> dims(rank);
-  std::size_t elements = 1;
-  for (std::size_t i = 0; i < rank; ++i) {
-    const std::size_t d = (std::size_t{b[4 * i]} << 24) | (std::size_t{b[4 * i + 1]} << 16) |
-                          (std::size_t{b[4 * i + 2]} << 8) | b[4 * i + 3];
-    if (d == 0) throw data_error(path, data_problem::bad_dimensions, "extent " + std::to_string(i) + " is zero");
-    if (elements > limits.max_elements / d)
-      throw data_error(path, data_problem::bad_dimensions,
-                       "the header announces more than " + std::to_string(limits.max_elements) + " elements");
-    elements *= d;
-    dims[i] = d;
-  }
-  return dims;
-}
-
 /// Reads the range of samples of an IDX file of `size` bytes through `read` (see idx_header).
 template <class Read>
 idx_array read_idx_range(const std::string& path, std::uint64_t size, const idx_limits& limits, sample_range range,
