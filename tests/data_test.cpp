@@ -1036,3 +1036,37 @@ TEST_CASE("Fashion-MNIST test split loads as 10000 images of 28 x 28 in [0, 1]")
   CHECK_NOTHROW(f2d2n::check_fits(d, 784, 10));
   expect_data_error([&] { f2d2n::check_fits(d, 28, 10); }, data_problem::shape_mismatch, d.source);
 }
+
+TEST_CASE("a store's IDX files read by ranges equal the file's samples; s3:// without the S3 header says what is missing") {
+  // A directory as the store: plain files by ranges, a gzipped one whole; the same checks.
+  f2d2n::testing::temp_dir dir;
+  std::string images{'\0', '\0', '\x08', '\x03', 0, 0, 0, 20, 0, 0, 0, 3, 0, 0, 0, 2};
+  for (int i = 0; i < 20 * 6; ++i) images += static_cast<char>(i * 7);
+  std::string labels{'\0', '\0', '\x08', '\x01', 0, 0, 0, 20};
+  for (int i = 0; i < 20; ++i) labels += static_cast<char>(i % 10);
+  std::ofstream(dir.file("train-images-idx3-ubyte"), std::ios::binary) << images;
+  std::ofstream(dir.file("train-labels-idx1-ubyte"), std::ios::binary) << labels;
+  f2d2n::directory_backend store(dir.path());
+  const auto all = f2d2n::load_mnist<float>(dir.str(), f2d2n::split::train);
+  const auto part = f2d2n::load_mnist<float>(store, "", f2d2n::split::train, {}, {5, 4});
+  REQUIRE(part.size() == 4);
+  CHECK(part.samples == all.samples.middleRows(5, 4));
+  CHECK(std::equal(part.labels.begin(), part.labels.end(), all.labels.begin() + 5));
+  CHECK(f2d2n::load_mnist<float>(dir.str(), f2d2n::split::train, {}, {18, 100}).size() == 2);
+  CHECK_THROWS_AS((void)f2d2n::load_mnist<float>(store, "", f2d2n::split::train, {}, {20, 1}),
+                  f2d2n::configuration_error);
+  std::ofstream(dir.file("train-images-idx3-ubyte"), std::ios::binary) << images.substr(0, 30);
+  try {
+    (void)f2d2n::load_mnist<float>(store, "", f2d2n::split::train);
+    FAIL("a truncated file loaded");
+  } catch (const f2d2n::data_error& e) {
+    CHECK(e.problem() == f2d2n::data_problem::truncated);
+  }
+  // This program does not include <f2d2n/store/s3_backend.hpp>: an s3:// location names the header.
+  try {
+    (void)f2d2n::load_mnist<float>("s3://bucket/fashion-mnist", f2d2n::split::train);
+    FAIL("an s3:// location loaded without the S3 client");
+  } catch (const f2d2n::configuration_error& e) {
+    CHECK(std::string(e.what()).find("s3_backend.hpp") != std::string::npos);
+  }
+}

@@ -272,6 +272,23 @@ TEST_CASE("S3: s3_backend is a storage backend: checkpoints of a DP2 plan go up,
   for (std::size_t k = 0; k < loaded.parameters().size(); ++k)
     diff = std::max(diff, static_cast<double>(std::abs(loaded.parameters()[k] - serial.parameters()[k])));
   CHECK(diff < 1e-5);
+  {  // Resumed from the store (the newest checkpoint) for a third epoch: serial training's weights.
+    nn::network<plan_mlp> resumed(99);
+    nn::trainer rt(resumed, nn::sgd{.learning_rate = 0.05, .momentum = 0.9});
+    nn::checkpointer ck(rt, store, {.every_epoch = false, .keep = 0});
+    rt.add(ck);
+    REQUIRE(ck.resume());
+    auto three = fit;
+    three.epochs = 3;
+    rt.fit(data, three);
+    nn::network<plan_mlp> reference(11);
+    nn::trainer rf(reference, nn::sgd{.learning_rate = 0.05, .momentum = 0.9});
+    rf.fit(data, three);
+    double d3 = 0;
+    for (std::size_t k = 0; k < resumed.parameters().size(); ++k)
+      d3 = std::max(d3, static_cast<double>(std::abs(resumed.parameters()[k] - reference.parameters()[k])));
+    CHECK(d3 < 1e-5);
+  }
   // The model exported into the store as safetensors, read back whole.
   nn::save_safetensors(loaded, store, "model.safetensors");
   nn::network<plan_mlp> imported(1);
