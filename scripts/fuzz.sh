@@ -5,7 +5,7 @@
 # target finds a crash, a leak, undefined behaviour, an input slower than the timeout or one that
 # needs more memory than the limit; the input is kept in build-fuzz/crashes/<target>/ and its
 # output printed. Prints the executions of each target. docs/fuzzing.md has the long run.
-#   scripts/fuzz.sh [target...]        targets: frame handshake idx safetensors checkpoint (default all)
+#   scripts/fuzz.sh [target...]        targets: frame handshake idx safetensors checkpoint s3_listing (default all)
 #   F2D2N_FUZZ_SECONDS=20              seconds per target
 #   F2D2N_JOBS                         build jobs (default: every core); the targets run one at a time
 set -euo pipefail
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh --fuzz
 jobs=${F2D2N_JOBS:-$(nproc)}
 seconds=${F2D2N_FUZZ_SECONDS:-20}
-all=(frame handshake idx safetensors checkpoint)
+all=(frame handshake idx safetensors checkpoint s3_listing)
 targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=("${all[@]}")
 for t in "${targets[@]}"; do

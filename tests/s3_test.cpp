@@ -453,6 +453,27 @@ TEST_CASE("S3: locations and endpoints parse, or say what is wrong") {
   CHECK(v6.port == "9000");
   for (const char* bad : {"ftp://x", "http://", "http://host/path", "http://host:99999", "http://host:x", "http://u@h"})
     CHECK_THROWS_AS((void)nn::s3::endpoint::parse(bad), nn::configuration_error);
+  // A hostile store's answers: nested a million deep (the parser recurses), malformed, out of the
+  // prefix, truncated without a token: typed errors.
+  std::string deep;
+  for (int i = 0; i < 1000000; ++i) deep += "<a>";
+  for (const std::string& bad :
+       {deep, std::string("<ListBucketResult><Contents><Key>p/x</Key>"), std::string("not xml at all"),
+        std::string("<ListBucketResult><Contents><Key>q/outside</Key><Size>1</Size></Contents></ListBucketResult>"),
+        std::string("<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>"),
+        std::string("<ListBucketResult><Contents><Key>p/x</Key></Contents></ListBucketResult>")}) {
+    try {
+      (void)nn::s3::detail::parse_list_page(bad, "b", "p/");
+      FAIL("a bad listing was accepted: " << bad.substr(0, 80));
+    } catch (const nn::s3::s3_error& refused) {
+      CHECK(refused.problem() == nn::storage_problem::bad_format);
+    }
+  }
+  const auto page = nn::s3::detail::parse_list_page(
+      "<ListBucketResult><Contents><Key>p/a &amp; b</Key><Size>7</Size></Contents></ListBucketResult>", "b", "p/");
+  REQUIRE(page.objects.size() == 1);
+  CHECK(page.objects[0].key == "p/a & b");
+  CHECK(page.objects[0].size == 7);
   CHECK(nn::s3::host_label("my-bucket"));
   CHECK_FALSE(nn::s3::host_label("my.bucket"));
   CHECK_FALSE(nn::s3::host_label("ab"));

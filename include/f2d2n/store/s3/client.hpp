@@ -12,11 +12,10 @@
 
 #include <f2d2n/store/backend.hpp>
 #include <f2d2n/store/s3/detail/connection.hpp>
+#include <f2d2n/store/s3/detail/xml.hpp>
 #include <f2d2n/store/s3/options.hpp>
 #include <f2d2n/store/s3/sigv4.hpp>
 
-#include <boost/property_tree/ptree.hpp>
-#include <boost/property_tree/xml_parser.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -38,12 +37,6 @@
 #include <vector>
 
 namespace f2d2n::s3 {
-
-/// An object in a listing.
-struct object_info {
-  std::string key;
-  std::uint64_t size = 0;
-};
 
 class client {
  public:
@@ -131,23 +124,13 @@ class client {
       if (list_page_size_ > 0) c.query.emplace_back("max-keys", std::to_string(list_page_size_));
       if (!token.empty()) c.query.emplace_back("continuation-token", token);
       const auto r = perform(c, deadline);
-      const auto doc = parse_xml(r.body, bucket, prefix);
-      const auto& result = doc.get_child("ListBucketResult", empty_tree());
-      for (const auto& [name, node] : result) {
-        if (name != "Contents") continue;
-        object_info info;
-        info.key = node.get<std::string>("Key", "");
-        info.size = node.get<std::uint64_t>("Size", 0);
-        if (!info.key.starts_with(prefix))
-          throw s3_error(std::string(bucket), std::string(prefix), r.status, "", storage_problem::bad_format,
-                         "the listing holds a key outside the prefix");
-        out.push_back(std::move(info));
-      }
-      if (result.get<std::string>("IsTruncated", "false") != "true") break;
-      token = result.get<std::string>("NextContinuationToken", "");
-      if (token.empty())
+      auto page = detail::parse_list_page(r.body, bucket, prefix);
+      for (auto& o : page.objects) out.push_back(std::move(o));
+      if (!page.truncated) break;
+      if (page.next_token == token)
         throw s3_error(std::string(bucket), std::string(prefix), r.status, "", storage_problem::bad_format,
-                       "a truncated listing without a continuation token");
+                       "the store answered a listing's page with the same continuation token again");
+      token = std::move(page.next_token);
     }
     std::sort(out.begin(), out.end(), [](const object_info& a, const object_info& b) { return a.key < b.key; });
     return out;
@@ -204,10 +187,7 @@ class client {
     bool exists_is_ok = false;   ///< BucketAlreadyOwnedByYou is an answer (bucket creation)
   };
 
-  [[nodiscard]] static const boost::property_tree::ptree& empty_tree() {
-    static const boost::property_tree::ptree t;
-    return t;
-  }
+
 
   [[nodiscard]] std::string payload_hash(std::span<const std::span<const std::byte>> body) const {
     if (!o_.sign_payload.value_or(!endpoint_.tls)) return std::string(unsigned_payload);
@@ -351,19 +331,6 @@ class client {
                     c.method + " refused" + (message.empty() ? std::string() : ": " + message));
   }
 
-  [[nodiscard]] static boost::property_tree::ptree parse_xml(const std::string& body, std::string_view bucket,
-                                                             std::string_view key) {
-    boost::property_tree::ptree t;
-    try {
-      std::istringstream in(body);
-      boost::property_tree::read_xml(in, t);
-    } catch (const std::exception& e) {
-      throw s3_error(std::string(bucket), std::string(key), 200, "", storage_problem::bad_format,
-                     std::string("the store's XML answer does not parse: ") + e.what());
-    }
-    return t;
-  }
-
   /// A multipart upload: parts of options::part_size sent by parallel_parts connections at once
   /// (views of `data`, nothing copied), then completed; aborted when any part fails for good.
   void multipart_put(std::string_view bucket_view, std::string_view key_view, byte_pieces data, std::uint64_t total,
@@ -373,7 +340,7 @@ class client {
     start.query = {{"uploads", ""}};
     start.payload_hash = payload_hash({});
     const auto started = perform(start, deadline);
-    const std::string upload = parse_xml(started.body, bucket, key)
+    const std::string upload = detail::parse_xml(started.body, bucket, key)
                                    .get<std::string>("InitiateMultipartUploadResult.UploadId", "");
     if (upload.empty())
       throw s3_error(bucket, key, started.status, "", storage_problem::bad_format,
