@@ -94,6 +94,10 @@ class client {
     if (r.status != 206 && offset != 0)
       throw s3_error(std::string(bucket), std::string(key), r.status, "", storage_problem::bad_format,
                      "the store ignored the Range of a read from offset " + std::to_string(offset));
+    if (r.body_bytes > out.size())
+      throw s3_error(std::string(bucket), std::string(key), r.status, "", storage_problem::bad_format,
+                     "the store answered a read of " + std::to_string(out.size()) + " bytes with " +
+                         std::to_string(r.body_bytes));
     if (r.body_bytes != out.size())
       throw s3_error(std::string(bucket), std::string(key), r.status, "", storage_problem::truncated,
                      "ends before byte " + std::to_string(offset + out.size()) + " (read " +
