@@ -15,6 +15,12 @@
 #include <doctest/doctest.h>
 #include <zlib.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -57,7 +63,132 @@ nn::s3::s3_error s3_failure(F&& f) {
   return nn::s3::s3_error("", "", 0, "", nn::storage_problem::io, "");
 }
 
+/// A store that answers from a script: for each request (read up to its headers' end and its
+/// Content-Length body), the next scripted answer, raw bytes; then it closes the connection. It
+/// counts the requests. One thread, loopback, bounded by the test's own deadlines.
+class scripted_store {
+ public:
+  explicit scripted_store(std::vector<std::string> answers) : answers_(std::move(answers)) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t n = sizeof a;
+    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(fd_, 16) == 0);
+    REQUIRE(::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &n) == 0);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~scripted_store() {
+    ::shutdown(fd_, SHUT_RDWR);
+    ::close(fd_);
+    thread_.join();
+  }
+  scripted_store(const scripted_store&) = delete;
+  scripted_store& operator=(const scripted_store&) = delete;
+
+  [[nodiscard]] nn::s3::options options() const {
+    nn::s3::options o;
+    o.endpoint_url = "http://127.0.0.1:" + std::to_string(port_);
+    o.creds.access_key_id = "AKIDEXAMPLE";
+    o.creds.secret_access_key = nn::s3::secret("not-a-real-secret");
+    o.style = nn::s3::addressing::path;
+    o.call_timeout = std::chrono::seconds(10);
+    o.idle_timeout = std::chrono::milliseconds(700);
+    o.backoff_base = std::chrono::milliseconds(10);
+    o.backoff_cap = std::chrono::milliseconds(50);
+    o.max_attempts = 4;
+    return o;
+  }
+  [[nodiscard]] int requests() const { return requests_; }
+
+ private:
+  void serve() {
+    for (;;) {
+      const int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) return;
+      std::string got;
+      char buf[65536];
+      std::size_t need = std::string::npos;
+      while (need == std::string::npos || got.size() < need) {
+        timeval tv{2, 0};
+        ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        const ssize_t n = ::recv(c, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        got.append(buf, static_cast<std::size_t>(n));
+        if (const auto end = got.find("\r\n\r\n"); end != std::string::npos && need == std::string::npos) {
+          std::size_t length = 0;
+          if (const auto at = got.find("Content-Length: "); at != std::string::npos && at < end)
+            length = std::stoul(got.substr(at + 16));
+          need = end + 4 + length;
+        }
+      }
+      const std::size_t k = static_cast<std::size_t>(requests_++);
+      const std::string& answer = answers_[std::min(k, answers_.size() - 1)];
+      ::send(c, answer.data(), answer.size(), MSG_NOSIGNAL);
+      ::close(c);
+    }
+  }
+
+  std::vector<std::string> answers_;
+  int fd_ = -1;
+  unsigned port_ = 0;
+  std::atomic<int> requests_{0};
+  std::thread thread_;
+};
+
+std::string answer(int status, const std::string& reason, const std::string& body = "",
+                   const std::string& extra = "") {
+  return "HTTP/1.1 " + std::to_string(status) + " " + reason + "\r\nContent-Length: " + std::to_string(body.size()) +
+         "\r\nConnection: close\r\n" + extra + "\r\n" + body;
+}
+
 }  // namespace
+
+TEST_CASE("S3: a store's 5xx and throttling answers are retried; refusals are not; broken answers are typed errors") {
+  const std::string ok = answer(200, "OK", "", "ETag: \"x\"\r\n");
+  {  // 503 SlowDown, 500 InternalError, then the PUT goes through.
+    scripted_store store({answer(503, "Slow Down", "<Error><Code>SlowDown</Code></Error>"),
+                          answer(500, "Internal Error", "<Error><Code>InternalError</Code></Error>"), ok});
+    nn::s3::client c(store.options());
+    c.put("b", "k", bytes_of("payload"));
+    CHECK(store.requests() == 3);
+  }
+  {  // 403: refused at once, with S3's code and message; the secret in no text.
+    scripted_store store({answer(403, "Forbidden",
+                                 "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>")});
+    nn::s3::client c(store.options());
+    const auto e = s3_failure([&] { c.put("b", "k", bytes_of("payload")); });
+    CHECK(e.http_status() == 403);
+    CHECK(e.code() == "AccessDenied");
+    CHECK(std::string(e.what()).find("Access Denied") != std::string::npos);
+    CHECK(std::string(e.what()).find("not-a-real-secret") == std::string::npos);
+    CHECK(store.requests() == 1);
+  }
+  {  // Not HTTP at all; a body cut short; silence: retried, then a typed error naming the last failure.
+    for (const std::string& broken : {std::string("SSH-2.0-OpenSSH_9.2\r\n\r\n"),
+                                      std::string("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort"),
+                                      std::string("")}) {
+      scripted_store store({broken});
+      nn::s3::client c(store.options());
+      std::vector<std::byte> out(100);
+      const auto started = std::chrono::steady_clock::now();
+      const auto e = s3_failure([&] { c.get("b", "k", 0, out); });
+      CHECK(e.problem() == nn::storage_problem::io);
+      CHECK(std::string(e.what()).find("after 4 attempt") != std::string::npos);
+      CHECK(store.requests() == 4);
+      CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(8));
+    }
+  }
+  {  // A range answered with more bytes than asked.
+    scripted_store store({answer(206, "Partial Content", std::string(10, 'x'))});
+    nn::s3::client c(store.options());
+    std::vector<std::byte> out(4);
+    const auto e = s3_failure([&] { c.get("b", "k", 0, out); });
+    CHECK(e.problem() == nn::storage_problem::bad_format);
+  }
+}
 
 TEST_CASE("S3: objects go up and come back whole, by ranges, listed, removed") {
   s3rver_process server;
