@@ -429,45 +429,8 @@ struct distribute {
   /// Layer i's spatial partition on shard s (grid position (s / cols, s % cols)): its block of the
   /// output map, the window of the input map that block reads (kernel, stride and padding), and
   /// whether its input arrives / its output stays in blocks.
-  static constexpr void spatial_block_of(layer_partition& p, std::size_t i, std::size_t s) {
-    constexpr std::size_t rows = spatial_policy::rows, cols = spatial_policy::cols;
-    const auto in = detail::image_of(Net::input_extents[i]), out = detail::image_of(Net::output_extents[i]);
-    p.out_parts = rows;
-    p.in_parts = cols;
-    p.out_index = s / cols;
-    p.in_index = s % cols;
-    p.out_row = part_begin(out.height, rows, p.out_index);
-    p.out_rows = part_size(out.height, rows, p.out_index);
-    p.out_col = part_begin(out.width, cols, p.in_index);
-    p.out_cols = part_size(out.width, cols, p.in_index);
-    const auto& w = windows_[i];
-    // The window's first and one-past-last input cell along one dimension (padding cells counted
-    // as negative or past the map), clipped to the map, and the padding cells before it.
-    auto reach = [](std::size_t first_out, std::size_t outs, std::size_t k, std::size_t stride, std::size_t pad,
-                    std::size_t n, std::size_t& begin, std::size_t& count, std::size_t& padding) {
-      const auto first = static_cast<std::ptrdiff_t>(first_out * stride) - static_cast<std::ptrdiff_t>(pad);
-      const auto last = static_cast<std::ptrdiff_t>((first_out + outs - 1) * stride + k) - static_cast<std::ptrdiff_t>(pad);
-      const std::ptrdiff_t lo = first < 0 ? 0 : first;
-      const std::ptrdiff_t hi = last > static_cast<std::ptrdiff_t>(n) ? static_cast<std::ptrdiff_t>(n) : last;
-      begin = static_cast<std::size_t>(lo);
-      count = hi > lo ? static_cast<std::size_t>(hi - lo) : 0;
-      padding = static_cast<std::size_t>(lo - first);
-    };
-    if (w.windowed) {
-      reach(p.out_row, p.out_rows, w.kh, w.sh, w.ph, in.height, p.in_row, p.in_rows, p.pad_top);
-      reach(p.out_col, p.out_cols, w.kw, w.sw, w.pw, in.width, p.in_col, p.in_cols, p.pad_left);
-    } else {
-      p.in_row = p.out_row;
-      p.in_rows = p.out_rows;
-      p.in_col = p.out_col;
-      p.in_cols = p.out_cols;
-    }
-    p.sharded_input = i > 1 && spatial_layers[i - 1] && stage_of_layer(i - 1) == stage_of_layer(i);
-    p.sharded_output = i + 2 < layer_count && spatial_layers[i + 1] && stage_of_layer(i + 1) == stage_of_layer(i);
-    if (p.sharded_output) p.output_width = p.out_rows * p.out_cols * out.channels;
-    if (p.sharded_input)
-      p.input_width = part_size(in.height, rows, p.out_index) * part_size(in.width, cols, p.in_index) * in.channels;
-  }
+  static constexpr void spatial_block_of(layer_partition& p, std::size_t i, std::size_t s);
+
 
   static constexpr auto layouts_ = [] {
     std::array<std::array<layer_partition, layer_count>, stages * shards> all{};

@@ -1,11 +1,52 @@
 // f2d2n/plan/impl/distribute.hpp: what plan/distribute.hpp declares and computes from a unit's
-// partitions: its spatial windows and halos, activation bytes, gradient buckets, and the message
-// schema of its step (for_each_message, for_each_received).
+// partitions: its spatial blocks, windows and halos, activation bytes, gradient buckets, and the
+// message schema of its step (for_each_message, for_each_received).
 #pragma once
 
 #include <f2d2n/plan/distribute.hpp>
 
 namespace f2d2n {
+
+template <class Net, class... Policies>
+constexpr void distribute<Net, Policies...>::spatial_block_of(layer_partition& p, std::size_t i, std::size_t s) {
+  constexpr std::size_t rows = spatial_policy::rows, cols = spatial_policy::cols;
+  const auto in = detail::image_of(Net::input_extents[i]), out = detail::image_of(Net::output_extents[i]);
+  p.out_parts = rows;
+  p.in_parts = cols;
+  p.out_index = s / cols;
+  p.in_index = s % cols;
+  p.out_row = part_begin(out.height, rows, p.out_index);
+  p.out_rows = part_size(out.height, rows, p.out_index);
+  p.out_col = part_begin(out.width, cols, p.in_index);
+  p.out_cols = part_size(out.width, cols, p.in_index);
+  const auto& w = windows_[i];
+  // The window's first and one-past-last input cell along one dimension (padding cells counted
+  // as negative or past the map), clipped to the map, and the padding cells before it.
+  auto reach = [](std::size_t first_out, std::size_t outs, std::size_t k, std::size_t stride, std::size_t pad,
+                  std::size_t n, std::size_t& begin, std::size_t& count, std::size_t& padding) {
+    const auto first = static_cast<std::ptrdiff_t>(first_out * stride) - static_cast<std::ptrdiff_t>(pad);
+    const auto last = static_cast<std::ptrdiff_t>((first_out + outs - 1) * stride + k) - static_cast<std::ptrdiff_t>(pad);
+    const std::ptrdiff_t lo = first < 0 ? 0 : first;
+    const std::ptrdiff_t hi = last > static_cast<std::ptrdiff_t>(n) ? static_cast<std::ptrdiff_t>(n) : last;
+    begin = static_cast<std::size_t>(lo);
+    count = hi > lo ? static_cast<std::size_t>(hi - lo) : 0;
+    padding = static_cast<std::size_t>(lo - first);
+  };
+  if (w.windowed) {
+    reach(p.out_row, p.out_rows, w.kh, w.sh, w.ph, in.height, p.in_row, p.in_rows, p.pad_top);
+    reach(p.out_col, p.out_cols, w.kw, w.sw, w.pw, in.width, p.in_col, p.in_cols, p.pad_left);
+  } else {
+    p.in_row = p.out_row;
+    p.in_rows = p.out_rows;
+    p.in_col = p.out_col;
+    p.in_cols = p.out_cols;
+  }
+  p.sharded_input = i > 1 && spatial_layers[i - 1] && stage_of_layer(i - 1) == stage_of_layer(i);
+  p.sharded_output = i + 2 < layer_count && spatial_layers[i + 1] && stage_of_layer(i + 1) == stage_of_layer(i);
+  if (p.sharded_output) p.output_width = p.out_rows * p.out_cols * out.channels;
+  if (p.sharded_input)
+    p.input_width = part_size(in.height, rows, p.out_index) * part_size(in.width, cols, p.in_index) * in.channels;
+}
 
 template <class Net, class... Policies>
 constexpr map_region distribute<Net, Policies...>::owned_input_of(std::size_t rank, std::size_t i) noexcept {
