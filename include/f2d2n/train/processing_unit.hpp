@@ -134,27 +134,8 @@ class processing_unit {
   }
 
   /// Re-initialises this unit's parameters: the serial network's values for its part.
-  void initialize(std::uint64_t seed) {
-    seed_ = seed;
-    for (std::size_t i = 0; i < d_.layers.size(); ++i) {
-      const auto& l = d_.layers[i];
-      if (!l.part.held || l.part.parameter_count == 0) continue;
-      auto w = layer_parameters(i);
-      if (split(l.part)) {
-        // The serial layer's values (drawn by their place in its weight matrix) for each block held.
-        const double limit = l.limit(l.fan_in, l.fan_out);
-        l.for_each_weight_block([&](std::size_t r0, std::size_t rows, std::size_t c0, std::size_t cols, std::size_t at) {
-          for (std::size_t j = 0; j < rows; ++j)
-            for (std::size_t c = 0; c < cols; ++c)
-              w[at + j * cols + c] =
-                  static_cast<Scalar>(limit * random_symmetric(seed, i, (r0 + j) * l.weight_columns + c0 + c));
-        });
-        std::fill(w.end() - static_cast<std::ptrdiff_t>(l.part.count), w.end(), Scalar(0));
-      } else if (l.ops.initialize) {
-        l.ops.initialize(w, l.in, seed, i);
-      }
-    }
-  }
+  void initialize(std::uint64_t seed);
+
 
   /// Writes this unit's parameters into their places in a buffer laid out as the serial
   /// network's (network<model>::parameters()); the rest of `serial` is left as it is.
@@ -504,8 +485,10 @@ class processing_unit {
   /// partial outputs carry none). And the kernels' gradient in that order back into the stored order.
   const Scalar* pack_input_channels(std::size_t i);
   void unpack_input_channels(std::size_t i, const Scalar* packed, Scalar* g) const;
-  /// This unit's channels of every pixel of `in` into channel_input_.
-  void take_input_channels(std::size_t i, const_matrix_ref<Scalar> in);
+  /// Channels [begin, begin + count) of every pixel of `from` (rows of `cells` pixels of `channels`
+  /// values each, channel-last) into `to`, contiguous (rows x cells x count).
+  static void take_channels(const Scalar* from, Eigen::Index rows, Eigen::Index cells, std::size_t channels,
+                            std::size_t begin, std::size_t count, matrix<Scalar>& to);
 
   /// One halo transfer with t.peer: halo_out_'s rows of `send_columns` out (when t.send has cells),
   /// halo_in_'s rows of `receive_columns` in (when t.receive has), both as the message of `key`.
@@ -565,29 +548,8 @@ class processing_unit {
   /// Calls f(serial offset, local offset, count) for each contiguous piece of this unit's
   /// parameters in the serial layout.
   template <class F>
-  void for_each_piece(std::size_t serial_size, F f) const {
-    if (serial_size != d_.serial_parameters)
-      throw configuration_error("f2d2n: a serial parameter buffer of this model has " +
-                                std::to_string(d_.serial_parameters) + " values, not " + std::to_string(serial_size));
-    for (const auto& l : d_.layers) {
-      const auto& p = l.part;
-      if (!p.held || p.parameter_count == 0) continue;
-      const std::size_t at = l.serial_offset, local = p.parameter_offset;
-      if (split(p)) {
-        const std::size_t width = l.weight_columns;
-        l.for_each_weight_block([&](std::size_t r0, std::size_t rows, std::size_t c0, std::size_t cols, std::size_t o) {
-          if (cols == width) {
-            f(at + r0 * width, local + o, rows * width);  // whole rows of W: one piece
-          } else {
-            for (std::size_t j = 0; j < rows; ++j) f(at + (r0 + j) * width + c0, local + o + j * cols, cols);
-          }
-        });
-        f(at + l.weight_rows * width + p.begin, local + p.parameter_count - p.count, p.count);  // the rows' biases
-      } else {
-        f(at, local, p.parameter_count);
-      }
-    }
-  }
+  void for_each_piece(std::size_t serial_size, F f) const;
+
 
   Transport& t_;
   detail::unit_description<Scalar> d_;

@@ -1,10 +1,60 @@
 // f2d2n/train/impl/processing_unit.hpp: a unit's passes through its stage (forward and backward of a
-// micro-batch, of its layers); declared in train/processing_unit.hpp.
+// micro-batch, of its layers) and its parameters' places in the serial layout (initialise,
+// export, import); declared in train/processing_unit.hpp.
 #pragma once
 
 #include <f2d2n/train/processing_unit.hpp>
 
 namespace f2d2n {
+
+template <transport Transport, class Scalar>
+void processing_unit<Transport, Scalar>::initialize(std::uint64_t seed) {
+  seed_ = seed;
+  for (std::size_t i = 0; i < d_.layers.size(); ++i) {
+    const auto& l = d_.layers[i];
+    if (!l.part.held || l.part.parameter_count == 0) continue;
+    auto w = layer_parameters(i);
+    if (split(l.part)) {
+      // The serial layer's values (drawn by their place in its weight matrix) for each block held.
+      const double limit = l.limit(l.fan_in, l.fan_out);
+      l.for_each_weight_block([&](std::size_t r0, std::size_t rows, std::size_t c0, std::size_t cols, std::size_t at) {
+        for (std::size_t j = 0; j < rows; ++j)
+          for (std::size_t c = 0; c < cols; ++c)
+            w[at + j * cols + c] =
+                static_cast<Scalar>(limit * random_symmetric(seed, i, (r0 + j) * l.weight_columns + c0 + c));
+      });
+      std::fill(w.end() - static_cast<std::ptrdiff_t>(l.part.count), w.end(), Scalar(0));
+    } else if (l.ops.initialize) {
+      l.ops.initialize(w, l.in, seed, i);
+    }
+  }
+}
+
+template <transport Transport, class Scalar>
+template <class F>
+void processing_unit<Transport, Scalar>::for_each_piece(std::size_t serial_size, F f) const {
+  if (serial_size != d_.serial_parameters)
+    throw configuration_error("f2d2n: a serial parameter buffer of this model has " +
+                              std::to_string(d_.serial_parameters) + " values, not " + std::to_string(serial_size));
+  for (const auto& l : d_.layers) {
+    const auto& p = l.part;
+    if (!p.held || p.parameter_count == 0) continue;
+    const std::size_t at = l.serial_offset, local = p.parameter_offset;
+    if (split(p)) {
+      const std::size_t width = l.weight_columns;
+      l.for_each_weight_block([&](std::size_t r0, std::size_t rows, std::size_t c0, std::size_t cols, std::size_t o) {
+        if (cols == width) {
+          f(at + r0 * width, local + o, rows * width);  // whole rows of W: one piece
+        } else {
+          for (std::size_t j = 0; j < rows; ++j) f(at + (r0 + j) * width + c0, local + o + j * cols, cols);
+        }
+      });
+      f(at + l.weight_rows * width + p.begin, local + p.parameter_count - p.count, p.count);  // the rows' biases
+    } else {
+      f(at, local, p.parameter_count);
+    }
+  }
+}
 
 template <transport Transport, class Scalar>
 void processing_unit<Transport, Scalar>::forward_micro(const_matrix_ref<Scalar> x, std::span<const std::int32_t> labels,
@@ -339,23 +389,19 @@ void processing_unit<Transport, Scalar>::backward_channels(std::size_t i, Scalar
   const Eigen::Index rows = in.rows();
   const auto cells = static_cast<Eigen::Index>(o.height * o.width);
   // This unit's channels of every pixel's gradient, contiguous as its kernels read them.
-  ensure(block_grad_, rows, static_cast<std::size_t>(cells) * p.count);
-  matrix_map<Scalar>(block_grad_.data(), rows * cells, static_cast<Eigen::Index>(p.count)) =
-      const_matrix_map<Scalar>(dy.data(), rows * cells, static_cast<Eigen::Index>(o.channels))
-          .middleCols(static_cast<Eigen::Index>(p.begin), static_cast<Eigen::Index>(p.count));
+  take_channels(dy.data(), rows, cells, o.channels, p.begin, p.count, block_grad_);
   l.ops.backward(workspaces_[i], params_.data() + p.parameter_offset, g, in, block_grad_, block_grad_, dx, want_dx);
   if (want_dx) sum_over(l.column_group, dx, {message_kind::all_reduce, true, i, m});
 }
 
 template <transport Transport, class Scalar>
-void processing_unit<Transport, Scalar>::take_input_channels(std::size_t i, const_matrix_ref<Scalar> in) {
-  const auto& p = d_.layers[i].part;
-  const auto im = detail::image_of(d_.layers[i].in_shape);
-  const auto pixels = in.rows() * static_cast<Eigen::Index>(im.height * im.width);
-  ensure(channel_input_, in.rows(), im.height * im.width * p.input_count);
-  matrix_map<Scalar>(channel_input_.data(), pixels, static_cast<Eigen::Index>(p.input_count)) =
-      const_matrix_map<Scalar>(in.data(), pixels, static_cast<Eigen::Index>(im.channels))
-          .middleCols(static_cast<Eigen::Index>(p.input_begin), static_cast<Eigen::Index>(p.input_count));
+void processing_unit<Transport, Scalar>::take_channels(const Scalar* from, Eigen::Index rows, Eigen::Index cells,
+                                                       std::size_t channels, std::size_t begin, std::size_t count,
+                                                       matrix<Scalar>& to) {
+  ensure(to, rows, static_cast<std::size_t>(cells) * count);
+  matrix_map<Scalar>(to.data(), rows * cells, static_cast<Eigen::Index>(count)) =
+      const_matrix_map<Scalar>(from, rows * cells, static_cast<Eigen::Index>(channels))
+          .middleCols(static_cast<Eigen::Index>(begin), static_cast<Eigen::Index>(count));
 }
 
 template <transport Transport, class Scalar>
@@ -388,7 +434,9 @@ template <transport Transport, class Scalar>
 void processing_unit<Transport, Scalar>::forward_input_channels(std::size_t m, std::size_t i,
                                                                 const_matrix_ref<Scalar> in, matrix_ref<Scalar> y) {
   const auto& l = d_.layers[i];
-  take_input_channels(i, in);
+  const auto im = detail::image_of(l.in_shape);
+  take_channels(in.data(), in.rows(), static_cast<Eigen::Index>(im.height * im.width), im.channels, l.part.input_begin,
+                l.part.input_count, channel_input_);
   l.ops.forward(workspaces_[i], pack_input_channels(i), channel_input_, y);
   sum_over(l.row_group, y, {message_kind::all_reduce, false, i, m});
 }
@@ -402,7 +450,8 @@ void processing_unit<Transport, Scalar>::backward_input_channels(std::size_t i, 
   const auto im = detail::image_of(l.in_shape);
   const Eigen::Index rows = in.rows();
   const auto pixels = rows * static_cast<Eigen::Index>(im.height * im.width);
-  take_input_channels(i, in);
+  take_channels(in.data(), rows, static_cast<Eigen::Index>(im.height * im.width), im.channels, p.input_begin,
+                p.input_count, channel_input_);
   const Scalar* w = pack_input_channels(i);
   if (packed_grad_.size() < p.parameter_count) packed_grad_.resize(p.parameter_count);
   // The gradient of this unit's channels, in its place among the shards' blocks for the gather.
