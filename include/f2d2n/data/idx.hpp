@@ -278,11 +278,6 @@ inline idx_array read_idx(const storage_backend& store, const std::string& key, 
     const auto plain = detail::gunzip(packed, limit, path);
     return detail::read_idx_range(path, plain.size(), limits, range, from(plain));
   }
-  if (*size < 8) {  // not even a header: read what there is to name the problem
-    std::vector<std::byte> all(static_cast<std::size_t>(*size));
-    store.get(key, 0, all);
-    return detail::read_idx_range(path, all.size(), limits, range, from(all));
-  }
   return detail::read_idx_range(path, *size, limits, range, [&](std::size_t offset, std::span<std::byte> out) {
     if (offset + out.size() > *size)
       throw data_error(path, data_problem::truncated, "the file ends inside the IDX header");

@@ -16,8 +16,7 @@
 #include <f2d2n/store/s3/options.hpp>
 #include <f2d2n/store/s3/sigv4.hpp>
 
-
-#include <atomic>
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -28,11 +27,9 @@
 #include <optional>
 #include <random>
 #include <span>
-#include <sstream>
 #include <string>
-#include <thread>
 #include <string_view>
-#include <type_traits>
+#include <thread>
 #include <utility>
 #include <vector>
 
