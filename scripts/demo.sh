@@ -37,16 +37,11 @@ if [[ " $* " == *" --datalake "* ]]; then
   args=()
   for a in "$@"; do [[ "$a" == "--datalake" ]] || args+=("$a"); done
   scripts/configure.sh fashion_mnist_cluster f2d2n_launch f2d2n_s3 >/dev/null
-  entry=$(scripts/s3rver.sh install "$build/s3rver" | tail -n 1)
   stamp="$(date +%Y%m%d-%H%M%S)-$$"
   lake="$build/datalake"
   mkdir -p "$lake"
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  node --openssl-legacy-provider "$entry" --directory "$lake/objects" --address 127.0.0.1 --port "$port" --silent \
-    --configure-bucket f2d2n >/dev/null &
-  server=$!
-  trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true; rm -rf "$lake/upload-$stamp"' EXIT
-  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  read -r server port < <(F2D2N_S3RVER_DIR="$build/s3rver" scripts/s3rver.sh start "$lake/objects" f2d2n)
+  trap 'kill $server 2>/dev/null || true; rm -rf "$lake/upload-$stamp"' EXIT
   # s3rver's fixed credentials; any S3-compatible store works the same with its own.
   export AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER AWS_ENDPOINT_URL="http://127.0.0.1:$port"
   echo "datalake: s3rver on $AWS_ENDPOINT_URL, objects under $lake/objects" >&2

@@ -10,6 +10,8 @@
 #                                            No request log; stdout gets only "S3rver listening on 127.0.0.1:PORT"
 #                                            (after an empty line), which tells the port chosen for PORT 0.
 #                                            The node process replaces this script (same pid): kill it to stop.
+#   scripts/s3rver.sh start DATA [BUCKET]    run it in the background on a free loopback port; returns once it
+#                                            accepts connections, printing "PID PORT" (kill PID to stop it)
 # Needs node (>= 8.3; 20 here) and npm. s3rver accepts the access key S3RVER only, and does not
 # check SigV4 signatures or payload hashes (it does check the key, the header's form and the date).
 set -euo pipefail
@@ -60,7 +62,21 @@ case "${1:-}" in
     exec node --openssl-legacy-provider "$entry" --directory "$data" --address 127.0.0.1 --port "$port" --silent \
       --configure-bucket "$bucket"
     ;;
+  start)
+    # In the background on a free loopback port, once it accepts connections; prints "PID PORT".
+    [[ $# -ge 2 && $# -le 3 ]] || usage "start DATA [BUCKET]"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "$0" run "$2" "$port" "${3:-f2d2n}" >/dev/null &
+    pid=$!
+    for _ in $(seq 200); do
+      (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && { echo "$pid $port"; exit 0; }
+      kill -0 "$pid" 2>/dev/null || die "s3rver exited at start"
+      sleep 0.1
+    done
+    kill "$pid" 2>/dev/null
+    die "s3rver did not accept connections on port $port within 20 s"
+    ;;
   *)
-    usage "install [DIR] | run DATA PORT [BUCKET]"
+    usage "install [DIR] | run DATA PORT [BUCKET] | start DATA [BUCKET]"
     ;;
 esac

@@ -3,17 +3,13 @@
 # MNIST uploaded to it (uncompressed: the units read their samples by ranges), 4 units over TCP
 # reading their data from it and writing their checkpoints and the model into it; then a second
 # run resumes from the store's newest checkpoint for a second epoch.
-#   tests/datalake.sh F2D2N_LAUNCH FASHION_MNIST_CLUSTER F2D2N_S3 S3RVER_ENTRY WORK_DIR
+#   tests/datalake.sh F2D2N_LAUNCH FASHION_MNIST_CLUSTER F2D2N_S3 S3RVER_DIR WORK_DIR
 set -euo pipefail
-launch=$1 cluster=$2 tool=$3 entry=$4 work=$5
+launch=$1 cluster=$2 tool=$3 s3rver_dir=$4 work=$5
 rm -rf "$work"
 mkdir -p "$work/upload"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-node --openssl-legacy-provider "$entry" --directory "$work/objects" --address 127.0.0.1 --port "$port" --silent \
-  --configure-bucket f2d2n >/dev/null &
-server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+read -r server port < <(F2D2N_S3RVER_DIR="$s3rver_dir" "$(dirname "$0")/../scripts/s3rver.sh" start "$work/objects" f2d2n)
+trap 'kill $server 2>/dev/null || true' EXIT
 export AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER AWS_ENDPOINT_URL="http://127.0.0.1:$port"
 for f in /usr/share/datasets/fashion-mnist/*-ubyte.gz; do gunzip -c "$f" >"$work/upload/$(basename "$f" .gz)"; done
 "$tool" -q put-dir "$work/upload" s3://f2d2n/fashion-mnist

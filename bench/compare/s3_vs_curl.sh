@@ -21,19 +21,14 @@ command -v curl >/dev/null || die "curl is not installed (apt-get install curl)"
 
 scripts/deps.sh
 build_benchmarks "$(nproc)" f2d2n_s3
-entry=$(scripts/s3rver.sh install "$BUILD_DIR/s3rver" | tail -n 1)
 work=$(mktemp -d)
 server=""
 cleanup() {
-  [[ -n "$server" ]] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
+  [[ -n "$server" ]] && kill "$server" 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-node --openssl-legacy-provider "$entry" --directory "$work/data" --address 127.0.0.1 --port "$port" --silent \
-  --configure-bucket bench >/dev/null &
-server=$!
-for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+read -r server port < <(F2D2N_S3RVER_DIR="$BUILD_DIR/s3rver" scripts/s3rver.sh start "$work/data" bench)
 head -c $((SIZE_MIB << 20)) /dev/urandom >"$work/object"
 
 export AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER AWS_ENDPOINT_URL="http://127.0.0.1:$port"
@@ -54,7 +49,7 @@ mbps() { echo "scale=1; $bytes / 1000000 / $1" | bc -l; }
 median() { tr ' ' '\n' | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 declare -A runs
-echo "# $SIZE_MIB MiB object, $ROUNDS rounds, s3rver $(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$(dirname "$entry")/../package.json" | head -n 1) on 127.0.0.1"
+echo "# $SIZE_MIB MiB object, $ROUNDS rounds, s3rver $(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$BUILD_DIR/s3rver/node_modules/s3rver/package.json" | head -n 1) on 127.0.0.1"
 printf "%-6s %-26s %10s\n" round client MB/s
 for r in $(seq "$ROUNDS"); do
   for who in curl_put f2d2n_put f2d2n_put_single f2d2n_put_single_unsigned curl_get f2d2n_get; do
