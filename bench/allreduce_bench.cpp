@@ -1,7 +1,9 @@
-// bench/allreduce_bench.cpp: bus bandwidth of f2d2n's ring all-reduce over TCP, one process per
-// unit. Not Google Benchmark: every unit runs the same loop, started by f2d2n_launch.
+// bench/allreduce_bench.cpp: bus bandwidth of f2d2n's ring all-reduce over TCP or MPI, one process
+// per unit. Not Google Benchmark: every unit runs the same loop, started by f2d2n_launch (TCP) or
+// mpirun (f2d2n's MPI transport, where it was built with f2d2n::mpi).
 //
 //   build/tools/f2d2n_launch -n 4 -- build/bench/allreduce_bench [options]
+//   mpirun -np 4 build/bench/allreduce_bench [options]
 //
 // For each size (MiB of float32): the buffer is filled (rank + 1 everywhere), `warmup` all-reduces
 // run (the first one is checked: every element must be p (p + 1) / 2), then `repetitions` timed
@@ -27,9 +29,7 @@
 #include "allreduce_options.hpp"
 
 #include <f2d2n/comm/primitives.hpp>
-#include <f2d2n/launch/config.hpp>
-#include <f2d2n/launch/tcp.hpp>
-#include <f2d2n/transport/tcp.hpp>
+#include <f2d2n/launch/transport.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -65,9 +65,10 @@ int main(int argc, char** argv) {
       usage(e.what());
     }
     if (o.chunk_bytes == 0) o.chunk_bytes = f2d2n::call_options{}.chunk_bytes;
-    const f2d2n::cluster_config cfg = f2d2n::config_from_environment();
+    const f2d2n::cluster_config cfg = f2d2n::cluster_from_environment();
     const std::size_t p = cfg.world_size;
-    f2d2n::tcp_transport t(cfg.rank, cfg.peers, 0xa11'7ed0'ce00'0001ULL, f2d2n::tcp_options_of(cfg));
+    f2d2n::cluster_transport unit(cfg, 0xa11'7ed0'ce00'0001ULL);
+    auto& t = unit.get();
     const f2d2n::group world = f2d2n::group::world(cfg.world_size);
 
     std::uint64_t step = 0;  // every call of the run gets its own step; frames carry it
@@ -81,8 +82,10 @@ int main(int argc, char** argv) {
     auto barrier = [&] { f2d2n::all_reduce(t, world, std::span<float>(token), call(1)); };
 
     if (cfg.rank == 0)
-      std::printf("# f2d2n ring all-reduce over %s (loopback), p=%zu, chunk_bytes=%zu, warmup=%zu\n",
-                  cfg.tls ? "tcp with mutual TLS" : "tcp", p, o.chunk_bytes, o.warmup);
+      std::printf("# f2d2n ring all-reduce over %s, p=%zu, chunk_bytes=%zu, warmup=%zu\n",
+                  unit.kind() == f2d2n::transport_kind::mpi ? "mpi" : cfg.tls ? "tcp (loopback) with mutual TLS"
+                                                                             : "tcp (loopback)",
+                  p, o.chunk_bytes, o.warmup);
     const float expected = static_cast<float>(p * (p + 1) / 2);
     for (const std::size_t mib : o.sizes_mib) {
       const std::size_t bytes = mib << 20;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages f2d2n needs that are missing. Idempotent; silent when all are present.
 #   scripts/deps.sh            build, tests, examples, benchmarks, Fashion-MNIST
-#   scripts/deps.sh --compare  also what bench/compare/ needs (python3-torch with OpenBLAS, Open MPI)
+#   scripts/deps.sh --compare  also what bench/compare/ needs (python3-torch with OpenBLAS)
 #   scripts/deps.sh --plot     also gnuplot (scripts/experiment.sh draws its PNG with it)
 #   scripts/deps.sh --fuzz     also clang and libFuzzer with clang's sanitizer runtimes (scripts/fuzz.sh)
 set -euo pipefail
@@ -25,10 +25,11 @@ packages=(
   python3-botocore                     # tests/s3/botocore_sign.py: the SigV4 oracle
   curl                                 # bench/compare/s3_vs_curl.sh
   iproute2                             # tests/netns.sh: ip netns, veth, bridge, tc tbf (run as root)
+  libopenmpi-dev openmpi-bin           # the MPI transport (f2d2n::mpi) and its tests under mpirun
 )
 for arg in "$@"; do
   case "$arg" in
-    --compare) packages+=(python3-torch libopenblas0-openmp openmpi-bin libopenmpi-dev) ;;  # OpenBLAS: else PyTorch runs the reference BLAS
+    --compare) packages+=(python3-torch libopenblas0-openmp) ;;  # OpenBLAS: else PyTorch runs the reference BLAS
     --plot) packages+=(gnuplot-nox) ;;
     # libclang-rt-14-dev holds libFuzzer and the sanitizer runtimes; clang only recommends it.
     --fuzz) packages+=(clang libclang-rt-14-dev) ;;

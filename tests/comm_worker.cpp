@@ -1,5 +1,5 @@
 // A unit of a cluster started by f2d2n_launch (tests/CMakeLists.txt runs it over TCP with 1 to 8
-// processes). Modes:
+// processes) or by mpirun (over MPI, where it was built with f2d2n::mpi). Modes:
 //   adjoint      every primitive's adjoint check (tests/comm_suite.hpp); exit 0 when all pass
 //   dead         unit 1 vanishes (_exit) after connecting; every other unit must end in a typed
 //                comm_error within the deadline plus a margin (exit 0 when it does)
@@ -17,9 +17,7 @@
 //                tests/netns.sh cuts links under it.
 #include "comm_suite.hpp"
 
-#include <f2d2n/launch/config.hpp>
-#include <f2d2n/launch/tcp.hpp>
-#include <f2d2n/transport/tcp.hpp>
+#include <f2d2n/launch/transport.hpp>
 
 #include <unistd.h>
 
@@ -59,7 +57,7 @@ const char* type_of(const nn::comm_error& e) {
 
 /// All-reduces until unit 0 has run `seconds` or finds `stop_file`; every result is checked exactly
 /// (small integers).
-int soak(nn::tcp_transport& t, const nn::cluster_config& c, double seconds, const std::string& stop_file) {
+int soak(nn::any_transport& t, const nn::cluster_config& c, double seconds, const std::string& stop_file) {
   std::printf("unit %u of %u, soak: soaking\n", c.rank, c.world_size);
   std::fflush(stdout);
   constexpr std::size_t n = 16384;  // the last value is unit 0's "stop" flag
@@ -103,12 +101,12 @@ int soak(nn::tcp_transport& t, const nn::cluster_config& c, double seconds, cons
 
 int main(int argc, char** argv) try {
   const std::string mode = argc > 1 ? argv[1] : "adjoint";
-  const auto config = nn::config_from_environment();
+  const auto config = nn::cluster_from_environment();
   const bool odd_one = config.rank == 1;
 
   if (mode == "fingerprint") {
     try {
-      nn::tcp_transport t(config.rank, config.peers, odd_one ? plan + 1 : plan, nn::tcp_options_of(config));
+      nn::cluster_transport t(config, odd_one ? plan + 1 : plan);
       return report(config, "fingerprint", config.world_size == 1, "connected without a handshake_error");
     } catch (const nn::handshake_error& e) {
       const bool names_it = std::strstr(e.what(), "fingerprint") != nullptr;
@@ -116,7 +114,8 @@ int main(int argc, char** argv) try {
     }
   }
 
-  nn::tcp_transport t(config.rank, config.peers, plan, nn::tcp_options_of(config));
+  nn::cluster_transport unit(config, plan);
+  auto& t = unit.get();
   if (mode == "soak") return soak(t, config, argc > 2 ? std::stod(argv[2]) : 5.0, argc > 3 ? argv[3] : "");
   if (mode == "adjoint") {
     const auto failures = nn::testing::adjoint_suite(t);

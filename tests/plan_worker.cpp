@@ -1,5 +1,5 @@
-// A unit of a plan's cluster started by f2d2n_launch over TCP; see plan_worker.hpp. This file has
-// main and the data-parallel plans; plan_worker_tensor.cpp and plan_worker_pipeline.cpp the rest.
+// A unit of a plan's cluster started by f2d2n_launch over TCP or by mpirun over MPI; see plan_worker.hpp.
+// This file has main and the data-parallel plans; plan_worker_tensor.cpp and plan_worker_pipeline.cpp the rest.
 #include "plan_worker.hpp"
 
 #include <cstdio>
@@ -22,7 +22,7 @@ int run_data_plans(const std::string& name, const cluster_config& c, bool check_
 
 int main(int argc, char** argv) try {
   namespace t = f2d2n::testing;
-  const auto c = f2d2n::config_from_environment();
+  const auto c = f2d2n::cluster_from_environment();
   if (argc > 1 && std::strcmp(argv[1], "origin") == 0) return t::origin<t::plan_dp4>(c);
   const bool check_mismatch = argc > 2 && std::strcmp(argv[1], "mismatch") == 0;
   const std::string name = argv[argc > 2 ? 2 : 1 < argc ? 1 : 0];

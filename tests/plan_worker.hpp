@@ -1,4 +1,5 @@
-// A unit of a plan's cluster started by f2d2n_launch over TCP (tests/CMakeLists.txt): the
+// A unit of a plan's cluster started by f2d2n_launch over TCP, or by mpirun over MPI
+// (tests/CMakeLists.txt): the
 // equivalence proof of tests/plan_suite.hpp across real processes. The plans are spread over
 // plan_worker_*.cpp so that each translation unit stays within the compile-time budget.
 //   plan_worker <plan>            trains <plan> (dp2, dp4, tp2, tp2_inputs, tp3_mixed, tp2x2, dp2_tp2,
@@ -18,10 +19,9 @@
 #include "plan_suite.hpp"
 
 #include <f2d2n/launch/config.hpp>
-#include <f2d2n/launch/tcp.hpp>
+#include <f2d2n/launch/transport.hpp>
 #include <f2d2n/plan/description.hpp>
 #include <f2d2n/store/checksum.hpp>
-#include <f2d2n/transport/tcp.hpp>
 
 #include <chrono>
 #include <cstdio>
@@ -44,7 +44,8 @@ inline constexpr bool also_double =
 
 template <class Plan>
 int train(const cluster_config& c, const std::string& name) {
-  tcp_transport t(c.rank, c.peers, Plan::fingerprint, tcp_options_of(c, {}, peer_description<Plan>()));
+  cluster_transport unit(c, Plan::fingerprint, peer_description<Plan>());
+  auto& t = unit.get();
   std::vector<float> weights;
   auto failures = equivalence<Plan, float>(t, 1e-5, &weights);
   if constexpr (also_double<Plan>)
@@ -60,9 +61,10 @@ int train(const cluster_config& c, const std::string& name) {
 
 template <class Plan>
 int mismatch(const cluster_config& c, const std::string& name) {
-  tcp_transport t(c.rank, c.peers, Plan::fingerprint, tcp_options_of(c, {}, peer_description<Plan>()));
+  cluster_transport unit(c, Plan::fingerprint, peer_description<Plan>());
+  auto& t = unit.get();
   try {
-    distributed_network<Plan, tcp_transport> net(t);
+    distributed_network<Plan, any_transport> net(t);
   } catch (const configuration_error& e) {
     const bool names_both = std::strstr(e.what(), ("the plan has " + std::to_string(Plan::world_size)).c_str()) &&
                             std::strstr(e.what(), ("has " + std::to_string(c.world_size)).c_str());
@@ -80,8 +82,9 @@ int origin(const cluster_config& c) {
   static_assert(Plan::world_size > 2, "the origin check needs a unit that is neither the failing one nor its peer");
   constexpr unit_id failing = 2;
   const std::string cause = "unit 2's data loader failed before step 3 (the test's planned failure)";
-  tcp_transport t(c.rank, c.peers, Plan::fingerprint);
-  distributed_network<Plan, tcp_transport, float> net(t, 11);
+  cluster_transport unit(c, Plan::fingerprint);
+  auto& t = unit.get();
+  distributed_network<Plan, any_transport, float> net(t, 11);
   const auto data = plan_data<float>();
   try {
     for (int step = 0; step < 6; ++step) {

@@ -1,8 +1,9 @@
 // Trains the MLP (or the CNN: --preset cnn) on Fashion-MNIST on a cluster of processing units over
-// TCP, under a plan; the weights, and so the accuracy, are the one-process example's (main.cpp), up
-// to rounding.
+// TCP (started by f2d2n_launch) or MPI (started by mpirun or srun), under a plan; the weights, and
+// so the accuracy, are the one-process example's (main.cpp), up to rounding.
 //
 //   f2d2n_launch -n 4 -- fashion_mnist_cluster                    DP2 x TP2: 2 replicas of 2 neuron shards
+//   mpirun -np 4 fashion_mnist_cluster                            the same over MPI (docs/launch.md)
 //   f2d2n_launch -n 2 -- fashion_mnist_cluster --plan dp2         data parallel
 //   f2d2n_launch -n 2 -- fashion_mnist_cluster --plan tp2_inputs  F2D2N's input units (split by input features)
 //   fashion_mnist_cluster --help
@@ -19,9 +20,8 @@
 #include "settings.hpp"
 
 #include <f2d2n/launch/config.hpp>
-#include <f2d2n/launch/tcp.hpp>
+#include <f2d2n/launch/transport.hpp>
 #include <f2d2n/plan/description.hpp>
-#include <f2d2n/transport/tcp.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -32,7 +32,7 @@
 
 namespace example {
 /// Trains a unit as the settings say (train_unit.cpp: compiled apart from the plans).
-int train_unit(f2d2n::processing_unit<f2d2n::tcp_transport, float>& unit, const settings& s, const data& d, bool report,
+int train_unit(f2d2n::processing_unit<f2d2n::any_transport, float>& unit, const settings& s, const data& d, bool report,
                const std::string& metrics);
 }  // namespace example
 
@@ -44,15 +44,16 @@ using example::mlp;
 
 template <class Plan>
 int run(const example::settings& s, const nn::cluster_config& c) {
-  nn::tcp_transport t(c.rank, c.peers, Plan::fingerprint, nn::tcp_options_of(c, {}, nn::peer_description<Plan>()));
+  nn::cluster_transport unit(c, Plan::fingerprint, nn::peer_description<Plan>());
+  auto& t = unit.get();
   nn::distributed_options o;
   o.timeout = c.timeout;
-  nn::distributed_network<Plan, nn::tcp_transport> net(t, s.seed, o);
+  nn::distributed_network<Plan, nn::any_transport> net(t, s.seed, o);
   const bool report = c.rank == 0;
   const auto d = example::load(s);
   if (report) {
     std::cout << "f2d2n " << s.plan << ": " << Plan::world_size << " units (" << Plan::replicas << " replicas x "
-              << Plan::stages << " stages x " << Plan::shards << " shards) over TCP; "
+              << Plan::stages << " stages x " << Plan::shards << " shards) over " << unit.name() << "; "
               << Plan::model::parameter_count
               << " parameters; " << d.train.size() << " training and " << d.test.size() << " test samples from "
               << s.data_dir << "\n";
@@ -142,12 +143,13 @@ int main(int argc, char** argv) try {
                  "the run's last checkpoint, which holds every unit's part)\n";
     return 2;
   }
-  if (!std::getenv(nn::world_size_variable)) {
+  if (!std::getenv(nn::world_size_variable) && nn::chosen_transport() == nn::transport_kind::tcp) {
     std::cerr << "fashion_mnist_cluster: no cluster configuration (" << nn::world_size_variable
-              << " is not set): start it with f2d2n_launch, e.g. f2d2n_launch -n 4 -- fashion_mnist_cluster\n";
+              << " is not set): start it with f2d2n_launch, e.g. f2d2n_launch -n 4 -- fashion_mnist_cluster"
+              << (nn::built_with_mpi() ? ", or with mpirun -np 4 fashion_mnist_cluster" : "") << "\n";
     return 2;
   }
-  auto c = nn::config_from_environment();
+  auto c = nn::cluster_from_environment();
   for (auto [value, name, into] : {std::tuple{timeout, "--timeout", &c.timeout},
                                    std::tuple{connect_timeout, "--connect-timeout", &c.connect_timeout}}) {
     if (value == 0) continue;

@@ -3,11 +3,11 @@
 // engine, so one instantiation serves them all).
 #include "train.hpp"
 
-#include <f2d2n/transport/tcp.hpp>
+#include <f2d2n/transport/any.hpp>
 
 namespace example {
 
-int train_unit(f2d2n::processing_unit<f2d2n::tcp_transport, float>& unit, const settings& s, const data& d, bool report,
+int train_unit(f2d2n::processing_unit<f2d2n::any_transport, float>& unit, const settings& s, const data& d, bool report,
                const std::string& metrics) {
   return train_and_report(unit, s, d, report, metrics);
 }
