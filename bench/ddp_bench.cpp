@@ -4,6 +4,7 @@
 // f2d2n_launch. bench/compare/ddp_vs_f2d2n.sh runs it next to PyTorch DistributedDataParallel.
 //
 //   build/tools/f2d2n_launch -n 2 -- build/bench/ddp_bench [options]     DP2 over TCP (loopback)
+//   mpirun -np 2 build/bench/ddp_bench [options]                          DP2 over f2d2n's MPI transport
 //   build/bench/ddp_bench --serial [options]                              f2d2n::network, one process
 //
 // A step, at global batch B: net.compute_gradients(x, labels) then optimizer<float, sgd>::step over
@@ -49,8 +50,7 @@
 #include <f2d2n/comm/primitives.hpp>
 #include <f2d2n/core/denormals.hpp>
 #include <f2d2n/core/random.hpp>
-#include <f2d2n/launch/config.hpp>
-#include <f2d2n/launch/tcp.hpp>
+#include <f2d2n/launch/transport.hpp>
 #include <f2d2n/model/network.hpp>
 #include <f2d2n/plan/distribute.hpp>
 #include <f2d2n/train/distributed_network.hpp>
@@ -260,10 +260,11 @@ int run_serial(const options& o, const synthetic_pool& pool) {
 
 template <class Plan>
 int run_dp2(const options& o, const synthetic_pool& pool) {
-  const nn::cluster_config cfg = nn::config_from_environment();
+  const nn::cluster_config cfg = nn::cluster_from_environment();
   if (cfg.world_size != Plan::world_size)
     usage("DP2 needs 2 units (f2d2n_launch -n 2), this cluster has " + std::to_string(cfg.world_size));
-  nn::tcp_transport t(cfg.rank, cfg.peers, Plan::fingerprint, nn::tcp_options_of(cfg));
+  nn::cluster_transport unit(cfg, Plan::fingerprint);
+  auto& t = unit.get();
   const nn::distributed_options dopts{.timeout = std::chrono::milliseconds(o.timeout_ms),
                                       .overlap = o.overlap,
                                       .flight_records = o.flight_records};
@@ -278,16 +279,18 @@ int run_dp2(const options& o, const synthetic_pool& pool) {
   const nn::flush_denormals ftz;
   if (cfg.rank == 0)
     std::printf(
-        "# f2d2n DP2: distribute<mlp, data_parallel<2%s>> over tcp_transport (loopback), 2 processes, one "
+        "# f2d2n DP2: distribute<mlp, data_parallel<2%s>> over %s, 2 processes, one "
         "thread of compute each%s; flight recorders of %zu operations; %zu bytes sent per unit and step at batch "
         "%zu; warmup %zu, %zu timed steps, %zu run(s) per batch size\n",
-        o.buckets ? ", 32768" : "", o.overlap ? " and one summing the gradient buckets" : "", o.flight_records,
+        o.buckets ? ", 32768" : "",
+        unit.kind() == nn::transport_kind::mpi ? "the MPI transport" : "tcp_transport (loopback)",
+        o.overlap ? " and one summing the gradient buckets" : "", o.flight_records,
         static_cast<std::size_t>(Plan::bytes_sent_per_step(0, o.batches.front())), o.batches.front(), o.warmup, o.steps,
         o.repetitions);
   for (const std::size_t batch : o.batches) {
     std::vector<timing> runs;
     for (std::size_t r = 0; r < o.repetitions; ++r) {
-      nn::distributed_network<Plan, nn::tcp_transport> net(t, /*seed=*/1, dopts);
+      nn::distributed_network<Plan, nn::any_transport> net(t, /*seed=*/1, dopts);
       line_up();
       runs.push_back(run_steps(net, pool, batch, o));
     }

@@ -5,6 +5,12 @@
 //                comm_error within the deadline plus a margin (exit 0 when it does)
 //   silent       unit 1 stays connected but says nothing; the others must time out in time
 //   fingerprint  unit 1 runs another plan; every unit must be told by a handshake_error
+//   settings     (under mpirun, with F2D2N_MPI_CHECKSUMS=1 on rank 0 only) every rank must be told
+//                by a handshake_error that names the payload checksums
+//   wrong message|length  unit 0 sends unit 1 a frame it does not expect: a large one (100 KiB) of
+//                another message, or a small one (1 KiB) of the expected message but another
+//                length; unit 1 must refuse it with that protocol_error, and then refuse the next
+//                frame from unit 0 with a peer_error: the stream is out of sync
 //   stop         unit 1 stops itself (SIGSTOP) after connecting; the others wait on it with a 10 s
 //                deadline. The launcher must report unit 1 as stopped at once, not a unit that
 //                waited for it (tests/CMakeLists.txt checks the launcher's words)
@@ -60,7 +66,7 @@ const char* type_of(const nn::comm_error& e) {
 int soak(nn::any_transport& t, const nn::cluster_config& c, double seconds, const std::string& stop_file) {
   std::printf("unit %u of %u, soak: soaking\n", c.rank, c.world_size);
   std::fflush(stdout);
-  constexpr std::size_t n = 16384;  // the last value is unit 0's "stop" flag
+  constexpr std::size_t n = 16384;                                   // the last value is unit 0's "stop" flag
   const double units_sum = c.world_size * (c.world_size + 1.0) / 2;  // sum of rank + 1
   std::vector<double> data(n);
   const auto start = nn::clock::now();
@@ -114,8 +120,56 @@ int main(int argc, char** argv) try {
     }
   }
 
+  if (mode == "settings") {
+    try {
+      nn::cluster_transport t(config, plan);
+      return report(config, "settings", false, "started without a handshake_error");
+    } catch (const nn::handshake_error& e) {
+      return report(config, "settings", std::strstr(e.what(), "payload checksums") != nullptr, e.what());
+    }
+  }
+
   nn::cluster_transport unit(config, plan);
   auto& t = unit.get();
+  if (mode == "wrong") {
+    // A large frame (100 KiB) of another message, or a small one (1 KiB) of the expected message
+    // but not its length; then a frame unit 1 does expect.
+    const bool length = argc > 2 && std::strcmp(argv[2], "length") == 0;
+    const auto until = [] { return nn::clock::now() + std::chrono::seconds(10); };
+    std::vector<float> wrong(length ? 256 : 25600, 1.0f), right(16, 2.0f), done(1);
+    if (config.rank == 0) {
+      nn::send_tensor(t, 1, 7, 1, std::span<const float>(wrong), until());
+      nn::send_tensor(t, 1, 8, 2, std::span<const float>(right), until());
+      try {
+        nn::receive_tensor(t, 1, 10, 3, std::span<float>(done), until());  // unit 1 is through
+      } catch (const nn::peer_error&) {                                    // or it has shut down
+      }
+      return report(config, "wrong", true, "sent both");
+    }
+    if (config.rank != 1) return report(config, "wrong", true, "not involved");
+    std::string seen;
+    bool ok = true;
+    try {
+      std::vector<float> out(length ? 512 : wrong.size());
+      nn::receive_tensor(t, 0, length ? 7 : 6, 1, std::span<float>(out), until());
+      ok = false;
+      seen += "the wrong frame was accepted; ";
+    } catch (const nn::protocol_error& e) {
+      ok = e.problem() == (length ? nn::frame_problem::wrong_length : nn::frame_problem::wrong_message);
+      seen += std::string(e.what()) + "; ";
+    }
+    try {  // the stream from unit 0 is out of sync now: refused, not misread
+      std::vector<float> out(right.size());
+      nn::receive_tensor(t, 0, 8, 2, std::span<float>(out), until());
+      ok = false;
+      seen += "the next frame was read after a rejected one";
+    } catch (const nn::peer_error& e) {
+      ok = ok && std::strstr(e.what(), "out of sync") != nullptr;
+      seen += e.what();
+    }
+    nn::send_tensor(t, 0, 10, 3, std::span<const float>(done), until());
+    return report(config, "wrong", ok, seen);
+  }
   if (mode == "soak") return soak(t, config, argc > 2 ? std::stod(argv[2]) : 5.0, argc > 3 ? argv[3] : "");
   if (mode == "adjoint") {
     const auto failures = nn::testing::adjoint_suite(t);

@@ -123,6 +123,8 @@ class cluster_transport {
       mpi_options o;
       o.connect_timeout = c.connect_timeout;
       if (const char* v = std::getenv("F2D2N_MPI_SPIN_US"); v && *v) o.spin = std::chrono::microseconds(std::atoll(v));
+      if (const char* v = std::getenv("F2D2N_MPI_CHECKSUMS"); v && *v) o.payload_checksums = std::atoi(v) != 0;
+      if (const char* v = std::getenv("F2D2N_MPI_YIELD"); v && *v) o.yield = std::atoi(v) != 0;
       if (const char* v = std::getenv("F2D2N_MPI_NAP_US"); v && *v)
         o.max_nap = std::chrono::microseconds(std::atoll(v));
       mpi_ = std::make_unique<mpi_transport>(fingerprint, o);

@@ -251,6 +251,7 @@ class recording_transport {
   [[nodiscard]] unit_id rank() const { return t_.rank(); }
   [[nodiscard]] unit_id world_size() const { return t_.world_size(); }
   [[nodiscard]] std::uint64_t fingerprint() const { return t_.fingerprint(); }
+  [[nodiscard]] bool payload_checksums() const { return f2d2n::payload_checksums(t_); }
   void shutdown() { t_.shutdown(); }
   void shutdown(const shutdown_reason& reason) { t_.shutdown(reason); }
 

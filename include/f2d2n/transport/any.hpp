@@ -22,11 +22,17 @@ class any_transport {
  public:
   template <transport T>
   requires(!std::same_as<std::remove_cvref_t<T>, any_transport>) explicit any_transport(T& t)
-      : target_(&t), ops_(&ops_of<T>), rank_(t.rank()), world_(t.world_size()), fingerprint_(t.fingerprint()) {}
+      : target_(&t),
+        ops_(&ops_of<T>),
+        rank_(t.rank()),
+        world_(t.world_size()),
+        fingerprint_(t.fingerprint()),
+        payload_checksums_(f2d2n::payload_checksums(t)) {}
 
   [[nodiscard]] unit_id rank() const noexcept { return rank_; }
   [[nodiscard]] unit_id world_size() const noexcept { return world_; }
   [[nodiscard]] std::uint64_t fingerprint() const noexcept { return fingerprint_; }
+  [[nodiscard]] bool payload_checksums() const noexcept { return payload_checksums_; }
 
   void send(unit_id peer, const wire::frame_header& header, std::span<const std::byte> payload, deadline until) {
     ops_->send(target_, peer, header, payload, until);
@@ -72,6 +78,7 @@ class any_transport {
   unit_id rank_;
   unit_id world_;
   std::uint64_t fingerprint_;
+  bool payload_checksums_;
 };
 
 static_assert(transport<any_transport>);

@@ -76,6 +76,14 @@ wire::frame_header exchange(T& t, unit_id to, const wire::frame_header& header, 
   }
 }
 
+/// Whether frames sent through `t` carry a checksum of their payload (wire::make_header): true
+/// unless the transport says otherwise (mpi_options::payload_checksums).
+template <class T>
+[[nodiscard]] bool payload_checksums(const T& t) {
+  if constexpr (requires { t.payload_checksums(); }) return t.payload_checksums();
+  else return true;
+}
+
 /// Arithmetic element types that travel as raw little-endian arrays.
 template <class T>
 concept wire_scalar = std::is_arithmetic_v<T>;
@@ -85,7 +93,8 @@ template <transport T, wire_scalar S>
 void send_tensor(T& t, unit_id peer, std::uint32_t message_id, std::uint64_t step, std::span<const S> data,
                  deadline until) {
   const auto bytes = std::as_bytes(data);
-  const auto header = wire::make_header(wire::frame_kind::data, t.fingerprint(), message_id, t.rank(), step, bytes);
+  const auto header = wire::make_header(wire::frame_kind::data, t.fingerprint(), message_id, t.rank(), step, bytes,
+                                        payload_checksums(t));
   t.send(peer, header, bytes, until);
 }
 
@@ -103,7 +112,8 @@ template <transport T, wire_scalar S>
 void exchange_tensor(T& t, unit_id to, std::span<const S> data, unit_id from, std::span<S> out,
                      std::uint32_t message_id, std::uint64_t step, deadline until) {
   const auto bytes = std::as_bytes(data);
-  const auto header = wire::make_header(wire::frame_kind::data, t.fingerprint(), message_id, t.rank(), step, bytes);
+  const auto header = wire::make_header(wire::frame_kind::data, t.fingerprint(), message_id, t.rank(), step, bytes,
+                                        payload_checksums(t));
   const wire::expectation e{wire::frame_kind::data, t.fingerprint(), message_id, from, step, out.size_bytes()};
   exchange(t, to, header, bytes, from, e, std::as_writable_bytes(out), until);
 }

@@ -19,12 +19,12 @@
 // unit's two messages of a frame are posted together under the transport's lock.
 //
 // Deadlines. MPI has no timeouts: every wait polls a non-blocking call (MPI_Improbe, MPI_Test)
-// against the deadline, spinning at most mpi_options::spin, then sleeping 20 us, doubling to
-// mpi_options::max_nap, between polls (units share cores with compute threads). A thread that
-// waits has its timer slack set to 1 us (prctl PR_SET_TIMERSLACK; Linux adds 50 us by default),
-// so that its sleeps end when they should. The communicator is duplicated with
-// MPI_Comm_idup and its errors return (MPI_ERRORS_RETURN), so an MPI failure is a typed error here,
-// not an abort.
+// against the deadline: for at most mpi_options::spin (1 ms) it polls, yielding the core between
+// polls (units share cores with compute threads), then it sleeps between polls, 20 us doubling to
+// mpi_options::max_nap (200 us). A thread that waits has its timer slack set to 1 us (prctl
+// PR_SET_TIMERSLACK; Linux adds 50 us by default), so that its sleeps end when they should. The
+// communicator is duplicated with MPI_Comm_idup and its errors return (MPI_ERRORS_RETURN), so an
+// MPI failure is a typed error here, not an abort.
 //
 // Start check. The constructor gathers every rank's plan fingerprint and wire version
 // (MPI_Iallgather, within connect_timeout): units of another plan are refused with a
@@ -137,11 +137,20 @@ struct mpi_options {
   std::chrono::milliseconds connect_timeout{10000};
   /// How long the destructor waits for frames still on their way.
   std::chrono::milliseconds linger{2000};
-  /// How long a wait polls without sleeping before it starts sleeping between polls (yielding
-  /// the core between polls).
-  std::chrono::microseconds spin{100};
+  /// How long a wait polls without sleeping before it sleeps between polls. Measured here
+  /// (docs/mpi.md): sleeping as soon as 100 us made a 2-stage pipeline 2.4x slower than 1 ms of
+  /// polling; a wake-up from a sleep costs this machine tens of microseconds.
+  std::chrono::microseconds spin{1000};
   /// The longest sleep between two polls: sleeps start at 20 us and double up to it.
-  std::chrono::microseconds max_nap{1000};
+  std::chrono::microseconds max_nap{200};
+  /// Whether frames carry a checksum of their payload (XXH3, as on TCP). Off by default: MPI
+  /// delivers bytes intact or fails, and hashing every payload twice cost a third of the
+  /// all-reduce's time on shared memory (docs/mpi.md); the header keeps its own checksum. Every
+  /// rank must agree (the start check refuses ranks that differ).
+  bool payload_checksums = false;
+  /// Whether a polling wait yields the core between polls (sched_yield), so that a unit or compute
+  /// thread that shares the core runs while this one waits.
+  bool yield = true;
 };
 
 /// A transport over an MPI communicator (MPI_COMM_WORLD by default): see the top of this file.
@@ -190,6 +199,7 @@ class mpi_transport {
   [[nodiscard]] unit_id rank() const noexcept { return rank_; }
   [[nodiscard]] unit_id world_size() const noexcept { return world_; }
   [[nodiscard]] std::uint64_t fingerprint() const noexcept { return fingerprint_; }
+  [[nodiscard]] bool payload_checksums() const noexcept { return options_.payload_checksums; }
   /// The communicator the transport talks on (a duplicate of the one it was given).
   [[nodiscard]] MPI_Comm communicator() const noexcept { return comm_; }
 
@@ -219,55 +229,16 @@ class mpi_transport {
       if (p.reason) throw peer_error(where, wire::describe_goodbye(*p.reason), *p.reason);
       throw peer_error(where, "the peer has shut down");
     }
-
-    MPI_Message message = MPI_MESSAGE_NULL;
-    MPI_Status status{};
-    const bool arrived = poll_until(
-        [&] {
-          int found = 0;
-          const std::lock_guard l(mpi_);
-          call(MPI_Improbe(static_cast<int>(peer), header_tag, comm_, &found, &message, &status), where, "MPI_Improbe");
-          return found != 0;
-        },
-        until);
-    if (!arrived) throw timeout_error(where, "no message arrived before the deadline");
-    int count = 0;
-    MPI_Get_count(&status, MPI_BYTE, &count);
-    const auto length = static_cast<std::size_t>(std::max(count, 0));
-    // The header message holds at most a header and an inline payload: more is refused unread.
-    p.scratch.resize(std::min(length, wire::header_size + mpi_inline_bytes));
-    {
-      const std::lock_guard l(mpi_);
-      const int rc = MPI_Mrecv(p.scratch.data(), static_cast<int>(p.scratch.size()), MPI_BYTE, &message, &status);
-      if (rc != MPI_SUCCESS && length <= p.scratch.size()) call(rc, where, "MPI_Mrecv");
+    if (!p.down.empty()) throw peer_error(where, p.down);
+    try {
+      return receive_frame(p, peer, expected, out, until, where);
+    } catch (const protocol_error& e) {
+      // The rest of that frame (a large one's payload message) may still be on its way: what
+      // comes next from this peer cannot be trusted to line up.
+      p.down = std::string("an earlier frame from this peer was rejected (") + to_string(e.problem()) +
+               "); the stream from this peer is out of sync";
+      throw;
     }
-    if (length < wire::header_size)
-      throw protocol_error(where, frame_problem::truncated, "a message of " + std::to_string(length) + " bytes");
-    if (length > p.scratch.size())
-      throw protocol_error(where, frame_problem::too_large,
-                           "a header message of " + std::to_string(length) + " bytes (at most " +
-                               std::to_string(p.scratch.size()) + ")");
-    const auto header =
-        wire::decode(std::span<const std::byte, wire::header_size>(p.scratch.data(), wire::header_size), where);
-    if (header.kind == wire::frame_kind::goodbye && header.sender == peer) goodbye(p, header, length, where);
-    wire::check(header, expected, options_.max_frame, where);
-    const auto inline_payload = std::span<const std::byte>(p.scratch).subspan(wire::header_size);
-    if (header.payload_length <= mpi_inline_bytes) {
-      if (inline_payload.size() != header.payload_length)
-        throw protocol_error(where, frame_problem::truncated,
-                             "the header announces " + std::to_string(header.payload_length) +
-                                 " bytes, the message holds " + std::to_string(inline_payload.size()));
-      wire::verify(header, inline_payload, where);
-      if (!inline_payload.empty()) std::memcpy(out.data(), inline_payload.data(), inline_payload.size());
-      return header;
-    }
-    if (!inline_payload.empty())
-      throw protocol_error(where, frame_problem::wrong_length,
-                           "a large frame's header message holds " + std::to_string(inline_payload.size()) +
-                               " bytes of payload");
-    receive_payload(peer, header, out, until, where);
-    wire::verify(header, out.first(header.payload_length), where);
-    return header;
   }
 
   /// Sends a frame to `to` while receiving one from `from`: a large payload is sent from the
@@ -309,6 +280,7 @@ class mpi_transport {
     std::timed_mutex receiving;
     std::vector<std::byte> scratch;         // the header message
     bool gone = false;                      // its goodbye arrived
+    std::string down;                       // why nothing more is read from it (out of sync)
     std::optional<shutdown_reason> reason;  // and said why
   };
   struct outgoing {
@@ -316,6 +288,64 @@ class mpi_transport {
     std::array<MPI_Request, 2> requests{MPI_REQUEST_NULL, MPI_REQUEST_NULL};
     std::size_t bytes = 0;
   };
+
+  /// receive() once the peer is known to be fit: the next header message, checked, then the payload.
+  wire::frame_header receive_frame(peer_state& p, unit_id peer, const wire::expectation& expected,
+                                   std::span<std::byte> out, deadline until, const comm_context& where) {
+    MPI_Message message = MPI_MESSAGE_NULL;
+    MPI_Status status{};
+    const bool arrived = poll_until(
+        [&] {
+          int found = 0;
+          const std::lock_guard l(mpi_);
+          call(MPI_Improbe(static_cast<int>(peer), header_tag, comm_, &found, &message, &status), where, "MPI_Improbe");
+          return found != 0;
+        },
+        until);
+    if (!arrived) throw timeout_error(where, "no message arrived before the deadline");
+    int count = 0;
+    MPI_Get_count(&status, MPI_BYTE, &count);
+    const auto length = static_cast<std::size_t>(std::max(count, 0));
+    // The header message holds at most a header and an inline payload: more is refused unread.
+    p.scratch.resize(std::min(length, wire::header_size + mpi_inline_bytes));
+    {
+      const std::lock_guard l(mpi_);
+      const int rc = MPI_Mrecv(p.scratch.data(), static_cast<int>(p.scratch.size()), MPI_BYTE, &message, &status);
+      if (rc != MPI_SUCCESS && length <= p.scratch.size()) call(rc, where, "MPI_Mrecv");
+    }
+    if (length < wire::header_size)
+      throw protocol_error(where, frame_problem::truncated, "a message of " + std::to_string(length) + " bytes");
+    if (length > p.scratch.size())
+      throw protocol_error(where, frame_problem::too_large,
+                           "a header message of " + std::to_string(length) + " bytes (at most " +
+                               std::to_string(p.scratch.size()) + ")");
+    const auto header =
+        wire::decode(std::span<const std::byte, wire::header_size>(p.scratch.data(), wire::header_size), where);
+    if (header.kind == wire::frame_kind::goodbye && header.sender == peer) goodbye(p, header, length, where);
+    wire::check(header, expected, options_.max_frame, where);
+    const auto inline_payload = std::span<const std::byte>(p.scratch).subspan(wire::header_size);
+    if (header.payload_length <= mpi_inline_bytes) {
+      if (inline_payload.size() != header.payload_length)
+        throw protocol_error(where, frame_problem::truncated,
+                             "the header announces " + std::to_string(header.payload_length) +
+                                 " bytes, the message holds " + std::to_string(inline_payload.size()));
+      wire::verify(header, inline_payload, where, options_.payload_checksums);
+      if (!inline_payload.empty()) std::memcpy(out.data(), inline_payload.data(), inline_payload.size());
+      return header;
+    }
+    if (!inline_payload.empty())
+      throw protocol_error(where, frame_problem::wrong_length,
+                           "a large frame's header message holds " + std::to_string(inline_payload.size()) +
+                               " bytes of payload");
+    try {
+      receive_payload(peer, header, out, until, where);
+    } catch (const timeout_error&) {
+      p.down = "a receive gave up in the middle of a frame; the stream from this peer is out of sync";
+      throw;
+    }
+    wire::verify(header, out.first(header.payload_length), where, options_.payload_checksums);
+    return header;
+  }
 
   /// A frame's bytes, owned: its header, then `payload`.
   static outgoing frame_of(const wire::frame_header& header, std::span<const std::byte> payload) {
@@ -330,27 +360,29 @@ class mpi_transport {
 
   void start_check(deadline until) {
     const comm_context where{rank_, rank_, 0, 0};
-    const std::array<std::uint64_t, 2> mine{fingerprint_, wire::wire_version};
-    std::vector<std::uint64_t> all(2 * static_cast<std::size_t>(world_));
+    constexpr std::size_t k = 3;  // what each rank says: fingerprint, wire version, payload checksums
+    const std::array<std::uint64_t, k> mine{fingerprint_, wire::wire_version, options_.payload_checksums ? 1u : 0u};
+    std::vector<std::uint64_t> all(k * static_cast<std::size_t>(world_));
     MPI_Request request = MPI_REQUEST_NULL;
-    call(MPI_Iallgather(mine.data(), 2, MPI_UINT64_T, all.data(), 2, MPI_UINT64_T, comm_, &request), where,
+    call(MPI_Iallgather(mine.data(), k, MPI_UINT64_T, all.data(), k, MPI_UINT64_T, comm_, &request), where,
          "MPI_Iallgather");
     wait(request, until, where, "the start check (every rank's plan fingerprint)");
+    const auto says = [&](const std::uint64_t* v) {
+      return "plan fingerprint " + std::to_string(v[0]) + ", wire version " + std::to_string(v[1]) +
+             (v[2] ? ", payload checksums" : ", no payload checksums");
+    };
     std::string differ;
     unit_id first = rank_;
     for (unit_id r = 0; r < world_; ++r) {
-      const auto fp = all[2 * r];
-      const auto version = all[2 * r + 1];
-      if (fp == fingerprint_ && version == wire::wire_version) continue;
+      const auto* theirs = all.data() + k * r;
+      if (std::equal(mine.begin(), mine.end(), theirs)) continue;
       if (first == rank_) first = r;
-      differ += (differ.empty() ? "" : ", ") + std::string("rank ") + std::to_string(r) + " (plan fingerprint " +
-                std::to_string(fp) + ", wire version " + std::to_string(version) + ")";
+      differ += (differ.empty() ? "" : ", ") + std::string("rank ") + std::to_string(r) + " (" + says(theirs) + ")";
     }
     if (!differ.empty())
       throw handshake_error(comm_context{rank_, first, 0, 0},
-                            "the ranks of this MPI job run different plans: this unit has plan fingerprint " +
-                                std::to_string(fingerprint_) + " and wire version " +
-                                std::to_string(wire::wire_version) + "; these differ: " + differ);
+                            "the ranks of this MPI job run different plans or settings: this unit has " +
+                                says(mine.data()) + "; these differ: " + differ);
   }
 
   void check_peer(unit_id peer, const comm_context&) const {
@@ -374,8 +406,9 @@ class mpi_transport {
                      std::string(what) + " failed: " + std::string(text.data(), static_cast<std::size_t>(length)));
   }
 
-  /// Calls done() until it is true (returns true) or the deadline passes (false): spinning for at
-  /// most options_.spin, then sleeping between calls, 20 us doubling up to 1 ms.
+  /// Calls done() until it is true (returns true) or the deadline passes (false): for at most
+  /// options_.spin without sleeping (yielding between calls), then sleeping between calls, 20 us
+  /// doubling up to options_.max_nap.
   template <class Done>
   bool poll_until(Done&& done, deadline until) const {
     const auto start = clock::now();
@@ -384,7 +417,10 @@ class mpi_transport {
       if (done()) return true;
       const auto now = clock::now();
       if (now >= until) return false;
-      if (now - start < options_.spin) continue;  // no yield: on a busy machine it gives the core away for milliseconds
+      if (now - start < options_.spin) {
+        if (options_.yield) std::this_thread::yield();
+        continue;
+      }
       precise_sleeps();
       std::this_thread::sleep_for(std::min<clock::duration>(nap, until - now));
       nap = std::min(nap * 2, options_.max_nap);

@@ -91,12 +91,14 @@ constexpr U get(const std::byte* p) noexcept {
   return XXH3_64bits_withSeed(payload.data(), payload.size(), seed);
 }
 
-/// A complete header for `payload`, checksum included.
+/// A complete header for `payload`, checksum included. With `payload_checksum` false (a transport
+/// that delivers bytes intact or fails, e.g. MPI: transport/mpi.hpp), the checksum covers the
+/// header alone: checksum(h, {}); both ends must agree (the transport checks that they do).
 [[nodiscard]] inline frame_header make_header(frame_kind kind, std::uint64_t fingerprint, std::uint32_t message_id,
-                                              unit_id sender, std::uint64_t step,
-                                              std::span<const std::byte> payload) noexcept {
+                                              unit_id sender, std::uint64_t step, std::span<const std::byte> payload,
+                                              bool payload_checksum = true) noexcept {
   frame_header h{kind, fingerprint, message_id, sender, step, payload.size(), 0};
-  h.checksum = checksum(h, payload);
+  h.checksum = checksum(h, payload_checksum ? payload : std::span<const std::byte>());
   return h;
 }
 
@@ -156,9 +158,11 @@ inline void check(const frame_header& h, const expectation& e, std::uint64_t max
          std::to_string(h.payload_length) + " bytes, the message has " + std::to_string(e.payload_length));
 }
 
-/// Throws protocol_error(bad_checksum) unless the payload matches the header's checksum.
-inline void verify(const frame_header& h, std::span<const std::byte> payload, const comm_context& where) {
-  if (checksum(h, payload) != h.checksum)
+/// Throws protocol_error(bad_checksum) unless the payload matches the header's checksum (the
+/// header alone when `payload_checksum` is false: see make_header).
+inline void verify(const frame_header& h, std::span<const std::byte> payload, const comm_context& where,
+                   bool payload_checksum = true) {
+  if (checksum(h, payload_checksum ? payload : std::span<const std::byte>()) != h.checksum)
     throw protocol_error(where, frame_problem::bad_checksum, "the frame was corrupted on the way");
 }
 
