@@ -320,9 +320,10 @@ int main(int argc, char** argv) {
     const options o = parse(argc, argv);
     const synthetic_pool pool = make_pool();
     if (o.serial) return run_serial(o, pool);
-    if (!std::getenv(nn::world_size_variable))
+    if (!std::getenv(nn::world_size_variable) && nn::chosen_transport() == nn::transport_kind::tcp)
       usage(std::string("no cluster configuration (") + nn::world_size_variable +
-            " is not set): start it with f2d2n_launch -n 2, or pass --serial");
+            " is not set): start it with f2d2n_launch -n 2" + (nn::built_with_mpi() ? " or mpirun -np 2" : "") +
+            ", or pass --serial");
     return o.buckets ? run_dp2<bucketed_plan>(o, pool) : run_dp2<plan>(o, pool);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "ddp_bench: %s\n", e.what());

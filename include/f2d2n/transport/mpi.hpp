@@ -138,7 +138,7 @@ struct mpi_options {
   /// How long the destructor waits for frames still on their way.
   std::chrono::milliseconds linger{2000};
   /// How long a wait polls without sleeping before it sleeps between polls. Measured here
-  /// (docs/mpi.md): sleeping as soon as 100 us made a 2-stage pipeline 2.4x slower than 1 ms of
+  /// (docs/mpi.md): sleeping after 100 us made a 2-stage pipeline 2.5x slower than 1 ms of
   /// polling; a wake-up from a sleep costs this machine tens of microseconds.
   std::chrono::microseconds spin{1000};
   /// The longest sleep between two polls: sleeps start at 20 us and double up to it.
