@@ -19,6 +19,8 @@
 #   DDP          bench/compare/pytorch_ddp.py: 2 processes (torch.multiprocessing), gloo on
 #                loopback, DistributedDataParallel(nn.Sequential(...)), each rank B/2 rows
 #   f2d2n serial $BUILD_DIR/bench/ddp_bench --serial: network<mlp>, one process, one thread, all B rows
+#   f2d2n MPI    the same DP2 under mpirun -n 2 (where Open MPI is installed: `mpirun` on PATH and
+#                ddp_bench built with f2d2n::mpi): f2d2n's MPI transport, Open MPI's shared memory
 # Each side, per batch size, runs REPETITIONS times (a fresh model each time) WARMUP untimed steps
 # then STEPS timed ones, by the wall clock, and reports its median run (rank 0's clock; the step's
 # all-reduce lines the ranks up). The sides take turns, ROUNDS times, in alternating order (this
@@ -26,6 +28,7 @@
 # side only). The table gives medians over the rounds; ratios are medians of the per-round ratios.
 #
 #   ratio       f2d2n DP2 samples/s / DDP samples/s              targets: >= 4 at B = 64, >= 2 at B = 128
+#   MPI ratio   f2d2n DP2 over MPI / DDP                         targets: >= 5 at B = 64, >= 4 at B = 128
 #   speedup     f2d2n DP2 samples/s / f2d2n serial samples/s at the same global batch B
 #   efficiency  speedup / 2: DP2's scaling efficiency against f2d2n's own serial trainer (1.0: two
 #               processes train twice as many samples per second as one; the serial side is one
@@ -81,6 +84,8 @@ build_benchmarks "$BUILD_JOBS" f2d2n_launch ddp_bench
 launch="$BUILD_DIR/tools/f2d2n_launch"
 bench="$BUILD_DIR/bench/ddp_bench"
 for x in "$launch" "$bench"; do [[ -x "$x" ]] || die "$x was not built (is F2D2N_BUILD_BENCH ON in $BUILD_DIR?)"; done
+with_mpi=0
+if command -v mpirun >/dev/null 2>&1 && ldd "$bench" | grep -q libmpi; then with_mpi=1; fi
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
@@ -111,11 +116,13 @@ echo "# $ROUNDS round(s), each: f2d2n DP2 ($bench under $launch -n 2), PyTorch D
 for (( r = 1; r <= ROUNDS; ++r )); do
   sides=(dp2 ddp serial)
   (( r % 2 == 0 )) && sides=(serial ddp dp2)
+  (( with_mpi )) && sides+=(mpi)
   for side in "${sides[@]}"; do
     case "$side" in
       dp2) run f2d2n-dp2 "$r" "$launch" -n 2 --timeout "$RUN_TIMEOUT" -- "$bench" "${f2d2n_args[@]}" ;;
       ddp) run pytorch-ddp "$r" "$PYTHON" bench/compare/pytorch_ddp.py "${py_args[@]}" ;;
       serial) run f2d2n-serial "$r" "$bench" --serial "${f2d2n_args[@]}" ;;
+      mpi) run f2d2n-mpi "$r" timeout "$RUN_TIMEOUT" mpirun --allow-run-as-root --oversubscribe -n 2 "$bench" "${f2d2n_args[@]}" ;;
     esac
   done
 done
@@ -133,7 +140,7 @@ for line in open(path):
     f = dict(w.split("=", 1) for w in words[3:])
     res[side, r, int(f["batch"])] = {k: float(v) for k, v in f.items() if k not in ("mode",)}
 med = statistics.median
-sides = ("f2d2n-dp2", "pytorch-ddp", "f2d2n-serial")
+sides = ("f2d2n-dp2", "pytorch-ddp", "f2d2n-serial") + (("f2d2n-mpi",) if any(k[0] == "f2d2n-mpi" for k in res) else ())
 for b in batches:
     for s in sides:
         for r in range(1, rounds + 1):
@@ -173,5 +180,16 @@ for b in batches:
         ar = f"{med(col(s, b, 'allreduce_ms')):>9.3f}" if "allreduce_ms" in res[s, 1, b] else f"{'-':>9}"
         print(f"{b:>5}  {s:<12}  {'  '.join(cells)}  {ar}")
 print()
+if "f2d2n-mpi" in sides:
+    print("\n# f2d2n DP2 over its MPI transport (mpirun -n 2)")
+    print(f"{'batch':>5}  {'f2d2n MPI':>10}  {'MPI / DDP':>9}  {'MPI / serial':>12}")
+    mpi_targets = {64: 5.0, 128: 4.0}
+    for b in batches:
+        mpi, ddp, ser = col("f2d2n-mpi", b), col("pytorch-ddp", b), col("f2d2n-serial", b)
+        ratio = med(x / y for x, y in zip(mpi, ddp))
+        print(f"{b:>5}  {med(mpi):>10.0f}  {ratio:>8.2f}x  {med(x / y for x, y in zip(mpi, ser)):>11.2f}x")
+        if b in mpi_targets:
+            verdicts.append(f"# target f2d2n DP2 over MPI >= {mpi_targets[b]:.0f}x DDP at global batch {b}: "
+                            f"{'met' if ratio >= mpi_targets[b] else 'NOT met'} ({ratio:.2f}x)")
 print("\n".join(verdicts))
 PY

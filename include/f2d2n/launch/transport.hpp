@@ -13,7 +13,8 @@
 // program exits, unless the program initialized it itself (f2d2n::mpi_environment in main).
 //
 // F2D2N_WITH_MPI (set by the f2d2n::mpi CMake target) must be the same in every translation unit
-// of a program.
+// of a program. MPI waits by polling: give each unit under MPI a core of its own (docs/mpi.md);
+// where units share cores, TCP's sleeping waits serve them better.
 #pragma once
 
 #include <f2d2n/core/error.hpp>

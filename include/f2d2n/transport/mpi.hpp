@@ -19,9 +19,8 @@
 // unit's two messages of a frame are posted together under the transport's lock.
 //
 // Deadlines. MPI has no timeouts: every wait polls a non-blocking call (MPI_Improbe, MPI_Test)
-// against the deadline: for at most mpi_options::spin (1 ms) it polls, yielding the core between
-// polls (units share cores with compute threads), then it sleeps between polls, 20 us doubling to
-// mpi_options::max_nap (200 us). A thread that waits has its timer slack set to 1 us (prctl
+// against the deadline: for at most mpi_options::spin (1 ms) it polls, then it sleeps between
+// polls, 20 us doubling to mpi_options::max_nap (200 us). A thread that waits has its timer slack set to 1 us (prctl
 // PR_SET_TIMERSLACK; Linux adds 50 us by default), so that its sleeps end when they should. The
 // communicator is duplicated with MPI_Comm_idup and its errors return (MPI_ERRORS_RETURN), so an
 // MPI failure is a typed error here, not an abort.
@@ -148,9 +147,10 @@ struct mpi_options {
   /// all-reduce's time on shared memory (docs/mpi.md); the header keeps its own checksum. Every
   /// rank must agree (the start check refuses ranks that differ).
   bool payload_checksums = false;
-  /// Whether a polling wait yields the core between polls (sched_yield), so that a unit or compute
-  /// thread that shares the core runs while this one waits.
-  bool yield = true;
+  /// Whether a polling wait yields the core between polls (sched_yield). Off: on a busy machine
+  /// each yield gave the core away for a whole time slice (an all-reduce of 0.94 MB took 16 ms
+  /// instead of 0.2 ms while another build ran; docs/mpi.md).
+  bool yield = false;
 };
 
 /// A transport over an MPI communicator (MPI_COMM_WORLD by default): see the top of this file.
@@ -407,8 +407,8 @@ class mpi_transport {
   }
 
   /// Calls done() until it is true (returns true) or the deadline passes (false): for at most
-  /// options_.spin without sleeping (yielding between calls), then sleeping between calls, 20 us
-  /// doubling up to options_.max_nap.
+  /// options_.spin without sleeping (yielding between calls if options_.yield), then sleeping
+  /// between calls, 20 us doubling up to options_.max_nap.
   template <class Done>
   bool poll_until(Done&& done, deadline until) const {
     const auto start = clock::now();
