@@ -184,6 +184,9 @@ class mpi_transport {
   mpi_transport& operator=(const mpi_transport&) = delete;
 
   ~mpi_transport() {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (finalized) return;  // MPI ended first (an mpi_environment destroyed before this): nothing to free
     shutdown();
     const auto until = clock::now() + options_.linger;
     poll_until([&] { return reap() == 0; }, until);
@@ -191,9 +194,7 @@ class mpi_transport {
     for (auto& p : pending_)
       for (auto& r : p.requests)
         if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);  // delivered later or dropped at MPI_Finalize
-    int finalized = 0;
-    MPI_Finalized(&finalized);
-    if (!finalized) MPI_Comm_free(&comm_);
+    MPI_Comm_free(&comm_);
   }
 
   [[nodiscard]] unit_id rank() const noexcept { return rank_; }
@@ -564,6 +565,9 @@ class mpi_transport {
       if (closed_) return;  // only the first shutdown counts
       closed_ = true;
     }
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (finalized) return;  // no goodbye can leave after MPI_Finalize
     const auto said = reason ? wire::encode_reason(*reason) : std::vector<std::byte>{};
     const auto header =
         wire::make_header(wire::frame_kind::goodbye, fingerprint_, wire::goodbye_reason_message, rank_, 0, said);
