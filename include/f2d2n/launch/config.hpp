@@ -268,6 +268,14 @@ inline void check_host(std::string_view host, const std::string& context) {
   return peers;
 }
 
+/// Sets c's deadlines from F2D2N_CONNECT_TIMEOUT and F2D2N_TIMEOUT where they are set (a
+/// configuration_error for a value that is not a number of seconds above 0).
+inline void read_timeouts_from_environment(cluster_config& c) {
+  if (const char* v = std::getenv(connect_timeout_variable); v && *v)
+    c.connect_timeout = detail::parse_seconds(v, connect_timeout_variable);
+  if (const char* v = std::getenv(timeout_variable); v && *v) c.timeout = detail::parse_seconds(v, timeout_variable);
+}
+
 /// Reads F2D2N_RANK, F2D2N_WORLD_SIZE and F2D2N_PEERS, and the optional F2D2N_CLUSTER_KEY (or
 /// F2D2N_CLUSTER_KEY_FILE), F2D2N_TLS_*, F2D2N_CONNECT_TIMEOUT and F2D2N_TIMEOUT. Any problem (a variable missing, not
 /// a number, a rank not below the world size, a number of peers other than the world size, a bad host:port, a port
@@ -302,9 +310,7 @@ inline void check_host(std::string_view host, const std::string& context) {
   c.peers = std::move(peers);
   c.key = cluster_key_from_environment();
   c.tls = tls_options_from_environment();
-  if (const char* v = std::getenv(connect_timeout_variable); v && *v)
-    c.connect_timeout = detail::parse_seconds(v, connect_timeout_variable);
-  if (const char* v = std::getenv(timeout_variable); v && *v) c.timeout = detail::parse_seconds(v, timeout_variable);
+  read_timeouts_from_environment(c);
   return c;
 }
 

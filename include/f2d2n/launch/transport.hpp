@@ -105,9 +105,7 @@ inline mpi_environment& program_mpi() {
   c.rank = static_cast<unit_id>(rank);
   c.world_size = static_cast<unit_id>(size);
 #endif
-  if (const char* v = std::getenv(connect_timeout_variable); v && *v)
-    c.connect_timeout = detail::parse_seconds(v, connect_timeout_variable);
-  if (const char* v = std::getenv(timeout_variable); v && *v) c.timeout = detail::parse_seconds(v, timeout_variable);
+  read_timeouts_from_environment(c);
   return c;
 }
 

@@ -7,7 +7,7 @@
 //     f2d2n::distributed_network<Plan, f2d2n::mpi_transport> net(t);
 //
 // Link with f2d2n::mpi (CMake: find_package(f2d2n) finds MPI when it is installed), which is
-// f2d2n::f2d2n plus MPI::MPI_C. The C API, not Boost.MPI: Debian's Boost.MPI is a compiled library
+// f2d2n::f2d2n plus MPI's library (MPI::MPI_CXX, without the C++ bindings). The C API, not Boost.MPI: Debian's Boost.MPI is a compiled library
 // built against one MPI and adds serialization f2d2n does not need (frames are bytes).
 //
 // How frames travel. A frame is one MPI message of its 48-byte header followed by its payload
@@ -20,14 +20,15 @@
 //
 // Deadlines. MPI has no timeouts: every wait polls a non-blocking call (MPI_Improbe, MPI_Test)
 // against the deadline: for at most mpi_options::spin (1 ms) it polls, then it sleeps between
-// polls, 20 us doubling to mpi_options::max_nap (200 us). A thread that waits has its timer slack set to 1 us (prctl
-// PR_SET_TIMERSLACK; Linux adds 50 us by default), so that its sleeps end when they should. The
+// polls, 20 us doubling to mpi_options::max_nap (200 us). A thread that waits has its timer slack
+// set to 1 us (prctl PR_SET_TIMERSLACK; Linux adds 50 us by default), so that its sleeps end when
+// they should. The
 // communicator is duplicated with MPI_Comm_idup and its errors return (MPI_ERRORS_RETURN), so an
 // MPI failure is a typed error here, not an abort.
 //
-// Start check. The constructor gathers every rank's plan fingerprint and wire version
-// (MPI_Iallgather, within connect_timeout): units of another plan are refused with a
-// handshake_error naming the ranks that differ, on every rank.
+// Start check. The constructor gathers every rank's plan fingerprint, wire version and
+// payload-checksum setting (MPI_Iallgather, within connect_timeout): ranks that differ are refused
+// with a handshake_error naming them, on every rank.
 //
 // Sending. send() copies the frame into a buffer the transport owns and returns (MPI_Isend); at
 // most send_buffer bytes wait to be delivered, beyond which send() waits for earlier frames to
