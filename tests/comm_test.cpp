@@ -481,6 +481,24 @@ TEST_CASE("frame header: encode and decode round-trip, the checksum covers the h
                        nn::protocol_error);
 }
 
+TEST_CASE("frame header without a payload checksum (MPI's default): the header stays covered, both ends agree") {
+  const std::vector<std::byte> payload{std::byte{1}, std::byte{2}, std::byte{3}};
+  const auto h = nn::wire::make_header(nn::wire::frame_kind::data, 42, 5, 1, 9, payload, /*payload_checksum=*/false);
+  CHECK(h.payload_length == payload.size());
+  CHECK(h != nn::wire::make_header(nn::wire::frame_kind::data, 42, 5, 1, 9, payload));  // another checksum
+  nn::wire::verify(h, payload, {}, false);
+  auto other_payload = payload;
+  other_payload[1] = std::byte{7};
+  nn::wire::verify(h, other_payload, {}, false);  // the payload is not covered: MPI delivers it intact
+  auto changed = h;
+  changed.message_id ^= 1;
+  CHECK_THROWS_AS(nn::wire::verify(changed, payload, {}, false), nn::protocol_error);
+  // An end that expects payload checksums refuses such a frame, and the other way round.
+  CHECK_THROWS_AS(nn::wire::verify(h, payload, {}), nn::protocol_error);
+  const auto full = nn::wire::make_header(nn::wire::frame_kind::data, 42, 5, 1, 9, payload);
+  CHECK_THROWS_AS(nn::wire::verify(full, payload, {}, false), nn::protocol_error);
+}
+
 // --- repartition and halo exchange ------------------------------------------------------------
 
 namespace {
