@@ -3,7 +3,7 @@
 // so the accuracy, are the one-process example's (main.cpp), up to rounding.
 //
 //   f2d2n_launch -n 4 -- fashion_mnist_cluster                    DP2 x TP2: 2 replicas of 2 neuron shards
-//   mpirun -np 4 fashion_mnist_cluster                            the same over MPI (docs/launch.md)
+//   mpirun -np 4 fashion_mnist_cluster                            the same over MPI (docs/mpi.md)
 //   f2d2n_launch -n 2 -- fashion_mnist_cluster --plan dp2         data parallel
 //   f2d2n_launch -n 2 -- fashion_mnist_cluster --plan tp2_inputs  F2D2N's input units (split by input features)
 //   fashion_mnist_cluster --help
