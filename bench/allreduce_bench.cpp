@@ -83,8 +83,7 @@ int main(int argc, char** argv) {
 
     if (cfg.rank == 0)
       std::printf("# f2d2n ring all-reduce over %s, p=%zu, chunk_bytes=%zu, warmup=%zu\n",
-                  unit.kind() == f2d2n::transport_kind::mpi ? "mpi" : cfg.tls ? "tcp (loopback) with mutual TLS"
-                                                                             : "tcp (loopback)",
+                  unit.kind() == f2d2n::transport_kind::tcp && cfg.tls ? "TCP with mutual TLS" : unit.name(),
                   p, o.chunk_bytes, o.warmup);
     const float expected = static_cast<float>(p * (p + 1) / 2);
     for (const std::size_t mib : o.sizes_mib) {

@@ -283,7 +283,7 @@ int run_dp2(const options& o, const synthetic_pool& pool) {
         "thread of compute each%s; flight recorders of %zu operations; %zu bytes sent per unit and step at batch "
         "%zu; warmup %zu, %zu timed steps, %zu run(s) per batch size\n",
         o.buckets ? ", 32768" : "",
-        unit.kind() == nn::transport_kind::mpi ? "the MPI transport" : "tcp_transport (loopback)",
+        unit.name(),
         o.overlap ? " and one summing the gradient buckets" : "", o.flight_records,
         static_cast<std::size_t>(Plan::bytes_sent_per_step(0, o.batches.front())), o.batches.front(), o.warmup, o.steps,
         o.repetitions);
@@ -320,7 +320,7 @@ int main(int argc, char** argv) {
     const options o = parse(argc, argv);
     const synthetic_pool pool = make_pool();
     if (o.serial) return run_serial(o, pool);
-    if (!std::getenv(nn::world_size_variable) && nn::chosen_transport() == nn::transport_kind::tcp)
+    if (!std::getenv(nn::world_size_variable) && nn::chosen_transport() != nn::transport_kind::mpi)
       usage(std::string("no cluster configuration (") + nn::world_size_variable +
             " is not set): start it with f2d2n_launch -n 2" + (nn::built_with_mpi() ? " or mpirun -np 2" : "") +
             ", or pass --serial");

@@ -6,9 +6,11 @@
 #   bench/compare/allreduce_vs_mpi.sh                       (from the repository root)
 #   BUILD_DIR=/tmp/ar-build PROCS="2 4" SIZES_MIB="1 4 16 64" ROUNDS=3 bench/compare/allreduce_vs_mpi.sh
 #
-# Three sides, each started with P processes on this machine, all on loopback:
-#   f2d2n        $BUILD_DIR/bench/allreduce_bench under $BUILD_DIR/tools/f2d2n_launch -n P
-#                (tcp_transport on 127.0.0.1)
+# Five sides, each started with P processes on this machine:
+#   f2d2n        $BUILD_DIR/bench/allreduce_bench under $BUILD_DIR/tools/f2d2n_launch -n P with
+#                F2D2N_TRANSPORT=tcp (tcp_transport on 127.0.0.1)
+#   f2d2n-shm    the same with F2D2N_TRANSPORT=shm: f2d2n's shared-memory transport (transport/shm.hpp),
+#                what f2d2n_launch uses by default between the units of one host
 #   MPI-TCP      $BUILD_DIR/bench/mpi_allreduce under mpirun ... --mca pml ob1 --mca btl tcp,self
 #                --mca btl_tcp_if_include lo (Open MPI's TCP transport, loopback only)
 #   MPI-default  the same under plain mpirun: Open MPI's choice, shared memory (vader) here
@@ -99,7 +101,8 @@ echo "# $ROUNDS round(s); each, for P in $PROCS: f2d2n ($f2d2n_bench under $laun
 : >"$tmp/results"
 for (( r = 1; r <= ROUNDS; ++r )); do
   for p in $PROCS; do
-    run f2d2n "$p" "$r" "$launch" -n "$p" --timeout "$RUN_TIMEOUT" -- "$f2d2n_bench" "${f2d2n_args[@]}"
+    F2D2N_TRANSPORT=tcp run f2d2n "$p" "$r" "$launch" -n "$p" --timeout "$RUN_TIMEOUT" -- "$f2d2n_bench" "${f2d2n_args[@]}"
+    F2D2N_TRANSPORT=shm run f2d2n-shm "$p" "$r" "$launch" -n "$p" --timeout "$RUN_TIMEOUT" -- "$f2d2n_bench" "${f2d2n_args[@]}"
     run mpi-tcp "$p" "$r" "${mpirun_base[@]}" "${mpi_tcp[@]}" -n "$p" "$mpi_bench" "${args[@]}"
     run mpi-default "$p" "$r" "${mpirun_base[@]}" -n "$p" "$mpi_bench" "${args[@]}"
     run f2d2n-mpi "$p" "$r" "${mpirun_base[@]}" -n "$p" "$f2d2n_bench" "${f2d2n_args[@]}"
@@ -122,28 +125,31 @@ function median(list,    a, n, i, j, t) {
 END {
   print ""
   printf "# bus bandwidth 2(P-1)/P x bytes / time, GB/s; medians over %d round(s), ratios are medians of per-round ratios\n", rounds
-  printf "%8s  %2s  %12s  %12s  %9s  %15s  %13s  %14s  %17s\n", "size", "P", "f2d2n GB/s", "MPI-TCP GB/s", "f2d2n/TCP", "MPI-default GB/s", "f2d2n/default", "f2d2n-MPI GB/s", "f2d2n-MPI/default"
+  printf "%8s  %2s  %12s  %12s  %9s  %15s  %13s  %14s  %17s  %14s  %17s\n", "size", "P", "f2d2n GB/s", "MPI-TCP GB/s", "f2d2n/TCP", "MPI-default GB/s", "f2d2n/default", "f2d2n-MPI GB/s", "f2d2n-MPI/default", "f2d2n-shm GB/s", "f2d2n-shm/default"
   nsizes = split(sizes, S, " "); nprocs = split(procs, P, " ")
-  tcp_ok = 1; shm_ok = 1; mpi_ok = 1
+  tcp_ok = 1; shm_ok = 1; mpi_ok = 1; own_ok = 1
   for (pi = 1; pi <= nprocs; ++pi) for (si = 1; si <= nsizes; ++si) {
     p = P[pi]; bytes = S[si] * 1048576
-    lf = lt = ld = lrt = lrd = lm = lrm = ""
+    lf = lt = ld = lrt = lrd = lm = lrm = ls = lrs = ""
     for (r = 1; r <= rounds; ++r) {
       key = p SUBSEP bytes SUBSEP r
-      if (!(("f2d2n", key) in bw) || !(("mpi-tcp", key) in bw) || !(("mpi-default", key) in bw) || !(("f2d2n-mpi", key) in bw)) {
+      if (!(("f2d2n", key) in bw) || !(("mpi-tcp", key) in bw) || !(("mpi-default", key) in bw) || !(("f2d2n-mpi", key) in bw) || !(("f2d2n-shm", key) in bw)) {
         printf "allreduce_vs_mpi.sh: missing results for %d MiB, P=%d, round %d\n", S[si], p, r > "/dev/stderr"; exit 1
       }
       a = bw["f2d2n", key]; b = bw["mpi-tcp", key]; c = bw["mpi-default", key]; m = bw["f2d2n-mpi", key]
       lf = lf " " a; lt = lt " " b; ld = ld " " c; lrt = lrt " " a / b; lrd = lrd " " a / c
       lm = lm " " m; lrm = lrm " " m / c
+      h = bw["f2d2n-shm", key]; ls = ls " " h; lrs = lrs " " h / c
     }
-    rt = median(lrt); rd = median(lrd); rm = median(lrm)
+    rt = median(lrt); rd = median(lrd); rm = median(lrm); rs = median(lrs)
+    if (S[si] >= 1 && rs < 0.9) own_ok = 0
     if (S[si] >= 1 && rm < 0.9) mpi_ok = 0
     if (rt < 1.0) tcp_ok = 0
     if (S[si] >= 4 && rd < 0.8) shm_ok = 0
-    printf "%5d MiB  %2d  %12.3f  %12.3f  %8.2fx  %15.3f  %12.2fx  %14.3f  %16.2fx\n", S[si], p, median(lf), median(lt), rt, median(ld), rd, median(lm), rm
+    printf "%5d MiB  %2d  %12.3f  %12.3f  %8.2fx  %15.3f  %12.2fx  %14.3f  %16.2fx  %14.3f  %16.2fx\n", S[si], p, median(lf), median(lt), rt, median(ld), rd, median(lm), rm, median(ls), rs
   }
   printf "\n# target f2d2n >= 1.0x MPI-TCP at every size: %s\n", tcp_ok ? "met" : "NOT met"
   printf "# target f2d2n >= 0.8x MPI-default at >= 4 MiB: %s\n", shm_ok ? "met" : "NOT met"
   printf "# target f2d2n-MPI (one host) >= 0.9x MPI-default at >= 1 MiB: %s\n", mpi_ok ? "met" : "NOT met"
+  printf "# target f2d2n-shm (one host) >= 0.9x MPI-default at >= 1 MiB: %s\n", own_ok ? "met" : "NOT met"
 }' "$tmp/results"

@@ -143,7 +143,7 @@ int main(int argc, char** argv) try {
                  "the run's last checkpoint, which holds every unit's part)\n";
     return 2;
   }
-  if (!std::getenv(nn::world_size_variable) && nn::chosen_transport() == nn::transport_kind::tcp) {
+  if (!std::getenv(nn::world_size_variable) && nn::chosen_transport() != nn::transport_kind::mpi) {
     std::cerr << "fashion_mnist_cluster: no cluster configuration (" << nn::world_size_variable
               << " is not set): start it with f2d2n_launch, e.g. f2d2n_launch -n 4 -- fashion_mnist_cluster"
               << (nn::built_with_mpi() ? ", or with mpirun -np 4 fashion_mnist_cluster" : "") << "\n";
