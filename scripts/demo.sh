@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: installs what is missing, builds, and trains the MLP on Fashion-MNIST on a local
-# cluster of 4 processing units over TCP (2 data-parallel replicas x 2 neuron shards), started
+# cluster of 4 processing units (2 data-parallel replicas x 2 neuron shards; shared memory between them,
+# F2D2N_TRANSPORT=tcp for TCP), started
 # by f2d2n_launch. Arguments go to the example (scripts/demo.sh --help lists them), e.g.
 #   scripts/demo.sh --plan dp2_tp2        (the default; dp2, dp4, tp2, tp2_inputs, pp2, dp2_pp2 also run)
 #   scripts/demo.sh --serial              the same training in one process (examples/fashion_mnist)
