@@ -174,7 +174,9 @@ int main(int argc, char** argv) try {
   if (mode == "adjoint") {
     const auto failures = nn::testing::adjoint_suite(t);
     for (const auto& f : failures) report(config, "adjoint", false, f);
-    return failures.empty() ? report(config, "adjoint", true, "every primitive passes its dot-product test") : 1;
+    return failures.empty() ? report(config, "adjoint", true,
+                                     std::string("every primitive passes its dot-product test over ") + unit.name())
+                            : 1;
   }
   if (mode == "stop") {
     if (odd_one) std::raise(SIGSTOP);  // until the launcher ends the run
