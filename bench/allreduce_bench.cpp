@@ -1,4 +1,4 @@
-// bench/allreduce_bench.cpp: bus bandwidth of f2d2n's ring all-reduce over TCP or MPI, one process
+// bench/allreduce_bench.cpp: bus bandwidth of f2d2n's all-reduce over shared memory, TCP or MPI, one process
 // per unit. Not Google Benchmark: every unit runs the same loop, started by f2d2n_launch (TCP) or
 // mpirun (f2d2n's MPI transport, where it was built with f2d2n::mpi).
 //
@@ -23,6 +23,9 @@
 //   --warmup N          untimed all-reduces per size first (default 2; at least 1 runs, checked)
 //   --chunk-bytes N     call_options::chunk_bytes: the largest frame of a ring step (default the library's)
 //   --timeout-ms N      collective::timeout (default 60000)
+//   --pipeline N        call_options::pipeline: pieces sent ahead of the receives (0: lockstep;
+//                       default the transport's: 2 over shared memory, 0 over TCP and MPI)
+//   --algorithm A       call_options::algorithm: automatic (default), ring or halving-doubling
 //
 // With F2D2N_TLS_CA, F2D2N_TLS_CERT and F2D2N_TLS_KEY set, the units talk mutual TLS
 // (bench/compare/allreduce_tls.sh runs both, side by side).
@@ -49,7 +52,7 @@ using allreduce_bench::options;
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "allreduce_bench: %s\nusage: allreduce_bench [--sizes-mib 1,4,16,64] [--repetitions N] [--warmup N] "
-               "[--chunk-bytes N] [--timeout-ms N]\n",
+               "[--chunk-bytes N] [--timeout-ms N] [--pipeline N] [--algorithm automatic|ring|halving-doubling]\n",
                why.c_str());
   std::exit(2);
 }
@@ -65,6 +68,9 @@ int main(int argc, char** argv) {
       usage(e.what());
     }
     if (o.chunk_bytes == 0) o.chunk_bytes = f2d2n::call_options{}.chunk_bytes;
+    const auto algorithm = o.algorithm == "ring"               ? f2d2n::collective_algorithm::ring
+                           : o.algorithm == "halving-doubling" ? f2d2n::collective_algorithm::halving_doubling
+                                                               : f2d2n::collective_algorithm::automatic;
     const f2d2n::cluster_config cfg = f2d2n::cluster_from_environment();
     const std::size_t p = cfg.world_size;
     f2d2n::cluster_transport unit(cfg, 0xa11'7ed0'ce00'0001ULL);
@@ -76,15 +82,18 @@ int main(int argc, char** argv) {
       return f2d2n::call_options{.message_id = message,
                                  .step = step++,
                                  .timeout = std::chrono::milliseconds(o.timeout_ms),
-                                 .chunk_bytes = o.chunk_bytes};
+                                 .chunk_bytes = o.chunk_bytes,
+                                 .pipeline = o.pipeline,
+                                 .algorithm = algorithm};
     };
     std::vector<float> token(p);
     auto barrier = [&] { f2d2n::all_reduce(t, world, std::span<float>(token), call(1)); };
 
     if (cfg.rank == 0)
-      std::printf("# f2d2n ring all-reduce over %s, p=%zu, chunk_bytes=%zu, warmup=%zu\n",
+      std::printf("# f2d2n %s all-reduce over %s, p=%zu, chunk_bytes=%zu, pipeline=%zu, warmup=%zu\n",
+                  f2d2n::uses_halving_doubling(algorithm, p) ? "halving-doubling" : "ring",
                   unit.kind() == f2d2n::transport_kind::tcp && cfg.tls ? "TCP with mutual TLS" : unit.name(),
-                  p, o.chunk_bytes, o.warmup);
+                  p, o.chunk_bytes, o.pipeline == SIZE_MAX ? f2d2n::ring_pipeline(t) : o.pipeline, o.warmup);
     const float expected = static_cast<float>(p * (p + 1) / 2);
     for (const std::size_t mib : o.sizes_mib) {
       const std::size_t bytes = mib << 20;

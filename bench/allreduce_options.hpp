@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <cstddef>
 #include <cstdlib>
 #include <stdexcept>
@@ -19,6 +20,8 @@ struct options {
   std::size_t warmup = 2;
   std::size_t chunk_bytes = 0;     // 0: the library's default (f2d2n only)
   std::size_t timeout_ms = 60000;  // f2d2n only
+  std::size_t pipeline = SIZE_MAX;  // SIZE_MAX (call_options::transport_pipeline): the transport's (f2d2n only)
+  std::string algorithm = "automatic";  // f2d2n only: automatic, ring, halving-doubling
 };
 
 /// A whole number of at least `min`; std::invalid_argument naming the option otherwise.
@@ -54,6 +57,12 @@ inline options parse(int argc, char** argv, bool transport_options) {
       o.chunk_bytes = number(a, v, 4);
     } else if (transport_options && a == "--timeout-ms") {
       o.timeout_ms = number(a, v, 1);
+    } else if (transport_options && a == "--pipeline") {
+      o.pipeline = number(a, v, 0);
+    } else if (transport_options && a == "--algorithm") {
+      if (v != "automatic" && v != "ring" && v != "halving-doubling")
+        throw std::invalid_argument("--algorithm is one of automatic, ring, halving-doubling, not '" + v + "'");
+      o.algorithm = v;
     } else {
       throw std::invalid_argument("unknown option " + std::string(a));
     }

@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -171,6 +172,93 @@ TEST_CASE("all_reduce is self-adjoint and sums exactly, in chunks, for uneven ex
         return 0.0;
       });
     }
+}
+
+namespace {
+/// A local transport that counts the elements (doubles) it sends.
+struct counting_transport {
+  nn::local_transport& t;
+  std::size_t sent = 0;
+  [[nodiscard]] unit_id rank() const noexcept { return t.rank(); }
+  [[nodiscard]] unit_id world_size() const noexcept { return t.world_size(); }
+  [[nodiscard]] std::uint64_t fingerprint() const noexcept { return t.fingerprint(); }
+  void send(unit_id peer, const nn::wire::frame_header& h, std::span<const std::byte> payload, nn::deadline until) {
+    sent += payload.size() / sizeof(double);
+    t.send(peer, h, payload, until);
+  }
+  nn::wire::frame_header receive(unit_id peer, const nn::wire::expectation& e, std::span<std::byte> out,
+                                 nn::deadline until) {
+    return t.receive(peer, e, out, until);
+  }
+  void shutdown() { t.shutdown(); }
+  void shutdown(const nn::shutdown_reason& r) { t.shutdown(r); }
+};
+static_assert(nn::transport<counting_transport>);
+}  // namespace
+
+TEST_CASE("every schedule and pipeline depth sums the same, bit for bit, and sends what the schema states") {
+  using algo = nn::collective_algorithm;
+  for (unit_id p = 1; p <= 8; ++p) {
+    CAPTURE(p);
+    const auto g = nn::group::world(p);
+    const bool power_of_two = (p & (p - 1)) == 0;
+    nn::local_cluster cluster(p);
+    cluster.run([&](nn::local_transport& lt) {
+      counting_transport t{lt};
+      std::uint64_t step = 0;
+      for (std::size_t n : {std::size_t{1}, std::size_t{6}, std::size_t{37}, std::size_t{300}})
+        for (std::size_t chunk : {std::size_t{8}, std::size_t{40}, std::size_t{1} << 18})
+          for (algo a : {algo::ring, algo::halving_doubling, algo::automatic}) {
+            if (a == algo::halving_doubling && !power_of_two) continue;
+            CAPTURE(n);
+            CAPTURE(chunk);
+            CAPTURE(static_cast<int>(a));
+            std::vector<double> lockstep;
+            for (std::size_t depth : {std::size_t{0}, std::size_t{1}, std::size_t{2}, std::size_t{5}, std::size_t{1000}}) {
+              CAPTURE(depth);
+              auto data = random_vector(n, t.rank());
+              const nn::call_options c{.message_id = 9, .step = ++step, .timeout = std::chrono::seconds(20),
+                                       .chunk_bytes = chunk, .pipeline = depth, .algorithm = a};
+              const std::size_t before = t.sent;
+              nn::all_reduce(t, g, std::span<double>(data), c);
+              CHECK(t.sent - before == nn::all_reduce_sends(n, p, t.rank(), a));
+              if (depth == 0) {
+                lockstep = data;
+                for (std::size_t k = 0; k < n; ++k) {  // the sum, up to rounding
+                  double s = 0;
+                  for (unit_id r = 0; r < p; ++r) s += random_vector(n, r)[k];
+                  CHECK(std::abs(data[k] - s) <= 1e-12 * p);
+                }
+              } else {
+                CHECK(std::memcmp(data.data(), lockstep.data(), n * sizeof(double)) == 0);
+              }
+              // Every unit ends with the same bits: unit 0's are broadcast and compared.
+              std::vector<double> first = data;
+              nn::broadcast(t, g, 0, std::span<double>(first), c);
+              CHECK(std::memcmp(data.data(), first.data(), n * sizeof(double)) == 0);
+              // reduce_scatter and all_gather over blocks of 3 with the same options: exact values.
+              std::vector<double> x(3 * n), seg(3 * nn::part_size(n, p, t.rank())), all(3 * n);
+              for (std::size_t k = 0; k < x.size(); ++k) x[k] = static_cast<double>(t.rank() * 1000 + k);
+              nn::reduce_scatter(t, g, std::span<const double>(x), std::span<double>(seg), c, 3);
+              const std::size_t lo = 3 * nn::part_begin(n, p, t.rank());
+              for (std::size_t k = 0; k < seg.size(); ++k)
+                CHECK(seg[k] == static_cast<double>(1000 * p * (p - 1) / 2 + p * (lo + k)));
+              const std::size_t gathered = t.sent;
+              nn::all_gather(t, g, std::span<const double>(seg), std::span<double>(all), c, 3);
+              CHECK(t.sent - gathered == nn::all_gather_sends(n, p, t.rank(), 3, a));
+              for (std::size_t k = 0; k < all.size(); ++k)
+                CHECK(all[k] == static_cast<double>(1000 * p * (p - 1) / 2 + p * k));
+            }
+          }
+    });
+  }
+  nn::local_cluster three(3);
+  CHECK_THROWS_WITH_AS(three.run([&](nn::local_transport& t) {
+    std::vector<double> d(5);
+    nn::all_reduce(t, nn::group::world(3), std::span<double>(d),
+                   nn::call_options{.algorithm = nn::collective_algorithm::halving_doubling});
+  }),
+                       doctest::Contains("power of two, not 3"), nn::configuration_error);
 }
 
 TEST_CASE("reduce_scatter and all_gather are adjoint") {

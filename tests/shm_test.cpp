@@ -127,6 +127,71 @@ TEST_CASE("shm: frames of every size arrive whole and in order; sends that overf
   CHECK_MESSAGE(!failed[1], message_of(failed[1]));
 }
 
+TEST_CASE("shm: receive_add adds payloads straight from the ring, also where an element straddles its end") {
+  for (const bool checksums : {false, true}) {
+    CAPTURE(checksums);
+    auto o = small_rings();
+    o.payload_checksums = checksums;
+    const auto failed = on_host(2, fresh_prefix("add"), o, [checksums](nn::shm_transport& t) {
+      const unit_id other = 1 - t.rank();
+      const auto until = in(5000ms);
+      std::uint64_t step = 0;
+      // A frame of `shift` bytes first, so that the next payloads start at every offset modulo 8,
+      // and their elements straddle the 4 KiB ring's end.
+      for (std::size_t shift = 0; shift < 8; ++shift) {
+        std::vector<std::uint8_t> pad(shift + 1, 1);
+        std::vector<double> d(700);
+        std::vector<float> f(1001);
+        for (std::size_t k = 0; k < d.size(); ++k) d[k] = static_cast<double>(k) + 1000.0 * shift;
+        for (std::size_t k = 0; k < f.size(); ++k) f[k] = static_cast<float>(k) * 0.25f;
+        if (t.rank() == 0) {
+          nn::send_tensor(t, other, 1, ++step, std::span<const std::uint8_t>(pad), until);
+          nn::send_tensor(t, other, 2, ++step, std::span<const double>(d), until);
+          nn::send_tensor(t, other, 3, ++step, std::span<const float>(f), until);
+          continue;
+        }
+        nn::receive_tensor(t, other, 1, ++step, std::span<std::uint8_t>(pad), until);
+        std::vector<double> sum_d(d.size());
+        std::vector<float> sum_f(f.size());
+        for (std::size_t k = 0; k < sum_d.size(); ++k) sum_d[k] = 0.5 * static_cast<double>(k);
+        for (std::size_t k = 0; k < sum_f.size(); ++k) sum_f[k] = 2.0f;
+        const nn::wire::expectation ed{nn::wire::frame_kind::data, t.fingerprint(), 2, other, ++step, 8 * d.size()};
+        const nn::wire::expectation ef{nn::wire::frame_kind::data, t.fingerprint(), 3, other, ++step, 4 * f.size()};
+        if (checksums) {
+          // Payload checksums need the whole payload: it says no and leaves the frame where it is.
+          if (t.receive_add(other, ed, std::span<double>(sum_d), until)) throw std::runtime_error("added with checksums");
+          nn::receive_tensor(t, other, 2, step - 1, std::span<double>(sum_d), until);
+          nn::receive_tensor(t, other, 3, step, std::span<float>(sum_f), until);
+          if (sum_d != d || sum_f != f) throw std::runtime_error("the frames after a refused receive_add differ");
+          continue;
+        }
+        if (!t.receive_add(other, ed, std::span<double>(sum_d), until)) throw std::runtime_error("not added");
+        if (!t.receive_add(other, ef, std::span<float>(sum_f), until)) throw std::runtime_error("not added");
+        for (std::size_t k = 0; k < d.size(); ++k)
+          if (sum_d[k] != d[k] + 0.5 * static_cast<double>(k))
+            throw std::runtime_error("double " + std::to_string(k) + " of shift " + std::to_string(shift) + " is wrong");
+        for (std::size_t k = 0; k < f.size(); ++k)
+          if (sum_f[k] != f[k] + 2.0f) throw std::runtime_error("float " + std::to_string(k) + " is wrong");
+      }
+      if (t.rank() == 1 && !checksums) {  // a frame of another length is refused before anything is added
+        std::vector<double> three(3, 1.0);
+        const nn::wire::expectation e{nn::wire::frame_kind::data, t.fingerprint(), 4, other, 99, 24};
+        try {
+          t.receive_add(other, e, std::span<double>(three), until);
+          throw std::runtime_error("a frame of the wrong length was added");
+        } catch (const nn::protocol_error&) {
+        }
+        if (three != std::vector<double>(3, 1.0)) throw std::runtime_error("a refused frame changed the sum");
+      } else if (t.rank() == 0 && !checksums) {
+        const std::vector<double> two{5.0, 6.0};
+        nn::send_tensor(t, other, 4, 99, std::span<const double>(two), until);
+      }
+    });
+    CHECK_MESSAGE(!failed[0], message_of(failed[0]));
+    CHECK_MESSAGE(!failed[1], message_of(failed[1]));
+  }
+}
+
 TEST_CASE("shm: without a send buffer, a send that the peer does not take times out and cuts the stream") {
   auto o = small_rings();
   o.send_buffer = 0;

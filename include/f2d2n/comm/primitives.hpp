@@ -17,12 +17,14 @@
 // silent one a timeout_error on every unit that waits for it, naming the message and the step.
 #pragma once
 
+#include <f2d2n/comm/schedule.hpp>
 #include <f2d2n/core/error.hpp>
 #include <f2d2n/core/partition.hpp>
 #include <f2d2n/transport/concept.hpp>
 
 #include <algorithm>
 #include <chrono>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -61,6 +63,15 @@ struct call_options {
   std::chrono::milliseconds timeout{30000};
   /// Largest piece a ring step sends at once: big buffers stream in pieces of this size.
   std::size_t chunk_bytes = std::size_t{1} << 18;
+  /// pipeline's default: the transport's choice (ring_pipeline(), transport/concept.hpp).
+  static constexpr std::size_t transport_pipeline = static_cast<std::size_t>(-1);
+  /// Pieces a unit sends ahead of what it has received in reduce_scatter, all_gather and
+  /// all_reduce, so that the next pieces are on their way while it adds the current one (see
+  /// detail::run_rounds). 0: lockstep, each piece exchanged and then added. The sums are the
+  /// same, bit for bit, whatever the depth.
+  std::size_t pipeline = transport_pipeline;
+  /// The schedule of reduce_scatter, all_gather and all_reduce.
+  collective_algorithm algorithm = collective_algorithm::automatic;
 
   [[nodiscard]] deadline until() const { return clock::now() + timeout; }
 };
@@ -124,62 +135,129 @@ void sum_reduce(T& t, const group& g, std::size_t root, std::span<S> data, const
   }
 }
 
-// --- ring reduce-scatter and all-gather; all-reduce is one then the other ----------------------
+// --- ring and halving-doubling schedules: reduce-scatter, all-gather, all-reduce ---------------
 
 namespace detail {
-/// One ring step: send data[send_seg] to the right neighbour while receiving the left
-/// neighbour's piece of recv_seg, in chunks; `combine(dst, src)` adds what arrived into place.
-/// Without a combine (Direct), pieces are received straight into recv_part: no scratch, no copy.
-struct direct_t {};
-template <transport T, class S, class Combine>
-void ring_step(T& t, const group& g, std::size_t me, std::span<const S> send_part, std::span<S> recv_part,
-               std::vector<S>& scratch, const call_options& c, deadline until, Combine combine) {
-  constexpr bool direct = std::is_same_v<Combine, direct_t>;
-  const std::size_t p = g.size();
-  const unit_id right = g[(me + 1) % p], left = g[(me + p - 1) % p];
-  const std::size_t chunk = std::max<std::size_t>(1, c.chunk_bytes / sizeof(S));
-  // How many frames cross a link depends only on the segment crossing it, so the two ends agree.
-  const std::size_t send_pieces = (send_part.size() + chunk - 1) / chunk;
-  const std::size_t recv_pieces = (recv_part.size() + chunk - 1) / chunk;
-  for (std::size_t k = 0; k < std::max(send_pieces, recv_pieces); ++k) {
-    const auto out = k < send_pieces ? send_part.subspan(k * chunk, std::min(chunk, send_part.size() - k * chunk))
-                                     : std::span<const S>();
-    const auto in =
-        k < recv_pieces ? recv_part.subspan(k * chunk, std::min(chunk, recv_part.size() - k * chunk)) : std::span<S>();
-    std::span<S> landing = direct ? in : std::span<S>(scratch.data(), in.size());
-    if (k < send_pieces && k < recv_pieces) {
-      exchange_tensor(t, right, out, left, landing, c.message_id, c.step, until);
-    } else if (k < send_pieces) {
-      send_tensor(t, right, c.message_id, c.step, out, until);
-      continue;
-    } else {
-      receive_tensor(t, left, c.message_id, c.step, landing, until);
-    }
-    if constexpr (!direct) combine(in, std::span<const S>(landing));
-  }
+/// One round of a collective's schedule over one buffer: send [send_lo, send_lo + send_n) to `to`
+/// while receiving [recv_lo, recv_lo + recv_n) from `from` (element ranges that do not overlap),
+/// added into place (`add`) or received straight into it. Both ends of a link compute the same
+/// ranges, so the frames crossing it agree in number and length.
+struct round_plan {
+  unit_id to = 0, from = 0;
+  std::size_t send_lo = 0, send_n = 0, recv_lo = 0, recv_n = 0;
+  bool add = false;
+};
+
+template <class S>
+void add_into(std::span<S> dst, std::span<const S> src) {
+  for (std::size_t k = 0; k < dst.size(); ++k) dst[k] += src[k];
 }
-}  // namespace detail
 
-namespace detail {
-/// The reduce-scatter ring in `data` itself: at step s, send the partial sum of segment me-1-s
-/// right, receive segment me-2-s from the left and add it in. Segment me is then complete here;
-/// the others hold partial sums.
+/// Receives piece `in` from `from` and adds it into place: straight from the transport where it
+/// can (shm_transport::receive_add: from the ring, no copy), else through `scratch`.
 template <transport T, class S>
-void ring_reduce_scatter_in_place(T& t, const group& g, std::size_t me, std::span<S> data, const call_options& c,
-                                  std::size_t block = 1) {
-  const std::size_t p = g.size(), n = data.size() / block;
-  const deadline until = c.until();
-  auto seg = [&](std::size_t s) { return data.subspan(part_begin(n, p, s) * block, part_size(n, p, s) * block); };
-  std::vector<S> scratch(std::min(part_size(n, p, 0) * block, std::max<std::size_t>(1, c.chunk_bytes / sizeof(S))));
-  for (std::size_t s = 0; s + 1 < p; ++s)
-    ring_step(t, g, me, std::span<const S>(seg((me + 2 * p - 1 - s) % p)), seg((me + 2 * p - 2 - s) % p), scratch, c,
-              until, [](std::span<S> dst, std::span<const S> src) {
-                for (std::size_t k = 0; k < dst.size(); ++k) dst[k] += src[k];
-              });
+void receive_adding(T& t, unit_id from, std::span<S> in, std::vector<S>& scratch, const call_options& c,
+                    deadline until) {
+  if constexpr (requires(const wire::expectation& e) {
+                  { t.receive_add(from, e, in, until) } -> std::same_as<bool>;
+                }) {
+    const wire::expectation e{wire::frame_kind::data, t.fingerprint(), c.message_id, from, c.step, in.size_bytes()};
+    if (t.receive_add(from, e, in, until)) return;
+  }
+  const std::span<S> landing(scratch.data(), in.size());
+  receive_tensor(t, from, c.message_id, c.step, landing, until);
+  add_into(in, std::span<const S>(landing));
 }
-}  // namespace detail
 
-namespace detail {
+/// Runs `rounds` over `data` in pieces of call_options::chunk_bytes.
+///
+/// pipeline == 0: lockstep, piece by piece: exchange piece k (transport's exchange: TCP and MPI
+/// move both directions from and into the caller's memory), then add it.
+///
+/// pipeline > 0: the sends run ahead of the receives. Before it waits for piece k of round r, a
+/// unit has sent every piece that lockstep would have, and up to `pipeline` more: those of the
+/// rest of the round and of the next rounds whose data is final (a piece that forwards what an
+/// earlier round receives goes once that receive is added). So while a unit adds piece k, its
+/// next pieces are on their way to its neighbour, and its neighbour's are on their way to it.
+/// This relies on the transport concept's send returning before the receiver reads (every
+/// transport buffers: kernel socket buffers and send_buffer on TCP, the ring and send_buffer on
+/// shared memory, send_buffer on MPI); it cannot deadlock, since every send goes no later than it
+/// would in lockstep. The sums are the same, bit for bit: only the timing changes.
+template <transport T, class S>
+void run_rounds(T& t, std::span<S> data, std::span<const round_plan> rounds, const call_options& c, deadline until) {
+  const std::size_t chunk = std::max<std::size_t>(1, c.chunk_bytes / sizeof(S));
+  const auto pieces = [chunk](std::size_t n) { return (n + chunk - 1) / chunk; };
+  const auto piece = [&](std::size_t lo, std::size_t n, std::size_t k) {
+    return data.subspan(lo + k * chunk, std::min(chunk, n - k * chunk));
+  };
+  std::size_t scratch_n = 0;
+  for (const auto& r : rounds)
+    if (r.add) scratch_n = std::max(scratch_n, std::min(chunk, r.recv_n));
+  std::vector<S> scratch(scratch_n);
+
+  const std::size_t depth = c.pipeline == call_options::transport_pipeline ? ring_pipeline(t) : c.pipeline;
+  if (depth == 0) {
+    for (const auto& r : rounds) {
+      const std::size_t sp = pieces(r.send_n), rp = pieces(r.recv_n);
+      for (std::size_t k = 0; k < std::max(sp, rp); ++k) {
+        const auto in = k < rp ? piece(r.recv_lo, r.recv_n, k) : std::span<S>();
+        const std::span<S> landing = r.add ? std::span<S>(scratch.data(), in.size()) : in;
+        if (k < sp && k < rp) {
+          exchange_tensor(t, r.to, std::span<const S>(piece(r.send_lo, r.send_n, k)), r.from, landing, c.message_id,
+                          c.step, until);
+        } else if (k < sp) {
+          send_tensor(t, r.to, c.message_id, c.step, std::span<const S>(piece(r.send_lo, r.send_n, k)), until);
+          continue;
+        } else {
+          receive_tensor(t, r.from, c.message_id, c.step, landing, until);
+        }
+        if (r.add) add_into(in, std::span<const S>(landing));
+      }
+    }
+    return;
+  }
+
+  // Global piece numbers: round r's sends are send_base[r] .. send_base[r + 1) - 1, its receives
+  // recv_base[r] ..
+  const std::size_t R = rounds.size();
+  std::vector<std::size_t> send_base(R + 1), recv_base(R + 1);
+  for (std::size_t r = 0; r < R; ++r) {
+    send_base[r + 1] = send_base[r] + pieces(rounds[r].send_n);
+    recv_base[r + 1] = recv_base[r] + pieces(rounds[r].recv_n);
+  }
+  std::size_t sr = 0, sk = 0;  // the next send: round, piece
+  // Sends the next pieces while fewer than `allowed` are sent and their data is final, given that
+  // the first `received` receives are done (and added).
+  const auto send_ready = [&](std::size_t received, std::size_t allowed) {
+    for (;;) {
+      while (sr < R && sk >= pieces(rounds[sr].send_n)) ++sr, sk = 0;
+      if (sr == R || send_base[sr] + sk >= allowed) return;
+      const round_plan& r = rounds[sr];
+      const std::size_t lo = r.send_lo + sk * chunk, hi = lo + std::min(chunk, r.send_n - sk * chunk);
+      for (std::size_t q = sr; q-- > 0;) {  // the latest earlier receive into this piece
+        const round_plan& o = rounds[q];
+        if (lo < o.recv_lo + o.recv_n && o.recv_lo < hi) {
+          if (recv_base[q] + (std::min(hi, o.recv_lo + o.recv_n) - 1 - o.recv_lo) / chunk >= received) return;
+          break;
+        }
+      }
+      send_tensor(t, r.to, c.message_id, c.step, std::span<const S>(data.subspan(lo, hi - lo)), until);
+      ++sk;
+    }
+  };
+  for (std::size_t r = 0; r < R; ++r) {
+    const round_plan& o = rounds[r];
+    const std::size_t sp = pieces(o.send_n), rp = pieces(o.recv_n);
+    for (std::size_t k = 0; k < rp; ++k) {
+      send_ready(recv_base[r] + k, send_base[r] + std::min(k + 1, sp) + depth);
+      const auto in = piece(o.recv_lo, o.recv_n, k);
+      if (o.add) receive_adding(t, o.from, in, scratch, c, until);
+      else receive_tensor(t, o.from, c.message_id, c.step, in, until);
+    }
+  }
+  send_ready(recv_base[R], send_base[R]);
+}
+
 /// The vector is `block`-element blocks, split over the group block by block.
 template <class S>
 std::size_t blocks_of(std::span<S> v, std::size_t block, const char* what) {
@@ -187,6 +265,66 @@ std::size_t blocks_of(std::span<S> v, std::size_t block, const char* what) {
     throw configuration_error(std::string("f2d2n: ") + what + " has " + std::to_string(v.size()) +
                               " elements, not a whole number of blocks of " + std::to_string(block));
   return v.size() / block;
+}
+
+/// Whether a collective over p units runs halving-doubling (else the ring); configuration_error
+/// for halving-doubling asked of a group whose size is not a power of two.
+inline bool halving_doubling(collective_algorithm a, std::size_t p) {
+  if (a == collective_algorithm::halving_doubling && (p & (p - 1)) != 0)
+    throw configuration_error("f2d2n: halving-doubling needs a group whose size is a power of two, not " +
+                              std::to_string(p) + " (use the ring or automatic)");
+  return uses_halving_doubling(a, p);
+}
+
+/// The rounds of a reduce-scatter (add) over n blocks of `block` elements: after them, segment me
+/// (part me of p) holds the sum. Ring: at step s send segment me-1-s right and add segment me-2-s
+/// from the left. Halving-doubling: at distance d = p/2, p/4, .., 1 keep the half of the current
+/// range of segments that holds me, send the other half to me xor d and add its copy of the half kept.
+inline void reduce_scatter_rounds(std::vector<round_plan>& out, const group& g, std::size_t me, std::size_t n,
+                                  std::size_t block, bool hd) {
+  const std::size_t p = g.size();
+  const auto lo = [&](std::size_t s) { return part_begin(n, p, s) * block; };
+  if (!hd) {
+    for (std::size_t s = 0; s + 1 < p; ++s) {
+      const std::size_t a = (me + 2 * p - 1 - s) % p, b = (me + 2 * p - 2 - s) % p;
+      out.push_back({g[(me + 1) % p], g[(me + p - 1) % p], lo(a), lo(a + 1) - lo(a), lo(b), lo(b + 1) - lo(b), true});
+    }
+    return;
+  }
+  std::size_t first = 0, last = p;  // the segments this unit still sums: [first, last)
+  for (std::size_t d = p / 2; d >= 1; d /= 2) {
+    const std::size_t mid = first + d;
+    const bool lower = (me & d) == 0;
+    const std::size_t keep_a = lower ? first : mid, keep_b = lower ? mid : last;
+    const std::size_t send_a = lower ? mid : first, send_b = lower ? last : mid;
+    out.push_back({g[me ^ d], g[me ^ d], lo(send_a), lo(send_b) - lo(send_a), lo(keep_a), lo(keep_b) - lo(keep_a),
+                   true});
+    first = keep_a, last = keep_b;
+  }
+}
+
+/// The rounds of an all-gather (received into place) over n blocks, from segment me in place.
+/// Ring: at step s pass segment me-s right and receive me-1-s from the left. Halving-doubling: at
+/// distance d = 1, 2, .., p/2 swap the range gathered so far with me xor d's.
+inline void all_gather_rounds(std::vector<round_plan>& out, const group& g, std::size_t me, std::size_t n,
+                              std::size_t block, bool hd) {
+  const std::size_t p = g.size();
+  const auto lo = [&](std::size_t s) { return part_begin(n, p, s) * block; };
+  if (!hd) {
+    for (std::size_t s = 0; s + 1 < p; ++s) {
+      const std::size_t a = (me + p - s) % p, b = (me + 2 * p - 1 - s) % p;
+      out.push_back(
+          {g[(me + 1) % p], g[(me + p - 1) % p], lo(a), lo(a + 1) - lo(a), lo(b), lo(b + 1) - lo(b), false});
+    }
+    return;
+  }
+  std::size_t first = me, last = me + 1;
+  for (std::size_t d = 1; d < p; d *= 2) {
+    const std::size_t theirs = (me & d) == 0 ? last : first - d;
+    out.push_back({g[me ^ d], g[me ^ d], lo(first), lo(last) - lo(first), lo(theirs), lo(theirs + d) - lo(theirs),
+                   false});
+    first = std::min(first, theirs), last = std::max(last, theirs + d);
+  }
 }
 }  // namespace detail
 
@@ -199,9 +337,12 @@ void reduce_scatter(T& t, const group& g, std::span<const S> in, std::span<S> ou
                     std::size_t block = 1) {
   const std::size_t p = g.size(), me = g.index_of(t.rank()), n = detail::blocks_of(in, block, "reduce_scatter's input");
   detail::check_extent(out, part_size(n, p, me) * block, "reduce_scatter's output");
+  const bool hd = detail::halving_doubling(c.algorithm, p);
   // Accumulate in a copy of the input (which is read-only).
   std::vector<S> acc(in.begin(), in.end());
-  detail::ring_reduce_scatter_in_place(t, g, me, std::span<S>(acc), c, block);
+  std::vector<detail::round_plan> rounds;
+  detail::reduce_scatter_rounds(rounds, g, me, n, block, hd);
+  detail::run_rounds(t, std::span<S>(acc), std::span<const detail::round_plan>(rounds), c, c.until());
   std::copy_n(acc.data() + part_begin(n, p, me) * block, part_size(n, p, me) * block, out.data());
 }
 
@@ -213,33 +354,29 @@ void all_gather(T& t, const group& g, std::span<const S> in, std::span<S> out, c
                 std::size_t block = 1) {
   const std::size_t p = g.size(), me = g.index_of(t.rank()), n = detail::blocks_of(out, block, "all_gather's output");
   detail::check_extent(in, part_size(n, p, me) * block, "all_gather's input");
-  const deadline until = c.until();
-  const auto begin = [&](std::size_t s) { return part_begin(n, p, s) * block; };
-  const auto size = [&](std::size_t s) { return part_size(n, p, s) * block; };
-  S* mine = out.data() + begin(me);
-  if (in.data() != mine) std::copy(in.begin(), in.end(), mine);  // all_reduce passes its own segment
-  std::vector<S> none;
-  // At step s, pass segment me-s on to the right, receive segment me-1-s from the left, straight
-  // into its place in out.
-  for (std::size_t s = 0; s + 1 < p; ++s) {
-    const std::size_t send_seg = (me + p - s) % p, recv_seg = (me + 2 * p - 1 - s) % p;
-    detail::ring_step(t, g, me, std::span<const S>(out.data() + begin(send_seg), size(send_seg)),
-                      std::span<S>(out.data() + begin(recv_seg), size(recv_seg)), none, c, until, detail::direct_t{});
-  }
+  const bool hd = detail::halving_doubling(c.algorithm, p);
+  std::copy(in.begin(), in.end(), out.data() + part_begin(n, p, me) * block);
+  std::vector<detail::round_plan> rounds;
+  detail::all_gather_rounds(rounds, g, me, n, block, hd);
+  detail::run_rounds(t, out, std::span<const detail::round_plan>(rounds), c, c.until());
 }
 
-/// All-reduce (sum): every member's `data` becomes the sum of every member's `data`. A ring:
-/// reduce-scatter then all-gather, each streaming in chunks of call_options::chunk_bytes; every
-/// unit sends and receives 2 (p-1)/p of the buffer. In place: partial sums accumulate in `data`
-/// and the all-gather receives straight into it (the only buffer is one chunk of scratch).
-/// Self-adjoint.
+/// All-reduce (sum): every member's `data` becomes the sum of every member's `data`: a
+/// reduce-scatter then an all-gather in one schedule (the all-gather's first pieces leave while
+/// the reduce-scatter's last are still being added), over the ring or, for a group of 4, 8, 16 ..
+/// units, halving-doubling (Rabenseifner: 2 log2 p rounds instead of 2 (p - 1), the same bytes);
+/// call_options::algorithm chooses. Every unit sends and receives about 2 (p-1)/p of the buffer.
+/// In place: partial sums accumulate in `data` and the all-gather receives straight into it (the
+/// only buffer is one chunk of scratch). Self-adjoint.
 template <transport T, wire_scalar S>
 void all_reduce(T& t, const group& g, std::span<S> data, const call_options& c) {
   const std::size_t p = g.size(), me = g.index_of(t.rank()), n = data.size();
   if (p == 1) return;
-  detail::ring_reduce_scatter_in_place(t, g, me, data, c);
-  const auto mine = data.subspan(part_begin(n, p, me), part_size(n, p, me));
-  all_gather(t, g, std::span<const S>(mine), data, c);
+  const bool hd = detail::halving_doubling(c.algorithm, p);
+  std::vector<detail::round_plan> rounds;
+  detail::reduce_scatter_rounds(rounds, g, me, n, 1, hd);
+  detail::all_gather_rounds(rounds, g, me, n, 1, hd);
+  detail::run_rounds(t, data, std::span<const detail::round_plan>(rounds), c, c.until());
 }
 
 // --- scatter and gather: the root talks to every member directly ------------------------------

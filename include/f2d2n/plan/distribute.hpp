@@ -30,6 +30,7 @@
 // feature map) is a static_assert whose instantiation line names the layer index or the pipeline.
 #pragma once
 
+#include <f2d2n/comm/schedule.hpp>
 #include <f2d2n/core/partition.hpp>
 #include <f2d2n/core/unit.hpp>
 #include <f2d2n/model/layers.hpp>
@@ -192,19 +193,6 @@ struct distribute {
   template <std::size_t... I>
   static constexpr std::array<std::string_view, layer_count> names_of(std::index_sequence<I...>) {
     return {detail::name_of<layer_t<I>>()...};
-  }
-
-  /// Elements a unit sends in a ring all-gather of `blocks` blocks of `block` elements over p units.
-  static constexpr std::size_t ring_gather_sends(std::size_t blocks, std::size_t p, std::size_t me,
-                                                 std::size_t block) noexcept {
-    if (p == 1) return 0;
-    return (blocks - part_size(blocks, p, (me + 1) % p)) * block;
-  }
-  /// Elements a unit sends in a ring all-reduce of n elements over p units (reduce-scatter: every
-  /// segment but its own; all-gather: every segment but its right neighbour's).
-  static constexpr std::size_t ring_reduce_sends(std::size_t n, std::size_t p, std::size_t me) noexcept {
-    if (p == 1) return 0;
-    return (n - part_size(n, p, me)) + (n - part_size(n, p, (me + 1) % p));
   }
 
   static constexpr std::size_t hidden_layers = layer_count >= 2 ? layer_count - 2 : 0;

@@ -14,6 +14,9 @@ struct distributed_options {
   std::chrono::milliseconds timeout{60000};
   /// Largest piece a ring step sends at once (call_options::chunk_bytes).
   std::size_t chunk_bytes = call_options{}.chunk_bytes;
+  /// Pieces a unit sends ahead of what it has received in its rings (call_options::pipeline; 0:
+  /// lockstep; the default leaves it to the transport). The sums are the same either way.
+  std::size_t pipeline = call_options{}.pipeline;
   /// Sum the gradient buckets of data_parallel on a second thread of the unit while the backward
   /// pass goes on (the thread sleeps while it waits). Off by default: one compute thread per unit;
   /// then each bucket is summed in the compute thread as soon as it is complete. The messages and

@@ -380,6 +380,7 @@ class processing_unit {
     c.step = step_;
     c.timeout = options_.timeout;
     c.chunk_bytes = options_.chunk_bytes;
+    c.pipeline = options_.pipeline;
     return c;
   }
 

@@ -1,8 +1,9 @@
 // f2d2n/transport/concept.hpp: what a transport provides, and typed send / receive over any of them.
 //
-// A transport moves frames (wire/frame.hpp) between the units of one cluster. Three fit:
+// A transport moves frames (wire/frame.hpp) between the units of one cluster. These fit:
 //   local  units are threads of one process (tests, single-machine runs)
 //   tcp    Boost.Asio, one connection per pair of units
+//   shm    units of one host, through POSIX shared-memory rings (mixed: shm within hosts, tcp between)
 //   mpi    Open MPI: send maps to MPI_Send of header + payload; receive(peer, expectation, ...)
 //          to MPI_Irecv from that source with tag = message id, polled against the deadline with
 //          a sleeping back-off (MPI has no timed receive), then the same check() as the others.
@@ -82,6 +83,17 @@ template <class T>
 [[nodiscard]] bool payload_checksums(const T& t) {
   if constexpr (requires { t.payload_checksums(); }) return t.payload_checksums();
   else return true;
+}
+
+/// Pieces the rings of comm/primitives.hpp send ahead of their receives over `t` when a call leaves
+/// it to the transport (call_options::pipeline): the transport's ring_pipeline() where it has one
+/// (shared memory and local: 2, their sends only copy), else 0: lockstep exchanges, which TCP and
+/// MPI run from and into the caller's memory in both directions at once (a send ahead on TCP is
+/// copied when the socket cannot take it, which costs more than it saves below 64 MiB).
+template <class T>
+[[nodiscard]] std::size_t ring_pipeline(const T& t) {
+  if constexpr (requires { t.ring_pipeline(); }) return t.ring_pipeline();
+  else return 0;
 }
 
 /// Arithmetic element types that travel as raw little-endian arrays.

@@ -35,6 +35,8 @@ class local_transport {
   [[nodiscard]] unit_id rank() const noexcept { return rank_; }
   [[nodiscard]] unit_id world_size() const noexcept;
   [[nodiscard]] std::uint64_t fingerprint() const noexcept { return fingerprint_; }
+  /// Sends only queue: the rings of comm/primitives.hpp send 2 pieces ahead of their receives.
+  [[nodiscard]] std::size_t ring_pipeline() const noexcept { return 2; }
   void set_fingerprint(std::uint64_t f) noexcept { fingerprint_ = f; }
 
   inline void send(unit_id peer, const wire::frame_header& header, std::span<const std::byte> payload, deadline until);

@@ -44,6 +44,9 @@ class mixed_transport {
   [[nodiscard]] unit_id world_size() const noexcept { return tcp_->world_size(); }
   [[nodiscard]] std::uint64_t fingerprint() const noexcept { return tcp_->fingerprint(); }
   [[nodiscard]] bool payload_checksums() const noexcept { return remote_ || shm_->payload_checksums(); }
+  /// The shared-memory transport's: most links of a ring are within a host, and a ring goes at the
+  /// pace of its slowest link, which is TCP between hosts whatever a send ahead costs there.
+  [[nodiscard]] std::size_t ring_pipeline() const noexcept { return shm_->ring_pipeline(); }
   /// Whether frames to `peer` go through shared memory.
   [[nodiscard]] bool through_shm(unit_id peer) const noexcept { return shm_->reaches(peer); }
 
@@ -55,6 +58,13 @@ class mixed_transport {
   wire::frame_header receive(unit_id peer, const wire::expectation& expected, std::span<std::byte> out,
                              deadline until) {
     return through_shm(peer) ? shm_->receive(peer, expected, out, until) : tcp_->receive(peer, expected, out, until);
+  }
+
+  /// Adds the next frame's payload into `into` straight from the ring where `peer` is on this
+  /// host (shm_transport::receive_add); false, having done nothing, otherwise.
+  template <class S>
+  bool receive_add(unit_id peer, const wire::expectation& expected, std::span<S> into, deadline until) {
+    return through_shm(peer) && shm_->receive_add(peer, expected, into, until);
   }
 
   wire::frame_header exchange(unit_id to, const wire::frame_header& header, std::span<const std::byte> payload,

@@ -61,6 +61,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace f2d2n {
@@ -84,6 +85,10 @@ struct shm_options {
   /// Whether frames carry a checksum of their payload (the header is always covered). Off by
   /// default: the bytes never leave this host's memory.
   bool payload_checksums = false;
+  /// Pieces the rings of comm/primitives.hpp send ahead of their receives when a call leaves it to
+  /// the transport (call_options::pipeline): a send is a copy into the peer's ring, so the next
+  /// pieces are there when the peer wants them.
+  std::size_t ring_pipeline = 2;
 };
 
 namespace detail::shm {
@@ -156,6 +161,38 @@ inline void from_ring(const std::byte* ring, std::uint64_t cap, std::uint64_t po
   std::memcpy(dst, ring + at, first);
   if (n > first) std::memcpy(dst + first, ring, n - first);
 }
+
+/// Adds a payload of S elements into dst as its bytes leave a ring, in ranges that may split an
+/// element (at the ring's end): the split element's bytes wait in `carry`.
+template <class S>
+struct adder {
+  S* dst;
+  std::array<std::byte, sizeof(S)> carry{};
+  std::size_t carried = 0;
+
+  static void consume(void* self, std::uint64_t offset, const std::byte* p, std::uint64_t n) {
+    auto& a = *static_cast<adder*>(self);
+    if (a.carried != 0) {
+      const auto take = std::min<std::uint64_t>(n, sizeof(S) - a.carried);
+      std::memcpy(a.carry.data() + a.carried, p, take);
+      a.carried += take, p += take, n -= take, offset += take;
+      if (a.carried < sizeof(S)) return;
+      S v;
+      std::memcpy(&v, a.carry.data(), sizeof(S));
+      a.dst[offset / sizeof(S) - 1] += v;
+      a.carried = 0;
+    }
+    S* d = a.dst + offset / sizeof(S);
+    const std::uint64_t whole = n / sizeof(S);
+    for (std::uint64_t k = 0; k < whole; ++k) {
+      S v;
+      std::memcpy(&v, p + k * sizeof(S), sizeof(S));  // the ring's bytes need not be aligned for S
+      d[k] += v;
+    }
+    a.carried = n % sizeof(S);
+    std::memcpy(a.carry.data(), p + whole * sizeof(S), a.carried);
+  }
+};
 
 /// A mapped segment: its descriptor (which the owner holds an exclusive flock on), its memory.
 class mapping {
@@ -258,6 +295,7 @@ class shm_transport {
   [[nodiscard]] unit_id world_size() const noexcept { return world_; }
   [[nodiscard]] std::uint64_t fingerprint() const noexcept { return fingerprint_; }
   [[nodiscard]] bool payload_checksums() const noexcept { return options_.payload_checksums; }
+  [[nodiscard]] std::size_t ring_pipeline() const noexcept { return options_.ring_pipeline; }
   [[nodiscard]] const shm_options& options() const noexcept { return options_; }
   /// The ranks this transport reaches (this unit's among them), in order.
   [[nodiscard]] const std::vector<unit_id>& group() const noexcept { return group_; }
@@ -316,6 +354,31 @@ class shm_transport {
       wait([&] { return pull(l, job, where); }, until, nullptr, &l, where, "no frame arrived before the deadline");
     });
     return job.header;
+  }
+
+  /// Receives the next frame from `peer` as receive() does, but adds its payload, elements of S,
+  /// into `into` straight from the ring, instead of storing it (a reduce-scatter's piece: no copy
+  /// through scratch memory). Returns false, having done nothing, where frames carry payload
+  /// checksums (the payload must be whole before it is checked): the caller then receives and adds.
+  /// After a failure `into` holds part of the sum, as receive()'s buffer holds part of a frame.
+  template <class S>
+  bool receive_add(unit_id peer, const wire::expectation& expected, std::span<S> into, deadline until) {
+    static_assert(std::is_arithmetic_v<S>);
+    if (options_.payload_checksums) return false;
+    const comm_context where{rank_, peer, expected.message_id, expected.step};
+    link& l = usable(peer, where, 0);
+    fits(expected, std::as_writable_bytes(into));
+    std::unique_lock lock(l.receiving, std::defer_lock);
+    if (!lock_until(lock, until))
+      throw timeout_error(where, "another receive from this peer took until the deadline");
+    detail::shm::adder<S> add{into.data()};
+    in_job job{expected, std::as_writable_bytes(into)};
+    job.sink = &detail::shm::adder<S>::consume;
+    job.context = &add;
+    guarded_receive(l, where, [&] {
+      wait([&] { return pull(l, job, where); }, until, nullptr, &l, where, "no frame arrived before the deadline");
+    });
+    return true;
   }
 
   /// Sends a frame to `to` while receiving the next one from `from`: both move through their
@@ -402,11 +465,14 @@ class shm_transport {
     }
   };
 
-  /// A frame coming out of a ring: the header first, checked, then the payload into the caller's buffer.
+  /// A frame coming out of a ring: the header first, checked, then the payload into the caller's
+  /// buffer, or, with a sink, handed to it range by range as it leaves the ring (receive_add).
   struct in_job {
     in_job(const wire::expectation& e, std::span<std::byte> o) : expected(e), out(o) {}
     wire::expectation expected;
     std::span<std::byte> out;
+    void (*sink)(void* context, std::uint64_t offset, const std::byte* bytes, std::uint64_t n) = nullptr;
+    void* context = nullptr;
     wire::header_bytes head{};
     bool have_header = false;
     wire::frame_header header{};
@@ -740,13 +806,21 @@ class shm_transport {
     }
     if (job.have_header && job.got < job.header.payload_length && head != tail) {
       const auto n = std::min(head - tail, job.header.payload_length - job.got);
-      detail::shm::from_ring(l.in_data, cap, tail, job.out.data() + job.got, n);
+      if (job.sink != nullptr) {
+        const auto at = tail % cap, first = std::min(n, cap - at);
+        job.sink(job.context, job.got, l.in_data + at, first);
+        if (n > first) job.sink(job.context, job.got + first, l.in_data, n - first);
+      } else {
+        detail::shm::from_ring(l.in_data, cap, tail, job.out.data() + job.got, n);
+      }
       tail += n;
       job.got += n;
       finish_read(l, start, tail);
     }
     if (job.have_header && job.got == job.header.payload_length) {
-      wire::verify(job.header, job.out.first(job.got), where, options_.payload_checksums);
+      // A sink runs only without payload checksums (receive_add): the header's is checked alike.
+      wire::verify(job.header, job.sink != nullptr ? std::span<const std::byte>() : job.out.first(job.got), where,
+                   options_.payload_checksums && job.sink == nullptr);
       return true;
     }
     if (l.in->goodbye.load(std::memory_order_acquire) != 0 && l.in->head.load(std::memory_order_acquire) == tail)

@@ -137,15 +137,15 @@ constexpr void distribute<Net, Policies...>::for_each_message(std::size_t rank, 
         if (p.sharded_input) halo(false);
         // The blocks gathered whole where the next layer is not spatial (a sum of zero-padded blocks).
         if (!p.sharded_output)
-          message(message_kind::all_gather, false, i, mb, rows, out, g, 0, ring_reduce_sends(rows * out, g, me));
+          message(message_kind::all_gather, false, i, mb, rows, out, g, 0, all_reduce_sends(rows * out, g, me));
         if (i > 1) {
           if (p.sharded_input) halo(true);
           else  // the input was whole on every unit: the windows' gradients summed
-            message(message_kind::all_reduce, true, i, mb, rows, in, g, 0, ring_reduce_sends(rows * in, g, me));
+            message(message_kind::all_reduce, true, i, mb, rows, in, g, 0, all_reduce_sends(rows * in, g, me));
         }
         if (mb + 1 == m && p.parameter_count > 0)
           message(message_kind::weight_gradient, true, i, 0, 1, p.parameter_count, g, 0,
-                  ring_reduce_sends(p.parameter_count, g, me));
+                  all_reduce_sends(p.parameter_count, g, me));
         continue;
       }
       if (conv_layers[i] && p.split == split_kind::outputs) {
@@ -154,10 +154,10 @@ constexpr void distribute<Net, Policies...>::for_each_message(std::size_t rank, 
         const auto o = detail::image_of(Net::output_extents[i]);
         const std::size_t cells = o.height * o.width;
         message(message_kind::all_gather, false, i, mb, rows * cells, o.channels, p.out_parts, 0,
-                ring_gather_sends(o.channels, p.out_parts, p.out_index, rows * cells));
+                all_gather_sends(o.channels, p.out_parts, p.out_index, rows * cells));
         if (i > 1)
           message(message_kind::all_reduce, true, i, mb, rows, in, p.out_parts, 0,
-                  ring_reduce_sends(rows * in, p.out_parts, p.out_index));
+                  all_reduce_sends(rows * in, p.out_parts, p.out_index));
         continue;
       }
       if (conv_layers[i] && p.split == split_kind::inputs) {
@@ -165,33 +165,33 @@ constexpr void distribute<Net, Policies...>::for_each_message(std::size_t rank, 
         // of input channels of every pixel gathered.
         const auto im = detail::image_of(Net::input_extents[i]);
         message(message_kind::all_reduce, false, i, mb, rows, out, p.in_parts, 0,
-                ring_reduce_sends(rows * out, p.in_parts, p.in_index));
+                all_reduce_sends(rows * out, p.in_parts, p.in_index));
         if (i > 1)
           message(message_kind::all_gather, true, i, mb, rows * im.height * im.width, im.channels, p.in_parts, 0,
-                  ring_gather_sends(im.channels, p.in_parts, p.in_index, rows * im.height * im.width));
+                  all_gather_sends(im.channels, p.in_parts, p.in_index, rows * im.height * im.width));
         continue;
       }
       if (p.split != split_kind::outputs && p.split != split_kind::inputs && p.split != split_kind::grid) continue;
       // forward: sum the partial outputs over the grid's row, gather the neurons' blocks over its column
       message(message_kind::all_reduce, false, i, mb, rows, p.count, p.in_parts, 0,
-              ring_reduce_sends(rows * p.count, p.in_parts, p.in_index));
+              all_reduce_sends(rows * p.count, p.in_parts, p.in_index));
       if (!p.sharded_output)
         message(message_kind::all_gather, false, i, mb, rows, out, p.out_parts, 0,
-                ring_gather_sends(out, p.out_parts, p.out_index, rows));
+                all_gather_sends(out, p.out_parts, p.out_index, rows));
       if (i > 1) {  // backward: sum the partial input gradients over the column, gather over the row
         message(message_kind::all_reduce, true, i, mb, rows, p.input_count, p.out_parts, 0,
-                ring_reduce_sends(rows * p.input_count, p.out_parts, p.out_index));
+                all_reduce_sends(rows * p.input_count, p.out_parts, p.out_index));
         if (!p.sharded_input)
           message(message_kind::all_gather, true, i, mb, rows, in, p.in_parts, 0,
-                  ring_gather_sends(in, p.in_parts, p.in_index, rows));
+                  all_gather_sends(in, p.in_parts, p.in_index, rows));
       }
     }
   }
-  message(message_kind::statistics, true, 0, 0, 1, 2, stages, 0, ring_reduce_sends(2, stages, c.stage));
+  message(message_kind::statistics, true, 0, 0, 1, 2, stages, 0, all_reduce_sends(2, stages, c.stage));
   std::size_t bucket = 0;
   for_each_gradient_bucket(rank, [&](std::size_t first_layer, std::size_t, std::size_t size) {
     message(message_kind::gradients, true, first_layer, bucket++, 1, size, replicas, 0,
-            ring_reduce_sends(size, replicas, c.replica));
+            all_reduce_sends(size, replicas, c.replica));
   });
 }
 
