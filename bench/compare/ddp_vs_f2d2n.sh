@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # bench/compare/ddp_vs_f2d2n.sh: data-parallel training of the 784-256-128-10 MLP on 2 processes,
-# f2d2n's DP2 over TCP against PyTorch DistributedDataParallel over gloo, side by side on this
-# machine; also f2d2n's serial trainer step, for DP2's scaling efficiency. Prints samples/s of
+# f2d2n's DP2 over TCP, over shared memory (and over MPI where Open MPI is installed) against
+# PyTorch DistributedDataParallel over gloo, side by side on this machine; also f2d2n's serial
+# trainer step, for DP2's scaling efficiency. Prints samples/s of
 # each, the ratio f2d2n / DDP, and whether the targets are met.
 #
 #   bench/compare/ddp_vs_f2d2n.sh                          (from the repository root)
-#   BUILD_DIR=/tmp/ddp-build BATCHES="64 128" ROUNDS=3 bench/compare/ddp_vs_f2d2n.sh
+#   BUILD_DIR=/tmp/ddp-build BATCHES="64 128 256" ROUNDS=3 bench/compare/ddp_vs_f2d2n.sh
 #
 # Three sides, all float32, the same MLP (ReLU, softmax cross-entropy: mean over the global batch),
 # SGD(lr 0.01, momentum 0.9), the same synthetic pool of 4096 samples bit for bit (that of
 # bench/train_step_bench.cpp and bench/compare/pytorch_mlp.py), global batch B, step s on samples
 # [s*B, s*B + B) of the pool; every process runs one compute thread (OMP_NUM_THREADS=1 and
 # torch.set_num_threads(1) for PyTorch; Eigen in f2d2n is single-threaded):
-#   f2d2n DP2    $BUILD_DIR/bench/ddp_bench under $BUILD_DIR/tools/f2d2n_launch -n 2:
-#                distributed_network<distribute<mlp, data_parallel<2>>, tcp_transport> on loopback;
+#   f2d2n DP2    $BUILD_DIR/bench/ddp_bench under $BUILD_DIR/tools/f2d2n_launch -n 2 with
+#                F2D2N_TRANSPORT=tcp: distributed_network<distribute<mlp, data_parallel<2>>> over
+#                tcp_transport on loopback;
 #                each unit computes B/2 rows, one ring all-reduce of the gradients per step, then
 #                optimizer<float, sgd>::step (the loop of f2d2n::trainer::fit; subnormals flushed)
 #   DDP          bench/compare/pytorch_ddp.py: 2 processes (torch.multiprocessing), gloo on
 #                loopback, DistributedDataParallel(nn.Sequential(...)), each rank B/2 rows
 #   f2d2n serial $BUILD_DIR/bench/ddp_bench --serial: network<mlp>, one process, one thread, all B rows
+#   f2d2n shm    the same DP2 with F2D2N_TRANSPORT=shm: f2d2n's shared-memory transport, what
+#                f2d2n_launch uses by default between units of one host
 #   f2d2n MPI    the same DP2 under mpirun -n 2 (where Open MPI is installed: `mpirun` on PATH and
 #                ddp_bench built with f2d2n::mpi): f2d2n's MPI transport, Open MPI's shared memory
 # Each side, per batch size, runs REPETITIONS times (a fresh model each time) WARMUP untimed steps
@@ -28,7 +32,8 @@
 # side only). The table gives medians over the rounds; ratios are medians of the per-round ratios.
 #
 #   ratio       f2d2n DP2 samples/s / DDP samples/s              targets: >= 4 at B = 64, >= 2 at B = 128
-#   MPI ratio   f2d2n DP2 over MPI / DDP                         targets: >= 5 at B = 64, >= 4 at B = 128
+#   shm, MPI    f2d2n DP2 over shared memory or MPI / DDP         targets: >= 5 at B = 64, >= 4 at B = 128;
+#               and / f2d2n serial                                targets: >= 1.2 at B = 64, >= 1.5 at B = 256
 #   speedup     f2d2n DP2 samples/s / f2d2n serial samples/s at the same global batch B
 #   efficiency  speedup / 2: DP2's scaling efficiency against f2d2n's own serial trainer (1.0: two
 #               processes train twice as many samples per second as one; the serial side is one
@@ -42,7 +47,7 @@
 # Environment:
 #   BUILD_DIR    f2d2n build directory (default build). Reused when configured; otherwise configured
 #                here in Release with only the benchmarks (tests and examples OFF).
-#   BATCHES      global batch sizes (default "64 128"); each even and a divisor of 4096
+#   BATCHES      global batch sizes (default "64 128 256"); each even and a divisor of 4096
 #   STEPS        timed steps per run (default 480); WARMUP untimed steps first (default 32);
 #                WARMUP + STEPS <= 512 (one model never trains into the subnormal trap)
 #   REPETITIONS  runs per side, batch size and round; each side reports its median (default 3)
@@ -56,7 +61,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 compare_init ddp_vs_f2d2n.sh
 
 BUILD_DIR="${BUILD_DIR:-build}"
-BATCHES="${BATCHES:-64 128}"
+BATCHES="${BATCHES:-64 128 256}"
 STEPS="${STEPS:-480}"
 WARMUP="${WARMUP:-32}"
 REPETITIONS="${REPETITIONS:-3}"
@@ -109,17 +114,18 @@ if (( cores <= 2 )); then
   echo "# only $cores cores: the 2 processes of DP2 and of DDP (plus f2d2n's io threads and gloo's threads) share" \
     "them with each other and with anything else running; the serial side needs one"
 fi
-echo "# $ROUNDS round(s), each: f2d2n DP2 ($bench under $launch -n 2), PyTorch DDP (bench/compare/pytorch_ddp.py)," \
-  "f2d2n serial ($bench --serial), in alternating order; global batch $BATCHES; $REPETITIONS run(s) of" \
+echo "# $ROUNDS round(s), each: f2d2n DP2 ($bench under $launch -n 2, over TCP and over shared memory), PyTorch DDP" \
+  "(bench/compare/pytorch_ddp.py), f2d2n serial ($bench --serial), in alternating order; global batch $BATCHES; $REPETITIONS run(s) of" \
   "$WARMUP + $STEPS steps each"
 : >"$tmp/results"
 for (( r = 1; r <= ROUNDS; ++r )); do
-  sides=(dp2 ddp serial)
-  (( r % 2 == 0 )) && sides=(serial ddp dp2)
+  sides=(dp2 ddp serial shm)
+  (( r % 2 == 0 )) && sides=(shm serial ddp dp2)
   (( with_mpi )) && sides+=(mpi)
   for side in "${sides[@]}"; do
     case "$side" in
-      dp2) run f2d2n-dp2 "$r" "$launch" -n 2 --timeout "$RUN_TIMEOUT" -- "$bench" "${f2d2n_args[@]}" ;;
+      dp2) F2D2N_TRANSPORT=tcp run f2d2n-dp2 "$r" "$launch" -n 2 --timeout "$RUN_TIMEOUT" -- "$bench" "${f2d2n_args[@]}" ;;
+      shm) F2D2N_TRANSPORT=shm run f2d2n-shm "$r" "$launch" -n 2 --timeout "$RUN_TIMEOUT" -- "$bench" "${f2d2n_args[@]}" ;;
       ddp) run pytorch-ddp "$r" "$PYTHON" bench/compare/pytorch_ddp.py "${py_args[@]}" ;;
       serial) run f2d2n-serial "$r" "$bench" --serial "${f2d2n_args[@]}" ;;
       mpi) run f2d2n-mpi "$r" timeout "$RUN_TIMEOUT" mpirun --allow-run-as-root --oversubscribe -n 2 "$bench" "${f2d2n_args[@]}" ;;
@@ -140,7 +146,8 @@ for line in open(path):
     f = dict(w.split("=", 1) for w in words[3:])
     res[side, r, int(f["batch"])] = {k: float(v) for k, v in f.items() if k not in ("mode",)}
 med = statistics.median
-sides = ("f2d2n-dp2", "pytorch-ddp", "f2d2n-serial") + (("f2d2n-mpi",) if any(k[0] == "f2d2n-mpi" for k in res) else ())
+sides = ("f2d2n-dp2", "pytorch-ddp", "f2d2n-serial", "f2d2n-shm") + (
+    ("f2d2n-mpi",) if any(k[0] == "f2d2n-mpi" for k in res) else ())
 for b in batches:
     for s in sides:
         for r in range(1, rounds + 1):
@@ -180,16 +187,21 @@ for b in batches:
         ar = f"{med(col(s, b, 'allreduce_ms')):>9.3f}" if "allreduce_ms" in res[s, 1, b] else f"{'-':>9}"
         print(f"{b:>5}  {s:<12}  {'  '.join(cells)}  {ar}")
 print()
-if "f2d2n-mpi" in sides:
-    print("\n# f2d2n DP2 over its MPI transport (mpirun -n 2)")
-    print(f"{'batch':>5}  {'f2d2n MPI':>10}  {'MPI / DDP':>9}  {'MPI / serial':>12}")
-    mpi_targets = {64: 5.0, 128: 4.0}
+ddp_targets, serial_targets = {64: 5.0, 128: 4.0}, {64: 1.2, 256: 1.5}
+for s, words in (("f2d2n-shm", "shared memory (f2d2n_launch's default)"), ("f2d2n-mpi", "its MPI transport (mpirun -n 2)")):
+    if s not in sides:
+        continue
+    print(f"\n# f2d2n DP2 over {words}")
+    print(f"{'batch':>5}  {s:>10}  {'/ DDP':>9}  {'/ serial':>9}")
     for b in batches:
-        mpi, ddp, ser = col("f2d2n-mpi", b), col("pytorch-ddp", b), col("f2d2n-serial", b)
-        ratio = med(x / y for x, y in zip(mpi, ddp))
-        print(f"{b:>5}  {med(mpi):>10.0f}  {ratio:>8.2f}x  {med(x / y for x, y in zip(mpi, ser)):>11.2f}x")
-        if b in mpi_targets:
-            verdicts.append(f"# target f2d2n DP2 over MPI >= {mpi_targets[b]:.0f}x DDP at global batch {b}: "
-                            f"{'met' if ratio >= mpi_targets[b] else 'NOT met'} ({ratio:.2f}x)")
+        dp, ddp, ser = col(s, b), col("pytorch-ddp", b), col("f2d2n-serial", b)
+        ratio, speedup = med(x / y for x, y in zip(dp, ddp)), med(x / y for x, y in zip(dp, ser))
+        print(f"{b:>5}  {med(dp):>10.0f}  {ratio:>8.2f}x  {speedup:>8.2f}x")
+        if b in ddp_targets:
+            verdicts.append(f"# target {s} DP2 >= {ddp_targets[b]:.0f}x DDP at global batch {b}: "
+                            f"{'met' if ratio >= ddp_targets[b] else 'NOT met'} ({ratio:.2f}x)")
+        if b in serial_targets:
+            verdicts.append(f"# target {s} DP2 >= {serial_targets[b]}x f2d2n serial at batch {b}: "
+                            f"{'met' if speedup >= serial_targets[b] else 'NOT met'} ({speedup:.2f}x)")
 print("\n".join(verdicts))
 PY
