@@ -261,6 +261,31 @@ TEST_CASE("every schedule and pipeline depth sums the same, bit for bit, and sen
                        doctest::Contains("power of two, not 3"), nn::configuration_error);
 }
 
+TEST_CASE("halving-doubling in a sub-group listed out of order, while other units do something else") {
+  nn::local_cluster cluster(6);
+  const nn::group g{{5, 2, 0, 3}};  // index 0 is unit 5, index 1 unit 2, ..
+  cluster.run([&](nn::local_transport& t) {
+    if (t.rank() == 1 || t.rank() == 4) return;
+    const std::size_t me = g.index_of(t.rank());
+    for (std::size_t depth : {std::size_t{0}, std::size_t{2}}) {
+      const nn::call_options c{.message_id = 5, .step = depth, .timeout = std::chrono::seconds(20), .chunk_bytes = 24,
+                               .pipeline = depth, .algorithm = nn::collective_algorithm::halving_doubling};
+      std::vector<double> data(11);
+      for (std::size_t k = 0; k < data.size(); ++k) data[k] = static_cast<double>(10 * me + k);
+      nn::all_reduce(t, g, std::span<double>(data), c);
+      for (std::size_t k = 0; k < data.size(); ++k) CHECK(data[k] == static_cast<double>(60 + 4 * k));
+      // Blocks of 2: index i gets blocks part_begin(7, 4, i) .. of the sum.
+      std::vector<double> x(14), seg(2 * nn::part_size(7, 4, me)), all(14);
+      for (std::size_t k = 0; k < x.size(); ++k) x[k] = static_cast<double>(me + k);
+      nn::reduce_scatter(t, g, std::span<const double>(x), std::span<double>(seg), c, 2);
+      for (std::size_t k = 0; k < seg.size(); ++k)
+        CHECK(seg[k] == static_cast<double>(6 + 4 * (2 * nn::part_begin(7, 4, me) + k)));
+      nn::all_gather(t, g, std::span<const double>(seg), std::span<double>(all), c, 2);
+      for (std::size_t k = 0; k < all.size(); ++k) CHECK(all[k] == static_cast<double>(6 + 4 * k));
+    }
+  });
+}
+
 TEST_CASE("reduce_scatter and all_gather are adjoint") {
   for (unit_id p = 1; p <= 8; ++p)
     for (std::size_t n : {std::size_t{3}, std::size_t{23}}) {
