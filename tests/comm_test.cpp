@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include "comm_suite.hpp"
+#include "counting_transport.hpp"
 
 #include <f2d2n/comm.hpp>
 #include <f2d2n/core/random.hpp>
@@ -174,27 +175,6 @@ TEST_CASE("all_reduce is self-adjoint and sums exactly, in chunks, for uneven ex
     }
 }
 
-namespace {
-/// A local transport that counts the elements (doubles) it sends.
-struct counting_transport {
-  nn::local_transport& t;
-  std::size_t sent = 0;
-  [[nodiscard]] unit_id rank() const noexcept { return t.rank(); }
-  [[nodiscard]] unit_id world_size() const noexcept { return t.world_size(); }
-  [[nodiscard]] std::uint64_t fingerprint() const noexcept { return t.fingerprint(); }
-  void send(unit_id peer, const nn::wire::frame_header& h, std::span<const std::byte> payload, nn::deadline until) {
-    sent += payload.size() / sizeof(double);
-    t.send(peer, h, payload, until);
-  }
-  nn::wire::frame_header receive(unit_id peer, const nn::wire::expectation& e, std::span<std::byte> out,
-                                 nn::deadline until) {
-    return t.receive(peer, e, out, until);
-  }
-  void shutdown() { t.shutdown(); }
-  void shutdown(const nn::shutdown_reason& r) { t.shutdown(r); }
-};
-static_assert(nn::transport<counting_transport>);
-}  // namespace
 
 TEST_CASE("every schedule and pipeline depth sums the same, bit for bit, and sends what the schema states") {
   using algo = nn::collective_algorithm;
@@ -204,7 +184,7 @@ TEST_CASE("every schedule and pipeline depth sums the same, bit for bit, and sen
     const bool power_of_two = (p & (p - 1)) == 0;
     nn::local_cluster cluster(p);
     cluster.run([&](nn::local_transport& lt) {
-      counting_transport t{lt};
+      nn::testing::counting_transport t{lt};
       std::uint64_t step = 0;
       for (std::size_t n : {std::size_t{1}, std::size_t{6}, std::size_t{37}, std::size_t{300}})
         for (std::size_t chunk : {std::size_t{8}, std::size_t{40}, std::size_t{1} << 18})
@@ -221,7 +201,7 @@ TEST_CASE("every schedule and pipeline depth sums the same, bit for bit, and sen
                                        .chunk_bytes = chunk, .pipeline = depth, .algorithm = a};
               const std::size_t before = t.sent;
               nn::all_reduce(t, g, std::span<double>(data), c);
-              CHECK(t.sent - before == nn::all_reduce_sends(n, p, t.rank(), a));
+              CHECK(t.sent - before == sizeof(double) * nn::all_reduce_sends(n, p, t.rank(), a));
               if (depth == 0) {
                 lockstep = data;
                 for (std::size_t k = 0; k < n; ++k) {  // the sum, up to rounding
@@ -245,7 +225,7 @@ TEST_CASE("every schedule and pipeline depth sums the same, bit for bit, and sen
                 CHECK(seg[k] == static_cast<double>(1000 * p * (p - 1) / 2 + p * (lo + k)));
               const std::size_t gathered = t.sent;
               nn::all_gather(t, g, std::span<const double>(seg), std::span<double>(all), c, 3);
-              CHECK(t.sent - gathered == nn::all_gather_sends(n, p, t.rank(), 3, a));
+              CHECK(t.sent - gathered == sizeof(double) * nn::all_gather_sends(n, p, t.rank(), 3, a));
               for (std::size_t k = 0; k < all.size(); ++k)
                 CHECK(all[k] == static_cast<double>(1000 * p * (p - 1) / 2 + p * k));
             }

@@ -1,6 +1,7 @@
 // Plans: what distribute<...> knows at compile time, the bytes a step sends, what a unit refuses.
 // The proof that each plan trains to the serial weights is tests/plan_equivalence_test.cpp (the
 // same executable; two translation units keep each within the compile-time budget).
+#include "counting_transport.hpp"
 #include "plan_suite.hpp"
 
 #include <f2d2n/plan/description.hpp>
@@ -141,29 +142,7 @@ static_assert(piped::bytes_sent_per_step(0, 64) >
 
 // ---- bytes on the wire -----------------------------------------------------------------------
 
-namespace {
-/// A transport that counts the payload bytes its unit sends, in all and per message id.
-struct counting_transport {
-  nn::local_transport& t;
-  std::size_t sent = 0;
-  std::map<std::uint32_t, std::size_t> by_id;
-  [[nodiscard]] nn::unit_id rank() const noexcept { return t.rank(); }
-  [[nodiscard]] nn::unit_id world_size() const noexcept { return t.world_size(); }
-  [[nodiscard]] std::uint64_t fingerprint() const noexcept { return t.fingerprint(); }
-  void send(nn::unit_id peer, const nn::wire::frame_header& h, std::span<const std::byte> payload, nn::deadline until) {
-    sent += payload.size();
-    by_id[h.message_id] += payload.size();
-    t.send(peer, h, payload, until);
-  }
-  nn::wire::frame_header receive(nn::unit_id peer, const nn::wire::expectation& e, std::span<std::byte> out,
-                                 nn::deadline until) {
-    return t.receive(peer, e, out, until);
-  }
-  void shutdown() { t.shutdown(); }
-  void shutdown(const nn::shutdown_reason& r) { t.shutdown(r); }
-};
-static_assert(nn::transport<counting_transport>);
-}  // namespace
+using nn::testing::counting_transport;
 
 TEST_CASE_TEMPLATE("a step sends exactly the messages and bytes the plan's schema states", Plan, plan_dp4,
                    plan_dp3_buckets, plan_dp2_pp2_buckets, plan_tp2, plan_tp2_inputs, plan_tp3_mixed, plan_tp2x2,
@@ -176,7 +155,7 @@ TEST_CASE_TEMPLATE("a step sends exactly the messages and bytes the plan's schem
   std::vector<std::size_t> sent(Plan::world_size);
   std::vector<std::map<std::uint32_t, std::size_t>> by_id(Plan::world_size);
   cluster.run([&](nn::local_transport& lt) {
-    counting_transport t{lt, 0, {}};
+    counting_transport t{lt};
     nn::distributed_network<Plan, counting_transport> net(t, 1);
     net.compute_gradients(data.samples.topRows(12), std::span<const std::int32_t>(data.labels).first(12));
     sent[t.rank()] = t.sent;
