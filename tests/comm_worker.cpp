@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -119,6 +120,26 @@ int main(int argc, char** argv) try {
       return report(config, "fingerprint", names_it, e.what());
     }
   }
+
+#ifdef F2D2N_WITH_MPI
+  if (mode == "max_frame") {
+    // One MPI message counts its bytes in an int: the largest frame that fits is taken, one byte
+    // more is refused by name before anything is sent (run as a single rank under mpirun).
+    if (!config.peers.empty()) return report(config, "max_frame", false, "needs mpirun, not f2d2n_launch");
+    nn::detail::program_mpi();
+    nn::mpi_options o;
+    o.max_frame = static_cast<std::uint64_t>(INT_MAX) - nn::wire::header_size;
+    { nn::mpi_transport fits(plan, o); }
+    ++o.max_frame;
+    try {
+      nn::mpi_transport t(plan, o);
+      return report(config, "max_frame", false, "a max_frame beyond one MPI message was taken");
+    } catch (const nn::configuration_error& e) {
+      return report(config, "max_frame", std::strstr(e.what(), "mpi_options::max_frame is 2147483600") != nullptr,
+                    e.what());
+    }
+  }
+#endif
 
   if (mode == "settings") {
     try {
