@@ -184,6 +184,7 @@ class cluster_transport {
       o.payload_checksums = group.size() < c.world_size;  // TCP's frames carry them
       if (const char* v = std::getenv("F2D2N_SHM_RING_KIB"); v && *v)
         o.ring_bytes = static_cast<std::uint64_t>(std::atoll(v)) << 10;
+      if (const char* v = std::getenv("F2D2N_SHM_SPIN_US"); v && *v) o.spin = std::chrono::microseconds(std::atoll(v));
       shm_ = std::make_unique<shm_transport>(c.rank, c.world_size, group, shm_prefix_of(c, fingerprint), fingerprint, o);
       mixed_ = std::make_unique<mixed_transport>(*tcp_, *shm_);
       any_.emplace(*mixed_);
