@@ -12,6 +12,10 @@
 // storing the payload in the caller's buffer: nothing is allocated from what the wire says.
 // Every blocking call has a deadline; failures are timeout_error, peer_error, protocol_error.
 //
+// Optional: exchange() (send to one peer while receiving from another), ring_pipeline() (how
+// far the collectives send ahead of their receives, comm/primitives.hpp), receive_add() (a frame's
+// payload added into the caller's elements instead of stored; false where it cannot).
+//
 // Shutting down: shutdown() sends every peer a goodbye; peers waiting on this unit get peer_error
 // at once. shutdown(reason) does the same after a failure, and the goodbye carries the reason (the
 // unit that failed first and its error, wire/goodbye.hpp): the peers' peer_error then says "the peer
