@@ -24,7 +24,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -158,12 +157,7 @@ void add_into(std::span<S> dst, std::span<const S> src) {
 template <transport T, class S>
 void receive_adding(T& t, unit_id from, std::span<S> in, std::vector<S>& scratch, const call_options& c,
                     deadline until) {
-  if constexpr (requires(const wire::expectation& e) {
-                  { t.receive_add(from, e, in, until) } -> std::same_as<bool>;
-                }) {
-    const wire::expectation e{wire::frame_kind::data, t.fingerprint(), c.message_id, from, c.step, in.size_bytes()};
-    if (t.receive_add(from, e, in, until)) return;
-  }
+  if (receive_add_tensor(t, from, c.message_id, c.step, in, until)) return;
   const std::span<S> landing(scratch.data(), in.size());
   receive_tensor(t, from, c.message_id, c.step, landing, until);
   add_into(in, std::span<const S>(landing));
@@ -297,8 +291,8 @@ inline void reduce_scatter_rounds(std::vector<round_plan>& out, const group& g, 
     const bool lower = (me & d) == 0;
     const std::size_t keep_a = lower ? first : mid, keep_b = lower ? mid : last;
     const std::size_t send_a = lower ? mid : first, send_b = lower ? last : mid;
-    out.push_back({g[me ^ d], g[me ^ d], lo(send_a), lo(send_b) - lo(send_a), lo(keep_a), lo(keep_b) - lo(keep_a),
-                   true});
+    out.push_back(
+        {g[me ^ d], g[me ^ d], lo(send_a), lo(send_b) - lo(send_a), lo(keep_a), lo(keep_b) - lo(keep_a), true});
     first = keep_a, last = keep_b;
   }
 }
@@ -313,18 +307,29 @@ inline void all_gather_rounds(std::vector<round_plan>& out, const group& g, std:
   if (!hd) {
     for (std::size_t s = 0; s + 1 < p; ++s) {
       const std::size_t a = (me + p - s) % p, b = (me + 2 * p - 1 - s) % p;
-      out.push_back(
-          {g[(me + 1) % p], g[(me + p - 1) % p], lo(a), lo(a + 1) - lo(a), lo(b), lo(b + 1) - lo(b), false});
+      out.push_back({g[(me + 1) % p], g[(me + p - 1) % p], lo(a), lo(a + 1) - lo(a), lo(b), lo(b + 1) - lo(b), false});
     }
     return;
   }
   std::size_t first = me, last = me + 1;
   for (std::size_t d = 1; d < p; d *= 2) {
     const std::size_t theirs = (me & d) == 0 ? last : first - d;
-    out.push_back({g[me ^ d], g[me ^ d], lo(first), lo(last) - lo(first), lo(theirs), lo(theirs + d) - lo(theirs),
-                   false});
+    out.push_back(
+        {g[me ^ d], g[me ^ d], lo(first), lo(last) - lo(first), lo(theirs), lo(theirs + d) - lo(theirs), false});
     first = std::min(first, theirs), last = std::max(last, theirs + d);
   }
+}
+
+/// The rounds of a collective over n blocks of `block` elements, with the schedule `c` asks for
+/// (configuration_error: halving-doubling for a group whose size is not a power of two): a
+/// reduce-scatter's (`reduce`), then an all-gather's (`gather`).
+inline std::vector<round_plan> collective_rounds(const group& g, std::size_t me, std::size_t n, std::size_t block,
+                                                 const call_options& c, bool reduce, bool gather) {
+  const bool hd = halving_doubling(c.algorithm, g.size());
+  std::vector<round_plan> rounds;
+  if (reduce) reduce_scatter_rounds(rounds, g, me, n, block, hd);
+  if (gather) all_gather_rounds(rounds, g, me, n, block, hd);
+  return rounds;
 }
 }  // namespace detail
 
@@ -337,11 +342,9 @@ void reduce_scatter(T& t, const group& g, std::span<const S> in, std::span<S> ou
                     std::size_t block = 1) {
   const std::size_t p = g.size(), me = g.index_of(t.rank()), n = detail::blocks_of(in, block, "reduce_scatter's input");
   detail::check_extent(out, part_size(n, p, me) * block, "reduce_scatter's output");
-  const bool hd = detail::halving_doubling(c.algorithm, p);
+  const auto rounds = detail::collective_rounds(g, me, n, block, c, true, false);
   // Accumulate in a copy of the input (which is read-only).
   std::vector<S> acc(in.begin(), in.end());
-  std::vector<detail::round_plan> rounds;
-  detail::reduce_scatter_rounds(rounds, g, me, n, block, hd);
   detail::run_rounds(t, std::span<S>(acc), std::span<const detail::round_plan>(rounds), c, c.until());
   std::copy_n(acc.data() + part_begin(n, p, me) * block, part_size(n, p, me) * block, out.data());
 }
@@ -354,10 +357,9 @@ void all_gather(T& t, const group& g, std::span<const S> in, std::span<S> out, c
                 std::size_t block = 1) {
   const std::size_t p = g.size(), me = g.index_of(t.rank()), n = detail::blocks_of(out, block, "all_gather's output");
   detail::check_extent(in, part_size(n, p, me) * block, "all_gather's input");
-  const bool hd = detail::halving_doubling(c.algorithm, p);
-  std::copy(in.begin(), in.end(), out.data() + part_begin(n, p, me) * block);
-  std::vector<detail::round_plan> rounds;
-  detail::all_gather_rounds(rounds, g, me, n, block, hd);
+  const auto rounds = detail::collective_rounds(g, me, n, block, c, false, true);
+  S* mine = out.data() + part_begin(n, p, me) * block;
+  if (in.data() != mine) std::copy(in.begin(), in.end(), mine);  // `in` may be out's own segment
   detail::run_rounds(t, out, std::span<const detail::round_plan>(rounds), c, c.until());
 }
 
@@ -372,10 +374,7 @@ template <transport T, wire_scalar S>
 void all_reduce(T& t, const group& g, std::span<S> data, const call_options& c) {
   const std::size_t p = g.size(), me = g.index_of(t.rank()), n = data.size();
   if (p == 1) return;
-  const bool hd = detail::halving_doubling(c.algorithm, p);
-  std::vector<detail::round_plan> rounds;
-  detail::reduce_scatter_rounds(rounds, g, me, n, 1, hd);
-  detail::all_gather_rounds(rounds, g, me, n, 1, hd);
+  const auto rounds = detail::collective_rounds(g, me, n, 1, c, true, true);
   detail::run_rounds(t, data, std::span<const detail::round_plan>(rounds), c, c.until());
 }
 

@@ -114,13 +114,34 @@ void send_tensor(T& t, unit_id peer, std::uint32_t message_id, std::uint64_t ste
   t.send(peer, header, bytes, until);
 }
 
+/// What a data frame of message `message_id`, step `step`, from `peer`, `bytes` long must be.
+template <transport T>
+[[nodiscard]] wire::expectation tensor_expectation(const T& t, unit_id peer, std::uint32_t message_id,
+                                                   std::uint64_t step, std::size_t bytes) {
+  return {wire::frame_kind::data, t.fingerprint(), message_id, peer, step, bytes};
+}
+
 /// Receives message `message_id` of step `step` from `peer` into `out`, whose size is the
 /// message's: a frame of any other length is refused.
 template <transport T, wire_scalar S>
 void receive_tensor(T& t, unit_id peer, std::uint32_t message_id, std::uint64_t step, std::span<S> out,
                     deadline until) {
-  const wire::expectation e{wire::frame_kind::data, t.fingerprint(), message_id, peer, step, out.size_bytes()};
-  t.receive(peer, e, std::as_writable_bytes(out), until);
+  t.receive(peer, tensor_expectation(t, peer, message_id, step, out.size_bytes()), std::as_writable_bytes(out), until);
+}
+
+/// Receives message `message_id` of step `step` from `peer` by adding it into `into` (of its
+/// size), where the transport can (its receive_add, e.g. straight from a shared-memory ring).
+/// Returns false, having received nothing, where it cannot: the caller then receives and adds.
+template <transport T, wire_scalar S>
+bool receive_add_tensor(T& t, unit_id peer, std::uint32_t message_id, std::uint64_t step, std::span<S> into,
+                        deadline until) {
+  if constexpr (requires(const wire::expectation& e) {
+                  { t.receive_add(peer, e, into, until) } -> std::same_as<bool>;
+                }) {
+    return t.receive_add(peer, tensor_expectation(t, peer, message_id, step, into.size_bytes()), into, until);
+  } else {
+    return false;
+  }
 }
 
 /// Sends `data` to `to` and receives `out` from `from`, both as message `message_id` of `step`.
@@ -130,8 +151,8 @@ void exchange_tensor(T& t, unit_id to, std::span<const S> data, unit_id from, st
   const auto bytes = std::as_bytes(data);
   const auto header = wire::make_header(wire::frame_kind::data, t.fingerprint(), message_id, t.rank(), step, bytes,
                                         payload_checksums(t));
-  const wire::expectation e{wire::frame_kind::data, t.fingerprint(), message_id, from, step, out.size_bytes()};
-  exchange(t, to, header, bytes, from, e, std::as_writable_bytes(out), until);
+  exchange(t, to, header, bytes, from, tensor_expectation(t, from, message_id, step, out.size_bytes()),
+           std::as_writable_bytes(out), until);
 }
 
 }  // namespace f2d2n

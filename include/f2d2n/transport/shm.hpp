@@ -139,12 +139,14 @@ class shm_transport {
   void shutdown(const shutdown_reason& reason) { close(reason); }
 
  private:
-  void send_with(unit_id peer, const wire::frame_header& header, std::span<const std::byte> payload, deadline until,
-                 std::uint64_t budget);
-
   using out_job = detail::shm::out_job;
   using in_job = detail::shm::in_job;
   using link = detail::shm::link;
+
+  void send_with(unit_id peer, const wire::frame_header& header, std::span<const std::byte> payload, deadline until,
+                 std::uint64_t budget);
+  /// Takes the next frame from `peer` into `job` (receive, receive_add), by `until`.
+  void receive_into(unit_id peer, in_job& job, deadline until);
 
   [[nodiscard]] std::string name_of(unit_id r) const { return "/" + prefix_ + "-" + std::to_string(r); }
   [[nodiscard]] std::size_t slot_in(unit_id owner, unit_id sender) const {

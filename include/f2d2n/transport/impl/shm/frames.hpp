@@ -46,16 +46,20 @@ inline void shm_transport::send_with(unit_id peer, const wire::frame_header& hea
 
 inline wire::frame_header shm_transport::receive(unit_id peer, const wire::expectation& expected,
                                                  std::span<std::byte> out, deadline until) {
-  const comm_context where{rank_, peer, expected.message_id, expected.step};
+  in_job job{expected, out};
+  receive_into(peer, job, until);
+  return job.header;
+}
+
+inline void shm_transport::receive_into(unit_id peer, in_job& job, deadline until) {
+  const comm_context where{rank_, peer, job.expected.message_id, job.expected.step};
   link& l = usable(peer, where, 0);
-  fits(expected, out);
+  fits(job.expected, job.out);
   std::unique_lock lock(l.receiving, std::defer_lock);
   if (!lock_until(lock, until)) throw timeout_error(where, "another receive from this peer took until the deadline");
-  in_job job{expected, out};
   guarded_receive(l, where, [&] {
     wait([&] { return pull(l, job, where); }, until, nullptr, &l, where, "no frame arrived before the deadline");
   });
-  return job.header;
 }
 
 template <class S>
@@ -63,18 +67,11 @@ inline bool shm_transport::receive_add(unit_id peer, const wire::expectation& ex
                                        deadline until) {
   static_assert(std::is_arithmetic_v<S>);
   if (options_.payload_checksums) return false;
-  const comm_context where{rank_, peer, expected.message_id, expected.step};
-  link& l = usable(peer, where, 0);
-  fits(expected, std::as_writable_bytes(into));
-  std::unique_lock lock(l.receiving, std::defer_lock);
-  if (!lock_until(lock, until)) throw timeout_error(where, "another receive from this peer took until the deadline");
   detail::shm::adder<S> add{into.data()};
   in_job job{expected, std::as_writable_bytes(into)};
   job.sink = &detail::shm::adder<S>::consume;
   job.context = &add;
-  guarded_receive(l, where, [&] {
-    wait([&] { return pull(l, job, where); }, until, nullptr, &l, where, "no frame arrived before the deadline");
-  });
+  receive_into(peer, job, until);
   return true;
 }
 
