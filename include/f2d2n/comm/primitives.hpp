@@ -270,6 +270,19 @@ inline bool halving_doubling(collective_algorithm a, std::size_t p) {
   return uses_halving_doubling(a, p);
 }
 
+/// Ring rounds over n blocks of `block` elements: at step s, send segment me-lag-s to the right
+/// and receive segment me-lag-s-1 from the left (added into place, or stored). The reduce-scatter
+/// lags one segment behind the all-gather.
+inline void ring_rounds(std::vector<round_plan>& out, const group& g, std::size_t me, std::size_t n, std::size_t block,
+                        std::size_t lag, bool add) {
+  const std::size_t p = g.size();
+  const auto lo = [&](std::size_t seg) { return part_begin(n, p, seg) * block; };
+  for (std::size_t s = 0; s + 1 < p; ++s) {
+    const std::size_t a = (me + 2 * p - lag - s) % p, b = (a + p - 1) % p;
+    out.push_back({g[(me + 1) % p], g[(me + p - 1) % p], lo(a), lo(a + 1) - lo(a), lo(b), lo(b + 1) - lo(b), add});
+  }
+}
+
 /// The rounds of a reduce-scatter (add) over n blocks of `block` elements: after them, segment me
 /// (part me of p) holds the sum. Ring: at step s send segment me-1-s right and add segment me-2-s
 /// from the left. Halving-doubling: at distance d = p/2, p/4, .., 1 keep the half of the current
@@ -278,13 +291,7 @@ inline void reduce_scatter_rounds(std::vector<round_plan>& out, const group& g, 
                                   std::size_t block, bool hd) {
   const std::size_t p = g.size();
   const auto lo = [&](std::size_t s) { return part_begin(n, p, s) * block; };
-  if (!hd) {
-    for (std::size_t s = 0; s + 1 < p; ++s) {
-      const std::size_t a = (me + 2 * p - 1 - s) % p, b = (me + 2 * p - 2 - s) % p;
-      out.push_back({g[(me + 1) % p], g[(me + p - 1) % p], lo(a), lo(a + 1) - lo(a), lo(b), lo(b + 1) - lo(b), true});
-    }
-    return;
-  }
+  if (!hd) return ring_rounds(out, g, me, n, block, 1, true);
   std::size_t first = 0, last = p;  // the segments this unit still sums: [first, last)
   for (std::size_t d = p / 2; d >= 1; d /= 2) {
     const std::size_t mid = first + d;
@@ -304,13 +311,7 @@ inline void all_gather_rounds(std::vector<round_plan>& out, const group& g, std:
                               std::size_t block, bool hd) {
   const std::size_t p = g.size();
   const auto lo = [&](std::size_t s) { return part_begin(n, p, s) * block; };
-  if (!hd) {
-    for (std::size_t s = 0; s + 1 < p; ++s) {
-      const std::size_t a = (me + p - s) % p, b = (me + 2 * p - 1 - s) % p;
-      out.push_back({g[(me + 1) % p], g[(me + p - 1) % p], lo(a), lo(a + 1) - lo(a), lo(b), lo(b + 1) - lo(b), false});
-    }
-    return;
-  }
+  if (!hd) return ring_rounds(out, g, me, n, block, 0, false);
   std::size_t first = me, last = me + 1;
   for (std::size_t d = 1; d < p; d *= 2) {
     const std::size_t theirs = (me & d) == 0 ? last : first - d;
